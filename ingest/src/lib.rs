@@ -1,0 +1,183 @@
+//! The HTTP edge of the pipeline. It verifies each webhook, stores it durably in RabbitMQ
+//! (publisher confirm) and only then answers 200; everything else happens in the worker.
+//!
+//! - [`Ingest::build`] binds the listener (port 0 in tests) and starts the broker supervisor;
+//! - [`Ingest::run`] serves until the shutdown token fires, then drains in-flight requests.
+//!
+//! Modules: [`webhook`] (the two webhook routes), [`client_ip`] (source allow-list),
+//! [`error`] (answers), [`metrics`].
+
+pub mod client_ip;
+pub mod error;
+pub mod metrics;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+use secrecy::SecretString;
+use serde_json::json;
+use shared::broker::{Broker, BrokerOptions};
+use shared::http_server::{self, json_response, text_response, HttpResponse, ServeOptions, PROMETHEUS_CONTENT_TYPE};
+use shared::topology::Topology;
+use shared::{Provider, Settings};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::IngestMetrics;
+
+pub const STRIPE_ROUTE: &str = "/api/webhooks/stripe";
+pub const TOSS_ROUTE: &str = "/api/webhooks/toss";
+
+/// Publisher channels shared by all requests (see `BrokerOptions::publish_channels`).
+const PUBLISH_CHANNELS: usize = 4;
+
+/// What every request handler reads.
+pub struct AppState {
+    pub settings: Settings,
+    pub stripe_secrets: Vec<SecretString>,
+    pub broker: Broker,
+    pub metrics: IngestMetrics,
+    /// Caps requests in flight; beyond it ingest answers 503 at once instead of queueing work.
+    pub inflight: Semaphore,
+    /// Set when shutdown starts, so `/readyz` tells the load balancer to stop sending.
+    pub draining: CancellationToken,
+}
+
+/// A bound, not yet serving, ingest.
+pub struct Ingest {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    broker_cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Ingest {
+    /// Validates what ingest needs, binds `INGEST_ADDR` and starts connecting to the broker.
+    /// The broker may be down: ingest then answers 503 until it connects.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let stripe_secrets = settings.stripe_secrets()?;
+        if settings.toss_webhook_secret.is_none() {
+            tracing::warn!("TOSS_WEBHOOK_SECRET is not set: signed Toss events (payout.changed, seller.changed) will be refused with 400");
+        }
+        let listener = TcpListener::bind(settings.ingest_addr)
+            .await
+            .with_context(|| format!("cannot listen on INGEST_ADDR={}", settings.ingest_addr))?;
+        let metrics = IngestMetrics::new();
+        let broker_cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let broker = Broker::start(
+            settings.amqp_url.clone(),
+            Topology::from_settings(&settings),
+            BrokerOptions {
+                connection_name: "ingest".into(),
+                publish_channels: PUBLISH_CHANNELS,
+                publish_timeout: settings.publish_timeout,
+            },
+            metrics.broker.clone(),
+            broker_cancel.clone(),
+            &tasks,
+        );
+        let state = Arc::new(AppState {
+            inflight: Semaphore::new(settings.max_inflight_requests),
+            settings,
+            stripe_secrets,
+            broker,
+            metrics,
+            draining: CancellationToken::new(),
+        });
+        Ok(Self { listener, state, broker_cancel, tasks })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` fires; then stops accepting, answers every in-flight request
+    /// truthfully within `SHUTDOWN_TIMEOUT`, and closes the broker connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self { listener, state, broker_cancel, tasks } = self;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest listening");
+        let options = ServeOptions {
+            header_read_timeout: state.settings.header_read_timeout,
+            drain_deadline: state.settings.shutdown_timeout,
+        };
+        let draining = state.draining.clone();
+        let handler_state = state.clone();
+        let handler = move |request, peer| {
+            let state = handler_state.clone();
+            async move { route(&state, request, peer).await }
+        };
+        let serve = http_server::serve(listener, handler, options, shutdown.clone());
+        tokio::pin!(serve);
+        tokio::select! {
+            _ = &mut serve => {}
+            _ = shutdown.cancelled() => {
+                draining.cancel();
+                serve.await;
+            }
+        }
+        broker_cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("ingest stopped");
+    }
+}
+
+async fn route(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let path = request.uri().path().to_string();
+    let (provider, route) = match path.as_str() {
+        STRIPE_ROUTE => (Some(Provider::Stripe), STRIPE_ROUTE),
+        TOSS_ROUTE => (Some(Provider::Toss), TOSS_ROUTE),
+        "/healthz" | "/readyz" | "/metrics" => (None, path.as_str()),
+        _ => (None, "other"),
+    };
+    let mut response = match (provider, request.method()) {
+        (Some(provider), &Method::POST) => webhook::handle(state, provider, request, peer, request_id.clone()).await,
+        (Some(_), _) => error::method_not_allowed("POST"),
+        (None, &Method::GET) | (None, &Method::HEAD) => match route {
+            "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/readyz" => readiness(state),
+            "/metrics" => {
+                let available = state.inflight.available_permits();
+                state.metrics.inflight.set((state.settings.max_inflight_requests - available) as i64);
+                text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&state.metrics.registry))
+            }
+            _ => error::not_found(),
+        },
+        (None, _) if route != "other" => error::method_not_allowed("GET"),
+        (None, _) => error::not_found(),
+    };
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let code = response.status().as_u16().to_string();
+    let provider = provider.map(Provider::as_str).unwrap_or("");
+    state.metrics.requests.with_label_values(&[provider, route, &code]).inc();
+    response
+}
+
+fn readiness(state: &AppState) -> HttpResponse {
+    let broker = state.broker.is_ready();
+    let draining = state.draining.is_cancelled();
+    let ready = broker && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, &json!({"ready": ready, "broker": broker, "draining": draining}))
+}

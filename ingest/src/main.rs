@@ -1,0 +1,12 @@
+//! `ingest`: answers provider webhooks once they are durably queued.
+
+use shared::{shutdown, telemetry, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    telemetry::init(settings.log_format);
+    let ingest = ingest::Ingest::build(settings).await?;
+    ingest.run(shutdown::token_on_signal()).await;
+    Ok(())
+}

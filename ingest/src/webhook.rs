@@ -1,0 +1,174 @@
+//! The two webhook routes: read the body within limits, verify it, queue it with a publisher
+//! confirm, and only then answer 200.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::json;
+use shared::envelope::{EventEnvelope, IngestVerification, DELIVERY_HEADERS};
+use shared::http_server::{json_response, HttpResponse};
+use shared::providers::stripe::parse_stripe_event;
+use shared::providers::toss::parse_toss_event;
+use shared::topology::Topology;
+use shared::verify::stripe::{verify_stripe_signature, StripeSignatureError};
+use shared::verify::toss::verify_toss_signature;
+use shared::Provider;
+use tracing::Instrument;
+
+use crate::client_ip::{client_ip, is_allowed};
+use crate::error::RejectReason;
+use crate::AppState;
+
+/// Handles `POST /api/webhooks/{stripe,toss}`.
+pub async fn handle(state: &AppState, provider: Provider, request: Request<Incoming>, peer: SocketAddr, request_id: String) -> HttpResponse {
+    let started = Instant::now();
+    let span = tracing::info_span!("webhook", %request_id, provider = %provider, event_id = tracing::field::Empty, status = tracing::field::Empty);
+    let response = async {
+        let result = receive(state, provider, request, peer, &request_id).await;
+        let response = match result {
+            Ok(()) => json_response(StatusCode::OK, &json!({"received": true})),
+            Err(reason) => {
+                if reason.status().is_server_error() {
+                    tracing::warn!(code = reason.code(), detail = %reason, "webhook not queued");
+                } else {
+                    tracing::info!(code = reason.code(), detail = %reason, "webhook rejected");
+                }
+                reason.into_response()
+            }
+        };
+        tracing::Span::current().record("status", response.status().as_u16());
+        response
+    }
+    .instrument(span)
+    .await;
+    state.metrics.latency.with_label_values(&[provider.as_str()]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn receive(state: &AppState, provider: Provider, request: Request<Incoming>, peer: SocketAddr, request_id: &str) -> Result<(), RejectReason> {
+    let _permit = state.inflight.try_acquire().map_err(|_| RejectReason::Saturated)?;
+
+    if provider == Provider::Toss && !state.settings.toss_allowed_ips.is_empty() {
+        check_toss_source(state, request.headers(), peer)?;
+    }
+    let (parts, body) = request.into_parts();
+    let body = read_body(state, &parts.headers, body).await?;
+    let headers = &parts.headers;
+    let (event_type, event_key, verification) = match provider {
+        Provider::Stripe => verify_stripe(state, headers, &body)?,
+        Provider::Toss => verify_toss(state, headers, &body)?,
+    };
+    tracing::Span::current().record("event_id", event_key.as_str());
+
+    let envelope = EventEnvelope {
+        provider,
+        event_type,
+        event_key,
+        verification,
+        received_at: Utc::now(),
+        request_id: request_id.to_string(),
+        attempt: 0,
+        delivery_headers: DELIVERY_HEADERS
+            .iter()
+            .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| (name.to_string(), v.to_string())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let topology = state.broker.topology();
+    let routing_key = Topology::routing_key(provider.as_str(), &envelope.event_type);
+    state
+        .broker
+        .publish(&topology.events_exchange(), &routing_key, &envelope.body, envelope.properties())
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "publish not confirmed");
+            RejectReason::BrokerUnavailable
+        })?;
+    tracing::info!(event_type = %envelope.event_type, verification = verification.as_str(), "queued");
+    Ok(())
+}
+
+fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RejectReason> {
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    match client_ip(peer.ip(), forwarded, state.settings.trusted_proxy_hops) {
+        Some(ip) if is_allowed(ip, &state.settings.toss_allowed_ips) => Ok(()),
+        client => {
+            tracing::warn!(peer = %peer.ip(), client = ?client, "Toss webhook from a source outside TOSS_ALLOWED_IPS");
+            Err(RejectReason::ForbiddenSource)
+        }
+    }
+}
+
+/// Reads the whole body: refused early when `Content-Length` is over the limit, cut off when
+/// the stream passes it, and abandoned when the client is slower than `BODY_READ_TIMEOUT`.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Incoming) -> Result<Bytes, RejectReason> {
+    let limit = state.settings.max_body_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(RejectReason::TooLarge(limit));
+    }
+    let timeout = state.settings.body_read_timeout;
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(RejectReason::BodyTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(RejectReason::TooLarge(limit)),
+        Ok(Err(_)) => Err(RejectReason::BodyUnreadable),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(String, String, IngestVerification), RejectReason> {
+    verify_stripe_signature(
+        body,
+        header(headers, "stripe-signature"),
+        &state.stripe_secrets,
+        state.settings.stripe_tolerance,
+        Utc::now().timestamp(),
+    )
+    .map_err(|e| {
+        let detail = match e {
+            StripeSignatureError::Stale | StripeSignatureError::Future => format!("{e} ({:?})", state.settings.stripe_tolerance),
+            other => other.to_string(),
+        };
+        RejectReason::BadSignature(detail)
+    })?;
+    let event = parse_stripe_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
+    tracing::info!(r#type = %event.event_type, id = %event.id, "[Stripe Webhook] Event received");
+    Ok((event.event_type, event.id, IngestVerification::Signature))
+}
+
+fn verify_toss(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(String, String, IngestVerification), RejectReason> {
+    let event = parse_toss_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
+    let signature = header(headers, "tosspayments-webhook-signature");
+    // Toss signs only payout and seller events. A signature on anything else is still checked
+    // when a key is configured: a wrong one is never let through.
+    let verification = match (&state.settings.toss_webhook_secret, event.is_signed_type(), signature) {
+        (None, true, _) => return Err(RejectReason::SignatureUnverifiable),
+        (Some(secret), true, _) | (Some(secret), false, Some(_)) => {
+            verify_toss_signature(body, signature, header(headers, "tosspayments-webhook-transmission-time"), secret)
+                .map_err(|e| RejectReason::BadSignature(e.to_string()))?;
+            IngestVerification::Signature
+        }
+        _ => IngestVerification::Unsigned,
+    };
+    tracing::info!(
+        event_type = %event.event_type,
+        order_id = event.order_id.as_deref().unwrap_or(""),
+        status = event.status.as_deref().unwrap_or(""),
+        "[Toss Webhook] Received"
+    );
+    let key = event.event_key(body);
+    Ok((event.event_type, key, verification))
+}

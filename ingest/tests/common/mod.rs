@@ -1,0 +1,65 @@
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use ingest::Ingest;
+use shared::Settings;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// An ingest serving on an ephemeral port inside the test process.
+pub struct TestIngest {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+    pub client: reqwest::Client,
+}
+
+impl TestIngest {
+    pub async fn spawn(settings: Settings) -> Self {
+        testkit::init_logs();
+        let ingest = Ingest::build(settings).await.expect("ingest builds");
+        let addr = ingest.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(ingest.run(shutdown.clone()));
+        let me = Self { addr, shutdown, task, client: reqwest::Client::new() };
+        me.wait_ready().await;
+        me
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn wait_ready(&self) {
+        testkit::eventually("ingest ready", std::time::Duration::from_secs(20), || async {
+            let r = self.client.get(self.url("/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    pub async fn post(&self, path: &str, body: &[u8], headers: &[(String, String)]) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).header("content-type", "application/json").body(body.to_vec());
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post_stripe(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        let headers: Vec<(String, String)> = signature.map(|s| ("stripe-signature".to_string(), s.to_string())).into_iter().collect();
+        self.post(ingest::STRIPE_ROUTE, body, &headers).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Reads `{"error": ...}` from a response.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    body["error"].as_str().expect("error code").to_string()
+}

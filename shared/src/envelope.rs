@@ -1,0 +1,232 @@
+//! The message ingest publishes and the worker consumes: the provider's raw body,
+//! byte-for-byte, as the AMQP payload, and everything known about it in AMQP headers.
+//!
+//! | header | meaning |
+//! |---|---|
+//! | `x-envelope-version` | `1` |
+//! | `x-provider` | `stripe` / `toss` |
+//! | `x-event-type` | provider event type |
+//! | `x-event-key` | dedupe key (Stripe `evt_...`, Toss `eventId` or `sha256:<body hash>`) |
+//! | `x-verification` | `signature` (verified at ingest) or `unsigned` |
+//! | `x-received-at` | RFC 3339 time ingest received the request |
+//! | `x-request-id` | ingest's request id, also in its log lines |
+//! | `x-attempt` | deliveries already tried (0 from ingest; the worker raises it on retry) |
+//! | `x-dead-reason` | set on messages in the dead-letter queue |
+//! | `stripe-signature`, `tosspayments-webhook-*` | the provider's delivery headers, verbatim |
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+use crate::providers::Provider;
+
+pub const ENVELOPE_VERSION: i64 = 1;
+pub const H_VERSION: &str = "x-envelope-version";
+pub const H_PROVIDER: &str = "x-provider";
+pub const H_EVENT_TYPE: &str = "x-event-type";
+pub const H_EVENT_KEY: &str = "x-event-key";
+pub const H_VERIFICATION: &str = "x-verification";
+pub const H_RECEIVED_AT: &str = "x-received-at";
+pub const H_REQUEST_ID: &str = "x-request-id";
+pub const H_ATTEMPT: &str = "x-attempt";
+pub const H_DEAD_REASON: &str = "x-dead-reason";
+pub const H_DEAD_AT: &str = "x-dead-at";
+pub const H_LAST_ERROR: &str = "x-last-error";
+
+/// Provider headers carried along verbatim (lower-case names).
+pub const DELIVERY_HEADERS: [&str; 6] = [
+    "stripe-signature",
+    "tosspayments-webhook-transmission-id",
+    "tosspayments-webhook-transmission-time",
+    "tosspayments-webhook-transmission-retried-count",
+    "tosspayments-webhook-signature",
+    "user-agent",
+];
+
+/// What ingest established about a request before queueing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestVerification {
+    /// A provider signature was checked and matched.
+    Signature,
+    /// The provider does not sign this event type (Toss payment events); later checks decide.
+    Unsigned,
+}
+
+impl IngestVerification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signature => "signature",
+            Self::Unsigned => "unsigned",
+        }
+    }
+}
+
+/// One queued webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventEnvelope {
+    pub provider: Provider,
+    pub event_type: String,
+    pub event_key: String,
+    pub verification: IngestVerification,
+    pub received_at: DateTime<Utc>,
+    pub request_id: String,
+    pub attempt: u32,
+    pub delivery_headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// A message whose headers do not describe a webhook; it cannot be processed, ever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message header {header} is {problem}")]
+pub struct EnvelopeError {
+    pub header: &'static str,
+    pub problem: &'static str,
+}
+
+impl EventEnvelope {
+    /// AMQP properties: persistent, JSON, message id `<provider>:<event key>`, all headers.
+    pub fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        let mut put = |k: &str, v: AMQPValue| {
+            headers.insert(ShortString::from(k), v);
+        };
+        put(H_VERSION, AMQPValue::LongLongInt(ENVELOPE_VERSION));
+        put(H_PROVIDER, long_string(self.provider.as_str()));
+        put(H_EVENT_TYPE, long_string(&self.event_type));
+        put(H_EVENT_KEY, long_string(&self.event_key));
+        put(H_VERIFICATION, long_string(self.verification.as_str()));
+        put(
+            H_RECEIVED_AT,
+            long_string(&self.received_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        );
+        put(H_REQUEST_ID, long_string(&self.request_id));
+        put(H_ATTEMPT, AMQPValue::LongLongInt(i64::from(self.attempt)));
+        for (name, value) in &self.delivery_headers {
+            put(name, long_string(value));
+        }
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(format!("{}:{}", self.provider, self.event_key).into())
+            .with_timestamp(self.received_at.timestamp().max(0) as u64)
+            .with_app_id("ingest".into())
+            .with_headers(headers)
+    }
+
+    /// Reads an envelope back from a delivery.
+    pub fn from_amqp(properties: &BasicProperties, body: &[u8]) -> Result<Self, EnvelopeError> {
+        let empty = FieldTable::default();
+        let headers = properties.headers().as_ref().unwrap_or(&empty);
+        let text = |h: &'static str| {
+            header_str(headers, h).ok_or(EnvelopeError { header: h, problem: "missing" })
+        };
+        let provider = text(H_PROVIDER)?
+            .parse()
+            .map_err(|_| EnvelopeError { header: H_PROVIDER, problem: "not a known provider" })?;
+        let verification = match text(H_VERIFICATION)?.as_str() {
+            "signature" => IngestVerification::Signature,
+            "unsigned" => IngestVerification::Unsigned,
+            _ => return Err(EnvelopeError { header: H_VERIFICATION, problem: "not understood" }),
+        };
+        let received_at = DateTime::parse_from_rfc3339(&text(H_RECEIVED_AT)?)
+            .map_err(|_| EnvelopeError { header: H_RECEIVED_AT, problem: "not RFC 3339" })?
+            .with_timezone(&Utc);
+        let delivery_headers = DELIVERY_HEADERS
+            .iter()
+            .filter_map(|h| header_str(headers, h).map(|v| (h.to_string(), v)))
+            .collect();
+        Ok(Self {
+            provider,
+            event_type: text(H_EVENT_TYPE)?,
+            event_key: text(H_EVENT_KEY)?,
+            verification,
+            received_at,
+            request_id: header_str(headers, H_REQUEST_ID).unwrap_or_default(),
+            attempt: header_int(headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+            delivery_headers,
+            body: body.to_vec(),
+        })
+    }
+}
+
+/// An AMQP long string.
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// A header as text, whichever string type the sender used.
+pub fn header_str(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// A header as an integer, whichever integer type the sender used.
+pub fn header_int(headers: &FieldTable, name: &str) -> Option<i64> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+/// Copy of `properties` with some headers replaced or added.
+pub fn with_headers(
+    properties: &BasicProperties,
+    changes: impl IntoIterator<Item = (&'static str, AMQPValue)>,
+) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for (k, v) in changes {
+        headers.insert(ShortString::from(k), v);
+    }
+    properties.clone().with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> EventEnvelope {
+        EventEnvelope {
+            provider: Provider::Toss,
+            event_type: "PAYMENT_STATUS_CHANGED".into(),
+            event_key: "sha256:ab".into(),
+            verification: IngestVerification::Unsigned,
+            received_at: DateTime::parse_from_rfc3339("2026-01-02T05:46:59.123456Z").unwrap().with_timezone(&Utc),
+            request_id: "req-1".into(),
+            attempt: 3,
+            delivery_headers: [("tosspayments-webhook-transmission-id".to_string(), "whtrans_1".to_string())]
+                .into_iter()
+                .collect(),
+            body: "{\"a\": 1,  \"한\":\"글\"}".as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_amqp_properties() {
+        let e = sample();
+        let props = e.properties();
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(props.message_id().as_ref().map(|m| m.as_str()), Some("toss:sha256:ab"));
+        assert_eq!(EventEnvelope::from_amqp(&props, &e.body).unwrap(), e);
+    }
+
+    #[test]
+    fn missing_headers_are_named() {
+        let err = EventEnvelope::from_amqp(&BasicProperties::default(), b"{}").unwrap_err();
+        assert_eq!(err.header, H_PROVIDER);
+        let props = with_headers(&sample().properties(), [(H_PROVIDER, long_string("paypal"))]);
+        assert_eq!(EventEnvelope::from_amqp(&props, b"{}").unwrap_err().header, H_PROVIDER);
+    }
+}

@@ -1,0 +1,27 @@
+//! Building blocks shared by the `ingest` and `worker` binaries.
+//!
+//! - [`settings`]: the one typed settings struct, layered defaults → file → environment.
+//! - [`verify`]: Stripe and Toss signature checks, pure functions over raw bytes.
+//! - [`providers`]: parsing provider bodies into the fields the pipeline acts on.
+//! - [`envelope`]: the AMQP message contract between ingest and worker.
+//! - [`topology`]: exchange and queue names (all derived from `AMQP_PREFIX`) and their declaration.
+//! - [`broker`]: the supervised AMQP connection and confirmed publishing.
+//! - [`status`]: payment statuses as stored in `payments.payment_status`.
+//! - [`standard_webhooks`]: signing outgoing notifications.
+//! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`]: process plumbing.
+
+pub mod broker;
+pub mod envelope;
+pub mod http_server;
+pub mod metrics;
+pub mod providers;
+pub mod settings;
+pub mod shutdown;
+pub mod standard_webhooks;
+pub mod status;
+pub mod telemetry;
+pub mod topology;
+pub mod verify;
+
+pub use providers::Provider;
+pub use settings::Settings;

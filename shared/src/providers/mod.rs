@@ -1,0 +1,74 @@
+//! Parsing of provider bodies into the few fields the pipeline acts on. Pure functions over
+//! raw bytes; the original bytes always travel unchanged next to what is parsed from them.
+
+pub mod stripe;
+pub mod toss;
+
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// Which provider sent an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Stripe,
+    Toss,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Stripe => "stripe",
+            Provider::Toss => "toss",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stripe" => Ok(Provider::Stripe),
+            "toss" => Ok(Provider::Toss),
+            other => Err(format!("unknown provider {other:?}")),
+        }
+    }
+}
+
+/// Why a body could not be understood. The text is safe to show to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("body is not a JSON object")]
+    NotJsonObject,
+    #[error("body has no {0}")]
+    MissingField(&'static str),
+    #[error("body is not a recognised Toss event (no eventType, and not a deposit callback)")]
+    UnrecognisedToss,
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, PayloadError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(PayloadError::NotJsonObject),
+    }
+}
+
+fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// A JSON number (or numeric string) as an exact decimal; `None` for anything else.
+fn decimal_field(value: &Value, key: &str) -> Option<Decimal> {
+    let text = match value.get(key)? {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => return None,
+    };
+    text.parse::<Decimal>().ok().or_else(|| Decimal::from_scientific(&text).ok())
+}

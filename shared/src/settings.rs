@@ -1,0 +1,527 @@
+//! One typed settings struct for every binary, layered with the `config` crate:
+//! built-in defaults, then an optional TOML file named by `WEBHOOKS_CONFIG`, then the
+//! environment. Environment names are the flat upper-case field names (`DATABASE_URL`,
+//! `AMQP_PREFIX`, `STRIPE_WEBHOOK_SECRET`, ...), exactly as the original guide uses them.
+//!
+//! Secrets are [`SecretString`]s: `Debug` prints `[REDACTED]` and nothing here logs them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use config::{Config, Environment, File};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// Toss Payments' published webhook source addresses. `TOSS_ALLOWED_IPS=toss` expands to these.
+pub const TOSS_SOURCE_ADDRESSES: [&str; 4] =
+    ["13.124.18.147", "13.124.108.35", "3.36.173.151", "3.38.81.32"];
+
+/// The environment variable that names an optional TOML settings file.
+pub const CONFIG_FILE_ENV: &str = "WEBHOOKS_CONFIG";
+
+/// Output format of log lines.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, the default on a developer machine.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers in production.
+    Json,
+}
+
+/// Every setting of the pipeline. Field `foo_bar` is read from `FOO_BAR`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Postgres connection string (may contain a password, hence secret).
+    pub database_url: SecretString,
+    /// Connections in the worker's pool.
+    pub database_pool_size: usize,
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
+    pub amqp_url: SecretString,
+    /// Every exchange and queue name starts with this prefix.
+    pub amqp_prefix: String,
+    /// Where ingest listens. Port 3000 keeps `stripe listen --forward-to localhost:3000/...` working.
+    pub ingest_addr: SocketAddr,
+    /// Where a worker serves `/healthz`, `/readyz` and `/metrics`. Port 0 picks a free port.
+    pub worker_addr: SocketAddr,
+
+    /// Stripe endpoint secrets (`whsec_...`), comma-separated while a secret is being rolled.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub stripe_webhook_secret: Option<SecretString>,
+    /// How far a `Stripe-Signature` timestamp may be from now, either way. 300 s is what every
+    /// official Stripe SDK uses.
+    #[serde(deserialize_with = "duration")]
+    pub stripe_tolerance: Duration,
+    /// Toss security key for `payout.changed` / `seller.changed` signatures.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub toss_webhook_secret: Option<SecretString>,
+    /// Toss API secret key (`test_sk_...` / `live_sk_...`), used to fetch payments back.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub toss_secret_key: Option<SecretString>,
+    /// Base URL of the Toss API (a local fake in tests).
+    pub toss_api_base: String,
+    /// Connect plus response deadline for one Toss API call.
+    #[serde(deserialize_with = "duration")]
+    pub toss_api_timeout: Duration,
+    /// Fetch Toss payments back before applying them. Unset: on exactly when `TOSS_SECRET_KEY` is set.
+    pub toss_fetch_back: Option<bool>,
+    /// Source networks allowed to post Toss webhooks (comma-separated CIDRs or addresses; the
+    /// word `toss` stands for Toss's published addresses). Empty: no source check.
+    #[serde(deserialize_with = "networks")]
+    pub toss_allowed_ips: Vec<IpNet>,
+    /// How many reverse proxies in front of ingest append to `X-Forwarded-For`. 0 trusts no header.
+    pub trusted_proxy_hops: usize,
+
+    /// Largest accepted webhook body. Providers send a few KiB; 1 MiB leaves room and bounds memory.
+    pub max_body_bytes: usize,
+    /// A client must finish sending its request headers within this time.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A client must finish sending its body within this time.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Longest wait for a publisher confirm before answering 503.
+    #[serde(deserialize_with = "duration")]
+    pub publish_timeout: Duration,
+    /// Requests handled at once by ingest; beyond it answers 503 with `Retry-After`.
+    pub max_inflight_requests: usize,
+    /// Time allowed to finish in-flight work after SIGTERM / Ctrl-C.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+
+    /// Unacknowledged deliveries the broker may push to one worker.
+    pub worker_prefetch: u16,
+    /// Deliveries one worker processes at the same time.
+    pub worker_concurrency: usize,
+    /// Delay tiers for retries (comma-separated durations); the last one repeats.
+    #[serde(deserialize_with = "duration_list")]
+    pub retry_delays: Vec<Duration>,
+    /// Attempts before a message goes to the dead letters (the first delivery counts as one).
+    pub retry_max_attempts: u32,
+    /// Redeliveries after which the work queue parks a message that crashes every worker.
+    pub delivery_limit: u32,
+
+    /// Outbox rows the relay publishes per batch.
+    pub outbox_batch_size: i64,
+    /// How often the relay looks for outbox rows committed by other workers.
+    #[serde(deserialize_with = "duration")]
+    pub outbox_poll_interval: Duration,
+    /// Where to POST notifications. Unset: delivery is off.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub notify_webhook_url: Option<SecretString>,
+    /// Standard Webhooks signing secret (`whsec_<base64>`) for delivered notifications.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub notify_webhook_secret: Option<SecretString>,
+    /// TCP connect deadline for a notification POST.
+    #[serde(deserialize_with = "duration")]
+    pub notify_connect_timeout: Duration,
+    /// Whole-request deadline for a notification POST.
+    #[serde(deserialize_with = "duration")]
+    pub notify_timeout: Duration,
+    /// Notification POSTs in flight at once per worker.
+    pub notify_concurrency: usize,
+
+    /// `text` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/webhooks"),
+            database_pool_size: 16,
+            amqp_url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_prefix: "webhooks".into(),
+            ingest_addr: ([0, 0, 0, 0], 3000).into(),
+            worker_addr: ([0, 0, 0, 0], 9090).into(),
+            stripe_webhook_secret: None,
+            stripe_tolerance: Duration::from_secs(300),
+            toss_webhook_secret: None,
+            toss_secret_key: None,
+            toss_api_base: "https://api.tosspayments.com".into(),
+            toss_api_timeout: Duration::from_secs(10),
+            toss_fetch_back: None,
+            toss_allowed_ips: Vec::new(),
+            trusted_proxy_hops: 0,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(5),
+            max_inflight_requests: 1024,
+            shutdown_timeout: Duration::from_secs(25),
+            worker_prefetch: 32,
+            worker_concurrency: 8,
+            retry_delays: [1, 10, 60, 600, 3600].map(Duration::from_secs).to_vec(),
+            retry_max_attempts: 8,
+            delivery_limit: 5,
+            outbox_batch_size: 100,
+            outbox_poll_interval: Duration::from_secs(1),
+            notify_webhook_url: None,
+            notify_webhook_secret: None,
+            notify_connect_timeout: Duration::from_secs(5),
+            notify_timeout: Duration::from_secs(10),
+            notify_concurrency: 4,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A setting that is missing or malformed. The message names the environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("setting {name} is required: {why}")]
+    Missing { name: &'static str, why: &'static str },
+    #[error("setting {name} is invalid: {why}")]
+    Invalid { name: String, why: String },
+    #[error("cannot read settings: {0}")]
+    Load(String),
+}
+
+impl SettingsError {
+    fn invalid(name: &str, why: impl Into<String>) -> Self {
+        Self::Invalid { name: name.to_uppercase(), why: why.into() }
+    }
+}
+
+impl Settings {
+    /// Defaults, then the file named by `WEBHOOKS_CONFIG` (if set), then the process environment.
+    pub fn load() -> Result<Self, SettingsError> {
+        let file = std::env::var(CONFIG_FILE_ENV).ok().filter(|p| !p.is_empty());
+        Self::load_from(file.as_deref(), None)
+    }
+
+    /// Defaults overridden by the given variables only (tests, tools).
+    pub fn from_vars<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, SettingsError> {
+        let map = vars.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::load_from(None, Some(map))
+    }
+
+    fn load_from(
+        file: Option<&str>,
+        vars: Option<config::Map<String, String>>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(File::with_name(path).required(true));
+        }
+        builder = builder.add_source(Environment::default().source(vars));
+        let settings: Settings = builder
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(from_config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that hold for every binary. Role-specific requirements are separate methods.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let prefix_ok = !self.amqp_prefix.is_empty()
+            && self.amqp_prefix.len() <= 100
+            && self
+                .amqp_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !prefix_ok {
+            return Err(SettingsError::invalid(
+                "amqp_prefix",
+                "use 1 to 100 of A-Z a-z 0-9 . - _",
+            ));
+        }
+        let amqp = self.amqp_url.expose_secret();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            return Err(SettingsError::invalid("amqp_url", "must start with amqp:// or amqps://"));
+        }
+        let db = self.database_url.expose_secret();
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(SettingsError::invalid(
+                "database_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.retry_delays.is_empty() {
+            return Err(SettingsError::invalid("retry_delays", "needs at least one delay"));
+        }
+        if self.retry_max_attempts == 0 {
+            return Err(SettingsError::invalid("retry_max_attempts", "must be at least 1"));
+        }
+        for (name, value) in [
+            ("worker_concurrency", self.worker_concurrency),
+            ("worker_prefetch", usize::from(self.worker_prefetch)),
+            ("max_inflight_requests", self.max_inflight_requests),
+            ("max_body_bytes", self.max_body_bytes),
+            ("database_pool_size", self.database_pool_size),
+            ("notify_concurrency", self.notify_concurrency),
+            ("delivery_limit", self.delivery_limit as usize),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::invalid(name, "must be at least 1"));
+            }
+        }
+        if self.outbox_batch_size < 1 {
+            return Err(SettingsError::invalid("outbox_batch_size", "must be at least 1"));
+        }
+        if let Some(secrets) = &self.stripe_webhook_secret {
+            if split_list(secrets.expose_secret()).next().is_none() {
+                return Err(SettingsError::invalid(
+                    "stripe_webhook_secret",
+                    "holds no secret between its commas",
+                ));
+            }
+        }
+        if let Some(url) = &self.notify_webhook_url {
+            let parsed = url::Url::parse(url.expose_secret())
+                .map_err(|e| SettingsError::invalid("notify_webhook_url", e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(SettingsError::invalid("notify_webhook_url", "must be http or https"));
+            }
+            let secret = self.notify_webhook_secret.as_ref().ok_or(SettingsError::Missing {
+                name: "NOTIFY_WEBHOOK_SECRET",
+                why: "notifications posted to NOTIFY_WEBHOOK_URL are signed with it",
+            })?;
+            crate::standard_webhooks::SigningKey::parse(secret)
+                .map_err(|e| SettingsError::invalid("notify_webhook_secret", e.to_string()))?;
+        }
+        url::Url::parse(&self.toss_api_base)
+            .map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The configured Stripe secrets; ingest cannot verify Stripe events without at least one.
+    pub fn stripe_secrets(&self) -> Result<Vec<SecretString>, SettingsError> {
+        let raw = self.stripe_webhook_secret.as_ref().ok_or(SettingsError::Missing {
+            name: "STRIPE_WEBHOOK_SECRET",
+            why: "Stripe events are verified with it (comma-separate two during a roll)",
+        })?;
+        Ok(split_list(raw.expose_secret()).map(SecretString::from).collect())
+    }
+
+    /// Whether Toss payment events are fetched back from the Toss API before they are applied.
+    pub fn toss_fetch_back_enabled(&self) -> bool {
+        self.toss_fetch_back.unwrap_or(self.toss_secret_key.is_some())
+    }
+
+    /// `toss_fetch_back = true` is meaningless without a key to call the API with.
+    pub fn toss_secret_key_for_fetch(&self) -> Result<Option<&SecretString>, SettingsError> {
+        match (self.toss_fetch_back_enabled(), &self.toss_secret_key) {
+            (false, _) => Ok(None),
+            (true, Some(key)) => Ok(Some(key)),
+            (true, None) => Err(SettingsError::Missing {
+                name: "TOSS_SECRET_KEY",
+                why: "TOSS_FETCH_BACK=true fetches payments from the Toss API with it",
+            }),
+        }
+    }
+}
+
+/// A URL with its password replaced, safe for log lines.
+pub fn redacted_url(url: &SecretString) -> String {
+    match url::Url::parse(url.expose_secret()) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+fn split_list(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn from_config_error(error: config::ConfigError) -> SettingsError {
+    match error {
+        config::ConfigError::Type { key: Some(key), unexpected, expected, .. } => {
+            SettingsError::invalid(&key, format!("expected {expected}, found {unexpected}"))
+        }
+        config::ConfigError::At { error, key: Some(key), .. } => {
+            SettingsError::invalid(&key, error.to_string())
+        }
+        other => SettingsError::Load(other.to_string()),
+    }
+}
+
+/// Parses `300ms`, `5s`, `1m`, `1h 30m`; a bare number means seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration ({e})"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    parse_duration(&raw).map_err(serde::de::Error::custom)
+}
+
+fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let raw = String::deserialize(d)?;
+    split_list(&raw)
+        .map(parse_duration)
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw = String::deserialize(d)?;
+    let mut nets = Vec::new();
+    for item in split_list(&raw) {
+        if item.eq_ignore_ascii_case("toss") {
+            nets.extend(TOSS_SOURCE_ADDRESSES.iter().map(|a| parse_network(a).expect("valid")));
+        } else {
+            nets.push(parse_network(item).map_err(serde::de::Error::custom)?);
+        }
+    }
+    Ok(nets)
+}
+
+/// `10.0.0.0/8` or a single address (`1.2.3.4` means `/32`, an IPv6 address `/128`).
+pub fn parse_network(raw: &str) -> Result<IpNet, String> {
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{raw:?} is neither an address nor a CIDR network"))
+}
+
+fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    Ok(raw.filter(|s| !s.trim().is_empty()).map(SecretString::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_a_developer_machine() {
+        let s = Settings::from_vars([]).unwrap();
+        assert_eq!(s.amqp_prefix, "webhooks");
+        assert_eq!(s.ingest_addr.port(), 3000);
+        assert_eq!(s.worker_addr.port(), 9090);
+        assert_eq!(s.stripe_tolerance, Duration::from_secs(300));
+        assert_eq!(s.max_body_bytes, 1 << 20);
+        assert_eq!(s.retry_delays.len(), 5);
+        assert_eq!(s.retry_max_attempts, 8);
+    }
+
+    #[test]
+    fn the_guides_flat_environment_names_are_read() {
+        let s = Settings::from_vars([
+            ("DATABASE_URL", "postgres://u:p@db:5432/app"),
+            ("AMQP_URL", "amqp://a:b@mq:5672/%2f"),
+            ("AMQP_PREFIX", "shop"),
+            ("INGEST_ADDR", "127.0.0.1:0"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_old, whsec_new"),
+            ("TOSS_WEBHOOK_SECRET", "toss_key"),
+            ("WORKER_ADDR", "127.0.0.1:0"),
+            ("RETRY_DELAYS", "200ms,1s"),
+            ("STRIPE_TOLERANCE", "60"),
+        ])
+        .unwrap();
+        assert_eq!(s.amqp_prefix, "shop");
+        assert_eq!(s.ingest_addr.port(), 0);
+        let secrets = s.stripe_secrets().unwrap();
+        let exposed: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(exposed, ["whsec_old", "whsec_new"]);
+        assert_eq!(s.toss_webhook_secret.unwrap().expose_secret(), "toss_key");
+        assert_eq!(s.retry_delays, [Duration::from_millis(200), Duration::from_secs(1)]);
+        assert_eq!(s.stripe_tolerance, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn debug_output_hides_every_secret() {
+        let s = Settings::from_vars([
+            ("DATABASE_URL", "postgres://u:dbpass123@db/app"),
+            ("AMQP_URL", "amqp://a:mqpass123@mq/%2f"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_stripe123"),
+            ("TOSS_WEBHOOK_SECRET", "tosssecret123"),
+            ("TOSS_SECRET_KEY", "test_sk_key123"),
+            ("NOTIFY_WEBHOOK_URL", "https://hooks.example/p?token=tok123"),
+            ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ])
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in
+            ["dbpass123", "mqpass123", "whsec_stripe123", "tosssecret123", "key123", "tok123", "MfKQ9r8"]
+        {
+            assert!(!debug.contains(secret), "{secret} leaked into Debug: {debug}");
+        }
+    }
+
+    #[test]
+    fn a_missing_stripe_secret_is_named() {
+        let s = Settings::from_vars([]).unwrap();
+        let err = s.stripe_secrets().unwrap_err().to_string();
+        assert!(err.contains("STRIPE_WEBHOOK_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        for (name, value) in [
+            ("WORKER_PREFETCH", "lots"),
+            ("INGEST_ADDR", "not-an-address"),
+            ("RETRY_DELAYS", "1s,soon"),
+            ("AMQP_PREFIX", "has space"),
+            ("AMQP_URL", "http://wrong"),
+            ("TOSS_ALLOWED_IPS", "10.0.0.0/8,example.com"),
+            ("WORKER_CONCURRENCY", "0"),
+        ] {
+            let err = Settings::from_vars([(name, value)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}={value} gave {err}");
+        }
+    }
+
+    #[test]
+    fn notification_delivery_needs_a_valid_signing_secret() {
+        let err = Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
+        let err = Settings::from_vars([
+            ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook"),
+            ("NOTIFY_WEBHOOK_SECRET", "not-base64!"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn empty_secrets_count_as_unset() {
+        let s = Settings::from_vars([("TOSS_WEBHOOK_SECRET", ""), ("TOSS_SECRET_KEY", " ")]).unwrap();
+        assert!(s.toss_webhook_secret.is_none());
+        assert!(!s.toss_fetch_back_enabled());
+    }
+
+    #[test]
+    fn toss_allow_list_understands_the_keyword_and_single_addresses() {
+        let s = Settings::from_vars([("TOSS_ALLOWED_IPS", "toss, 10.1.0.0/16, ::1")]).unwrap();
+        assert_eq!(s.toss_allowed_ips.len(), 6);
+        assert!(s.toss_allowed_ips[0].contains(&"13.124.18.147".parse::<std::net::IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn fetch_back_follows_the_secret_key_unless_set() {
+        let on = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x")]).unwrap();
+        assert!(on.toss_fetch_back_enabled());
+        let off = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x"), ("TOSS_FETCH_BACK", "false")])
+            .unwrap();
+        assert!(!off.toss_fetch_back_enabled());
+        let broken = Settings::from_vars([("TOSS_FETCH_BACK", "true")]).unwrap();
+        let err = broken.toss_secret_key_for_fetch().unwrap_err().to_string();
+        assert!(err.contains("TOSS_SECRET_KEY"), "{err}");
+    }
+
+    #[test]
+    fn redacted_urls_keep_the_host_and_drop_the_password() {
+        let url = SecretString::from("amqp://guest:hunter2@mq:5672/%2f");
+        let shown = redacted_url(&url);
+        assert!(shown.contains("mq:5672") && !shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Every exchange and queue, derived from `AMQP_PREFIX`, declared idempotently by both binaries.
+//!
+//! ```text
+//! ingest ─▶ {p}.events (topic) ─#─▶ {p}.work (quorum, delivery-limit) ─▶ worker
+//!                                     ▲            │ delivery limit exceeded
+//!            {p}.work.retry.<delay> ──┘ (TTL)      ▼
+//!                     ▲ transient failure       {p}.dead (quorum) ◀─ permanent failure / last attempt
+//!                     └──────────── worker ─────────┘
+//! worker outbox relay ─▶ {p}.notifications (topic) ─#─▶ {p}.notify.delivery ─▶ HTTP delivery
+//!                                     {p}.notify.retry.<delay> (TTL) ─┘ ▲      └─▶ {p}.notify.dead
+//! ```
+//!
+//! All queues are quorum queues: replicated, always persistent, and able to dead-letter
+//! `at-least-once` (which needs `overflow = reject-publish`), so a message moving from a delay
+//! queue back to work, or from work to the dead letters, is never dropped on the way.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::envelope::long_string;
+use crate::settings::Settings;
+
+/// Names and shapes of the broker objects for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+    retry_delays: Vec<Duration>,
+    delivery_limit: u32,
+    notify_delivery: bool,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, retry_delays: Vec<Duration>, delivery_limit: u32, notify_delivery: bool) -> Self {
+        Self { prefix: prefix.to_string(), retry_delays, delivery_limit, notify_delivery }
+    }
+
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self::new(
+            &settings.amqp_prefix,
+            settings.retry_delays.clone(),
+            settings.delivery_limit,
+            settings.notify_webhook_url.is_some(),
+        )
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Topic exchange ingest publishes to, routing key `<provider>.<event type>`.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The quorum queue workers consume.
+    pub fn work_queue(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    /// Delay tiers, shortest first.
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
+    }
+
+    /// Delay queue for `tier` (clamped to the last tier). The delay is in the name so that
+    /// changing `RETRY_DELAYS` declares new queues instead of clashing with old arguments.
+    pub fn retry_queue(&self, tier: usize) -> String {
+        delay_queue_name(&format!("{}.work.retry", self.prefix), self.delay(tier))
+    }
+
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Topic exchange the outbox relay publishes notifications to.
+    pub fn notifications_exchange(&self) -> String {
+        format!("{}.notifications", self.prefix)
+    }
+
+    /// Queue of the optional HTTP delivery of notifications.
+    pub fn notify_queue(&self) -> String {
+        format!("{}.notify.delivery", self.prefix)
+    }
+
+    pub fn notify_retry_queue(&self, tier: usize) -> String {
+        delay_queue_name(&format!("{}.notify.retry", self.prefix), self.delay(tier))
+    }
+
+    pub fn notify_dead_queue(&self) -> String {
+        format!("{}.notify.dead", self.prefix)
+    }
+
+    /// Delay of `tier`, the last tier repeating.
+    pub fn delay(&self, tier: usize) -> Duration {
+        let last = self.retry_delays.len().saturating_sub(1);
+        self.retry_delays.get(tier.min(last)).copied().unwrap_or(Duration::from_secs(1))
+    }
+
+    pub fn routing_key(provider: &str, event_type: &str) -> String {
+        format!("{provider}.{event_type}")
+    }
+
+    /// Every queue this topology declares (for depth metrics and clean-up).
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![self.work_queue(), self.dead_queue()];
+        queues.extend((0..self.retry_delays.len()).map(|t| self.retry_queue(t)));
+        if self.notify_delivery {
+            queues.push(self.notify_queue());
+            queues.push(self.notify_dead_queue());
+            queues.extend((0..self.retry_delays.len()).map(|t| self.notify_retry_queue(t)));
+        }
+        queues.dedup();
+        queues
+    }
+
+    /// Declares everything; safe to run from every process at every start.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        for exchange in [self.events_exchange(), self.notifications_exchange()] {
+            channel
+                .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default())
+                .await?;
+        }
+        self.declare_flow(channel, &self.work_queue(), &self.dead_queue(), Some(self.delivery_limit), |t| {
+            self.retry_queue(t)
+        })
+        .await?;
+        bind(channel, &self.work_queue(), &self.events_exchange()).await?;
+        if self.notify_delivery {
+            self.declare_flow(channel, &self.notify_queue(), &self.notify_dead_queue(), Some(self.delivery_limit), |t| {
+                self.notify_retry_queue(t)
+            })
+            .await?;
+            bind(channel, &self.notify_queue(), &self.notifications_exchange()).await?;
+        }
+        Ok(())
+    }
+
+    /// A consumed queue, its dead-letter queue and its delay tiers.
+    async fn declare_flow(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        dead: &str,
+        delivery_limit: Option<u32>,
+        retry_name: impl Fn(usize) -> String,
+    ) -> Result<(), lapin::Error> {
+        declare_queue(channel, dead, quorum_args()).await?;
+        let mut args = dead_lettering_to(dead);
+        if let Some(limit) = delivery_limit {
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(limit)));
+        }
+        declare_queue(channel, queue, args).await?;
+        for tier in 0..self.retry_delays.len() {
+            let mut args = dead_lettering_to(queue);
+            let ttl = self.delay(tier).as_millis().min(i64::MAX as u128) as i64;
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            declare_queue(channel, &retry_name(tier), args).await?;
+        }
+        Ok(())
+    }
+}
+
+fn delay_queue_name(base: &str, delay: Duration) -> String {
+    let text = humantime::format_duration(delay).to_string().replace(' ', "");
+    format!("{base}.{text}")
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+/// Quorum queue that dead-letters through the default exchange straight into `target`.
+fn dead_lettering_to(target: &str) -> FieldTable {
+    let mut args = quorum_args();
+    args.insert("x-dead-letter-exchange".into(), long_string(""));
+    args.insert("x-dead-letter-routing-key".into(), long_string(target));
+    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(ShortString::from(name), options, args).await.map(drop)
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_derives_from_the_prefix() {
+        let t = Topology::new("shop", vec![Duration::from_millis(200), Duration::from_secs(60)], 5, true);
+        assert_eq!(t.events_exchange(), "shop.events");
+        assert_eq!(t.work_queue(), "shop.work");
+        assert_eq!(t.retry_queue(0), "shop.work.retry.200ms");
+        assert_eq!(t.retry_queue(1), "shop.work.retry.1m");
+        assert_eq!(t.retry_queue(7), "shop.work.retry.1m", "the last tier repeats");
+        assert_eq!(t.dead_queue(), "shop.dead");
+        assert_eq!(t.notifications_exchange(), "shop.notifications");
+        assert_eq!(t.notify_retry_queue(0), "shop.notify.retry.200ms");
+        assert!(t.queues().iter().all(|q| q.starts_with("shop.")));
+        assert_eq!(t.queues().len(), 2 + 2 + 2 + 2);
+    }
+}

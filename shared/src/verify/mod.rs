@@ -1,0 +1,13 @@
+//! Signature checks over raw bytes and header values. Pure functions: no I/O, no clock
+//! (callers pass `now`), so they are unit- and property-tested directly.
+//!
+//! Every comparison of a computed MAC with a received one goes through
+//! [`hmac::Mac::verify_slice`], which compares in constant time.
+
+pub mod stripe;
+pub mod toss;
+
+use hmac::Hmac;
+use sha2::Sha256;
+
+pub(crate) type HmacSha256 = Hmac<Sha256>;

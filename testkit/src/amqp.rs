@@ -1,0 +1,135 @@
+//! An AMQP prefix per test, helpers to read queues, and clean-up of everything the prefix
+//! declared when the test ends.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use shared::topology::Topology;
+use shared::Settings;
+
+use crate::{amqp_url, unique};
+
+/// Owns a unique prefix; deletes the queues and exchanges of every topology it handed
+/// settings out for when dropped.
+pub struct TestBroker {
+    pub prefix: String,
+    connection: Connection,
+    channel: Channel,
+    declared: Mutex<Vec<Topology>>,
+}
+
+impl TestBroker {
+    pub async fn new() -> Self {
+        let prefix = unique("t");
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("connect to test RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        Self { prefix, connection, channel, declared: Mutex::new(Vec::new()) }
+    }
+
+    /// Settings for code under test: this prefix, the test broker and database, fast retry
+    /// tiers, ephemeral ports, a known Stripe secret; `vars` override any of it.
+    pub fn settings(&self, database_url: Option<&str>, vars: &[(&str, &str)]) -> Settings {
+        let amqp = amqp_url();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("AMQP_URL", &amqp),
+            ("AMQP_PREFIX", &self.prefix),
+            ("INGEST_ADDR", "127.0.0.1:0"),
+            ("WORKER_ADDR", "127.0.0.1:0"),
+            ("STRIPE_WEBHOOK_SECRET", crate::events::STRIPE_SECRET),
+            ("RETRY_DELAYS", "100ms,300ms,1s"),
+            ("SHUTDOWN_TIMEOUT", "10s"),
+        ];
+        if let Some(url) = database_url {
+            all.push(("DATABASE_URL", url));
+        }
+        all.extend_from_slice(vars);
+        let settings = Settings::from_vars(all).expect("valid test settings");
+        self.track(Topology::from_settings(&settings));
+        settings
+    }
+
+    /// Remembers a topology for clean-up (also with notification delivery on).
+    pub fn track(&self, topology: Topology) {
+        let with_notify = Topology::new(topology.prefix(), topology.retry_delays().to_vec(), 1, true);
+        let mut declared = self.declared.lock().unwrap();
+        declared.push(topology);
+        declared.push(with_notify);
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Takes one message from `queue` (acknowledged), or `None` if it is empty.
+    pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"))?;
+        Some(message)
+    }
+
+    /// Waits up to `deadline` for a message on `queue`.
+    pub async fn wait_get(&self, queue: &str, deadline: Duration) -> BasicGetMessage {
+        crate::eventually(&format!("a message on {queue}"), deadline, || self.get(queue)).await
+    }
+
+    /// Messages ready in `queue` (0 if it does not exist).
+    pub async fn count(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let count = match channel.queue_declare(queue.into(), options, FieldTable::default()).await {
+            Ok(q) => q.message_count(),
+            Err(_) => 0,
+        };
+        let _ = channel.close(200, "".into()).await;
+        count
+    }
+
+    /// Drains `queue`, returning every message in it.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut all = Vec::new();
+        while let Some(m) = self.get(queue).await {
+            all.push(m);
+        }
+        all
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let topologies = std::mem::take(&mut *self.declared.lock().unwrap());
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                let mut names: Vec<String> = topologies.iter().flat_map(Topology::queues).collect();
+                names.sort();
+                names.dedup();
+                for name in names {
+                    // A delete of a missing queue closes the channel, so each gets its own.
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch.queue_delete(name.into(), QueueDeleteOptions::default()).await;
+                        let _ = ch.close(200, "".into()).await;
+                    }
+                }
+                for exchange in [format!("{prefix}.events"), format!("{prefix}.notifications")] {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+                        let _ = ch.close(200, "".into()).await;
+                    }
+                }
+                let _ = conn.close(200, "".into()).await;
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,61 @@
+//! Test support shared by the integration tests of every crate. Each test gets its own
+//! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
+//! sits between the code under test and a service when a test needs to take that service
+//! away without disturbing tests running in parallel.
+//!
+//! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`).
+
+pub mod amqp;
+pub mod db;
+pub mod events;
+pub mod proxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use amqp::TestBroker;
+pub use db::TestDb;
+pub use proxy::TcpProxy;
+
+/// Admin connection string of the test Postgres.
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// URL of the test RabbitMQ.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A short unique suffix for names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes (then panics with `what`).
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Installs a log subscriber once, writing through the test harness's capture so a failing
+/// test shows its logs. `RUST_LOG` filters (default `info`).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
