@@ -1,0 +1,66 @@
+//! With the broker connection really cut, ingest answers 503 (never 200); when the broker is
+//! reachable again it recovers without a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{error_code, TestIngest};
+use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
+use testkit::{amqp_url, TcpProxy, TestBroker};
+
+#[tokio::test]
+async fn cut_broker_means_503_and_recovery_without_restart() {
+    let broker = TestBroker::new().await;
+    let real: std::net::SocketAddr = {
+        let url = reqwest::Url::parse(&amqp_url()).unwrap();
+        let host = url.host_str().unwrap();
+        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
+    };
+    let proxy = TcpProxy::start(real).await;
+    let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let ingest = TestIngest::spawn(broker.settings(None, &[("AMQP_URL", &via_proxy), ("PUBLISH_TIMEOUT", "2s")])).await;
+    let event = |n: u32| stripe_session_event(&format!("evt_outage_{n}"), "checkout.session.completed", "o", "paid", 100, "usd");
+    let post = |n: u32| {
+        let body = event(n);
+        let sig = stripe_signature(&body, STRIPE_SECRET);
+        let ingest = &ingest;
+        async move { ingest.post_stripe(&body, Some(&sig)).await }
+    };
+
+    assert_eq!(post(0).await.status(), 200, "healthy before the cut");
+
+    proxy.cut();
+    let mut accepted_while_down = Vec::new();
+    for n in 1..=20 {
+        let response = post(n).await;
+        match response.status().as_u16() {
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                assert_eq!(error_code(response).await, "broker_unavailable");
+            }
+            other => accepted_while_down.push((n, other)),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted_while_down.is_empty(), "answers other than 503 while the broker was cut: {accepted_while_down:?}");
+    let ready = ingest.client.get(ingest.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the broker is cut");
+
+    proxy.restore();
+    testkit::eventually("200 again after the broker returns", Duration::from_secs(20), || async {
+        (post(100).await.status() == 200).then_some(())
+    })
+    .await;
+
+    let queued = broker.drain(&format!("{}.work", broker.prefix)).await;
+    let keys: Vec<String> = queued
+        .iter()
+        .map(|m| shared::envelope::header_str(m.delivery.properties.headers().as_ref().unwrap(), "x-event-key").unwrap())
+        .collect();
+    assert!(keys.contains(&"evt_outage_0".to_string()));
+    assert!(keys.contains(&"evt_outage_100".to_string()));
+    assert!(keys.iter().all(|k| k == "evt_outage_0" || k == "evt_outage_100"), "an event answered 503 was queued: {keys:?}");
+    ingest.stop().await;
+}

@@ -1,0 +1,109 @@
+//! Answers for requests that are not webhooks, or that break the limits every input has.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{error_code, TestIngest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use testkit::events::{stripe_signature, STRIPE_SECRET};
+use testkit::TestBroker;
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_whether_declared_or_streamed() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[("MAX_BODY_BYTES", "1024")])).await;
+    let big = vec![b'x'; 2048];
+    let sig = stripe_signature(&big, STRIPE_SECRET);
+    let response = ingest.post_stripe(&big, Some(&sig)).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(error_code(response).await, "body_too_large");
+
+    // Chunked, without Content-Length: cut off while streaming.
+    let mut stream = TcpStream::connect(ingest.addr).await.unwrap();
+    let head = format!(
+        "POST /api/webhooks/stripe HTTP/1.1\r\nhost: x\r\nstripe-signature: {sig}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        stream.write_all(format!("200\r\n{}\r\n", "y".repeat(512)).as_bytes()).await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 0);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_methods_and_unknown_paths_get_405_and_404() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    let get = ingest.client.get(ingest.url("/api/webhooks/stripe")).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+    assert_eq!(ingest.client.put(ingest.url("/api/webhooks/toss")).send().await.unwrap().status(), 405);
+    assert_eq!(ingest.client.post(ingest.url("/healthz")).send().await.unwrap().status(), 405);
+    let missing = ingest.client.post(ingest.url("/api/webhooks/paypal")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(error_code(missing).await, "not_found");
+    assert_eq!(ingest.client.get(ingest.url("/")).send().await.unwrap().status(), 404);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_byte_by_byte_too_slowly_is_disconnected() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[("HEADER_READ_TIMEOUT", "1s")])).await;
+    let stream = TcpStream::connect(ingest.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let request = b"POST /api/webhooks/stripe HTTP/1.1\r\nhost: slow\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    let writer_task = tokio::spawn(async move {
+        for byte in request {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true // sent everything: the server never cut us off
+    });
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await;
+    let elapsed = started.elapsed();
+    match read {
+        Ok(Ok(n)) => {
+            // hyper may answer 408 before closing; either way the connection ends.
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "unexpected answer {text}");
+        }
+        Ok(Err(_)) => {}
+        Err(_) => panic!("the server kept a slow client connected for 5 s"),
+    }
+    assert!(elapsed < Duration::from_secs(4), "disconnected only after {elapsed:?}");
+    writer_task.abort();
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_sending_its_body_too_slowly_gets_408() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[("BODY_READ_TIMEOUT", "1s")])).await;
+    let mut stream = TcpStream::connect(ingest.addr).await.unwrap();
+    stream
+        .write_all(b"POST /api/webhooks/stripe HTTP/1.1\r\nhost: x\r\nstripe-signature: t=1,v1=00\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut stream)).await.expect("an answer within 5 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    ingest.stop().await;
+}
+
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
