@@ -1,0 +1,125 @@
+//! A queue consumer that survives broker reconnects: manual acks, per-consumer prefetch,
+//! at most `concurrency` deliveries in flight, and a graceful stop that lets in-flight
+//! deliveries finish before the channel closes (closing returns every unacknowledged
+//! delivery to the queue, so nothing prefetched is lost).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use shared::broker::Broker;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How one consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    pub queue: String,
+    /// Unique per process, so the management UI shows who holds which deliveries.
+    pub tag: String,
+    /// Deliveries the broker may push before they are acked. Quorum queues only honour a
+    /// per-consumer prefetch, which is what `basic.qos(global = false)` sets.
+    pub prefetch: u16,
+    /// Deliveries handled at once.
+    pub concurrency: usize,
+    /// How long in-flight deliveries may take after shutdown before the channel is closed anyway.
+    pub drain_deadline: Duration,
+}
+
+/// Consumes until `shutdown` fires; `handler` owns each delivery and must ack, nack or reject it.
+pub async fn consume<H, F>(broker: Broker, options: ConsumerOptions, shutdown: CancellationToken, handler: H)
+where
+    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(options.concurrency));
+    let tasks = TaskTracker::new();
+    let mut channel: Option<Channel> = None;
+    'connect: while let Some(link) = broker.connected(&shutdown).await {
+        let opened = open(link.connection(), &options).await;
+        let (ch, mut deliveries) = match opened {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(queue = %options.queue, %error, "cannot start consuming; reconnecting");
+                broker.report_broken(&link);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'connect,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'connect,
+                }
+            }
+        };
+        tracing::info!(queue = %options.queue, prefetch = options.prefetch, concurrency = options.concurrency, "consuming");
+        channel = Some(ch);
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'connect,
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closes"),
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'connect,
+                next = deliveries.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let handler = handler.clone();
+                    tasks.spawn(async move {
+                        handler(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(queue = %options.queue, %error, "consumer failed; reconnecting");
+                    broker.report_broken(&link);
+                    break;
+                }
+                None => {
+                    tracing::warn!(queue = %options.queue, "consumer was cancelled by the broker; reconnecting");
+                    broker.report_broken(&link);
+                    break;
+                }
+            }
+        }
+        channel = None;
+    }
+    // Stop: no new deliveries, let in-flight ones finish, then close (returns the rest).
+    if let Some(ch) = &channel {
+        let _ = ch.basic_cancel(options.tag.as_str().into(), BasicCancelOptions::default()).await;
+    }
+    tasks.close();
+    if tokio::time::timeout(options.drain_deadline, tasks.wait()).await.is_err() {
+        tracing::warn!(queue = %options.queue, "in-flight deliveries did not finish before the deadline; they return to the queue");
+    }
+    if let Some(ch) = channel {
+        let _ = ch.close(200, "worker stopping".into()).await;
+    }
+    tracing::info!(queue = %options.queue, "stopped consuming");
+}
+
+async fn open(connection: &lapin::Connection, options: &ConsumerOptions) -> Result<(Channel, lapin::Consumer), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
+    let consumer = channel
+        .basic_consume(
+            options.queue.as_str().into(),
+            options.tag.as_str().into(),
+            BasicConsumeOptions {
+                // Acks only after the database commit.
+                no_ack: false,
+                // Several workers share the queue.
+                exclusive: false,
+                // Not meaningful for RabbitMQ; kept false.
+                no_local: false,
+                // Wait for the broker's consume-ok so a failure surfaces here.
+                nowait: false,
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}

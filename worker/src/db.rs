@@ -1,0 +1,92 @@
+//! The Postgres pool, and the one place database errors are classified.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use secrecy::ExposeSecret;
+use shared::Settings;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+/// How long to wait for a pooled connection, or to open one, before calling the database
+/// unavailable (a transient failure: the message is retried later).
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the pool; connections open lazily, so a database that is down at start only delays work.
+pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
+    let mut config = tokio_postgres::Config::from_str(settings.database_url.expose_secret())
+        .map_err(|e| anyhow::anyhow!("setting DATABASE_URL is invalid: {e}"))?;
+    config.connect_timeout(POOL_TIMEOUT);
+    config.application_name("webhooks-worker");
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Ok(Pool::builder(manager)
+        .max_size(settings.database_pool_size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()?)
+}
+
+/// What a failed database call means for the message being processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorClass {
+    /// The database is unreachable, busy or the transaction lost a race: try again later.
+    Transient,
+    /// The data itself is unacceptable (constraint, bad value): retrying cannot help.
+    Permanent,
+}
+
+/// Classifies by SQLSTATE. Errors without one are connection-level (I/O, closed) and transient.
+pub fn classify(error: &tokio_postgres::Error) -> DbErrorClass {
+    let Some(db) = error.as_db_error() else { return DbErrorClass::Transient };
+    let code = db.code();
+    let class = &code.code()[..2];
+    if [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+    ]
+    .contains(code)
+    {
+        return DbErrorClass::Transient;
+    }
+    match class {
+        // 22 data exception, 23 integrity constraint violation: this message's data is the problem.
+        "22" | "23" => DbErrorClass::Permanent,
+        // 08 connection exception, 53 insufficient resources, 57 operator intervention,
+        // 58 system error, 40 rollback, and anything else (a schema not yet migrated during a
+        // deploy, say) is worth retrying: it is not the message's fault.
+        _ => DbErrorClass::Transient,
+    }
+}
+
+/// Pool failures are never the message's fault.
+pub fn describe_pool_error(error: &PoolError) -> String {
+    match error {
+        PoolError::Timeout(_) => "database pool timed out (database unreachable or saturated)".into(),
+        PoolError::Backend(e) => format!("database connection failed: {e}"),
+        other => format!("database pool error: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_without_sqlstate_are_transient() {
+        // A closed connection has no SQLSTATE; build one by connecting to a port nobody listens on.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let error = runtime.block_on(async {
+            tokio_postgres::connect("postgres://postgres@127.0.0.1:1/x?connect_timeout=1", NoTls).await.err().unwrap()
+        });
+        assert_eq!(classify(&error), DbErrorClass::Transient);
+    }
+}

@@ -1,0 +1,202 @@
+//! Optional HTTP delivery of notifications (`NOTIFY_WEBHOOK_URL`), signed in the Standard
+//! Webhooks format so any Standard Webhooks library can verify them.
+//!
+//! 2xx: delivered. 4xx other than 408/429: permanent, to the dead letters at once. 5xx, 408,
+//! 429, timeouts and connection errors: retried through the delay tiers (a `Retry-After`
+//! picks the first tier at least that long), then dead letters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use secrecy::ExposeSecret;
+use shared::envelope::{header_int, long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::standard_webhooks::SigningKey;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::consumer::{consume, ConsumerOptions};
+use crate::retry::{dispose, Disposition, Failure};
+use crate::Deps;
+
+/// What one POST produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    /// Worth retrying; `retry_after` from the endpoint, when it said.
+    Retryable { error: String, retry_after: Option<Duration> },
+    Permanent(String),
+}
+
+/// Classifies an HTTP answer. Pure.
+pub fn classify_status(status: u16, retry_after: Option<&str>) -> Attempt {
+    match status {
+        200..=299 => Attempt::Delivered,
+        408 | 429 | 500..=599 => Attempt::Retryable {
+            error: format!("endpoint answered {status}"),
+            retry_after: retry_after.and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs),
+        },
+        _ => Attempt::Permanent(format!("endpoint answered {status}")),
+    }
+}
+
+/// The first tier whose delay is at least `wanted`, else the last tier.
+pub fn tier_for(delays: &[Duration], wanted: Duration, at_least: usize) -> usize {
+    let last = delays.len().saturating_sub(1);
+    (at_least..delays.len()).find(|&t| delays[t] >= wanted).unwrap_or(last)
+}
+
+struct Sender {
+    client: reqwest::Client,
+    key: SigningKey,
+}
+
+/// Starts the delivery consumer when `NOTIFY_WEBHOOK_URL` is set.
+pub fn start(deps: &Arc<Deps>, tasks: &TaskTracker, tag: &str, shutdown: CancellationToken) -> Option<JoinHandle<()>> {
+    let settings = &deps.settings;
+    let (Some(_), Some(secret)) = (&settings.notify_webhook_url, &settings.notify_webhook_secret) else {
+        return None;
+    };
+    let key = SigningKey::parse(secret).expect("validated with the settings");
+    let client = reqwest::Client::builder()
+        .connect_timeout(settings.notify_connect_timeout)
+        .timeout(settings.notify_timeout)
+        .user_agent("webhooks-worker")
+        .build()
+        .expect("HTTP client builds");
+    let sender = Arc::new(Sender { client, key });
+    let deps = deps.clone();
+    let options = ConsumerOptions {
+        queue: deps.broker.topology().notify_queue(),
+        tag: format!("{tag}-notify"),
+        prefetch: (settings.notify_concurrency * 2).min(u16::MAX as usize) as u16,
+        concurrency: settings.notify_concurrency,
+        drain_deadline: settings.shutdown_timeout,
+    };
+    tracing::info!("notification delivery on");
+    Some(tasks.spawn(consume(deps.broker.clone(), options, shutdown, move |delivery| {
+        deliver(deps.clone(), sender.clone(), delivery)
+    })))
+}
+
+async fn deliver(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery) {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
+    let id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let span = tracing::info_span!("notification", notification_id = %id, attempt);
+    let _enter = span.enter();
+    let result = post(&deps, &sender, &id, &delivery.data).await;
+    let metrics = &deps.metrics.notifications;
+    let (failure, retry_after) = match &result {
+        Attempt::Delivered => (None, None),
+        Attempt::Retryable { error, retry_after } => (Some((Failure::Transient, error.as_str())), *retry_after),
+        Attempt::Permanent(error) => (Some((Failure::Permanent, error.as_str())), None),
+    };
+    let topology = deps.broker.topology();
+    let (queue, properties) = match dispose(failure, attempt, deps.settings.retry_max_attempts) {
+        Disposition::Ack => {
+            tracing::info!("notification delivered");
+            metrics.with_label_values(&["delivered"]).inc();
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
+        Disposition::Retry { tier } => {
+            let tier = retry_after.map_or(tier, |wanted| tier_for(topology.retry_delays(), wanted, tier));
+            let error = failure.map(|(_, e)| e).unwrap_or_default();
+            tracing::warn!(%error, retry_in = ?topology.delay(tier), "notification not delivered; will retry");
+            metrics.with_label_values(&["retried"]).inc();
+            let props = with_headers(
+                &delivery.properties,
+                [(H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))), (H_LAST_ERROR, long_string(error))],
+            );
+            (topology.notify_retry_queue(tier), props)
+        }
+        Disposition::DeadLetter { reason } => {
+            tracing::error!(%reason, "notification dead-lettered");
+            metrics.with_label_values(&["dead_lettered"]).inc();
+            let props = with_headers(
+                &delivery.properties,
+                [
+                    (H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+                    (H_DEAD_REASON, long_string(&reason)),
+                    (H_DEAD_AT, long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))),
+                ],
+            );
+            (topology.notify_dead_queue(), props)
+        }
+    };
+    match deps.broker.publish("", &queue, &delivery.data, properties).await {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not republish the notification; returning it to the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+        }
+    }
+}
+
+async fn post(deps: &Deps, sender: &Sender, id: &str, body: &[u8]) -> Attempt {
+    let url = deps.settings.notify_webhook_url.as_ref().expect("delivery runs only with a URL");
+    let timestamp = Utc::now().timestamp();
+    let signature = sender.key.sign(id, timestamp, body);
+    let response = sender
+        .client
+        .post(url.expose_secret())
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body.to_vec())
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            classify_status(r.status().as_u16(), retry_after.as_deref())
+        }
+        Err(e) if e.is_timeout() => Attempt::Retryable { error: "endpoint timed out".into(), retry_after: None },
+        Err(e) if e.is_connect() => Attempt::Retryable { error: "endpoint unreachable".into(), retry_after: None },
+        Err(_) => Attempt::Retryable { error: "request to endpoint failed".into(), retry_after: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_as_the_contract_says() {
+        assert_eq!(classify_status(200, None), Attempt::Delivered);
+        assert_eq!(classify_status(204, None), Attempt::Delivered);
+        for code in [400, 401, 403, 404, 410, 422] {
+            assert!(matches!(classify_status(code, None), Attempt::Permanent(_)), "{code}");
+        }
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(matches!(classify_status(code, None), Attempt::Retryable { .. }), "{code}");
+        }
+        assert_eq!(
+            classify_status(429, Some("30")),
+            Attempt::Retryable { error: "endpoint answered 429".into(), retry_after: Some(Duration::from_secs(30)) }
+        );
+    }
+
+    #[test]
+    fn retry_after_picks_the_first_tier_long_enough() {
+        let tiers = [1, 10, 60, 600].map(Duration::from_secs);
+        assert_eq!(tier_for(&tiers, Duration::from_secs(5), 0), 1);
+        assert_eq!(tier_for(&tiers, Duration::from_secs(60), 0), 2);
+        assert_eq!(tier_for(&tiers, Duration::from_secs(7200), 0), 3);
+        assert_eq!(tier_for(&tiers, Duration::from_secs(1), 2), 2, "never shorter than the schedule");
+    }
+}

@@ -1,0 +1,354 @@
+//! From a queued envelope to what the worker will do with it: which payment, which target
+//! status, which facts to check. Pure: no I/O, so every mapping is unit-tested.
+
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use shared::envelope::EventEnvelope;
+use shared::providers::stripe::{parse_stripe_event, StripeEvent};
+use shared::providers::toss::{parse_toss_event, TossEvent, TossEventKind};
+use shared::status::PaymentStatus;
+use shared::Provider;
+
+/// How to find the payment an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentRef {
+    /// `payments.order_id`.
+    OrderId(String),
+    /// `payments.provider_payment_id` (a Stripe payment intent or a Toss paymentKey).
+    ProviderPaymentId(String),
+}
+
+impl PaymentRef {
+    pub fn order_id(&self) -> Option<&str> {
+        match self {
+            Self::OrderId(id) => Some(id),
+            Self::ProviderPaymentId(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PaymentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OrderId(id) => write!(f, "order {id}"),
+            Self::ProviderPaymentId(id) => write!(f, "provider payment {id}"),
+        }
+    }
+}
+
+/// What the event asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Move the payment to this status (if the state machine allows).
+    SetStatus { payment: PaymentRef, target: PaymentStatus },
+    /// A valid delivery the pipeline does not apply to payments; recorded as ignored.
+    Ignore(String),
+}
+
+/// A parsed event with everything the worker checks and stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingEvent {
+    pub provider: Provider,
+    pub event_type: String,
+    pub intent: Intent,
+    /// The provider's own word for the status (`paid`, `DONE`, ...).
+    pub provider_status: Option<String>,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    /// Stripe payment intent / Toss paymentKey, stored on the payment when first seen.
+    pub provider_payment_id: Option<String>,
+    /// `DEPOSIT_CALLBACK.secret`, compared in constant time with the stored one.
+    pub deposit_secret: Option<String>,
+    pub is_deposit_callback: bool,
+    /// True for Toss payment events, which Toss does not sign.
+    pub unsigned_payment_event: bool,
+    pub failure_reason: Option<String>,
+    /// The provider object, without secrets, stored under `payment_metadata->'webhook'->'data'`.
+    pub data: Value,
+}
+
+/// Why a message can never be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unprocessable(pub String);
+
+impl IncomingEvent {
+    pub fn parse(envelope: &EventEnvelope) -> Result<Self, Unprocessable> {
+        match envelope.provider {
+            Provider::Stripe => parse_stripe_event(&envelope.body)
+                .map(|e| from_stripe(&e))
+                .map_err(|e| Unprocessable(format!("unparseable Stripe payload: {e}"))),
+            Provider::Toss => {
+                let event = parse_toss_event(&envelope.body)
+                    .map_err(|e| Unprocessable(format!("unparseable Toss payload: {e}")))?;
+                from_toss(&event)
+            }
+        }
+    }
+
+    /// The order id, when the event names one.
+    pub fn order_id(&self) -> Option<&str> {
+        match &self.intent {
+            Intent::SetStatus { payment, .. } => payment.order_id(),
+            Intent::Ignore(_) => None,
+        }
+    }
+}
+
+fn from_stripe(event: &StripeEvent) -> IncomingEvent {
+    use PaymentStatus::*;
+    let target = match event.event_type.as_str() {
+        "checkout.session.completed" => match event.session_payment_status() {
+            Some("paid") | Some("no_payment_required") => Some(Paid),
+            // Async methods (bank transfers, vouchers): the money has not arrived yet.
+            Some("unpaid") => Some(WaitingForDeposit),
+            _ => None,
+        },
+        "checkout.session.async_payment_succeeded" => Some(Paid),
+        "checkout.session.async_payment_failed" => Some(Failed),
+        "checkout.session.expired" => Some(Expired),
+        "payment_intent.payment_failed" => Some(Failed),
+        _ => None,
+    };
+    let payment = match (event.order_id(), event.payment_intent_id()) {
+        (Some(order), _) => Some(PaymentRef::OrderId(order.to_string())),
+        (None, Some(pi)) if event.object_kind() == Some("payment_intent") => {
+            Some(PaymentRef::ProviderPaymentId(pi.to_string()))
+        }
+        _ => None,
+    };
+    let intent = match (target, payment) {
+        (Some(target), Some(payment)) => Intent::SetStatus { payment, target },
+        (Some(_), None) => Intent::Ignore("event names no order (client_reference_id, metadata.order_id) or payment intent".into()),
+        (None, _) if is_handled_stripe_type(&event.event_type) => {
+            Intent::Ignore(format!("session payment_status {:?} is not handled", event.session_payment_status()))
+        }
+        (None, _) => Intent::Ignore(format!("event type {} is not applied to payments", event.event_type)),
+    };
+    IncomingEvent {
+        provider: Provider::Stripe,
+        event_type: event.event_type.clone(),
+        intent,
+        provider_status: event
+            .session_payment_status()
+            .or_else(|| event.object.get("status").and_then(Value::as_str))
+            .map(str::to_string),
+        amount: event.amount(),
+        currency: event.currency().map(str::to_string),
+        provider_payment_id: event.payment_intent_id().map(str::to_string),
+        deposit_secret: None,
+        is_deposit_callback: false,
+        unsigned_payment_event: false,
+        failure_reason: event.failure_reason(),
+        data: event.object.clone(),
+    }
+}
+
+fn is_handled_stripe_type(event_type: &str) -> bool {
+    event_type == "checkout.session.completed"
+}
+
+/// Maps a Toss status to a payment status; `Ok(None)` for states that are not an outcome.
+pub fn toss_status(status: &str) -> Result<Option<PaymentStatus>, Unprocessable> {
+    use PaymentStatus::*;
+    Ok(Some(match status {
+        "DONE" => Paid,
+        "WAITING_FOR_DEPOSIT" => WaitingForDeposit,
+        "CANCELED" => Canceled,
+        "PARTIAL_CANCELED" => PartiallyCanceled,
+        // The original guide says FAILED; Toss itself says ABORTED.
+        "ABORTED" | "FAILED" => Failed,
+        "EXPIRED" => Expired,
+        "READY" | "IN_PROGRESS" => return Ok(None),
+        other => return Err(Unprocessable(format!("unknown Toss status {other:?}"))),
+    }))
+}
+
+fn from_toss(event: &TossEvent) -> Result<IncomingEvent, Unprocessable> {
+    let applies = matches!(event.kind, TossEventKind::PaymentStatusChanged | TossEventKind::DepositCallback);
+    let intent = if !applies {
+        Intent::Ignore(format!("event type {} is not applied to payments", event.event_type))
+    } else {
+        let status = event
+            .status
+            .as_deref()
+            .ok_or_else(|| Unprocessable(format!("{} without a status", event.event_type)))?;
+        let payment = match (&event.order_id, &event.payment_key) {
+            (Some(order), _) => PaymentRef::OrderId(order.clone()),
+            (None, Some(key)) => PaymentRef::ProviderPaymentId(key.clone()),
+            (None, None) => {
+                return Err(Unprocessable(format!("{} names neither orderId nor paymentKey", event.event_type)))
+            }
+        };
+        match toss_status(status)? {
+            Some(target) => Intent::SetStatus { payment, target },
+            None => Intent::Ignore(format!("status {status} is not an outcome")),
+        }
+    };
+    Ok(IncomingEvent {
+        provider: Provider::Toss,
+        event_type: event.event_type.clone(),
+        intent,
+        provider_status: event.status.clone(),
+        amount: event.total_amount,
+        currency: event.currency.clone(),
+        provider_payment_id: event.payment_key.clone(),
+        deposit_secret: event.secret.clone(),
+        is_deposit_callback: event.kind == TossEventKind::DepositCallback,
+        unsigned_payment_event: applies,
+        failure_reason: event
+            .payment
+            .get("failure")
+            .and_then(|f| f.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        data: without_secrets(&event.payment),
+    })
+}
+
+/// The object with `secret` fields removed, so stored metadata never carries them.
+pub fn without_secrets(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| k.as_str() != "secret")
+                .map(|(k, v)| (k.clone(), without_secrets(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
+        other => other.clone(),
+    }
+}
+
+/// What is stored under `payment_metadata->'webhook'`.
+pub fn webhook_metadata(envelope: &EventEnvelope, event: &IncomingEvent, verification: &str) -> Value {
+    json!({
+        "provider": envelope.provider.as_str(),
+        "event_id": envelope.event_key,
+        "event_type": event.event_type,
+        "provider_status": event.provider_status,
+        "amount": event.amount.map(|a| a.to_string()),
+        "currency": event.currency,
+        "failure_reason": event.failure_reason,
+        "verification": verification,
+        "received_at": envelope.received_at.to_rfc3339(),
+        "applied_at": chrono::Utc::now().to_rfc3339(),
+        "data": event.data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use shared::envelope::IngestVerification;
+    use PaymentStatus::*;
+
+    fn envelope(provider: Provider, body: &[u8]) -> EventEnvelope {
+        EventEnvelope {
+            provider,
+            event_type: String::new(),
+            event_key: "k".into(),
+            verification: IngestVerification::Signature,
+            received_at: Utc::now(),
+            request_id: String::new(),
+            attempt: 0,
+            delivery_headers: Default::default(),
+            body: body.to_vec(),
+        }
+    }
+
+    fn stripe(body: &[u8]) -> IncomingEvent {
+        IncomingEvent::parse(&envelope(Provider::Stripe, body)).unwrap()
+    }
+
+    fn toss(body: &[u8]) -> Result<IncomingEvent, Unprocessable> {
+        IncomingEvent::parse(&envelope(Provider::Toss, body))
+    }
+
+    fn session(event_type: &str, payment_status: &str) -> Vec<u8> {
+        format!(r#"{{"id":"evt","type":"{event_type}","data":{{"object":{{"object":"checkout.session","id":"cs_1","payment_status":"{payment_status}","client_reference_id":"o-1","payment_intent":"pi_1","amount_total":3000,"currency":"usd"}}}}}}"#).into_bytes()
+    }
+
+    fn set(order: &str, target: PaymentStatus) -> Intent {
+        Intent::SetStatus { payment: PaymentRef::OrderId(order.into()), target }
+    }
+
+    #[test]
+    fn stripe_checkout_events_map_to_statuses() {
+        assert_eq!(stripe(&session("checkout.session.completed", "paid")).intent, set("o-1", Paid));
+        assert_eq!(stripe(&session("checkout.session.completed", "no_payment_required")).intent, set("o-1", Paid));
+        assert_eq!(stripe(&session("checkout.session.completed", "unpaid")).intent, set("o-1", WaitingForDeposit));
+        assert_eq!(stripe(&session("checkout.session.async_payment_succeeded", "paid")).intent, set("o-1", Paid));
+        assert_eq!(stripe(&session("checkout.session.async_payment_failed", "unpaid")).intent, set("o-1", Failed));
+        assert_eq!(stripe(&session("checkout.session.expired", "unpaid")).intent, set("o-1", Expired));
+        let e = stripe(&session("checkout.session.completed", "paid"));
+        assert_eq!(e.provider_payment_id.as_deref(), Some("pi_1"));
+        assert_eq!(e.amount, Some(Decimal::from(3000)));
+    }
+
+    #[test]
+    fn stripe_payment_intent_failures_find_the_order_by_metadata_or_intent() {
+        let with_meta = br#"{"id":"e","type":"payment_intent.payment_failed","data":{"object":{"object":"payment_intent","id":"pi_9","metadata":{"order_id":"o-9"},"last_payment_error":{"code":"card_declined"}}}}"#;
+        let e = stripe(with_meta);
+        assert_eq!(e.intent, set("o-9", Failed));
+        assert_eq!(e.failure_reason.as_deref(), Some("card_declined"));
+        let without = br#"{"id":"e","type":"payment_intent.payment_failed","data":{"object":{"object":"payment_intent","id":"pi_9","metadata":{}}}}"#;
+        assert_eq!(
+            stripe(without).intent,
+            Intent::SetStatus { payment: PaymentRef::ProviderPaymentId("pi_9".into()), target: Failed }
+        );
+    }
+
+    #[test]
+    fn other_stripe_events_are_ignored_not_failed() {
+        let body = br#"{"id":"e","type":"customer.created","data":{"object":{"object":"customer"}}}"#;
+        assert!(matches!(stripe(body).intent, Intent::Ignore(_)));
+        let no_order = br#"{"id":"e","type":"checkout.session.expired","data":{"object":{"object":"checkout.session"}}}"#;
+        assert!(matches!(stripe(no_order).intent, Intent::Ignore(_)));
+    }
+
+    #[test]
+    fn toss_statuses_map_including_the_guides_failed() {
+        for (status, expected) in [
+            ("DONE", Some(Paid)),
+            ("WAITING_FOR_DEPOSIT", Some(WaitingForDeposit)),
+            ("CANCELED", Some(Canceled)),
+            ("PARTIAL_CANCELED", Some(PartiallyCanceled)),
+            ("ABORTED", Some(Failed)),
+            ("FAILED", Some(Failed)),
+            ("EXPIRED", Some(Expired)),
+            ("READY", None),
+            ("IN_PROGRESS", None),
+        ] {
+            assert_eq!(toss_status(status), Ok(expected), "{status}");
+        }
+        assert!(toss_status("SOMETHING_NEW").is_err());
+    }
+
+    #[test]
+    fn toss_payment_events_become_status_changes() {
+        let e = toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o-2","paymentKey":"pk","status":"DONE","totalAmount":37400,"currency":"KRW"}}"#).unwrap();
+        assert_eq!(e.intent, set("o-2", Paid));
+        assert!(e.unsigned_payment_event);
+        assert_eq!(e.provider_payment_id.as_deref(), Some("pk"));
+        let guide = toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"test_order_id","status":"DONE"}"#).unwrap();
+        assert_eq!(guide.intent, set("test_order_id", Paid));
+        let deposit = toss(br#"{"secret":"ps_1","status":"DONE","orderId":"o-3"}"#).unwrap();
+        assert!(deposit.is_deposit_callback);
+        assert_eq!(deposit.deposit_secret.as_deref(), Some("ps_1"));
+        assert_eq!(deposit.data.get("secret"), None, "secrets never reach stored metadata");
+    }
+
+    #[test]
+    fn toss_events_that_cannot_be_applied() {
+        assert!(toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o"}}"#).is_err());
+        assert!(toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"status":"DONE"}}"#).is_err());
+        assert!(toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"WEIRD"}}"#).is_err());
+        let payout = toss(br#"{"eventType":"payout.changed","eventId":"x","entityBody":{}}"#).unwrap();
+        assert!(matches!(payout.intent, Intent::Ignore(_)));
+        assert!(!payout.unsigned_payment_event);
+        let ready = toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"READY"}}"#).unwrap();
+        assert!(matches!(ready.intent, Intent::Ignore(_)));
+    }
+}

@@ -1,0 +1,79 @@
+//! The worker's own small HTTP listener (`WORKER_ADDR`): `/healthz`, `/readyz`, `/metrics`;
+//! and the sampler that keeps queue-depth and outbox gauges current.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde_json::json;
+use shared::http_server::{json_response, text_response, HttpResponse, PROMETHEUS_CONTENT_TYPE};
+use tokio_util::sync::CancellationToken;
+
+use crate::Deps;
+
+/// How often queue depths and the outbox backlog are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// `/readyz` answers within this even when the database hangs.
+const DB_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn route(deps: &Deps, draining: &CancellationToken, request: Request<Incoming>) -> HttpResponse {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed", "detail": "use GET"}));
+    }
+    match request.uri().path() {
+        "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/readyz" => {
+            let broker = deps.broker.is_ready();
+            let database = database_reachable(deps).await;
+            let draining = draining.is_cancelled();
+            let ready = broker && database && !draining;
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(status, &json!({"ready": ready, "broker": broker, "database": database, "draining": draining}))
+        }
+        "/metrics" => text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&deps.metrics.registry)),
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found", "detail": "no such route"})),
+    }
+}
+
+async fn database_reachable(deps: &Deps) -> bool {
+    let ping = async {
+        let client = deps.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    };
+    matches!(tokio::time::timeout(DB_PING_TIMEOUT, ping).await, Ok(Some(_)))
+}
+
+/// Samples queue depths and the outbox backlog until `stop` fires.
+pub async fn sample_gauges(deps: Arc<Deps>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(link) = deps.broker.current() {
+            for queue in deps.broker.topology().queues() {
+                // A passive declare of a missing queue closes its channel, so each gets its own.
+                let Ok(channel) = link.connection().create_channel().await else { break };
+                let options = QueueDeclareOptions { passive: true, ..Default::default() };
+                if let Ok(q) = channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await {
+                    deps.metrics.queue_depth.with_label_values(&[&queue]).set(i64::from(q.message_count()));
+                }
+                let _ = channel.close(200, "".into()).await;
+            }
+        }
+        if let Ok(client) = deps.pool.get().await {
+            if let Ok(row) = client.query_one("SELECT count(*) FROM outbox", &[]).await {
+                let pending: i64 = row.get(0);
+                deps.metrics.outbox_pending.set(pending);
+                if pending > 0 {
+                    tracing::debug!(pending, "outbox backlog");
+                }
+            }
+        }
+    }
+}

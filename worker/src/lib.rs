@@ -1,0 +1,176 @@
+//! The worker consumes what ingest queued and applies it to Postgres exactly once in effect.
+//!
+//! - [`event`]: from a queued envelope to an intent (which payment, which status);
+//! - [`state_machine`]: which status changes are allowed;
+//! - [`apply`]: the one transaction per event (inbox, row lock, checks, update, notification, outbox);
+//! - [`process`]: one delivery end to end, settling it with ack, retry or dead letter;
+//! - [`retry`]: the retry schedule; [`consumer`]: the reconnecting consumer loop;
+//! - [`outbox`]: the relay publishing notifications; [`delivery`]: their optional HTTP delivery;
+//! - [`toss_api`]: fetch-back verification of unsigned Toss events;
+//! - [`migrate`], [`db`], [`health`], [`metrics`]: plumbing; [`cli`]: the `hookctl` tool.
+
+pub mod apply;
+pub mod cli;
+pub mod consumer;
+pub mod db;
+pub mod delivery;
+pub mod event;
+pub mod health;
+pub mod metrics;
+pub mod migrate;
+pub mod notification;
+pub mod outbox;
+pub mod outcome;
+pub mod process;
+pub mod retry;
+pub mod state_machine;
+pub mod toss_api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use shared::broker::{Broker, BrokerOptions};
+use shared::http_server::{self, ServeOptions};
+use shared::topology::Topology;
+use shared::Settings;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::consumer::{consume, ConsumerOptions};
+use crate::metrics::WorkerMetrics;
+use crate::toss_api::TossApi;
+
+/// Publisher channels for retries, dead letters and the outbox relay.
+const PUBLISH_CHANNELS: usize = 2;
+
+/// Everything a delivery handler needs.
+pub struct Deps {
+    pub settings: Settings,
+    pub pool: Pool,
+    pub broker: Broker,
+    pub metrics: WorkerMetrics,
+    pub toss_api: Option<TossApi>,
+    /// Wakes the outbox relay right after this worker committed a notification.
+    pub outbox_wakeup: Notify,
+}
+
+/// A worker with its health listener bound, not yet consuming.
+pub struct Worker {
+    deps: Arc<Deps>,
+    listener: TcpListener,
+    broker_stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings)?;
+        let toss_api = TossApi::from_settings(&settings)?;
+        warn_about_toss_verification(&settings);
+        let listener = TcpListener::bind(settings.worker_addr)
+            .await
+            .with_context(|| format!("cannot listen on WORKER_ADDR={}", settings.worker_addr))?;
+        let metrics = WorkerMetrics::new();
+        let broker_stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let broker = Broker::start(
+            settings.amqp_url.clone(),
+            Topology::from_settings(&settings),
+            BrokerOptions {
+                connection_name: "worker".into(),
+                publish_channels: PUBLISH_CHANNELS,
+                publish_timeout: settings.publish_timeout,
+            },
+            metrics.broker.clone(),
+            broker_stop.clone(),
+            &tasks,
+        );
+        let deps = Arc::new(Deps { settings, pool, broker, metrics, toss_api, outbox_wakeup: Notify::new() });
+        Ok(Self { deps, listener, broker_stop, tasks })
+    }
+
+    /// Address of the health and metrics listener (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn deps(&self) -> Arc<Deps> {
+        self.deps.clone()
+    }
+
+    /// Runs until `shutdown`: then stops consuming, lets in-flight deliveries finish (the rest
+    /// return to the queue), flushes the outbox, closes the broker connection and the pool.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self { deps, listener, broker_stop, tasks } = self;
+        let settings = &deps.settings;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "worker health and metrics listening");
+
+        let http_stop = CancellationToken::new();
+        let http_deps = deps.clone();
+        let draining = shutdown.clone();
+        let http = tokio::spawn(http_server::serve(
+            listener,
+            move |request, _peer| {
+                let deps = http_deps.clone();
+                let draining = draining.clone();
+                async move { health::route(&deps, &draining, request).await }
+            },
+            ServeOptions { header_read_timeout: settings.header_read_timeout, drain_deadline: std::time::Duration::from_secs(1) },
+            http_stop.clone(),
+        ));
+
+        let tag = format!("worker-{}", uuid::Uuid::new_v4().simple());
+        let work = tasks.spawn(consume(
+            deps.broker.clone(),
+            ConsumerOptions {
+                queue: deps.broker.topology().work_queue(),
+                tag: tag.clone(),
+                prefetch: settings.worker_prefetch,
+                concurrency: settings.worker_concurrency,
+                drain_deadline: settings.shutdown_timeout,
+            },
+            shutdown.clone(),
+            {
+                let deps = deps.clone();
+                move |delivery| process::process_delivery(deps.clone(), delivery)
+            },
+        ));
+        let delivering = delivery::start(&deps, &tasks, &tag, shutdown.clone());
+        let relay_stop = CancellationToken::new();
+        let relay = tasks.spawn(outbox::run_relay(deps.clone(), relay_stop.clone()));
+        let gauges = tasks.spawn(health::sample_gauges(deps.clone(), relay_stop.clone()));
+
+        shutdown.cancelled().await;
+        tracing::info!("worker stopping: finishing in-flight deliveries");
+        let _ = work.await;
+        if let Some(handle) = delivering {
+            let _ = handle.await;
+        }
+        relay_stop.cancel();
+        let _ = relay.await;
+        let _ = gauges.await;
+        broker_stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        deps.pool.close();
+        http_stop.cancel();
+        let _ = http.await;
+        tracing::info!("worker stopped");
+    }
+}
+
+fn warn_about_toss_verification(settings: &Settings) {
+    if settings.toss_fetch_back_enabled() {
+        tracing::info!(api = %settings.toss_api_base, "Toss payment events are fetched back from the Toss API before they are applied");
+    } else {
+        tracing::warn!(
+            "INSECURE: TOSS_SECRET_KEY is not set, so Toss payment events (unsigned by Toss) are applied \
+             without fetch-back; only a DEPOSIT_CALLBACK secret or a stored amount can catch a forged event. \
+             Set TOSS_SECRET_KEY (and TOSS_ALLOWED_IPS=toss on ingest) in production."
+        );
+    }
+}
