@@ -83,14 +83,21 @@ impl TestBroker {
 
     /// Messages ready in `queue` (0 if it does not exist).
     pub async fn count(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.map_or(0, |q| q.message_count())
+    }
+
+    /// Consumers of `queue` (0 if it does not exist).
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.map_or(0, |q| q.consumer_count())
+    }
+
+    /// A passive declare on a channel of its own: one of a missing queue closes its channel.
+    async fn inspect(&self, queue: &str) -> Option<lapin::Queue> {
         let channel = self.connection.create_channel().await.expect("channel");
         let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let count = match channel.queue_declare(queue.into(), options, FieldTable::default()).await {
-            Ok(q) => q.message_count(),
-            Err(_) => 0,
-        };
+        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await.ok();
         let _ = channel.close(200, "".into()).await;
-        count
+        queue
     }
 
     /// Drains `queue`, returning every message in it.

@@ -21,6 +21,14 @@ impl TestDb {
         Self { name, url }
     }
 
+    /// A name and URL for a database that does not exist yet (to test code that creates it);
+    /// dropped like any other when the test ends.
+    pub fn reserve() -> Self {
+        let name = unique("t");
+        let url = with_database(&admin_database_url(), &name);
+        Self { name, url }
+    }
+
     /// A new connection to the test database.
     pub async fn client(&self) -> Client {
         connect(&self.url).await

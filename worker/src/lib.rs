@@ -56,6 +56,8 @@ pub struct Deps {
     pub toss_api: Option<TossApi>,
     /// Wakes the outbox relay right after this worker committed a notification.
     pub outbox_wakeup: Notify,
+    /// The "nobody subscribes to notifications" warning is logged once per process.
+    pub unrouted_warned: std::sync::atomic::AtomicBool,
 }
 
 /// A worker with its health listener bound, not yet consuming.
@@ -89,7 +91,7 @@ impl Worker {
             broker_stop.clone(),
             &tasks,
         );
-        let deps = Arc::new(Deps { settings, pool, broker, metrics, toss_api, outbox_wakeup: Notify::new() });
+        let deps = Arc::new(Deps { settings, pool, broker, metrics, toss_api, outbox_wakeup: Notify::new(), unrouted_warned: Default::default() });
         Ok(Self { deps, listener, broker_stop, tasks })
     }
 

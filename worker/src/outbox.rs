@@ -113,8 +113,8 @@ pub async fn relay_batch(deps: &Deps) -> Result<BatchResult, HandleError> {
     let published = done.len();
     deps.metrics.notifications.with_label_values(&["published"]).inc_by((published - unrouted) as u64);
     deps.metrics.notifications.with_label_values(&["unrouted"]).inc_by(unrouted as u64);
-    if unrouted > 0 {
-        tracing::warn!(unrouted, exchange = %exchange, "notifications published with no queue bound to receive them");
+    if unrouted > 0 && !deps.unrouted_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(exchange = %exchange, "no queue is bound to the notifications exchange: notifications are kept in the notifications table only (counted as notifications_total{{stage=\"unrouted\"}})");
     }
     if !failed.is_empty() {
         tracing::warn!(failed = failed.len(), first_error = %failed[0].1, "notifications not confirmed; they stay in the outbox");
