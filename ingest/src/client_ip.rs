@@ -12,16 +12,16 @@ use ipnet::IpNet;
 
 /// The client address, or `None` when the header has fewer hops than configured or the
 /// chosen entry is not an address.
-pub fn client_ip<'a>(peer: IpAddr, forwarded_for: impl IntoIterator<Item = &'a str>, trusted_hops: usize) -> Option<IpAddr> {
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = &'a str>,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
     if trusted_hops == 0 {
         return Some(peer);
     }
-    let hops: Vec<&str> = forwarded_for
-        .into_iter()
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let hops: Vec<&str> =
+        forwarded_for.into_iter().flat_map(|value| value.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
     let index = hops.len().checked_sub(trusted_hops)?;
     parse_hop(hops[index])
 }

@@ -35,7 +35,8 @@ impl IngestMetrics {
             )
             .unwrap(),
         );
-        let inflight = register(&registry, IntGauge::new("ingest_inflight_requests", "Webhook requests in flight").unwrap());
+        let inflight =
+            register(&registry, IntGauge::new("ingest_inflight_requests", "Webhook requests in flight").unwrap());
         let broker = BrokerMetrics::register(&registry);
         Self { registry, requests, latency, inflight, broker }
     }

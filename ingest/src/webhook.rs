@@ -26,7 +26,13 @@ use crate::error::RejectReason;
 use crate::AppState;
 
 /// Handles `POST /api/webhooks/{stripe,toss}`.
-pub async fn handle(state: &AppState, provider: Provider, request: Request<Incoming>, peer: SocketAddr, request_id: String) -> HttpResponse {
+pub async fn handle(
+    state: &AppState,
+    provider: Provider,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: String,
+) -> HttpResponse {
     let started = Instant::now();
     let span = tracing::info_span!("webhook", %request_id, provider = %provider, event_id = tracing::field::Empty, status = tracing::field::Empty);
     let response = async {
@@ -51,7 +57,13 @@ pub async fn handle(state: &AppState, provider: Provider, request: Request<Incom
     response
 }
 
-async fn receive(state: &AppState, provider: Provider, request: Request<Incoming>, peer: SocketAddr, request_id: &str) -> Result<(), RejectReason> {
+async fn receive(
+    state: &AppState,
+    provider: Provider,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Result<(), RejectReason> {
     let _permit = state.inflight.try_acquire().map_err(|_| RejectReason::Saturated)?;
 
     if provider == Provider::Toss && !state.settings.toss_allowed_ips.is_empty() {
@@ -76,7 +88,9 @@ async fn receive(state: &AppState, provider: Provider, request: Request<Incoming
         attempt: 0,
         delivery_headers: DELIVERY_HEADERS
             .iter()
-            .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| (name.to_string(), v.to_string())))
+            .filter_map(|name| {
+                headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| (name.to_string(), v.to_string()))
+            })
             .collect(),
         body: body.to_vec(),
     };
@@ -109,10 +123,8 @@ fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) ->
 /// the stream passes it, and abandoned when the client is slower than `BODY_READ_TIMEOUT`.
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Incoming) -> Result<Bytes, RejectReason> {
     let limit = state.settings.max_body_bytes;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(RejectReason::TooLarge(limit));
     }
@@ -129,7 +141,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(String, String, IngestVerification), RejectReason> {
+fn verify_stripe(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, String, IngestVerification), RejectReason> {
     verify_stripe_signature(
         body,
         header(headers, "stripe-signature"),
@@ -139,7 +155,9 @@ fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
     )
     .map_err(|e| {
         let detail = match e {
-            StripeSignatureError::Stale | StripeSignatureError::Future => format!("{e} ({:?})", state.settings.stripe_tolerance),
+            StripeSignatureError::Stale | StripeSignatureError::Future => {
+                format!("{e} ({:?})", state.settings.stripe_tolerance)
+            }
             other => other.to_string(),
         };
         RejectReason::BadSignature(detail)
@@ -149,7 +167,11 @@ fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
     Ok((event.event_type, event.id, IngestVerification::Signature))
 }
 
-fn verify_toss(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(String, String, IngestVerification), RejectReason> {
+fn verify_toss(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, String, IngestVerification), RejectReason> {
     let event = parse_toss_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     let signature = header(headers, "tosspayments-webhook-signature");
     // Toss signs only payout and seller events. A signature on anything else is still checked

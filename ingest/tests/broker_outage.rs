@@ -21,7 +21,9 @@ async fn cut_broker_means_503_and_recovery_without_restart() {
     let proxy = TcpProxy::start(real).await;
     let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let ingest = TestIngest::spawn(broker.settings(None, &[("AMQP_URL", &via_proxy), ("PUBLISH_TIMEOUT", "2s")])).await;
-    let event = |n: u32| stripe_session_event(&format!("evt_outage_{n}"), "checkout.session.completed", "o", "paid", 100, "usd");
+    let event = |n: u32| {
+        stripe_session_event(&format!("evt_outage_{n}"), "checkout.session.completed", "o", "paid", 100, "usd")
+    };
     let post = |n: u32| {
         let body = event(n);
         let sig = stripe_signature(&body, STRIPE_SECRET);
@@ -57,10 +59,15 @@ async fn cut_broker_means_503_and_recovery_without_restart() {
     let queued = broker.drain(&format!("{}.work", broker.prefix)).await;
     let keys: Vec<String> = queued
         .iter()
-        .map(|m| shared::envelope::header_str(m.delivery.properties.headers().as_ref().unwrap(), "x-event-key").unwrap())
+        .map(|m| {
+            shared::envelope::header_str(m.delivery.properties.headers().as_ref().unwrap(), "x-event-key").unwrap()
+        })
         .collect();
     assert!(keys.contains(&"evt_outage_0".to_string()));
     assert!(keys.contains(&"evt_outage_100".to_string()));
-    assert!(keys.iter().all(|k| k == "evt_outage_0" || k == "evt_outage_100"), "an event answered 503 was queued: {keys:?}");
+    assert!(
+        keys.iter().all(|k| k == "evt_outage_0" || k == "evt_outage_100"),
+        "an event answered 503 was queued: {keys:?}"
+    );
     ingest.stop().await;
 }

@@ -5,10 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{error_code, TestIngest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use testkit::events::{stripe_signature, STRIPE_SECRET};
 use testkit::TestBroker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_whether_declared_or_streamed() {
@@ -96,7 +96,8 @@ async fn a_client_sending_its_body_too_slowly_gets_408() {
         .await
         .unwrap();
     let started = Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut stream)).await.expect("an answer within 5 s");
+    let answer =
+        tokio::time::timeout(Duration::from_secs(5), read_answer(&mut stream)).await.expect("an answer within 5 s");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(4));
     ingest.stop().await;

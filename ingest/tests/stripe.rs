@@ -91,10 +91,15 @@ async fn during_secret_rotation_either_signature_is_accepted() {
     let only_old = sign_stripe_payload(&body, old, t);
     let only_new = sign_stripe_payload(&body, new, t);
     let neither = sign_stripe_payload(&body, "whsec_other", t);
-    for (case, header, expected) in [("both", &both, 200), ("old", &only_old, 200), ("new", &only_new, 200), ("neither", &neither, 400)] {
+    for (case, header, expected) in
+        [("both", &both, 200), ("old", &only_old, 200), ("new", &only_new, 200), ("neither", &neither, 400)]
+    {
         assert_eq!(ingest.post_stripe(&body, Some(header)).await.status(), expected, "{case}");
     }
     let queue = format!("{}.work", broker.prefix);
-    testkit::eventually("three queued copies", Duration::from_secs(5), || async { (broker.count(&queue).await == 3).then_some(()) }).await;
+    testkit::eventually("three queued copies", Duration::from_secs(5), || async {
+        (broker.count(&queue).await == 3).then_some(())
+    })
+    .await;
     ingest.stop().await;
 }

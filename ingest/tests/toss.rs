@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::{error_code, TestIngest};
 use shared::envelope::{header_str, H_EVENT_KEY, H_EVENT_TYPE, H_PROVIDER, H_VERIFICATION};
-use testkit::events::{toss_deposit_callback, toss_headers, toss_payment_status_changed, toss_payout_changed, TOSS_SECRET};
+use testkit::events::{
+    toss_deposit_callback, toss_headers, toss_payment_status_changed, toss_payout_changed, TOSS_SECRET,
+};
 use testkit::TestBroker;
 
 fn sha_key(body: &[u8]) -> String {
@@ -50,10 +52,9 @@ async fn signed_event_types_need_a_valid_signature() {
     let broker = TestBroker::new().await;
     let ingest = TestIngest::spawn(broker.settings(None, &[("TOSS_WEBHOOK_SECRET", TOSS_SECRET)])).await;
     let payout = toss_payout_changed("payout-bad");
-    for (case, headers) in [
-        ("wrong key", toss_headers(&payout, Some("not-the-key"))),
-        ("unsigned", toss_headers(&payout, None)),
-    ] {
+    for (case, headers) in
+        [("wrong key", toss_headers(&payout, Some("not-the-key"))), ("unsigned", toss_headers(&payout, None))]
+    {
         let response = ingest.post(ingest::TOSS_ROUTE, &payout, &headers).await;
         assert_eq!(response.status(), 400, "{case}");
         assert_eq!(error_code(response).await, "invalid_signature");
@@ -103,7 +104,8 @@ async fn with_an_allow_list_only_listed_sources_are_queued() {
     ingest.stop().await;
 
     // Behind one trusted proxy (the test client plays it): X-Forwarded-For's last entry decides.
-    let ingest = TestIngest::spawn(broker.settings(None, &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1")])).await;
+    let ingest =
+        TestIngest::spawn(broker.settings(None, &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1")])).await;
     let with_xff = |xff: &str| {
         let mut h = toss_headers(&body, None);
         h.push(("x-forwarded-for".to_string(), xff.to_string()));
@@ -118,7 +120,8 @@ async fn with_an_allow_list_only_listed_sources_are_queued() {
     ingest.stop().await;
 
     // Through more proxies than configured: the extra proxy's address decides, and it is not listed.
-    let ingest = TestIngest::spawn(broker.settings(None, &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1")])).await;
+    let ingest =
+        TestIngest::spawn(broker.settings(None, &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1")])).await;
     assert_eq!(ingest.post(ingest::TOSS_ROUTE, &body, &with_xff("13.124.18.147, 10.9.9.9")).await.status(), 403);
     ingest.stop().await;
 

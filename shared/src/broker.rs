@@ -191,10 +191,7 @@ impl Broker {
         let options = BasicPublishOptions { mandatory: true, immediate: false };
         let timeout = self.inner.options.publish_timeout;
         let confirmed = tokio::time::timeout(timeout, async {
-            channel
-                .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
-                .await?
-                .await
+            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
         })
         .await;
         let flowing = &self.inner.confirms_flowing;
@@ -227,8 +224,7 @@ impl Broker {
 }
 
 async fn connect(inner: &Inner) -> Result<Arc<Link>, lapin::Error> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(inner.options.connection_name.clone().into());
+    let properties = ConnectionProperties::default().with_connection_name(inner.options.connection_name.clone().into());
     let connection = Connection::connect(inner.url.expose_secret(), properties).await?;
     let setup = connection.create_channel().await?;
     inner.topology.declare(&setup).await?;
@@ -261,11 +257,8 @@ async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
                 let shutting_down = watch_link(&inner, &link, &cancel).await;
                 inner.link.send_replace(None);
                 inner.metrics.connected.set(0);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    link.connection.close(200, "closing".into()),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "closing".into())).await;
                 if shutting_down {
                     tracing::info!("broker connection closed");
                     return;

@@ -98,10 +98,7 @@ impl EventEnvelope {
         put(H_EVENT_TYPE, long_string(&self.event_type));
         put(H_EVENT_KEY, long_string(&self.event_key));
         put(H_VERIFICATION, long_string(self.verification.as_str()));
-        put(
-            H_RECEIVED_AT,
-            long_string(&self.received_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
-        );
+        put(H_RECEIVED_AT, long_string(&self.received_at.to_rfc3339_opts(SecondsFormat::Micros, true)));
         put(H_REQUEST_ID, long_string(&self.request_id));
         put(H_ATTEMPT, AMQPValue::LongLongInt(i64::from(self.attempt)));
         for (name, value) in &self.delivery_headers {
@@ -120,9 +117,7 @@ impl EventEnvelope {
     pub fn from_amqp(properties: &BasicProperties, body: &[u8]) -> Result<Self, EnvelopeError> {
         let empty = FieldTable::default();
         let headers = properties.headers().as_ref().unwrap_or(&empty);
-        let text = |h: &'static str| {
-            header_str(headers, h).ok_or(EnvelopeError { header: h, problem: "missing" })
-        };
+        let text = |h: &'static str| header_str(headers, h).ok_or(EnvelopeError { header: h, problem: "missing" });
         let provider = text(H_PROVIDER)?
             .parse()
             .map_err(|_| EnvelopeError { header: H_PROVIDER, problem: "not a known provider" })?;
@@ -134,10 +129,8 @@ impl EventEnvelope {
         let received_at = DateTime::parse_from_rfc3339(&text(H_RECEIVED_AT)?)
             .map_err(|_| EnvelopeError { header: H_RECEIVED_AT, problem: "not RFC 3339" })?
             .with_timezone(&Utc);
-        let delivery_headers = DELIVERY_HEADERS
-            .iter()
-            .filter_map(|h| header_str(headers, h).map(|v| (h.to_string(), v)))
-            .collect();
+        let delivery_headers =
+            DELIVERY_HEADERS.iter().filter_map(|h| header_str(headers, h).map(|v| (h.to_string(), v))).collect();
         Ok(Self {
             provider,
             event_type: text(H_EVENT_TYPE)?,

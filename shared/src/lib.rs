@@ -8,6 +8,7 @@
 //! - [`broker`]: the supervised AMQP connection and confirmed publishing.
 //! - [`status`]: payment statuses as stored in `payments.payment_status`.
 //! - [`standard_webhooks`]: signing outgoing notifications.
+//! - [`samples`]: realistic provider events for `hookctl send` and tests.
 //! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`]: process plumbing.
 
 pub mod broker;
@@ -15,6 +16,7 @@ pub mod envelope;
 pub mod http_server;
 pub mod metrics;
 pub mod providers;
+pub mod samples;
 pub mod settings;
 pub mod shutdown;
 pub mod standard_webhooks;

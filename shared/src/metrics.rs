@@ -18,11 +18,9 @@ impl BrokerMetrics {
     pub fn register(registry: &Registry) -> Self {
         let connected = IntGauge::new("amqp_connected", "1 while the AMQP connection is up").unwrap();
         let connects = IntCounter::new("amqp_connects_total", "AMQP connections established").unwrap();
-        let publishes = IntCounterVec::new(
-            Opts::new("amqp_publish_total", "Publishes by publisher-confirm outcome"),
-            &["outcome"],
-        )
-        .unwrap();
+        let publishes =
+            IntCounterVec::new(Opts::new("amqp_publish_total", "Publishes by publisher-confirm outcome"), &["outcome"])
+                .unwrap();
         for metric in [
             Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connects.clone()),
@@ -39,8 +37,7 @@ pub const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Lag buckets (seconds) from 10 ms to 3 hours: retries stretch lag to hours.
-pub const LAG_BUCKETS: &[f64] =
-    &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 10800.0];
+pub const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 10800.0];
 
 /// The registry in Prometheus text format.
 pub fn render(registry: &Registry) -> String {

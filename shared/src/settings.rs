@@ -14,8 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 /// Toss Payments' published webhook source addresses. `TOSS_ALLOWED_IPS=toss` expands to these.
-pub const TOSS_SOURCE_ADDRESSES: [&str; 4] =
-    ["13.124.18.147", "13.124.108.35", "3.36.173.151", "3.38.81.32"];
+pub const TOSS_SOURCE_ADDRESSES: [&str; 4] = ["13.124.18.147", "13.124.108.35", "3.36.173.151", "3.38.81.32"];
 
 /// The environment variable that names an optional TOML settings file.
 pub const CONFIG_FILE_ENV: &str = "WEBHOOKS_CONFIG";
@@ -194,26 +193,18 @@ impl Settings {
     }
 
     /// Defaults overridden by the given variables only (tests, tools).
-    pub fn from_vars<'a>(
-        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, SettingsError> {
+    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, SettingsError> {
         let map = vars.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Self::load_from(None, Some(map))
     }
 
-    fn load_from(
-        file: Option<&str>,
-        vars: Option<config::Map<String, String>>,
-    ) -> Result<Self, SettingsError> {
+    fn load_from(file: Option<&str>, vars: Option<config::Map<String, String>>) -> Result<Self, SettingsError> {
         let mut builder = Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(File::with_name(path).required(true));
         }
         builder = builder.add_source(Environment::default().source(vars));
-        let settings: Settings = builder
-            .build()
-            .and_then(Config::try_deserialize)
-            .map_err(from_config_error)?;
+        let settings: Settings = builder.build().and_then(Config::try_deserialize).map_err(from_config_error)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -222,15 +213,9 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let prefix_ok = !self.amqp_prefix.is_empty()
             && self.amqp_prefix.len() <= 100
-            && self
-                .amqp_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            && self.amqp_prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !prefix_ok {
-            return Err(SettingsError::invalid(
-                "amqp_prefix",
-                "use 1 to 100 of A-Z a-z 0-9 . - _",
-            ));
+            return Err(SettingsError::invalid("amqp_prefix", "use 1 to 100 of A-Z a-z 0-9 . - _"));
         }
         let amqp = self.amqp_url.expose_secret();
         if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
@@ -238,10 +223,7 @@ impl Settings {
         }
         let db = self.database_url.expose_secret();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-            return Err(SettingsError::invalid(
-                "database_url",
-                "must start with postgres:// or postgresql://",
-            ));
+            return Err(SettingsError::invalid("database_url", "must start with postgres:// or postgresql://"));
         }
         if self.retry_delays.is_empty() {
             return Err(SettingsError::invalid("retry_delays", "needs at least one delay"));
@@ -267,10 +249,7 @@ impl Settings {
         }
         if let Some(secrets) = &self.stripe_webhook_secret {
             if split_list(secrets.expose_secret()).next().is_none() {
-                return Err(SettingsError::invalid(
-                    "stripe_webhook_secret",
-                    "holds no secret between its commas",
-                ));
+                return Err(SettingsError::invalid("stripe_webhook_secret", "holds no secret between its commas"));
             }
         }
         if let Some(url) = &self.notify_webhook_url {
@@ -286,8 +265,7 @@ impl Settings {
             crate::standard_webhooks::SigningKey::parse(secret)
                 .map_err(|e| SettingsError::invalid("notify_webhook_secret", e.to_string()))?;
         }
-        url::Url::parse(&self.toss_api_base)
-            .map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
+        url::Url::parse(&self.toss_api_base).map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
         Ok(())
     }
 
@@ -340,9 +318,7 @@ fn from_config_error(error: config::ConfigError) -> SettingsError {
         config::ConfigError::Type { key: Some(key), unexpected, expected, .. } => {
             SettingsError::invalid(&key, format!("expected {expected}, found {unexpected}"))
         }
-        config::ConfigError::At { error, key: Some(key), .. } => {
-            SettingsError::invalid(&key, error.to_string())
-        }
+        config::ConfigError::At { error, key: Some(key), .. } => SettingsError::invalid(&key, error.to_string()),
         other => SettingsError::Load(other.to_string()),
     }
 }
@@ -363,10 +339,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let raw = String::deserialize(d)?;
-    split_list(&raw)
-        .map(parse_duration)
-        .collect::<Result<_, _>>()
-        .map_err(serde::de::Error::custom)
+    split_list(&raw).map(parse_duration).collect::<Result<_, _>>().map_err(serde::de::Error::custom)
 }
 
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
@@ -447,9 +420,7 @@ mod tests {
         ])
         .unwrap();
         let debug = format!("{s:?}");
-        for secret in
-            ["dbpass123", "mqpass123", "whsec_stripe123", "tosssecret123", "key123", "tok123", "MfKQ9r8"]
-        {
+        for secret in ["dbpass123", "mqpass123", "whsec_stripe123", "tosssecret123", "key123", "tok123", "MfKQ9r8"] {
             assert!(!debug.contains(secret), "{secret} leaked into Debug: {debug}");
         }
     }
@@ -479,9 +450,7 @@ mod tests {
 
     #[test]
     fn notification_delivery_needs_a_valid_signing_secret() {
-        let err = Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook")])
-            .unwrap_err()
-            .to_string();
+        let err = Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook")]).unwrap_err().to_string();
         assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
         let err = Settings::from_vars([
             ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook"),
@@ -510,8 +479,7 @@ mod tests {
     fn fetch_back_follows_the_secret_key_unless_set() {
         let on = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x")]).unwrap();
         assert!(on.toss_fetch_back_enabled());
-        let off = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x"), ("TOSS_FETCH_BACK", "false")])
-            .unwrap();
+        let off = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x"), ("TOSS_FETCH_BACK", "false")]).unwrap();
         assert!(!off.toss_fetch_back_enabled());
         let broken = Settings::from_vars([("TOSS_FETCH_BACK", "true")]).unwrap();
         let err = broken.toss_secret_key_for_fetch().unwrap_err().to_string();

@@ -47,10 +47,7 @@ impl std::fmt::Display for PaymentStatus {
 impl std::str::FromStr for PaymentStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown payment status {s:?}"))
+        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| format!("unknown payment status {s:?}"))
     }
 }
 

@@ -120,9 +120,7 @@ impl Topology {
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for exchange in [self.events_exchange(), self.notifications_exchange()] {
-            channel
-                .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default())
-                .await?;
+            channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
         }
         self.declare_flow(channel, &self.work_queue(), &self.dead_queue(), Some(self.delivery_limit), |t| {
             self.retry_queue(t)
@@ -130,9 +128,13 @@ impl Topology {
         .await?;
         bind(channel, &self.work_queue(), &self.events_exchange()).await?;
         if self.notify_delivery {
-            self.declare_flow(channel, &self.notify_queue(), &self.notify_dead_queue(), Some(self.delivery_limit), |t| {
-                self.notify_retry_queue(t)
-            })
+            self.declare_flow(
+                channel,
+                &self.notify_queue(),
+                &self.notify_dead_queue(),
+                Some(self.delivery_limit),
+                |t| self.notify_retry_queue(t),
+            )
             .await?;
             bind(channel, &self.notify_queue(), &self.notifications_exchange()).await?;
         }

@@ -25,9 +25,8 @@ pub struct TestBroker {
 impl TestBroker {
     pub async fn new() -> Self {
         let prefix = unique("t");
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("connect to test RabbitMQ");
+        let connection =
+            Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("connect to test RabbitMQ");
         let channel = connection.create_channel().await.expect("channel");
         Self { prefix, connection, channel, declared: Mutex::new(Vec::new()) }
     }

@@ -48,8 +48,7 @@ const INSERT_INBOX: &str = "
         updated_at = now()
     RETURNING status";
 
-const PAYMENT_COLUMNS: &str =
-    "id, order_id, payment_status, booking_id, provider, amount, currency, deposit_secret";
+const PAYMENT_COLUMNS: &str = "id, order_id, payment_status, booking_id, provider, amount, currency, deposit_secret";
 
 const FINISH_INBOX: &str = "
     UPDATE webhook_events
@@ -75,7 +74,16 @@ pub async fn apply_event(
     let inbox_status: String = tx
         .query_one(
             INSERT_INBOX,
-            &[&provider, &envelope.event_key, &event.event_type, &event.order_id(), &attempts, &payload, &envelope.request_id, &envelope.received_at],
+            &[
+                &provider,
+                &envelope.event_key,
+                &event.event_type,
+                &event.order_id(),
+                &attempts,
+                &payload,
+                &envelope.request_id,
+                &envelope.received_at,
+            ],
         )
         .await?
         .get(0);
@@ -99,7 +107,8 @@ pub async fn apply_event(
         .ok_or_else(|| HandleError::NotFoundYet(format!("no payment for {payment_ref} yet")))?;
     let order_id = payment.order_id.clone();
     let checks = check(&payment, envelope, event, confirmed)?;
-    let verification = Verification::for_event(envelope, event, confirmed, checks.deposit_secret_matched, checks.amount_matched);
+    let verification =
+        Verification::for_event(envelope, event, confirmed, checks.deposit_secret_matched, checks.amount_matched);
 
     let transition = decide(payment.status, target);
     if let Transition::Ignore(reason) = transition {
@@ -110,7 +119,10 @@ pub async fn apply_event(
     }
 
     let metadata = webhook_metadata(envelope, event, verification.as_str());
-    let learned_secret = confirmed.fetched_secret.clone().or_else(|| event.deposit_secret.clone().filter(|_| checks.deposit_secret_matched));
+    let learned_secret = confirmed
+        .fetched_secret
+        .clone()
+        .or_else(|| event.deposit_secret.clone().filter(|_| checks.deposit_secret_matched));
     tx.execute(
         "UPDATE payments SET
              payment_status = $2,
@@ -165,7 +177,12 @@ struct Checks {
 }
 
 /// Facts that must agree before anything is applied; a disagreement is permanent.
-fn check(payment: &PaymentRow, envelope: &EventEnvelope, event: &IncomingEvent, confirmed: &Confirmed) -> Result<Checks, HandleError> {
+fn check(
+    payment: &PaymentRow,
+    envelope: &EventEnvelope,
+    event: &IncomingEvent,
+    confirmed: &Confirmed,
+) -> Result<Checks, HandleError> {
     if let Some(stored) = &payment.provider {
         if stored != envelope.provider.as_str() {
             return Err(HandleError::Permanent(format!(
@@ -191,7 +208,9 @@ fn check(payment: &PaymentRow, envelope: &EventEnvelope, event: &IncomingEvent, 
         (true, Some(known)) => {
             let sent = event.deposit_secret.as_deref().unwrap_or("");
             if !bool::from(known.as_bytes().ct_eq(sent.as_bytes())) {
-                return Err(HandleError::Permanent("DEPOSIT_CALLBACK secret does not match the payment's secret".into()));
+                return Err(HandleError::Permanent(
+                    "DEPOSIT_CALLBACK secret does not match the payment's secret".into(),
+                ));
             }
             true
         }
@@ -211,10 +230,8 @@ async fn notify_trainer(
         tracing::warn!(order_id = %payment.order_id, "payment has no booking; no notification");
         return Ok(None);
     };
-    let trainer: Option<Uuid> = tx
-        .query_opt("SELECT trainer_id FROM bookings WHERE id = $1", &[&booking_id])
-        .await?
-        .map(|r| r.get(0));
+    let trainer: Option<Uuid> =
+        tx.query_opt("SELECT trainer_id FROM bookings WHERE id = $1", &[&booking_id]).await?.map(|r| r.get(0));
     let Some(trainer_id) = trainer else {
         tracing::warn!(order_id = %payment.order_id, %booking_id, "booking not found; no notification");
         return Ok(None);

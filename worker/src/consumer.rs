@@ -101,7 +101,10 @@ where
     tracing::info!(queue = %options.queue, "stopped consuming");
 }
 
-async fn open(connection: &lapin::Connection, options: &ConsumerOptions) -> Result<(Channel, lapin::Consumer), lapin::Error> {
+async fn open(
+    connection: &lapin::Connection,
+    options: &ConsumerOptions,
+) -> Result<(Channel, lapin::Consumer), lapin::Error> {
     let channel = connection.create_channel().await?;
     channel.basic_qos(options.prefetch, BasicQosOptions { global: false }).await?;
     let consumer = channel

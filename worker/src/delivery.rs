@@ -28,7 +28,10 @@ use crate::Deps;
 pub enum Attempt {
     Delivered,
     /// Worth retrying; `retry_after` from the endpoint, when it said.
-    Retryable { error: String, retry_after: Option<Duration> },
+    Retryable {
+        error: String,
+        retry_after: Option<Duration>,
+    },
     Permanent(String),
 }
 
@@ -86,12 +89,7 @@ pub fn start(deps: &Arc<Deps>, tasks: &TaskTracker, tag: &str, shutdown: Cancell
 async fn deliver(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery) {
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
-    let id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
     let span = tracing::info_span!("notification", notification_id = %id, attempt);
     let _enter = span.enter();
     let result = post(&deps, &sender, &id, &delivery.data).await;

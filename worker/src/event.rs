@@ -119,7 +119,9 @@ fn from_stripe(event: &StripeEvent) -> IncomingEvent {
     };
     let intent = match (target, payment) {
         (Some(target), Some(payment)) => Intent::SetStatus { payment, target },
-        (Some(_), None) => Intent::Ignore("event names no order (client_reference_id, metadata.order_id) or payment intent".into()),
+        (Some(_), None) => {
+            Intent::Ignore("event names no order (client_reference_id, metadata.order_id) or payment intent".into())
+        }
         (None, _) if is_handled_stripe_type(&event.event_type) => {
             Intent::Ignore(format!("session payment_status {:?} is not handled", event.session_payment_status()))
         }
@@ -169,10 +171,8 @@ fn from_toss(event: &TossEvent) -> Result<IncomingEvent, Unprocessable> {
     let intent = if !applies {
         Intent::Ignore(format!("event type {} is not applied to payments", event.event_type))
     } else {
-        let status = event
-            .status
-            .as_deref()
-            .ok_or_else(|| Unprocessable(format!("{} without a status", event.event_type)))?;
+        let status =
+            event.status.as_deref().ok_or_else(|| Unprocessable(format!("{} without a status", event.event_type)))?;
         let payment = match (&event.order_id, &event.payment_key) {
             (Some(order), _) => PaymentRef::OrderId(order.clone()),
             (None, Some(key)) => PaymentRef::ProviderPaymentId(key.clone()),
@@ -210,10 +210,7 @@ fn from_toss(event: &TossEvent) -> Result<IncomingEvent, Unprocessable> {
 pub fn without_secrets(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| k.as_str() != "secret")
-                .map(|(k, v)| (k.clone(), without_secrets(v)))
-                .collect(),
+            map.iter().filter(|(k, _)| k.as_str() != "secret").map(|(k, v)| (k.clone(), without_secrets(v))).collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
         other => other.clone(),
@@ -304,7 +301,8 @@ mod tests {
     fn other_stripe_events_are_ignored_not_failed() {
         let body = br#"{"id":"e","type":"customer.created","data":{"object":{"object":"customer"}}}"#;
         assert!(matches!(stripe(body).intent, Intent::Ignore(_)));
-        let no_order = br#"{"id":"e","type":"checkout.session.expired","data":{"object":{"object":"checkout.session"}}}"#;
+        let no_order =
+            br#"{"id":"e","type":"checkout.session.expired","data":{"object":{"object":"checkout.session"}}}"#;
         assert!(matches!(stripe(no_order).intent, Intent::Ignore(_)));
     }
 
@@ -332,7 +330,8 @@ mod tests {
         assert_eq!(e.intent, set("o-2", Paid));
         assert!(e.unsigned_payment_event);
         assert_eq!(e.provider_payment_id.as_deref(), Some("pk"));
-        let guide = toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"test_order_id","status":"DONE"}"#).unwrap();
+        let guide =
+            toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"test_order_id","status":"DONE"}"#).unwrap();
         assert_eq!(guide.intent, set("test_order_id", Paid));
         let deposit = toss(br#"{"secret":"ps_1","status":"DONE","orderId":"o-3"}"#).unwrap();
         assert!(deposit.is_deposit_callback);

@@ -22,7 +22,10 @@ const DB_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn route(deps: &Deps, draining: &CancellationToken, request: Request<Incoming>) -> HttpResponse {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed", "detail": "use GET"}));
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method_not_allowed", "detail": "use GET"}),
+        );
     }
     match request.uri().path() {
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -32,9 +35,14 @@ pub async fn route(deps: &Deps, draining: &CancellationToken, request: Request<I
             let draining = draining.is_cancelled();
             let ready = broker && database && !draining;
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json_response(status, &json!({"ready": ready, "broker": broker, "database": database, "draining": draining}))
+            json_response(
+                status,
+                &json!({"ready": ready, "broker": broker, "database": database, "draining": draining}),
+            )
         }
-        "/metrics" => text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&deps.metrics.registry)),
+        "/metrics" => {
+            text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&deps.metrics.registry))
+        }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found", "detail": "no such route"})),
     }
 }

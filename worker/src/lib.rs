@@ -91,7 +91,15 @@ impl Worker {
             broker_stop.clone(),
             &tasks,
         );
-        let deps = Arc::new(Deps { settings, pool, broker, metrics, toss_api, outbox_wakeup: Notify::new(), unrouted_warned: Default::default() });
+        let deps = Arc::new(Deps {
+            settings,
+            pool,
+            broker,
+            metrics,
+            toss_api,
+            outbox_wakeup: Notify::new(),
+            unrouted_warned: Default::default(),
+        });
         Ok(Self { deps, listener, broker_stop, tasks })
     }
 
@@ -121,7 +129,10 @@ impl Worker {
                 let draining = draining.clone();
                 async move { health::route(&deps, &draining, request).await }
             },
-            ServeOptions { header_read_timeout: settings.header_read_timeout, drain_deadline: std::time::Duration::from_secs(1) },
+            ServeOptions {
+                header_read_timeout: settings.header_read_timeout,
+                drain_deadline: std::time::Duration::from_secs(1),
+            },
             http_stop.clone(),
         ));
 

@@ -35,7 +35,8 @@ impl WorkerMetrics {
         let processing = register(
             &registry,
             HistogramVec::new(
-                HistogramOpts::new("worker_processing_seconds", "Time to process one delivery").buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new("worker_processing_seconds", "Time to process one delivery")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                 &["provider"],
             )
             .unwrap(),
@@ -43,8 +44,11 @@ impl WorkerMetrics {
         let lag = register(
             &registry,
             HistogramVec::new(
-                HistogramOpts::new("worker_event_lag_seconds", "Time from ingest receiving an event to it being applied")
-                    .buckets(LAG_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "worker_event_lag_seconds",
+                    "Time from ingest receiving an event to it being applied",
+                )
+                .buckets(LAG_BUCKETS.to_vec()),
                 &["provider"],
             )
             .unwrap(),
@@ -53,8 +57,10 @@ impl WorkerMetrics {
             &registry,
             IntGaugeVec::new(Opts::new("amqp_queue_messages", "Messages ready in each queue"), &["queue"]).unwrap(),
         );
-        let outbox_pending =
-            register(&registry, IntGauge::new("outbox_pending", "Outbox rows waiting for a publisher confirm").unwrap());
+        let outbox_pending = register(
+            &registry,
+            IntGauge::new("outbox_pending", "Outbox rows waiting for a publisher confirm").unwrap(),
+        );
         let notifications = register(
             &registry,
             IntCounterVec::new(Opts::new("notifications_total", "Notifications by stage"), &["stage"]).unwrap(),

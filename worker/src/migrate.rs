@@ -20,7 +20,8 @@ const MIGRATION_LOCK: i64 = 0x7765_6268_6f6f_6b73; // "webhooks"
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let url = settings.database_url.expose_secret();
     ensure_database(url).await?;
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls).await.context("cannot connect to DATABASE_URL")?;
+    let (mut client, connection) =
+        tokio_postgres::connect(url, NoTls).await.context("cannot connect to DATABASE_URL")?;
     let driver = tokio::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
@@ -55,7 +56,9 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
         match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
             Ok(()) => tracing::info!(database = %name, "database created"),
             // Another process created it a moment ago.
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_DATABASE) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            }
             Err(e) => return Err(e).context("cannot create the database"),
         }
     }

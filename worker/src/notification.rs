@@ -61,7 +61,12 @@ pub struct Wording {
 }
 
 /// Words for a booking whose payment reached `status`.
-pub fn wording(status: PaymentStatus, amount: Option<Decimal>, currency: Option<&str>, failure: Option<&str>) -> Wording {
+pub fn wording(
+    status: PaymentStatus,
+    amount: Option<Decimal>,
+    currency: Option<&str>,
+    failure: Option<&str>,
+) -> Wording {
     let money = match (amount, currency) {
         (Some(a), Some(c)) => format!(" ({} {})", a.normalize(), c.to_uppercase()),
         (Some(a), None) => format!(" ({})", a.normalize()),
@@ -69,7 +74,10 @@ pub fn wording(status: PaymentStatus, amount: Option<Decimal>, currency: Option<
     };
     let (title, message) = match status {
         PaymentStatus::Paid => ("Payment received", format!("The booking has been paid{money}.")),
-        PaymentStatus::WaitingForDeposit => ("Waiting for deposit", format!("The customer chose a deferred payment{money}; the booking is paid once the deposit arrives.")),
+        PaymentStatus::WaitingForDeposit => (
+            "Waiting for deposit",
+            format!("The customer chose a deferred payment{money}; the booking is paid once the deposit arrives."),
+        ),
         PaymentStatus::Failed => (
             "Payment failed",
             match failure {
@@ -77,9 +85,13 @@ pub fn wording(status: PaymentStatus, amount: Option<Decimal>, currency: Option<
                 None => format!("The payment for the booking failed{money}."),
             },
         ),
-        PaymentStatus::Expired => ("Payment expired", format!("The payment for the booking expired before it was completed{money}.")),
+        PaymentStatus::Expired => {
+            ("Payment expired", format!("The payment for the booking expired before it was completed{money}."))
+        }
         PaymentStatus::Canceled => ("Payment canceled", format!("The payment for the booking was canceled{money}.")),
-        PaymentStatus::PartiallyCanceled => ("Payment partially canceled", format!("Part of the payment for the booking was canceled{money}.")),
+        PaymentStatus::PartiallyCanceled => {
+            ("Payment partially canceled", format!("Part of the payment for the booking was canceled{money}."))
+        }
         PaymentStatus::Pending => ("Payment pending", format!("The payment for the booking is pending{money}.")),
     };
     Wording { title: title.to_string(), message, kind: format!("payment.{status}") }
@@ -134,7 +146,9 @@ mod tests {
             occurred_at: DateTime::parse_from_rfc3339("2026-01-02T05:46:59Z").unwrap().with_timezone(&Utc),
         };
         let v = serde_json::to_value(&m).unwrap();
-        for field in ["type", "version", "notification_id", "user_id", "title", "message", "link", "payment", "occurred_at"] {
+        for field in
+            ["type", "version", "notification_id", "user_id", "title", "message", "link", "payment", "occurred_at"]
+        {
             assert!(v.get(field).is_some(), "{field}");
         }
         assert_eq!(v["payment"]["status"], "paid");

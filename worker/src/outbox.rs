@@ -38,7 +38,11 @@ pub async fn run_relay(deps: Arc<Deps>, stop: CancellationToken) {
 async fn drain(deps: &Deps) {
     loop {
         match relay_batch(deps).await {
-            Ok(BatchResult { claimed, published, .. }) if claimed as i64 == deps.settings.outbox_batch_size && published == claimed => continue,
+            Ok(BatchResult { claimed, published, .. })
+                if claimed as i64 == deps.settings.outbox_batch_size && published == claimed =>
+            {
+                continue
+            }
             Ok(_) => break,
             Err(error) => {
                 tracing::warn!(%error, "outbox relay could not run (database unavailable?)");
@@ -77,7 +81,8 @@ pub async fn relay_batch(deps: &Deps) -> Result<BatchResult, HandleError> {
         let payload: String = row.get(2);
         let exchange = exchange.clone();
         async move {
-            let result = deps.broker.publish(&exchange, &routing_key, payload.as_bytes(), properties(id, &routing_key)).await;
+            let result =
+                deps.broker.publish(&exchange, &routing_key, payload.as_bytes(), properties(id, &routing_key)).await;
             (id, result)
         }
     });

@@ -23,9 +23,9 @@ pub fn dispose(failure: Option<(Failure, &str)>, attempt: u32, max_attempts: u32
     match failure {
         None => Disposition::Ack,
         Some((Failure::Permanent, error)) => Disposition::DeadLetter { reason: format!("permanent: {error}") },
-        Some((Failure::Transient, error)) if attempt >= max_attempts => Disposition::DeadLetter {
-            reason: format!("gave up after {attempt} attempts: {error}"),
-        },
+        Some((Failure::Transient, error)) if attempt >= max_attempts => {
+            Disposition::DeadLetter { reason: format!("gave up after {attempt} attempts: {error}") }
+        }
         Some((Failure::Transient, _)) => Disposition::Retry { tier: attempt.saturating_sub(1) as usize },
     }
 }

@@ -75,7 +75,9 @@ impl TossApi {
                 return Err(HandleError::Permanent(format!("Toss API does not know this payment ({payment})")))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(HandleError::Transient(format!("Toss API refused the credentials ({status}); check TOSS_SECRET_KEY")))
+                return Err(HandleError::Transient(format!(
+                    "Toss API refused the credentials ({status}); check TOSS_SECRET_KEY"
+                )))
             }
             s => return Err(HandleError::Transient(format!("Toss API answered {s}"))),
         }
@@ -95,7 +97,8 @@ pub fn apply_fetched(mut event: IncomingEvent, fetched: &Value) -> Result<(Incom
     let wrapped = serde_json::json!({"eventType": "PAYMENT_STATUS_CHANGED", "data": fetched});
     let api = parse_toss_event(wrapped.to_string().as_bytes())
         .map_err(|e| HandleError::Transient(format!("Toss API payment unreadable: {e}")))?;
-    let api_order = api.order_id.clone().ok_or_else(|| HandleError::Transient("Toss API payment has no orderId".into()))?;
+    let api_order =
+        api.order_id.clone().ok_or_else(|| HandleError::Transient("Toss API payment has no orderId".into()))?;
     if let Some(claimed) = event.order_id() {
         if claimed != api_order {
             return Err(HandleError::Permanent(format!(

@@ -19,7 +19,13 @@ async fn the_same_event_five_times_changes_the_payment_once() {
     for _ in 0..5 {
         env.publish(Provider::Stripe, "checkout.session.completed", "evt_dup", &body).await;
     }
-    env.wait_count("4 duplicates recorded", "SELECT duplicates::bigint FROM webhook_events WHERE event_key = 'evt_dup'", 4, WAIT).await;
+    env.wait_count(
+        "4 duplicates recorded",
+        "SELECT duplicates::bigint FROM webhook_events WHERE event_key = 'evt_dup'",
+        4,
+        WAIT,
+    )
+    .await;
     assert_eq!(env.status("order-dup").await, "paid");
     assert_eq!(env.notifications_for(seeded.trainer_id).await, 1);
     let (status, _, _) = env.inbox("evt_dup").await.unwrap();
@@ -39,19 +45,43 @@ async fn out_of_order_events_end_in_the_right_state() {
     let canceled = toss_payment_status_changed("order-cancel-first", "pk_1", "CANCELED", 37400);
     let done = toss_payment_status_changed("order-cancel-first", "pk_1", "DONE", 37400);
     env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-cancel", &canceled).await;
-    env.wait_count("cancel applied", "SELECT count(*) FROM webhook_events WHERE event_key = 'toss-cancel' AND status = 'applied'", 1, WAIT).await;
+    env.wait_count(
+        "cancel applied",
+        "SELECT count(*) FROM webhook_events WHERE event_key = 'toss-cancel' AND status = 'applied'",
+        1,
+        WAIT,
+    )
+    .await;
     env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-done", &done).await;
 
     // Stripe: paid, then a late failure; paid, then a late expiry.
     for (order, late_key, late) in [
         ("order-failed-late", "evt_late_fail", stripe_payment_failed("evt_late_fail", "order-failed-late", 500, "usd")),
-        ("order-expired-late", "evt_late_exp", stripe_session_event("evt_late_exp", "checkout.session.expired", "order-expired-late", "unpaid", 500, "usd")),
+        (
+            "order-expired-late",
+            "evt_late_exp",
+            stripe_session_event(
+                "evt_late_exp",
+                "checkout.session.expired",
+                "order-expired-late",
+                "unpaid",
+                500,
+                "usd",
+            ),
+        ),
     ] {
         let paid_key = format!("evt_paid_{order}");
         let paid = stripe_session_event(&paid_key, "checkout.session.completed", order, "paid", 500, "usd");
         env.publish(Provider::Stripe, "checkout.session.completed", &paid_key, &paid).await;
-        env.wait_count("paid applied", &format!("SELECT count(*) FROM webhook_events WHERE event_key = '{paid_key}' AND status = 'applied'"), 1, WAIT).await;
-        let event_type = if late_key == "evt_late_fail" { "payment_intent.payment_failed" } else { "checkout.session.expired" };
+        env.wait_count(
+            "paid applied",
+            &format!("SELECT count(*) FROM webhook_events WHERE event_key = '{paid_key}' AND status = 'applied'"),
+            1,
+            WAIT,
+        )
+        .await;
+        let event_type =
+            if late_key == "evt_late_fail" { "payment_intent.payment_failed" } else { "checkout.session.expired" };
         env.publish(Provider::Stripe, event_type, late_key, &late).await;
     }
     env.wait_count(
@@ -77,10 +107,22 @@ async fn an_event_for_an_order_that_appears_two_seconds_later_is_retried_then_ap
     let worker = TestWorker::spawn(env.settings(&[("RETRY_DELAYS", "500ms,1s"), ("RETRY_MAX_ATTEMPTS", "10")])).await;
     let body = stripe_session_event("evt_late_order", "checkout.session.completed", "order-late", "paid", 3000, "usd");
     env.publish(Provider::Stripe, "checkout.session.completed", "evt_late_order", &body).await;
-    env.wait_count("a retry recorded", "SELECT count(*) FROM webhook_events WHERE event_key = 'evt_late_order' AND status = 'retrying'", 1, WAIT).await;
+    env.wait_count(
+        "a retry recorded",
+        "SELECT count(*) FROM webhook_events WHERE event_key = 'evt_late_order' AND status = 'retrying'",
+        1,
+        WAIT,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let seeded = env.seed_payment("order-late", "stripe", Some(3000), Some("usd")).await;
-    env.wait_count("applied after the order appeared", "SELECT count(*) FROM payments WHERE order_id = 'order-late' AND payment_status = 'paid'", 1, WAIT).await;
+    env.wait_count(
+        "applied after the order appeared",
+        "SELECT count(*) FROM payments WHERE order_id = 'order-late' AND payment_status = 'paid'",
+        1,
+        WAIT,
+    )
+    .await;
     let (status, attempts, _) = env.inbox("evt_late_order").await.unwrap();
     assert_eq!(status, "applied");
     assert!(attempts >= 2, "attempts {attempts}");
@@ -120,7 +162,9 @@ async fn amount_mismatch_and_unparseable_payloads_go_straight_to_the_dead_letter
     let second = env.broker.wait_get(&env.dead_queue(), WAIT).await;
     let mut reasons: Vec<String> = [first, second]
         .iter()
-        .map(|m| shared::envelope::header_str(m.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap())
+        .map(|m| {
+            shared::envelope::header_str(m.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap()
+        })
         .collect();
     reasons.sort();
     assert!(reasons[0].starts_with("permanent: amount mismatch"), "{reasons:?}");

@@ -16,11 +16,7 @@ async fn two_concurrent_migrations_create_the_database_and_apply_once() {
     let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations")).unwrap().count() as i64;
     assert_eq!(applied, expected);
     for table in ["payments", "notifications", "bookings", "webhook_events", "outbox"] {
-        let exists: bool = sql
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .await
-            .unwrap()
-            .get(0);
+        let exists: bool = sql.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.unwrap().get(0);
         assert!(exists, "{table}");
     }
     // And again: idempotent.

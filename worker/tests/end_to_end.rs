@@ -18,9 +18,17 @@ async fn a_signed_checkout_completed_pays_the_order_and_notifies_the_trainer_onc
     let worker = TestWorker::spawn(settings).await;
 
     let body = stripe_session_event("evt_e2e_1", "checkout.session.completed", "order_7f3a9c", "paid", 3000, "usd");
-    let status = ingest.post("/api/webhooks/stripe", &body, &[("stripe-signature", &stripe_signature(&body, STRIPE_SECRET))]).await;
+    let status = ingest
+        .post("/api/webhooks/stripe", &body, &[("stripe-signature", &stripe_signature(&body, STRIPE_SECRET))])
+        .await;
     assert_eq!(status, 200);
-    env.wait_count("payment paid", "SELECT count(*) FROM payments WHERE order_id = 'order_7f3a9c' AND payment_status = 'paid'", 1, Duration::from_secs(15)).await;
+    env.wait_count(
+        "payment paid",
+        "SELECT count(*) FROM payments WHERE order_id = 'order_7f3a9c' AND payment_status = 'paid'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
 
     // The guide's first check, verbatim but for the order id.
     let rows = env

@@ -29,8 +29,20 @@ async fn publish_paid(env: &Env, prefix: &str, i: usize) {
 /// Every order paid, one notification per trainer, one applied inbox row per event.
 async fn assert_each_applied_once(env: &Env, prefix: &str, seeded: &[common::Seeded]) {
     let n = seeded.len() as i64;
-    assert_eq!(env.count(&format!("SELECT count(*) FROM payments WHERE order_id LIKE '{prefix}-%' AND payment_status = 'paid'")).await, n);
-    assert_eq!(env.count(&format!("SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_{prefix}_%' AND status = 'applied'")).await, n);
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM payments WHERE order_id LIKE '{prefix}-%' AND payment_status = 'paid'"
+        ))
+        .await,
+        n
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_{prefix}_%' AND status = 'applied'"
+        ))
+        .await,
+        n
+    );
     for s in seeded {
         assert_eq!(env.notifications_for(s.trainer_id).await, 1, "trainer {} notified once", s.trainer_id);
     }
@@ -53,7 +65,13 @@ async fn a_ten_second_database_outage_loses_nothing_and_dead_letters_nothing() {
     for i in 0..20 {
         publish_paid(&env, "outage", i).await;
     }
-    env.wait_at_least("some events applied before the outage", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 10, WAIT).await;
+    env.wait_at_least(
+        "some events applied before the outage",
+        "SELECT count(*) FROM webhook_events WHERE status = 'applied'",
+        10,
+        WAIT,
+    )
+    .await;
     proxy.cut();
     for i in 20..40 {
         publish_paid(&env, "outage", i).await;
@@ -62,11 +80,18 @@ async fn a_ten_second_database_outage_loses_nothing_and_dead_letters_nothing() {
     tokio::time::sleep(Duration::from_secs(8)).await; // 10 s in all since the cut
     proxy.restore();
 
-    env.wait_count("all 40 applied after the outage", "SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_outage_%' AND status = 'applied'", 40, WAIT).await;
+    env.wait_count(
+        "all 40 applied after the outage",
+        "SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_outage_%' AND status = 'applied'",
+        40,
+        WAIT,
+    )
+    .await;
     assert_each_applied_once(&env, "outage", &seeded).await;
     assert_eq!(env.broker.count(&env.dead_queue()).await, 0, "nothing dead-lettered for the outage");
     assert_eq!(env.count("SELECT count(*) FROM webhook_events WHERE status = 'dead'").await, 0);
-    let retried = env.count("SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_outage_%' AND attempts > 1").await;
+    let retried =
+        env.count("SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_outage_%' AND attempts > 1").await;
     assert!(retried > 0, "the outage really made events retry");
     worker.stop().await;
 }
@@ -77,7 +102,10 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     let seeded = seed_orders(&env, "kill", 80).await;
     let vars = env.env_vars(&[("WORKER_CONCURRENCY", "4"), ("WORKER_PREFETCH", "16")]);
     let mut first = spawn_worker_process(&vars);
-    testkit::eventually("first worker consuming", WAIT, || async { (env.broker.consumers(&env.work_queue()).await == 1).then_some(()) }).await;
+    testkit::eventually("first worker consuming", WAIT, || async {
+        (env.broker.consumers(&env.work_queue()).await == 1).then_some(())
+    })
+    .await;
 
     let stream = async {
         for i in 0..80 {
@@ -86,7 +114,13 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing() {
         }
     };
     let killer = async {
-        env.wait_at_least("a part of the stream applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 15, WAIT).await;
+        env.wait_at_least(
+            "a part of the stream applied",
+            "SELECT count(*) FROM webhook_events WHERE status = 'applied'",
+            15,
+            WAIT,
+        )
+        .await;
         kill_hard(&mut first).await;
     };
     tokio::join!(stream, killer);
@@ -94,7 +128,13 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     assert!(applied_when_killed < 80, "the kill happened mid-stream ({applied_when_killed} applied)");
 
     let mut second = spawn_worker_process(&vars);
-    env.wait_count("all 80 applied after a restart", "SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_kill_%' AND status = 'applied'", 80, WAIT).await;
+    env.wait_count(
+        "all 80 applied after a restart",
+        "SELECT count(*) FROM webhook_events WHERE event_key LIKE 'evt_kill_%' AND status = 'applied'",
+        80,
+        WAIT,
+    )
+    .await;
     assert_each_applied_once(&env, "kill", &seeded).await;
     env.wait_count("outbox drained", "SELECT count(*) FROM outbox", 0, WAIT).await;
     assert_eq!(env.broker.count(&env.dead_queue()).await, 0);
@@ -116,7 +156,13 @@ async fn five_concurrent_copies_through_two_worker_processes_apply_once() {
     let vars = env.env_vars(&[("WORKER_CONCURRENCY", "8"), ("WORKER_PREFETCH", "10")]);
     let mut a = spawn_worker_process(&vars);
     let mut b = spawn_worker_process(&vars);
-    env.wait_count("all 50 copies handled", "SELECT COALESCE(sum(duplicates), 0)::bigint + count(*) FROM webhook_events WHERE status = 'applied'", 50, WAIT).await;
+    env.wait_count(
+        "all 50 copies handled",
+        "SELECT COALESCE(sum(duplicates), 0)::bigint + count(*) FROM webhook_events WHERE status = 'applied'",
+        50,
+        WAIT,
+    )
+    .await;
     assert_each_applied_once(&env, "race", &seeded).await;
     assert_eq!(env.count("SELECT sum(duplicates)::bigint FROM webhook_events").await, 40);
     kill_hard(&mut a).await;
@@ -135,9 +181,21 @@ async fn a_single_worker_processes_deliveries_concurrently() {
     for i in 0..30 {
         publish_paid(&env, "conc", i).await;
     }
-    env.wait_count("the other 29 applied while one is blocked", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 29, WAIT).await;
+    env.wait_count(
+        "the other 29 applied while one is blocked",
+        "SELECT count(*) FROM webhook_events WHERE status = 'applied'",
+        29,
+        WAIT,
+    )
+    .await;
     tx.rollback().await.unwrap();
-    env.wait_count("the blocked one applied after the lock is released", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 30, WAIT).await;
+    env.wait_count(
+        "the blocked one applied after the lock is released",
+        "SELECT count(*) FROM webhook_events WHERE status = 'applied'",
+        30,
+        WAIT,
+    )
+    .await;
     assert_each_applied_once(&env, "conc", &seeded).await;
     worker.stop().await;
 }

@@ -40,7 +40,8 @@ impl TestIngest {
     }
 
     pub async fn post(&self, path: &str, body: &[u8], headers: &[(String, String)]) -> reqwest::Response {
-        let mut request = self.client.post(self.url(path)).header("content-type", "application/json").body(body.to_vec());
+        let mut request =
+            self.client.post(self.url(path)).header("content-type", "application/json").body(body.to_vec());
         for (k, v) in headers {
             request = request.header(k, v);
         }
@@ -48,7 +49,8 @@ impl TestIngest {
     }
 
     pub async fn post_stripe(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
-        let headers: Vec<(String, String)> = signature.map(|s| ("stripe-signature".to_string(), s.to_string())).into_iter().collect();
+        let headers: Vec<(String, String)> =
+            signature.map(|s| ("stripe-signature".to_string(), s.to_string())).into_iter().collect();
         self.post(ingest::STRIPE_ROUTE, body, &headers).await
     }
 

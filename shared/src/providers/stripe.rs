@@ -20,8 +20,7 @@ pub fn parse_stripe_event(body: &[u8]) -> Result<StripeEvent, PayloadError> {
     let map = parse_object(body)?;
     let root = Value::Object(map);
     let id = str_field(&root, "id").ok_or(PayloadError::MissingField("id"))?.to_string();
-    let event_type =
-        str_field(&root, "type").ok_or(PayloadError::MissingField("type"))?.to_string();
+    let event_type = str_field(&root, "type").ok_or(PayloadError::MissingField("type"))?.to_string();
     let livemode = root.get("livemode").and_then(Value::as_bool).unwrap_or(false);
     let object = root.get("data").and_then(|d| d.get("object")).cloned().unwrap_or(Value::Null);
     Ok(StripeEvent { id, event_type, livemode, object })
@@ -40,9 +39,8 @@ impl StripeEvent {
 
     /// The app's order id: `client_reference_id`, else `metadata.order_id`.
     pub fn order_id(&self) -> Option<&str> {
-        str_field(&self.object, "client_reference_id").or_else(|| {
-            self.object.get("metadata").and_then(|m| str_field(m, "order_id"))
-        })
+        str_field(&self.object, "client_reference_id")
+            .or_else(|| self.object.get("metadata").and_then(|m| str_field(m, "order_id")))
     }
 
     /// The payment intent behind the event: a session's `payment_intent` (id or expanded
@@ -76,10 +74,7 @@ impl StripeEvent {
     /// Why a payment intent failed, from `last_payment_error`.
     pub fn failure_reason(&self) -> Option<String> {
         let err = self.object.get("last_payment_error")?;
-        let parts: Vec<&str> = ["code", "decline_code", "message"]
-            .iter()
-            .filter_map(|k| str_field(err, k))
-            .collect();
+        let parts: Vec<&str> = ["code", "decline_code", "message"].iter().filter_map(|k| str_field(err, k)).collect();
         (!parts.is_empty()).then(|| parts.join(": "))
     }
 }
@@ -88,7 +83,8 @@ impl StripeEvent {
 mod tests {
     use super::*;
 
-    const SESSION: &[u8] = br#"{"id":"evt_1PXaX2","object":"event","api_version":"2024-06-20","created":1719800000,"livemode":false,
+    const SESSION: &[u8] =
+        br#"{"id":"evt_1PXaX2","object":"event","api_version":"2024-06-20","created":1719800000,"livemode":false,
  "pending_webhooks":1,"request":{"id":null,"idempotency_key":null},"type":"checkout.session.completed",
  "data":{"object":{"id":"cs_test_a1","object":"checkout.session","mode":"payment","status":"complete",
   "payment_status":"paid","client_reference_id":"order_7f3a9c","metadata":{"order_id":"order_7f3a9c"},

@@ -56,9 +56,7 @@ pub fn parse_stripe_signature(header: &str) -> Result<StripeSignatureHeader<'_>,
     if timestamp_text.is_empty() || !timestamp_text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(StripeSignatureError::Malformed("t= is not a unix timestamp"));
     }
-    let timestamp = timestamp_text
-        .parse::<i64>()
-        .map_err(|_| StripeSignatureError::Malformed("t= is out of range"))?;
+    let timestamp = timestamp_text.parse::<i64>().map_err(|_| StripeSignatureError::Malformed("t= is out of range"))?;
     if v1.is_empty() {
         return Err(StripeSignatureError::Malformed("no v1= signature"));
     }
@@ -85,10 +83,7 @@ pub fn verify_stripe_signature(
         mac.update(b".");
         mac.update(body);
         // Check every candidate without stopping early, so timing does not reveal which matched.
-        parsed
-            .v1
-            .iter()
-            .fold(false, |found, sig| mac.clone().verify_slice(sig).is_ok() | found)
+        parsed.v1.iter().fold(false, |found, sig| mac.clone().verify_slice(sig).is_ok() | found)
     });
     if !matched {
         return Err(StripeSignatureError::NoMatch);
@@ -191,13 +186,18 @@ mod tests {
 
     #[test]
     fn missing_and_garbled_headers_are_rejected() {
-        assert_eq!(
-            verify_stripe_signature(BODY, None, &secrets(&["k"]), TOL, NOW),
-            Err(StripeSignatureError::Missing)
-        );
-        for garbled in ["", "garbage", "t=,v1=ab", "v1=abcd", &format!("t={NOW}"), "t=-5,v1=00", "t=1e9,v1=00",
-            "t=99999999999999999999999,v1=00", &format!("t={NOW},v1=zz")]
-        {
+        assert_eq!(verify_stripe_signature(BODY, None, &secrets(&["k"]), TOL, NOW), Err(StripeSignatureError::Missing));
+        for garbled in [
+            "",
+            "garbage",
+            "t=,v1=ab",
+            "v1=abcd",
+            &format!("t={NOW}"),
+            "t=-5,v1=00",
+            "t=1e9,v1=00",
+            "t=99999999999999999999999,v1=00",
+            &format!("t={NOW},v1=zz"),
+        ] {
             assert!(matches!(verify(garbled, &["k"]), Err(StripeSignatureError::Malformed(_))), "{garbled:?}");
         }
     }

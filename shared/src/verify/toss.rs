@@ -46,9 +46,7 @@ pub fn verify_toss_signature(
     mac.update(body);
     mac.update(b":");
     mac.update(time.as_bytes());
-    let matched = candidates
-        .iter()
-        .fold(false, |found, sig| mac.clone().verify_slice(sig).is_ok() | found);
+    let matched = candidates.iter().fold(false, |found, sig| mac.clone().verify_slice(sig).is_ok() | found);
     if matched {
         Ok(())
     } else {

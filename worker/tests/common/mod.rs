@@ -63,7 +63,13 @@ impl Env {
     }
 
     /// A booking for a fresh trainer and a pending payment for `order_id`.
-    pub async fn seed_payment(&self, order_id: &str, provider: &str, amount: Option<i64>, currency: Option<&str>) -> Seeded {
+    pub async fn seed_payment(
+        &self,
+        order_id: &str,
+        provider: &str,
+        amount: Option<i64>,
+        currency: Option<&str>,
+    ) -> Seeded {
         let trainer_id = Uuid::new_v4();
         let booking_id: Uuid = self
             .sql

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole pipeline on a machine that already has PostgreSQL and RabbitMQ: builds,
+# migrates (creating the database if needed), then runs one worker and ingest until Ctrl-C.
+# Settings come from config/local.toml, overridden by environment variables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export WEBHOOKS_CONFIG="${WEBHOOKS_CONFIG:-config/local.toml}"
+
+cargo build --release --locked --bin ingest --bin worker --bin hookctl
+bin=target/release
+
+"$bin/worker" migrate
+"$bin/worker" &
+worker_pid=$!
+"$bin/ingest" &
+ingest_pid=$!
+
+stop() {
+  kill -TERM "$ingest_pid" "$worker_pid" 2>/dev/null || true
+  wait "$ingest_pid" "$worker_pid" 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+echo "ingest on http://127.0.0.1:3000, worker metrics on http://127.0.0.1:9090/metrics"
+echo "send a test event: WEBHOOKS_CONFIG=config/local.toml $bin/hookctl send stripe checkout.session.completed --order <order id>"
+wait -n "$ingest_pid" "$worker_pid"

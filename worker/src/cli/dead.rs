@@ -1,0 +1,312 @@
+//! `hookctl dead`: inspect the dead-letter queue and move messages back to work.
+//!
+//! Messages are read with `basic.get` and left unacknowledged; closing the channel returns
+//! every one that was not replayed or purged, so listing never loses anything. A replayed
+//! message is published to the work queue with a publisher confirm *before* its dead copy is
+//! acknowledged; it goes through the inbox like any delivery, so an event that was applied in
+//! the meantime is recognised as a duplicate.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Subcommand};
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use shared::envelope::{
+    header_int, header_str, long_string, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE, H_LAST_ERROR,
+    H_PROVIDER,
+};
+use shared::topology::Topology;
+use shared::Settings;
+
+#[derive(Subcommand, Debug)]
+pub enum DeadCommand {
+    /// List dead-lettered messages (oldest first).
+    List(Which),
+    /// Show one message: its headers and its body (secret fields masked).
+    Show {
+        /// Event key (e.g. evt_...) or message id.
+        id: String,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Move messages back to work: one by id, all, or those matching --provider / --since.
+    Replay(ReplayArgs),
+    /// Delete every dead-lettered message.
+    Purge {
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        which: Which,
+    },
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Which {
+    /// The notifications' dead letters instead of the events'.
+    #[arg(long)]
+    pub notifications: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Event key or message id of one message.
+    pub id: Option<String>,
+    /// Every message.
+    #[arg(long, conflicts_with = "id")]
+    pub all: bool,
+    /// Only this provider's events (stripe, toss).
+    #[arg(long, conflicts_with = "id")]
+    pub provider: Option<String>,
+    /// Only messages parked within this long (e.g. 2h, 30m, 1d).
+    #[arg(long, conflicts_with = "id")]
+    pub since: Option<String>,
+    #[command(flatten)]
+    pub which: Which,
+}
+
+/// One dead-lettered message, read but not yet acknowledged.
+pub struct DeadLetter {
+    pub message: BasicGetMessage,
+    pub id: String,
+    pub provider: String,
+    pub event_type: String,
+    pub reason: String,
+    pub dead_at: Option<DateTime<Utc>>,
+    pub attempts: i64,
+}
+
+impl DeadLetter {
+    fn from_message(message: BasicGetMessage) -> Self {
+        let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+        let message_id = message.delivery.properties.message_id().as_ref().map(|m| m.to_string());
+        let id = header_str(&headers, H_EVENT_KEY)
+            .or_else(|| message_id.clone())
+            .unwrap_or_else(|| format!("#{}", message.delivery.delivery_tag));
+        let reason = header_str(&headers, H_DEAD_REASON).unwrap_or_else(|| death_reason(&headers));
+        Self {
+            id,
+            provider: header_str(&headers, H_PROVIDER).unwrap_or_default(),
+            event_type: header_str(&headers, H_EVENT_TYPE)
+                .or_else(|| message.delivery.properties.kind().as_ref().map(|k| k.to_string()))
+                .unwrap_or_default(),
+            dead_at: header_str(&headers, H_DEAD_AT)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            attempts: header_int(&headers, H_ATTEMPT).unwrap_or(0),
+            reason,
+            message,
+        }
+    }
+
+    fn matches_id(&self, id: &str) -> bool {
+        self.id == id || self.message.delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == id)
+    }
+}
+
+/// Messages parked by the broker itself (delivery limit) carry `x-death`, not our reason.
+fn death_reason(headers: &FieldTable) -> String {
+    match headers.inner().get("x-death") {
+        Some(_) => "delivery limit exceeded (the message crashed or stalled every worker)".into(),
+        None => "unknown".into(),
+    }
+}
+
+pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()> {
+    let connection = Connection::connect(
+        settings.amqp_url.expose_secret(),
+        ConnectionProperties::default().with_connection_name("hookctl".into()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
+    let topology = Topology::from_settings(settings);
+    let setup = connection.create_channel().await?;
+    topology.declare(&setup).await?;
+    let result = execute(&connection, &topology, command).await;
+    let _ = connection.close(200, "done".into()).await;
+    result
+}
+
+fn queues(topology: &Topology, which: Which) -> (String, String) {
+    if which.notifications {
+        (topology.notify_dead_queue(), topology.notify_queue())
+    } else {
+        (topology.dead_queue(), topology.work_queue())
+    }
+}
+
+async fn execute(connection: &Connection, topology: &Topology, command: DeadCommand) -> anyhow::Result<()> {
+    let reader = connection.create_channel().await?;
+    match command {
+        DeadCommand::List(which) => {
+            let (dead, _) = queues(topology, which);
+            let letters = read_all(&reader, &dead).await?;
+            print_list(&letters);
+        }
+        DeadCommand::Show { id, which } => {
+            let (dead, _) = queues(topology, which);
+            let letters = read_all(&reader, &dead).await?;
+            let letter = letters
+                .iter()
+                .find(|l| l.matches_id(&id))
+                .ok_or_else(|| anyhow::anyhow!("no dead letter with id {id}"))?;
+            print_one(letter);
+        }
+        DeadCommand::Replay(args) => {
+            let (dead, work) = queues(topology, args.which);
+            anyhow::ensure!(
+                args.id.is_some() || args.all || args.provider.is_some() || args.since.is_some(),
+                "say what to replay: an id, --all, --provider or --since"
+            );
+            let since =
+                args.since.as_deref().map(shared::settings::parse_duration).transpose().map_err(anyhow::Error::msg)?;
+            let cutoff = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+            let letters = read_all(&reader, &dead).await?;
+            let chosen: Vec<&DeadLetter> = letters
+                .iter()
+                .filter(|l| args.id.as_deref().is_none_or(|id| l.matches_id(id)))
+                .filter(|l| args.provider.as_deref().is_none_or(|p| l.provider == p))
+                .filter(|l| cutoff.is_none_or(|c| l.dead_at.is_some_and(|t| t >= c)))
+                .collect();
+            if let Some(id) = &args.id {
+                anyhow::ensure!(!chosen.is_empty(), "no dead letter with id {id}");
+            }
+            let publisher = connection.create_channel().await?;
+            publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+            let mut replayed = 0;
+            for letter in chosen {
+                replay(&publisher, &work, letter).await?;
+                letter.message.delivery.ack(BasicAckOptions::default()).await?;
+                println!("replayed {} ({} {})", letter.id, letter.provider, letter.event_type);
+                replayed += 1;
+            }
+            println!("{replayed} message(s) moved back to {work}");
+        }
+        DeadCommand::Purge { yes, which } => {
+            let (dead, _) = queues(topology, which);
+            anyhow::ensure!(yes, "purging deletes every message in {dead} for good; add --yes");
+            let purged = reader.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await?;
+            println!("purged {purged} message(s) from {dead}");
+        }
+    }
+    // Whatever was read and not replayed goes back to the dead-letter queue.
+    let _ = reader.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// Reads every ready message without acknowledging it.
+async fn read_all(channel: &Channel, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut letters = Vec::new();
+    while let Some(message) = tokio::time::timeout(
+        Duration::from_secs(10),
+        channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the broker did not answer basic.get"))??
+    {
+        letters.push(DeadLetter::from_message(message));
+    }
+    Ok(letters)
+}
+
+/// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go.
+async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow::Result<()> {
+    let delivery = &letter.message.delivery;
+    let old = delivery.properties.headers().clone().unwrap_or_default();
+    let mut headers = FieldTable::default();
+    for (k, v) in old.inner() {
+        if ![
+            H_DEAD_REASON,
+            H_DEAD_AT,
+            H_LAST_ERROR,
+            H_ATTEMPT,
+            "x-death",
+            "x-first-death-exchange",
+            "x-first-death-queue",
+            "x-first-death-reason",
+            "x-delivery-count",
+        ]
+        .contains(&k.as_str())
+        {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(0));
+    headers.insert("x-replayed-at".into(), long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)));
+    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+    let confirm = publisher
+        .basic_publish(
+            "".into(),
+            work.into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(
+        matches!(confirm, Confirmation::Ack(None)),
+        "the broker did not store the replayed copy of {}; it stays dead",
+        letter.id
+    );
+    Ok(())
+}
+
+fn print_list(letters: &[DeadLetter]) {
+    if letters.is_empty() {
+        println!("no dead letters");
+        return;
+    }
+    println!("{:<44} {:<7} {:<40} {:>8}  {:<24} REASON", "ID", "PROV", "TYPE", "ATTEMPTS", "DEAD AT");
+    for l in letters {
+        let dead_at = l.dead_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default();
+        println!("{:<44} {:<7} {:<40} {:>8}  {:<24} {}", l.id, l.provider, l.event_type, l.attempts, dead_at, l.reason);
+    }
+    println!("{} message(s)", letters.len());
+}
+
+fn print_one(letter: &DeadLetter) {
+    let delivery = &letter.message.delivery;
+    println!("id:        {}", letter.id);
+    println!("reason:    {}", letter.reason);
+    println!("attempts:  {}", letter.attempts);
+    if let Some(headers) = delivery.properties.headers() {
+        println!("headers:");
+        for (k, v) in headers.inner() {
+            let shown = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            };
+            println!("  {k}: {shown}");
+        }
+    }
+    println!("body:");
+    match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default()),
+        Err(_) => println!("{}", String::from_utf8_lossy(&delivery.data)),
+    }
+}
+
+/// Toss puts a payment `secret` in bodies; it is shown masked.
+fn mask_secrets(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    if k == "secret" && !v.is_null() {
+                        (k, Value::String("***".into()))
+                    } else {
+                        (k, mask_secrets(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(mask_secrets).collect()),
+        other => other,
+    }
+}
