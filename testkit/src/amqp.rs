@@ -99,6 +99,18 @@ impl TestBroker {
         queue
     }
 
+    /// A private queue bound to `exchange` with `#` (gone when this broker handle is dropped).
+    pub async fn subscribe(&self, exchange: &str) -> String {
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = self.channel.queue_declare("".into(), options, FieldTable::default()).await.expect("declare");
+        let name = queue.name().to_string();
+        self.channel
+            .queue_bind(name.as_str().into(), exchange.into(), "#".into(), Default::default(), FieldTable::default())
+            .await
+            .expect("bind");
+        name
+    }
+
     /// Drains `queue`, returning every message in it.
     pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
         let mut all = Vec::new();

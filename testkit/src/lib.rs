@@ -10,6 +10,7 @@
 pub mod amqp;
 pub mod db;
 pub mod events;
+pub mod fake_http;
 pub mod proxy;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use amqp::TestBroker;
 pub use db::TestDb;
+pub use fake_http::{Behavior, FakeEndpoint};
 pub use proxy::TcpProxy;
 
 /// Admin connection string of the test Postgres.

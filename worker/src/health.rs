@@ -78,8 +78,8 @@ pub async fn sample_gauges(deps: Arc<Deps>, stop: CancellationToken) {
             if let Ok(row) = client.query_one("SELECT count(*) FROM outbox", &[]).await {
                 let pending: i64 = row.get(0);
                 deps.metrics.outbox_pending.set(pending);
-                if pending > 0 {
-                    tracing::debug!(pending, "outbox backlog");
+                if pending >= deps.settings.outbox_batch_size {
+                    tracing::warn!(pending, "outbox backlog: notifications are waiting for the broker");
                 }
             }
         }

@@ -124,7 +124,9 @@ pub async fn relay_batch(deps: &Deps) -> Result<BatchResult, HandleError> {
     if !failed.is_empty() {
         tracing::warn!(failed = failed.len(), first_error = %failed[0].1, "notifications not confirmed; they stay in the outbox");
     }
-    tracing::debug!(published, "outbox batch relayed");
+    if published > unrouted {
+        tracing::info!(published = published - unrouted, "notifications published");
+    }
     Ok(BatchResult { claimed: rows.len(), published, unrouted })
 }
 
