@@ -56,6 +56,12 @@ async fn cut_broker_means_503_and_recovery_without_restart() {
     })
     .await;
 
+    testkit::eventually("ready again", Duration::from_secs(20), || async {
+        let r = ingest.client.get(ingest.url("/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+
     let queued = broker.drain(&format!("{}.work", broker.prefix)).await;
     let keys: Vec<String> = queued
         .iter()

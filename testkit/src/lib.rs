@@ -11,6 +11,8 @@ pub mod amqp;
 pub mod db;
 pub mod events;
 pub mod fake_http;
+pub mod metrics;
+pub mod process;
 pub mod proxy;
 
 use std::future::Future;
@@ -19,6 +21,7 @@ use std::time::Duration;
 pub use amqp::TestBroker;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
+pub use process::LoggedProcess;
 pub use proxy::TcpProxy;
 
 /// Admin connection string of the test Postgres.

@@ -1,0 +1,145 @@
+//! Operating ingest: metrics that move, and SIGTERM during a stream of requests.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::TestIngest;
+use shared::envelope::header_str;
+use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
+use testkit::metrics::scrape;
+use testkit::{LoggedProcess, TestBroker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_each_answer() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    let before = scrape(&ingest.url("/metrics")).await;
+    assert_eq!(before.value("amqp_connected", &[]), 1.0);
+    assert_eq!(before.value("ingest_requests_total", &[("code", "200"), ("provider", "stripe")]), 0.0);
+
+    let body = stripe_session_event("evt_metrics", "checkout.session.completed", "o", "paid", 100, "usd");
+    assert_eq!(ingest.post_stripe(&body, Some(&stripe_signature(&body, STRIPE_SECRET))).await.status(), 200);
+    assert_eq!(ingest.post_stripe(&body, Some("t=1,v1=00")).await.status(), 400);
+    assert_eq!(ingest.client.get(ingest.url("/nowhere")).send().await.unwrap().status(), 404);
+
+    let after = scrape(&ingest.url("/metrics")).await;
+    let route = ingest::STRIPE_ROUTE;
+    assert_eq!(after.value("ingest_requests_total", &[("provider", "stripe"), ("route", route), ("code", "200")]), 1.0);
+    assert_eq!(after.value("ingest_requests_total", &[("provider", "stripe"), ("route", route), ("code", "400")]), 1.0);
+    assert_eq!(after.value("ingest_requests_total", &[("route", "other"), ("code", "404")]), 1.0);
+    assert_eq!(after.value("amqp_publish_total", &[("outcome", "confirmed")]), 1.0);
+    assert_eq!(
+        after.value("ingest_request_duration_seconds", &[("provider", "stripe")]),
+        2.0,
+        "two webhook requests timed"
+    );
+    assert!(after.has("ingest_inflight_requests"));
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_stream_answers_every_request_truthfully_and_exits_in_time() {
+    let broker = TestBroker::new().await;
+    let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
+    let vars: Vec<(String, String)> = [
+        ("AMQP_URL", testkit::amqp_url()),
+        ("AMQP_PREFIX", broker.prefix.clone()),
+        ("INGEST_ADDR", "127.0.0.1:0".into()),
+        ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET.into()),
+        ("TOSS_WEBHOOK_SECRET", "toss-secret-never-logged".into()),
+        ("SHUTDOWN_TIMEOUT", "5s".into()),
+        ("LOG_FORMAT", "json".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut process = LoggedProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &[], &vars);
+    let addr = process.logged_addr("ingest listening").await;
+    let client = reqwest::Client::new();
+    testkit::eventually("ingest ready", Duration::from_secs(20), || async {
+        let r = client.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+
+    // A request whose body is still arriving when SIGTERM comes.
+    let slow_body = stripe_session_event("evt_inflight", "checkout.session.completed", "o", "paid", 100, "usd");
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/webhooks/stripe HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nstripe-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        stripe_signature(&slow_body, STRIPE_SECRET),
+        slow_body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let half = slow_body.len() / 2;
+    slow.write_all(&slow_body[..half]).await.unwrap();
+
+    // A stream of requests, some before and some after the signal.
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            let key = format!("evt_stream_{i}");
+            let body = stripe_session_event(&key, "checkout.session.completed", "o", "paid", 100, "usd");
+            let answer = client
+                .post(format!("http://{addr}/api/webhooks/stripe"))
+                .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            (key, answer)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    process.terminate();
+    let signalled = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.write_all(&slow_body[half..]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = slow.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "the in-flight request got its real answer: {answer}");
+
+    let status = process.wait_exit(Duration::from_secs(8)).await;
+    assert!(status.success(), "clean exit: {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(7), "exited within the shutdown deadline");
+
+    let mut accepted = HashSet::new();
+    accepted.insert("evt_inflight".to_string());
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (key, Ok(200)) => {
+                accepted.insert(key);
+            }
+            (_, Ok(code)) => assert!(code == 503, "only 200 or 503 are true answers here, got {code}"),
+            (_, Err(_)) => refused += 1, // connection refused once the listener closed
+        }
+    }
+    assert!(accepted.len() > 1, "some requests were answered before the signal");
+    assert!(refused > 0 || accepted.len() == 121, "requests after the signal were not accepted");
+    let queued: HashSet<String> = broker
+        .drain(&format!("{}.work", broker.prefix))
+        .await
+        .iter()
+        .map(|m| header_str(m.delivery.properties.headers().as_ref().unwrap(), "x-event-key").unwrap())
+        .collect();
+    let missing: Vec<&String> = accepted.difference(&queued).collect();
+    assert!(missing.is_empty(), "answered 200 but not queued: {missing:?}");
+
+    // Logs: JSON lines, no secret in them.
+    let lines = process.lines();
+    assert!(lines.iter().any(|l| l.contains("[Stripe Webhook] Event received")));
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for secret in [STRIPE_SECRET, "toss-secret-never-logged"] {
+            assert!(!line.contains(secret), "secret in a log line: {line}");
+        }
+    }
+}

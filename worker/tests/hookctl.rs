@@ -1,0 +1,143 @@
+//! `hookctl` as operators run it: a separate process reading the same settings.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, TestIngest, TestWorker};
+use shared::Provider;
+use testkit::events::{stripe_session_event, STRIPE_SECRET};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs hookctl to completion; returns (success, stdout + stderr).
+async fn hookctl(env: &Env, args: &[&str]) -> (bool, String) {
+    let vars = env.env_vars(&[("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookctl"))
+        .args(args)
+        .envs(vars)
+        .output()
+        .await
+        .expect("hookctl runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn send_produces_events_that_ingest_accepts_and_the_worker_applies() {
+    let env = Env::new().await;
+    env.seed_payment("order-cli-s", "stripe", Some(4200), Some("usd")).await;
+    env.seed_payment("order-cli-t", "toss", Some(37400), Some("KRW")).await;
+    let settings = env.settings(&[]);
+    let ingest = TestIngest::spawn(settings.clone()).await;
+    let worker = TestWorker::spawn(settings).await;
+    let url = format!("http://{}", ingest.addr);
+
+    let (ok, out) = hookctl(
+        &env,
+        &["send", "stripe", "checkout.session.completed", "--order", "order-cli-s", "--amount", "4200", "--url", &url],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("200"), "{out}");
+    let (ok, out) =
+        hookctl(&env, &["send", "toss", "DONE", "--order", "order-cli-t", "--amount", "37400", "--url", &url]).await;
+    assert!(ok, "{out}");
+    env.wait_count("both paid", "SELECT count(*) FROM payments WHERE payment_status = 'paid'", 2, WAIT).await;
+
+    let (ok, out) = hookctl(&env, &["send", "stripe", "charge.refunded", "--order", "x", "--url", &url]).await;
+    assert!(!ok && out.contains("unsupported Stripe event type"), "{out}");
+    worker.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn dead_replay_brings_an_event_back_and_events_shows_the_history() {
+    let env = Env::new().await;
+    let worker = TestWorker::spawn(env.settings(&[("RETRY_MAX_ATTEMPTS", "1")])).await;
+    let body = stripe_session_event("evt_replay", "checkout.session.completed", "order-replay", "paid", 1000, "usd");
+    env.publish(Provider::Stripe, "checkout.session.completed", "evt_replay", &body).await;
+    env.wait_count(
+        "parked",
+        "SELECT count(*) FROM webhook_events WHERE event_key = 'evt_replay' AND status = 'dead'",
+        1,
+        WAIT,
+    )
+    .await;
+    testkit::eventually("in the dead-letter queue", WAIT, || async {
+        (env.broker.count(&env.dead_queue()).await == 1).then_some(())
+    })
+    .await;
+
+    let (ok, out) = hookctl(&env, &["dead", "list"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("evt_replay") && out.contains("gave up after 1 attempts"), "{out}");
+    let (ok, out) = hookctl(&env, &["dead", "show", "evt_replay"]).await;
+    assert!(ok && out.contains("order-replay") && out.contains("x-dead-reason"), "{out}");
+    assert_eq!(env.broker.count(&env.dead_queue()).await, 1, "list and show leave the queue as it was");
+
+    // Fix the cause, then replay.
+    let seeded = env.seed_payment("order-replay", "stripe", Some(1000), Some("usd")).await;
+    let (ok, out) = hookctl(&env, &["dead", "replay", "evt_replay"]).await;
+    assert!(ok && out.contains("1 message(s) moved back"), "{out}");
+    env.wait_count(
+        "applied after replay",
+        "SELECT count(*) FROM payments WHERE order_id = 'order-replay' AND payment_status = 'paid'",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(env.notifications_for(seeded.trainer_id).await, 1);
+    assert_eq!(env.broker.count(&env.dead_queue()).await, 0);
+
+    let (ok, out) = hookctl(&env, &["events", "order-replay"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("evt_replay") && out.contains("applied") && out.contains("checkout.session.completed"),
+        "{out}"
+    );
+    let (ok, out) = hookctl(&env, &["dead", "purge"]).await;
+    assert!(!ok && out.contains("--yes"), "purge asks for confirmation: {out}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn replaying_an_event_that_was_applied_meanwhile_changes_nothing() {
+    let env = Env::new().await;
+    let seeded = env.seed_payment("order-twice", "stripe", Some(1000), Some("usd")).await;
+    let worker = TestWorker::spawn(env.settings(&[])).await;
+    let body = stripe_session_event("evt_twice", "checkout.session.completed", "order-twice", "paid", 1000, "usd");
+    env.publish(Provider::Stripe, "checkout.session.completed", "evt_twice", &body).await;
+    env.wait_count("applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 1, WAIT).await;
+    // A stale copy of the same event sits in the dead letters (as after a manual move).
+    let channel = env.broker.channel();
+    let props = shared::envelope::EventEnvelope {
+        provider: Provider::Stripe,
+        event_type: "checkout.session.completed".into(),
+        event_key: "evt_twice".into(),
+        verification: shared::envelope::IngestVerification::Signature,
+        received_at: chrono::Utc::now(),
+        request_id: "r".into(),
+        attempt: 3,
+        delivery_headers: Default::default(),
+        body: body.clone(),
+    }
+    .properties();
+    channel
+        .basic_publish("".into(), env.dead_queue().as_str().into(), Default::default(), &body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (ok, out) = hookctl(&env, &["dead", "replay", "--all"]).await;
+    assert!(ok && out.contains("1 message(s) moved back"), "{out}");
+    env.wait_count(
+        "seen as a duplicate",
+        "SELECT duplicates::bigint FROM webhook_events WHERE event_key = 'evt_twice'",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(env.notifications_for(seeded.trainer_id).await, 1);
+    worker.stop().await;
+}
