@@ -77,3 +77,49 @@ async fn cut_broker_means_503_and_recovery_without_restart() {
     );
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_the_broker_cannot_route_is_answered_503_not_200() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    // Without a binding, the mandatory publish comes back as a return followed by an ack.
+    broker
+        .channel()
+        .queue_unbind(
+            format!("{}.work", broker.prefix).into(),
+            format!("{}.events", broker.prefix).into(),
+            "#".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let body = stripe_session_event("evt_unroutable", "checkout.session.completed", "o", "paid", 100, "usd");
+    let response = ingest.post_stripe(&body, Some(&stripe_signature(&body, STRIPE_SECRET))).await;
+    assert_eq!(response.status(), 503);
+    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "unroutable")]), 1.0);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_connection() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    let mut requests = Vec::new();
+    for i in 0..64 {
+        let body =
+            stripe_session_event(&format!("evt_shared_{i}"), "checkout.session.completed", "o", "paid", 100, "usd");
+        let signature = stripe_signature(&body, STRIPE_SECRET);
+        let (client, url) = (ingest.client.clone(), ingest.url(ingest::STRIPE_ROUTE));
+        requests.push(tokio::spawn(async move {
+            client.post(url).header("stripe-signature", signature).body(body).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "one AMQP connection for every request");
+    assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "confirmed")]), 64.0);
+    ingest.stop().await;
+}

@@ -76,6 +76,8 @@ pub async fn process_delivery(deps: Arc<Deps>, delivery: Delivery) {
         }
     };
     let attempt = envelope.attempt + 1;
+    // Test hook: a message that crashes the process before it is acknowledged (a poison message).
+    fail::fail_point!("process-delivery", |_| std::process::abort());
     let span = tracing::info_span!(
         "delivery",
         provider = %envelope.provider,

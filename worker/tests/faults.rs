@@ -199,3 +199,58 @@ async fn a_single_worker_processes_deliveries_concurrently() {
     assert_each_applied_once(&env, "conc", &seeded).await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_that_kills_every_worker_is_parked_by_the_delivery_limit() {
+    let env = Env::new().await;
+    let settings = env.settings(&[("DELIVERY_LIMIT", "2")]);
+    env.declare(&settings).await;
+    publish_paid(&env, "poison", 0).await;
+    // Each worker dies on the message before acking it; the broker redelivers it to the next.
+    let vars = env.env_vars(&[("DELIVERY_LIMIT", "2"), ("FAILPOINTS", "process-delivery=return")]);
+    let mut crashes = 0;
+    while env.broker.count(&env.dead_queue()).await == 0 {
+        assert!(crashes < 6, "still not parked after {crashes} crashed workers");
+        let mut worker = spawn_worker_process(&vars);
+        let exited = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await;
+        assert!(matches!(exited, Ok(Ok(status)) if !status.success()), "the worker crashed on the message");
+        crashes += 1;
+    }
+    assert!(crashes >= 2, "redelivered to another worker before being parked ({crashes} crashes)");
+    let parked = env.broker.wait_get(&env.dead_queue(), WAIT).await;
+    let headers = parked.delivery.properties.headers().clone().unwrap();
+    assert!(headers.inner().contains_key("x-death"), "dead-lettered by the broker: {headers:?}");
+    assert_eq!(env.count("SELECT count(*) FROM payments WHERE payment_status = 'paid'").await, 0);
+}
+
+#[tokio::test]
+async fn a_retrying_order_does_not_stall_the_others() {
+    let env = Env::new().await;
+    let seeded = seed_orders(&env, "flow", 10).await;
+    let worker = TestWorker::spawn(env.settings(&[
+        ("WORKER_CONCURRENCY", "1"),
+        ("RETRY_DELAYS", "2s"),
+        ("RETRY_MAX_ATTEMPTS", "100"),
+    ]))
+    .await;
+    // The first event's order never exists: it keeps retrying.
+    let stuck = stripe_session_event("evt_stuck", "checkout.session.completed", "no-such-order", "paid", 1000, "usd");
+    env.publish(Provider::Stripe, "checkout.session.completed", "evt_stuck", &stuck).await;
+    for i in 0..10 {
+        publish_paid(&env, "flow", i).await;
+    }
+    // One delivery at a time, yet the others are all applied while the stuck one waits in a
+    // delay queue, not in the worker.
+    env.wait_count(
+        "the others applied",
+        "SELECT count(*) FROM webhook_events WHERE status = 'applied'",
+        10,
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, attempts, _) = env.inbox("evt_stuck").await.unwrap();
+    assert_eq!(status, "retrying");
+    assert!(attempts <= 6, "still early in its retries ({attempts})");
+    assert_each_applied_once(&env, "flow", &seeded).await;
+    worker.stop().await;
+}
