@@ -9,6 +9,7 @@ COPY shared shared
 COPY ingest ingest
 COPY worker worker
 COPY testkit testkit
+COPY bench bench
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -11,7 +11,12 @@ use std::time::Duration;
 use config::{Config, Environment, File};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+mod values;
+
+use values::{duration, duration_list, empty_as_none, networks, split_list};
+pub use values::{parse_duration, parse_network};
 
 /// Toss Payments' published webhook source addresses. `TOSS_ALLOWED_IPS=toss` expands to these.
 pub const TOSS_SOURCE_ADDRESSES: [&str; 4] = ["13.124.18.147", "13.124.108.35", "3.36.173.151", "3.38.81.32"];
@@ -309,10 +314,6 @@ pub fn redacted_url(url: &SecretString) -> String {
     }
 }
 
-fn split_list(raw: &str) -> impl Iterator<Item = &str> {
-    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
 fn from_config_error(error: config::ConfigError) -> SettingsError {
     match error {
         config::ConfigError::Type { key: Some(key), unexpected, expected, .. } => {
@@ -323,173 +324,5 @@ fn from_config_error(error: config::ConfigError) -> SettingsError {
     }
 }
 
-/// Parses `300ms`, `5s`, `1m`, `1h 30m`; a bare number means seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration ({e})"))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let raw = String::deserialize(d)?;
-    parse_duration(&raw).map_err(serde::de::Error::custom)
-}
-
-fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    let raw = String::deserialize(d)?;
-    split_list(&raw).map(parse_duration).collect::<Result<_, _>>().map_err(serde::de::Error::custom)
-}
-
-fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    let raw = String::deserialize(d)?;
-    let mut nets = Vec::new();
-    for item in split_list(&raw) {
-        if item.eq_ignore_ascii_case("toss") {
-            nets.extend(TOSS_SOURCE_ADDRESSES.iter().map(|a| parse_network(a).expect("valid")));
-        } else {
-            nets.push(parse_network(item).map_err(serde::de::Error::custom)?);
-        }
-    }
-    Ok(nets)
-}
-
-/// `10.0.0.0/8` or a single address (`1.2.3.4` means `/32`, an IPv6 address `/128`).
-pub fn parse_network(raw: &str) -> Result<IpNet, String> {
-    raw.parse::<IpNet>()
-        .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{raw:?} is neither an address nor a CIDR network"))
-}
-
-fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    let raw = Option::<String>::deserialize(d)?;
-    Ok(raw.filter(|s| !s.trim().is_empty()).map(SecretString::from))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_work_on_a_developer_machine() {
-        let s = Settings::from_vars([]).unwrap();
-        assert_eq!(s.amqp_prefix, "webhooks");
-        assert_eq!(s.ingest_addr.port(), 3000);
-        assert_eq!(s.worker_addr.port(), 9090);
-        assert_eq!(s.stripe_tolerance, Duration::from_secs(300));
-        assert_eq!(s.max_body_bytes, 1 << 20);
-        assert_eq!(s.retry_delays.len(), 5);
-        assert_eq!(s.retry_max_attempts, 8);
-    }
-
-    #[test]
-    fn the_guides_flat_environment_names_are_read() {
-        let s = Settings::from_vars([
-            ("DATABASE_URL", "postgres://u:p@db:5432/app"),
-            ("AMQP_URL", "amqp://a:b@mq:5672/%2f"),
-            ("AMQP_PREFIX", "shop"),
-            ("INGEST_ADDR", "127.0.0.1:0"),
-            ("STRIPE_WEBHOOK_SECRET", "whsec_old, whsec_new"),
-            ("TOSS_WEBHOOK_SECRET", "toss_key"),
-            ("WORKER_ADDR", "127.0.0.1:0"),
-            ("RETRY_DELAYS", "200ms,1s"),
-            ("STRIPE_TOLERANCE", "60"),
-        ])
-        .unwrap();
-        assert_eq!(s.amqp_prefix, "shop");
-        assert_eq!(s.ingest_addr.port(), 0);
-        let secrets = s.stripe_secrets().unwrap();
-        let exposed: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-        assert_eq!(exposed, ["whsec_old", "whsec_new"]);
-        assert_eq!(s.toss_webhook_secret.unwrap().expose_secret(), "toss_key");
-        assert_eq!(s.retry_delays, [Duration::from_millis(200), Duration::from_secs(1)]);
-        assert_eq!(s.stripe_tolerance, Duration::from_secs(60));
-    }
-
-    #[test]
-    fn debug_output_hides_every_secret() {
-        let s = Settings::from_vars([
-            ("DATABASE_URL", "postgres://u:dbpass123@db/app"),
-            ("AMQP_URL", "amqp://a:mqpass123@mq/%2f"),
-            ("STRIPE_WEBHOOK_SECRET", "whsec_stripe123"),
-            ("TOSS_WEBHOOK_SECRET", "tosssecret123"),
-            ("TOSS_SECRET_KEY", "test_sk_key123"),
-            ("NOTIFY_WEBHOOK_URL", "https://hooks.example/p?token=tok123"),
-            ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-        ])
-        .unwrap();
-        let debug = format!("{s:?}");
-        for secret in ["dbpass123", "mqpass123", "whsec_stripe123", "tosssecret123", "key123", "tok123", "MfKQ9r8"] {
-            assert!(!debug.contains(secret), "{secret} leaked into Debug: {debug}");
-        }
-    }
-
-    #[test]
-    fn a_missing_stripe_secret_is_named() {
-        let s = Settings::from_vars([]).unwrap();
-        let err = s.stripe_secrets().unwrap_err().to_string();
-        assert!(err.contains("STRIPE_WEBHOOK_SECRET"), "{err}");
-    }
-
-    #[test]
-    fn malformed_values_name_their_variable() {
-        for (name, value) in [
-            ("WORKER_PREFETCH", "lots"),
-            ("INGEST_ADDR", "not-an-address"),
-            ("RETRY_DELAYS", "1s,soon"),
-            ("AMQP_PREFIX", "has space"),
-            ("AMQP_URL", "http://wrong"),
-            ("TOSS_ALLOWED_IPS", "10.0.0.0/8,example.com"),
-            ("WORKER_CONCURRENCY", "0"),
-        ] {
-            let err = Settings::from_vars([(name, value)]).unwrap_err().to_string();
-            assert!(err.contains(name), "{name}={value} gave {err}");
-        }
-    }
-
-    #[test]
-    fn notification_delivery_needs_a_valid_signing_secret() {
-        let err = Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook")]).unwrap_err().to_string();
-        assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
-        let err = Settings::from_vars([
-            ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook"),
-            ("NOTIFY_WEBHOOK_SECRET", "not-base64!"),
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
-    }
-
-    #[test]
-    fn empty_secrets_count_as_unset() {
-        let s = Settings::from_vars([("TOSS_WEBHOOK_SECRET", ""), ("TOSS_SECRET_KEY", " ")]).unwrap();
-        assert!(s.toss_webhook_secret.is_none());
-        assert!(!s.toss_fetch_back_enabled());
-    }
-
-    #[test]
-    fn toss_allow_list_understands_the_keyword_and_single_addresses() {
-        let s = Settings::from_vars([("TOSS_ALLOWED_IPS", "toss, 10.1.0.0/16, ::1")]).unwrap();
-        assert_eq!(s.toss_allowed_ips.len(), 6);
-        assert!(s.toss_allowed_ips[0].contains(&"13.124.18.147".parse::<std::net::IpAddr>().unwrap()));
-    }
-
-    #[test]
-    fn fetch_back_follows_the_secret_key_unless_set() {
-        let on = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x")]).unwrap();
-        assert!(on.toss_fetch_back_enabled());
-        let off = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x"), ("TOSS_FETCH_BACK", "false")]).unwrap();
-        assert!(!off.toss_fetch_back_enabled());
-        let broken = Settings::from_vars([("TOSS_FETCH_BACK", "true")]).unwrap();
-        let err = broken.toss_secret_key_for_fetch().unwrap_err().to_string();
-        assert!(err.contains("TOSS_SECRET_KEY"), "{err}");
-    }
-
-    #[test]
-    fn redacted_urls_keep_the_host_and_drop_the_password() {
-        let url = SecretString::from("amqp://guest:hunter2@mq:5672/%2f");
-        let shown = redacted_url(&url);
-        assert!(shown.contains("mq:5672") && !shown.contains("hunter2"), "{shown}");
-    }
-}
+mod tests;

@@ -37,7 +37,7 @@ async fn fake_api(payments: Vec<(&'static str, &'static str, String)>) -> FakeEn
     FakeEndpoint::start_with(vec![Behavior::Status(404, r#"{"code":"NOT_FOUND_PAYMENT"}"#.into())], Some(router)).await
 }
 
-fn fetch_settings<'a>(api: &'a str) -> Vec<(&'a str, &'a str)> {
+fn fetch_settings(api: &str) -> Vec<(&str, &str)> {
     vec![("TOSS_SECRET_KEY", SECRET_KEY), ("TOSS_API_BASE", api), ("TOSS_API_TIMEOUT", "500ms")]
 }
 

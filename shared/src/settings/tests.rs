@@ -1,0 +1,125 @@
+//! Settings: the guide's names, defaults, redaction and error messages.
+
+use super::*;
+
+#[test]
+fn defaults_work_on_a_developer_machine() {
+    let s = Settings::from_vars([]).unwrap();
+    assert_eq!(s.amqp_prefix, "webhooks");
+    assert_eq!(s.ingest_addr.port(), 3000);
+    assert_eq!(s.worker_addr.port(), 9090);
+    assert_eq!(s.stripe_tolerance, Duration::from_secs(300));
+    assert_eq!(s.max_body_bytes, 1 << 20);
+    assert_eq!(s.retry_delays.len(), 5);
+    assert_eq!(s.retry_max_attempts, 8);
+}
+
+#[test]
+fn the_guides_flat_environment_names_are_read() {
+    let s = Settings::from_vars([
+        ("DATABASE_URL", "postgres://u:p@db:5432/app"),
+        ("AMQP_URL", "amqp://a:b@mq:5672/%2f"),
+        ("AMQP_PREFIX", "shop"),
+        ("INGEST_ADDR", "127.0.0.1:0"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_old, whsec_new"),
+        ("TOSS_WEBHOOK_SECRET", "toss_key"),
+        ("WORKER_ADDR", "127.0.0.1:0"),
+        ("RETRY_DELAYS", "200ms,1s"),
+        ("STRIPE_TOLERANCE", "60"),
+    ])
+    .unwrap();
+    assert_eq!(s.amqp_prefix, "shop");
+    assert_eq!(s.ingest_addr.port(), 0);
+    let secrets = s.stripe_secrets().unwrap();
+    let exposed: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+    assert_eq!(exposed, ["whsec_old", "whsec_new"]);
+    assert_eq!(s.toss_webhook_secret.unwrap().expose_secret(), "toss_key");
+    assert_eq!(s.retry_delays, [Duration::from_millis(200), Duration::from_secs(1)]);
+    assert_eq!(s.stripe_tolerance, Duration::from_secs(60));
+}
+
+#[test]
+fn debug_output_hides_every_secret() {
+    let s = Settings::from_vars([
+        ("DATABASE_URL", "postgres://u:dbpass123@db/app"),
+        ("AMQP_URL", "amqp://a:mqpass123@mq/%2f"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_stripe123"),
+        ("TOSS_WEBHOOK_SECRET", "tosssecret123"),
+        ("TOSS_SECRET_KEY", "test_sk_key123"),
+        ("NOTIFY_WEBHOOK_URL", "https://hooks.example/p?token=tok123"),
+        ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    ])
+    .unwrap();
+    let debug = format!("{s:?}");
+    for secret in ["dbpass123", "mqpass123", "whsec_stripe123", "tosssecret123", "key123", "tok123", "MfKQ9r8"] {
+        assert!(!debug.contains(secret), "{secret} leaked into Debug: {debug}");
+    }
+}
+
+#[test]
+fn a_missing_stripe_secret_is_named() {
+    let s = Settings::from_vars([]).unwrap();
+    let err = s.stripe_secrets().unwrap_err().to_string();
+    assert!(err.contains("STRIPE_WEBHOOK_SECRET"), "{err}");
+}
+
+#[test]
+fn malformed_values_name_their_variable() {
+    for (name, value) in [
+        ("WORKER_PREFETCH", "lots"),
+        ("INGEST_ADDR", "not-an-address"),
+        ("RETRY_DELAYS", "1s,soon"),
+        ("AMQP_PREFIX", "has space"),
+        ("AMQP_URL", "http://wrong"),
+        ("TOSS_ALLOWED_IPS", "10.0.0.0/8,example.com"),
+        ("WORKER_CONCURRENCY", "0"),
+    ] {
+        let err = Settings::from_vars([(name, value)]).unwrap_err().to_string();
+        assert!(err.contains(name), "{name}={value} gave {err}");
+    }
+}
+
+#[test]
+fn notification_delivery_needs_a_valid_signing_secret() {
+    let err = Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook")]).unwrap_err().to_string();
+    assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
+    let err = Settings::from_vars([
+        ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:1/hook"),
+        ("NOTIFY_WEBHOOK_SECRET", "not-base64!"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
+}
+
+#[test]
+fn empty_secrets_count_as_unset() {
+    let s = Settings::from_vars([("TOSS_WEBHOOK_SECRET", ""), ("TOSS_SECRET_KEY", " ")]).unwrap();
+    assert!(s.toss_webhook_secret.is_none());
+    assert!(!s.toss_fetch_back_enabled());
+}
+
+#[test]
+fn toss_allow_list_understands_the_keyword_and_single_addresses() {
+    let s = Settings::from_vars([("TOSS_ALLOWED_IPS", "toss, 10.1.0.0/16, ::1")]).unwrap();
+    assert_eq!(s.toss_allowed_ips.len(), 6);
+    assert!(s.toss_allowed_ips[0].contains(&"13.124.18.147".parse::<std::net::IpAddr>().unwrap()));
+}
+
+#[test]
+fn fetch_back_follows_the_secret_key_unless_set() {
+    let on = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x")]).unwrap();
+    assert!(on.toss_fetch_back_enabled());
+    let off = Settings::from_vars([("TOSS_SECRET_KEY", "test_sk_x"), ("TOSS_FETCH_BACK", "false")]).unwrap();
+    assert!(!off.toss_fetch_back_enabled());
+    let broken = Settings::from_vars([("TOSS_FETCH_BACK", "true")]).unwrap();
+    let err = broken.toss_secret_key_for_fetch().unwrap_err().to_string();
+    assert!(err.contains("TOSS_SECRET_KEY"), "{err}");
+}
+
+#[test]
+fn redacted_urls_keep_the_host_and_drop_the_password() {
+    let url = SecretString::from("amqp://guest:hunter2@mq:5672/%2f");
+    let shown = redacted_url(&url);
+    assert!(shown.contains("mq:5672") && !shown.contains("hunter2"), "{shown}");
+}
