@@ -11,9 +11,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::json;
+use shared::broker::PublishError;
 use shared::envelope::{EventEnvelope, IngestVerification, DELIVERY_HEADERS};
 use shared::http_server::{json_response, HttpResponse};
 use shared::providers::stripe::parse_stripe_event;
+use shared::providers::check_event_identity;
 use shared::providers::toss::parse_toss_event;
 use shared::topology::Topology;
 use shared::verify::stripe::{verify_stripe_signature, StripeSignatureError};
@@ -86,12 +88,7 @@ async fn receive(
         received_at: Utc::now(),
         request_id: request_id.to_string(),
         attempt: 0,
-        delivery_headers: DELIVERY_HEADERS
-            .iter()
-            .filter_map(|name| {
-                headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| (name.to_string(), v.to_string()))
-            })
-            .collect(),
+        delivery_headers: delivery_headers(headers),
         body: body.to_vec(),
     };
     let topology = state.broker.topology();
@@ -100,13 +97,36 @@ async fn receive(
         .broker
         .publish(&topology.events_exchange(), &routing_key, &envelope.body, envelope.properties())
         .await
-        .map_err(|error| {
-            tracing::warn!(%error, "publish not confirmed");
-            RejectReason::BrokerUnavailable
+        .map_err(|error| match error {
+            PublishError::InvalidName => RejectReason::MalformedBody("event type too long for a routing key".into()),
+            error => {
+                tracing::warn!(%error, "publish not confirmed");
+                RejectReason::BrokerUnavailable
+            }
         })?;
     tracing::info!(event_type = %envelope.event_type, verification = verification.as_str(), "queued");
     Ok(())
 }
+
+/// The provider's delivery headers to carry along. Each is capped: they are informational,
+/// and an oversized AMQP header frame would make the broker drop the shared connection.
+fn delivery_headers(headers: &HeaderMap) -> std::collections::BTreeMap<String, String> {
+    DELIVERY_HEADERS
+        .iter()
+        .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| (name, v)))
+        .filter(|(name, value)| {
+            let keep = value.len() <= MAX_DELIVERY_HEADER_LEN;
+            if !keep {
+                tracing::warn!(header = %name, length = value.len(), "oversized delivery header not carried along");
+            }
+            keep
+        })
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+/// Longest delivery header value carried into the message.
+const MAX_DELIVERY_HEADER_LEN: usize = 1024;
 
 fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RejectReason> {
     let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
@@ -163,6 +183,7 @@ fn verify_stripe(
         RejectReason::BadSignature(detail)
     })?;
     let event = parse_stripe_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
+    check_event_identity(&event.event_type, &event.id).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     tracing::info!(r#type = %event.event_type, id = %event.id, "[Stripe Webhook] Event received");
     Ok((event.event_type, event.id, IngestVerification::Signature))
 }
@@ -173,6 +194,8 @@ fn verify_toss(
     body: &[u8],
 ) -> Result<(String, String, IngestVerification), RejectReason> {
     let event = parse_toss_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
+    let key = event.event_key(body);
+    check_event_identity(&event.event_type, &key).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     let signature = header(headers, "tosspayments-webhook-signature");
     // Toss signs only payout and seller events. A signature on anything else is still checked
     // when a key is configured: a wrong one is never let through.
@@ -191,6 +214,5 @@ fn verify_toss(
         status = event.status.as_deref().unwrap_or(""),
         "[Toss Webhook] Received"
     );
-    let key = event.event_key(body);
     Ok((event.event_type, key, verification))
 }

@@ -108,3 +108,32 @@ async fn read_answer(stream: &mut TcpStream) -> String {
     let n = stream.read(&mut buf).await.unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
+
+#[tokio::test]
+async fn hostile_identifiers_and_headers_are_refused_without_hurting_the_connection() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    // An unsigned Toss body with an event type longer than a routing key may be.
+    let long_type = format!(r#"{{"eventType":"{}","data":{{"orderId":"o","status":"DONE"}}}}"#, "X".repeat(300));
+    let response = ingest.post(ingest::TOSS_ROUTE, long_type.as_bytes(), &[]).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_code(response).await, "malformed_body");
+
+    // An oversized delivery header is not carried into the message (it would break the
+    // broker connection every request shares); the event still queues.
+    let body = br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"DONE"}}"#;
+    let huge = ("user-agent".to_string(), "u".repeat(20_000));
+    assert_eq!(ingest.post(ingest::TOSS_ROUTE, body, &[huge]).await.status(), 200);
+    assert_eq!(ingest.post(ingest::TOSS_ROUTE, body, &[]).await.status(), 200);
+    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "the shared connection survived");
+    let queued = broker.drain(&format!("{}.work", broker.prefix)).await;
+    assert_eq!(queued.len(), 2);
+    let headers = queued[0].delivery.properties.headers().clone().unwrap();
+    assert!(!headers.inner().contains_key("user-agent"), "the oversized header was dropped");
+
+    // A request head over the limit is refused by the HTTP layer.
+    let giant = ("x-padding".to_string(), "p".repeat(100_000));
+    assert_eq!(ingest.post(ingest::TOSS_ROUTE, body, &[giant]).await.status(), 431);
+    ingest.stop().await;
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{watch, Notify};
@@ -53,6 +54,8 @@ pub enum PublishError {
     Nacked,
     #[error("no queue is bound for the message ({0})")]
     Unroutable(String),
+    #[error("exchange or routing key longer than AMQP allows (255 bytes)")]
+    InvalidName,
 }
 
 impl PublishError {
@@ -62,6 +65,7 @@ impl PublishError {
             Self::Timeout(_) => "timeout",
             Self::Nacked => "nacked",
             Self::Unroutable(_) => "unroutable",
+            Self::InvalidName => "invalid",
         }
     }
 }
@@ -186,6 +190,9 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        // Checked here, not by `From<&str>`, which panics past 255 bytes.
+        let exchange = ShortString::try_new(exchange).map_err(|_| PublishError::InvalidName)?;
+        let routing_key = ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidName)?;
         let link = self.current().ok_or(PublishError::Unavailable)?;
         let channel = link.publisher();
         let options = BasicPublishOptions { mandatory: true, immediate: false };

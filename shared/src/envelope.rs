@@ -104,13 +104,18 @@ impl EventEnvelope {
         for (name, value) in &self.delivery_headers {
             put(name, long_string(value));
         }
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(format!("{}:{}", self.provider, self.event_key).into())
             .with_timestamp(self.received_at.timestamp().max(0) as u64)
             .with_app_id("ingest".into())
-            .with_headers(headers)
+            .with_headers(headers);
+        // A message id is a short string (255 bytes); keys are bounded well below that, and an
+        // over-long one only loses this convenience copy (x-event-key always has it).
+        match ShortString::try_new(format!("{}:{}", self.provider, self.event_key)) {
+            Ok(id) => properties.with_message_id(id),
+            Err(_) => properties,
+        }
     }
 
     /// Reads an envelope back from a delivery.

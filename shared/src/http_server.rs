@@ -17,6 +17,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Largest request head (request line and headers) read; hyper answers 431 beyond it.
+/// Webhook heads are well under 8 KiB; hyper's default (about 400 KiB) is far more than needed.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// Response type of every handler here: bodies are small and built in memory.
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -60,6 +64,7 @@ where
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
+            .max_buf_size(MAX_REQUEST_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -50,6 +50,43 @@ pub enum PayloadError {
     MissingField(&'static str),
     #[error("body is not a recognised Toss event (no eventType, and not a deposit callback)")]
     UnrecognisedToss,
+    #[error("{0} must be 1 to {1} printable ASCII characters without spaces")]
+    BadIdentifier(&'static str, usize),
+}
+
+/// Longest accepted event type. Real ones are under 60 bytes; the limit keeps routing keys
+/// (at most 255 bytes in AMQP) and metric labels bounded.
+pub const MAX_EVENT_TYPE_LEN: usize = 100;
+/// Longest accepted event id (Stripe `evt_...` ids are about 30 bytes, body hashes 71).
+pub const MAX_EVENT_KEY_LEN: usize = 200;
+
+/// Checks an event type and dedupe key before they become AMQP routing keys, message ids and
+/// database keys: bounded length, printable ASCII, no spaces.
+pub fn check_event_identity(event_type: &str, event_key: &str) -> Result<(), PayloadError> {
+    let ok = |value: &str, max: usize| !value.is_empty() && value.len() <= max && value.bytes().all(|b| b.is_ascii_graphic());
+    if !ok(event_type, MAX_EVENT_TYPE_LEN) {
+        return Err(PayloadError::BadIdentifier("event type", MAX_EVENT_TYPE_LEN));
+    }
+    if !ok(event_key, MAX_EVENT_KEY_LEN) {
+        return Err(PayloadError::BadIdentifier("event id", MAX_EVENT_KEY_LEN));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_bounded_printable_ascii() {
+        assert!(check_event_identity("checkout.session.completed", "evt_1PXaX2").is_ok());
+        assert!(check_event_identity("PAYMENT_STATUS_CHANGED", &format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_event_identity(&"x".repeat(101), "k").is_err());
+        assert!(check_event_identity("t", &"k".repeat(201)).is_err());
+        assert!(check_event_identity("has space", "k").is_err());
+        assert!(check_event_identity("t", "").is_err());
+        assert!(check_event_identity("결제", "k").is_err());
+    }
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, PayloadError> {

@@ -52,13 +52,14 @@ impl TossEvent {
         self.kind == TossEventKind::Signed
     }
 
-    /// The dedupe key: `eventId` where Toss sends one, else a hash of the raw body (Toss
-    /// resends the same body on retries; whether the transmission id stays the same is not
-    /// documented, so it is not relied on).
+    /// The dedupe key: `eventId` of signed event types (whose signature covers it), else a
+    /// hash of the raw body (Toss resends the same body on retries; whether the transmission id
+    /// stays the same is not documented, so it is not relied on). An unsigned body cannot pick
+    /// its own key.
     pub fn event_key(&self, raw_body: &[u8]) -> String {
         match &self.event_id {
-            Some(id) => id.clone(),
-            None => format!("sha256:{}", hex::encode(Sha256::digest(raw_body))),
+            Some(id) if self.is_signed_type() => id.clone(),
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(raw_body))),
         }
     }
 }
@@ -191,6 +192,12 @@ mod tests {
         assert_ne!(e.event_key(a), parse_toss_event(b).unwrap().event_key(b));
         assert_eq!(e.event_key(a), e.event_key(a));
         assert_eq!(parse_toss_event(br#"{"eventType":"NEW_THING"}"#).unwrap().kind, TossEventKind::Other);
+    }
+
+    #[test]
+    fn an_unsigned_body_cannot_choose_its_key() {
+        let body = br#"{"eventType":"PAYMENT_STATUS_CHANGED","eventId":"evt_chosen","data":{"orderId":"o","status":"DONE"}}"#;
+        assert!(parse_toss_event(body).unwrap().event_key(body).starts_with("sha256:"));
     }
 
     #[test]
