@@ -9,16 +9,20 @@ use common::{error_code, TestIngest};
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::{amqp_url, TcpProxy, TestBroker};
 
+/// The real broker's address, for a proxy in front of it.
+fn broker_addr() -> std::net::SocketAddr {
+    let url = reqwest::Url::parse(&amqp_url()).unwrap();
+    let host = match url.host_str().unwrap() {
+        "localhost" => "127.0.0.1",
+        h => h,
+    };
+    format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
+}
+
 #[tokio::test]
 async fn cut_broker_means_503_and_recovery_without_restart() {
     let broker = TestBroker::new().await;
-    let real: std::net::SocketAddr = {
-        let url = reqwest::Url::parse(&amqp_url()).unwrap();
-        let host = url.host_str().unwrap();
-        let host = if host == "localhost" { "127.0.0.1" } else { host };
-        format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
-    };
-    let proxy = TcpProxy::start(real).await;
+    let proxy = TcpProxy::start(broker_addr()).await;
     let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let ingest = TestIngest::spawn(broker.settings(None, &[("AMQP_URL", &via_proxy), ("PUBLISH_TIMEOUT", "2s")])).await;
     let event = |n: u32| {
@@ -121,5 +125,47 @@ async fn concurrent_requests_share_one_connection() {
     let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
     assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "one AMQP connection for every request");
     assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "confirmed")]), 64.0);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn a_process_configured_with_another_delivery_limit_still_starts_and_publishes() {
+    let broker = TestBroker::new().await;
+    let first = broker.settings(None, &[("DELIVERY_LIMIT", "5")]);
+    shared::topology::Topology::from_settings(&first).declare(broker.connection()).await.unwrap();
+    // The work queue exists with x-delivery-limit 5; this ingest would declare 7.
+    let ingest = TestIngest::spawn(broker.settings(None, &[("DELIVERY_LIMIT", "7")])).await;
+    let body = stripe_session_event("evt_limit", "checkout.session.completed", "o", "paid", 100, "usd");
+    assert_eq!(ingest.post_stripe(&body, Some(&stripe_signature(&body, STRIPE_SECRET))).await.status(), 200);
+    assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 1);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_broker_means_503_and_unready_until_confirms_flow_again() {
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::start(broker_addr()).await;
+    let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let ingest = TestIngest::spawn(broker.settings(None, &[("AMQP_URL", &via_proxy), ("PUBLISH_TIMEOUT", "1s")])).await;
+    let post = |key: &'static str| {
+        let body = stripe_session_event(key, "checkout.session.completed", "o", "paid", 100, "usd");
+        let ingest = &ingest;
+        async move { ingest.post_stripe(&body, Some(&stripe_signature(&body, STRIPE_SECRET))).await.status() }
+    };
+    assert_eq!(post("evt_before_stall").await, 200);
+
+    // The connection stays open but nothing comes back: no confirm, no error.
+    proxy.stall();
+    assert_eq!(post("evt_during_stall").await, 503);
+    let ready = ingest.client.get(ingest.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "unready while confirms do not flow");
+
+    proxy.restore();
+    testkit::eventually("ready again", Duration::from_secs(30), || async {
+        let r = ingest.client.get(ingest.url("/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    assert_eq!(post("evt_after_stall").await, 200);
     ingest.stop().await;
 }

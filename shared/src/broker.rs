@@ -7,7 +7,7 @@
 //! reconnects with exponential backoff. Nothing is retried silently: a publish whose confirm
 //! was lost in a reconnect is reported as failed, never as stored.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +72,9 @@ impl PublishError {
 
 /// A live connection with its publisher channels.
 pub struct Link {
+    /// Distinguishes this link from earlier ones, so a failure reported for an old link never
+    /// tears down a new one.
+    generation: u64,
     connection: Connection,
     publishers: Vec<Channel>,
     next: AtomicUsize,
@@ -105,6 +108,9 @@ struct Inner {
     options: BrokerOptions,
     link: watch::Sender<Option<Arc<Link>>>,
     broken: Notify,
+    /// Generation of the link last reported broken.
+    broken_generation: AtomicU64,
+    generations: AtomicU64,
     confirms_flowing: AtomicBool,
     metrics: BrokerMetrics,
 }
@@ -125,6 +131,8 @@ impl Broker {
             options,
             link: watch::channel(None).0,
             broken: Notify::new(),
+            broken_generation: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
             confirms_flowing: AtomicBool::new(true),
             metrics,
         });
@@ -160,6 +168,7 @@ impl Broker {
     /// next status poll.
     pub fn report_broken(&self, link: &Arc<Link>) {
         if self.current().is_some_and(|current| Arc::ptr_eq(&current, link)) {
+            self.inner.broken_generation.store(link.generation, Ordering::SeqCst);
             self.inner.broken.notify_one();
         }
     }
@@ -204,7 +213,10 @@ impl Broker {
         let flowing = &self.inner.confirms_flowing;
         match confirmed {
             Err(_) => {
+                // No confirm in time: the broker is blocked or the connection is half dead.
+                // Unready until a fresh connection confirms again (a reconnect resets this).
                 flowing.store(false, Ordering::Relaxed);
+                self.report_broken(&link);
                 Err(PublishError::Timeout(timeout))
             }
             Ok(Err(error)) => {
@@ -233,16 +245,15 @@ impl Broker {
 async fn connect(inner: &Inner) -> Result<Arc<Link>, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(inner.options.connection_name.clone().into());
     let connection = Connection::connect(inner.url.expose_secret(), properties).await?;
-    let setup = connection.create_channel().await?;
-    inner.topology.declare(&setup).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
+    inner.topology.declare(&connection).await?;
     let mut publishers = Vec::with_capacity(inner.options.publish_channels.max(1));
     for _ in 0..inner.options.publish_channels.max(1) {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         publishers.push(channel);
     }
-    Ok(Arc::new(Link { connection, publishers, next: AtomicUsize::new(0) }))
+    let generation = inner.generations.fetch_add(1, Ordering::SeqCst) + 1;
+    Ok(Arc::new(Link { generation, connection, publishers, next: AtomicUsize::new(0) }))
 }
 
 async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
@@ -294,7 +305,11 @@ async fn watch_link(inner: &Inner, link: &Link, cancel: &CancellationToken) -> b
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return true,
-            _ = inner.broken.notified() => return false,
+            _ = inner.broken.notified() => {
+                if inner.broken_generation.load(Ordering::SeqCst) == link.generation {
+                    return false;
+                }
+            }
             event = events.next() => match event {
                 Some(Event::Error(error)) => {
                     tracing::warn!(%error, "broker connection error");

@@ -96,7 +96,8 @@ pub struct Settings {
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
 
-    /// Unacknowledged deliveries the broker may push to one worker.
+    /// Unacknowledged deliveries the broker may push to one worker. Twice the concurrency keeps
+    /// the next deliveries at hand without hoarding what other workers could take.
     pub worker_prefetch: u16,
     /// Deliveries one worker processes at the same time.
     pub worker_concurrency: usize,
@@ -106,6 +107,8 @@ pub struct Settings {
     /// Attempts before a message goes to the dead letters (the first delivery counts as one).
     pub retry_max_attempts: u32,
     /// Redeliveries after which the work queue parks a message that crashes every worker.
+    /// Every return counts (a worker's restart returns its prefetched deliveries too), so this
+    /// is well above what restarts and reconnects produce.
     pub delivery_limit: u32,
 
     /// Outbox rows the relay publishes per batch.
@@ -156,11 +159,11 @@ impl Default for Settings {
             publish_timeout: Duration::from_secs(5),
             max_inflight_requests: 1024,
             shutdown_timeout: Duration::from_secs(25),
-            worker_prefetch: 32,
+            worker_prefetch: 16,
             worker_concurrency: 8,
             retry_delays: [1, 10, 60, 600, 3600].map(Duration::from_secs).to_vec(),
             retry_max_attempts: 8,
-            delivery_limit: 5,
+            delivery_limit: 20,
             outbox_batch_size: 100,
             outbox_poll_interval: Duration::from_secs(1),
             notify_webhook_url: None,

@@ -17,8 +17,9 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::envelope::long_string;
 use crate::settings::Settings;
@@ -117,53 +118,80 @@ impl Topology {
     }
 
     /// Declares everything; safe to run from every process at every start.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    ///
+    /// A queue that already exists with other arguments (say, another `DELIVERY_LIMIT`) is
+    /// kept as it is, with a warning, instead of failing the start: RabbitMQ refuses to
+    /// redeclare a queue with different arguments, and one process configured differently must
+    /// not take the whole pipeline down. Change arguments of existing queues with a policy.
+    pub async fn declare(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        let mut declarer = Declarer { connection, channel: connection.create_channel().await? };
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for exchange in [self.events_exchange(), self.notifications_exchange()] {
-            channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+            declarer
+                .channel
+                .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default())
+                .await?;
         }
-        self.declare_flow(channel, &self.work_queue(), &self.dead_queue(), Some(self.delivery_limit), |t| {
-            self.retry_queue(t)
-        })
-        .await?;
-        bind(channel, &self.work_queue(), &self.events_exchange()).await?;
+        self.declare_flow(&mut declarer, &self.work_queue(), &self.dead_queue(), |t| self.retry_queue(t)).await?;
+        bind(&declarer.channel, &self.work_queue(), &self.events_exchange()).await?;
         if self.notify_delivery {
-            self.declare_flow(
-                channel,
-                &self.notify_queue(),
-                &self.notify_dead_queue(),
-                Some(self.delivery_limit),
-                |t| self.notify_retry_queue(t),
-            )
+            self.declare_flow(&mut declarer, &self.notify_queue(), &self.notify_dead_queue(), |t| {
+                self.notify_retry_queue(t)
+            })
             .await?;
-            bind(channel, &self.notify_queue(), &self.notifications_exchange()).await?;
+            bind(&declarer.channel, &self.notify_queue(), &self.notifications_exchange()).await?;
         }
+        let _ = declarer.channel.close(200, "topology declared".into()).await;
         Ok(())
     }
 
     /// A consumed queue, its dead-letter queue and its delay tiers.
     async fn declare_flow(
         &self,
-        channel: &Channel,
+        declarer: &mut Declarer<'_>,
         queue: &str,
         dead: &str,
-        delivery_limit: Option<u32>,
         retry_name: impl Fn(usize) -> String,
     ) -> Result<(), lapin::Error> {
-        declare_queue(channel, dead, quorum_args()).await?;
+        declarer.queue(dead, quorum_args()).await?;
         let mut args = dead_lettering_to(dead);
-        if let Some(limit) = delivery_limit {
-            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(limit)));
-        }
-        declare_queue(channel, queue, args).await?;
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
+        declarer.queue(queue, args).await?;
         for tier in 0..self.retry_delays.len() {
             let mut args = dead_lettering_to(queue);
             let ttl = self.delay(tier).as_millis().min(i64::MAX as u128) as i64;
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-            declare_queue(channel, &retry_name(tier), args).await?;
+            declarer.queue(&retry_name(tier), args).await?;
         }
         Ok(())
     }
+}
+
+/// Declares queues on a channel, replacing the channel when the broker closes it.
+struct Declarer<'a> {
+    connection: &'a Connection,
+    channel: Channel,
+}
+
+impl Declarer<'_> {
+    async fn queue(&mut self, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
+        match self.channel.queue_declare(ShortString::from(name), options, args).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_precondition_failed(&error) => {
+                tracing::warn!(queue = name, %error, "queue exists with other arguments; keeping the existing ones (change them with a policy)");
+                // The failed declare closed the channel: check existence on a fresh one.
+                self.channel = self.connection.create_channel().await?;
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                self.channel.queue_declare(ShortString::from(name), passive, FieldTable::default()).await.map(drop)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
 }
 
 fn delay_queue_name(base: &str, delay: Duration) -> String {
@@ -185,11 +213,6 @@ fn dead_lettering_to(target: &str) -> FieldTable {
     args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
     args.insert("x-overflow".into(), long_string("reject-publish"));
     args
-}
-
-async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(ShortString::from(name), options, args).await.map(drop)
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), lapin::Error> {

@@ -61,6 +61,10 @@ impl TestBroker {
         declared.push(with_notify);
     }
 
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
     pub fn channel(&self) -> &Channel {
         &self.channel
     }

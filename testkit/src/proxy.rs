@@ -1,19 +1,24 @@
 //! A TCP proxy a test owns, to take a service away from the code under test (and only from
-//! it) by really closing its connections, then give it back.
+//! it): `cut` really closes its connections and refuses new ones; `stall` keeps them open
+//! but stops forwarding bytes, as a network partition does. `restore` undoes either.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Forwards `127.0.0.1:<port>` to `target` until cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    Stall,
+    Cut,
+}
+
+/// Forwards `127.0.0.1:<port>` to `target`.
 pub struct TcpProxy {
     addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
+    mode: watch::Sender<(Mode, u64)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,10 +26,9 @@ impl TcpProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let task = tokio::spawn(accept_loop(listener, target, up.clone(), generation.clone()));
-        Self { addr, up, generation, task }
+        let (mode, _) = watch::channel((Mode::Forward, 0));
+        let task = tokio::spawn(accept_loop(listener, target, mode.clone()));
+        Self { addr, mode, task }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -33,13 +37,20 @@ impl TcpProxy {
 
     /// Closes every open connection and refuses new ones (accepted, then closed at once).
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.mode.send_modify(|(mode, generation)| {
+            *mode = Mode::Cut;
+            *generation += 1;
+        });
     }
 
-    /// Forwards new connections again.
+    /// Keeps connections open but forwards nothing, in either direction, until restored.
+    pub fn stall(&self) {
+        self.mode.send_modify(|(mode, _)| *mode = Mode::Stall);
+    }
+
+    /// Forwards again (new connections after a cut, held bytes after a stall).
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.mode.send_modify(|(mode, _)| *mode = Mode::Forward);
     }
 }
 
@@ -50,21 +61,64 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, up: Arc<AtomicBool>, generation: watch::Sender<u64>) {
+async fn accept_loop(listener: TcpListener, target: SocketAddr, mode: watch::Sender<(Mode, u64)>) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { continue };
-        if !up.load(Ordering::SeqCst) {
+        let Ok((inbound, _)) = listener.accept().await else { continue };
+        let (current, generation) = *mode.borrow();
+        if current == Mode::Cut {
             drop(inbound);
             continue;
         }
-        let mut cut = generation.subscribe();
+        let mode = mode.subscribe();
         tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+            let Ok(outbound) = TcpStream::connect(target).await else { return };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
             tokio::select! {
-                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = cut.changed() => {}
+                _ = pump(in_read, out_write, mode.clone(), generation) => {}
+                _ = pump(out_read, in_write, mode, generation) => {}
             }
             // Dropping both sockets closes them: the client sees the connection die.
         });
+    }
+}
+
+/// Copies `from` to `to` while forwarding; holds bytes while stalled; ends on a cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<(Mode, u64)>,
+    generation: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = mode.changed() => {
+                if changed.is_err() || mode.borrow().1 != generation {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Hold the bytes while stalled; give up on a cut.
+        loop {
+            let (current, g) = *mode.borrow();
+            if g != generation {
+                return;
+            }
+            if current == Mode::Forward {
+                break;
+            }
+            if mode.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

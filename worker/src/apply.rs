@@ -22,6 +22,9 @@ pub struct Confirmed {
     pub fetched: bool,
     /// The payment's `secret` as the provider's API reported it.
     pub fetched_secret: Option<String>,
+    /// Set when the API shows an earlier state than the webhook claims (the API lagging, or
+    /// a forged webhook); says what disagrees.
+    pub api_behind: Option<String>,
 }
 
 /// The locked payment row.

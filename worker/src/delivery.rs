@@ -18,6 +18,7 @@ use shared::standard_webhooks::SigningKey;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::consumer::{consume, ConsumerOptions};
 use crate::retry::{dispose, Disposition, Failure};
@@ -91,7 +92,10 @@ async fn deliver(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery) {
     let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
     let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
     let span = tracing::info_span!("notification", notification_id = %id, attempt);
-    let _enter = span.enter();
+    settle(deps, sender, delivery, id, attempt).instrument(span).await
+}
+
+async fn settle(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery, id: String, attempt: u32) {
     let result = post(&deps, &sender, &id, &delivery.data).await;
     let metrics = &deps.metrics.notifications;
     let (failure, retry_after) = match &result {

@@ -19,18 +19,41 @@ use crate::outcome::{HandleError, Outcome};
 use crate::retry::{dispose, Disposition, Failure};
 use crate::Deps;
 
+/// Attempts during which a webhook claiming a later state than the Toss API shows is retried
+/// (the API catching up) before the API's state is applied.
+const API_CATCH_UP_ATTEMPTS: u32 = 3;
+
 /// Decides one event: parse, confirm with the provider where configured, apply.
 pub async fn handle(deps: &Deps, envelope: &EventEnvelope) -> Result<Outcome, HandleError> {
     let event = IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0))?;
+    let fetch_back = envelope.provider == Provider::Toss && event.unsigned_payment_event;
     let (event, confirmed) = match &deps.toss_api {
-        Some(api) if envelope.provider == Provider::Toss && event.unsigned_payment_event => api.confirm(event).await?,
+        // A duplicate costs no API call (a forged flood must not spend the merchant's quota).
+        Some(api) if fetch_back && !already_final(deps, envelope).await? => api.confirm(event).await?,
         _ => (event, Confirmed::default()),
     };
+    if let Some(disagreement) = &confirmed.api_behind {
+        if envelope.attempt + 1 < API_CATCH_UP_ATTEMPTS {
+            return Err(HandleError::Transient(format!("{disagreement}; waiting for the API to catch up")));
+        }
+    }
     let outcome = apply_event(&deps.pool, envelope, &event, &confirmed).await?;
     if matches!(outcome, Outcome::Applied { .. } | Outcome::Ignored { .. }) {
         deps.outbox_wakeup.notify_one();
     }
     Ok(outcome)
+}
+
+/// Whether the inbox already holds this event as applied or ignored.
+async fn already_final(deps: &Deps, envelope: &EventEnvelope) -> Result<bool, HandleError> {
+    let client = deps.pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT status FROM webhook_events WHERE provider = $1 AND event_key = $2",
+            &[&envelope.provider.as_str(), &envelope.event_key],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| matches!(r.get::<_, &str>(0), "applied" | "ignored")))
 }
 
 /// The guide's log prefix for a provider.

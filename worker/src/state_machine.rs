@@ -9,14 +9,16 @@
 //! - `failed` and `expired` may still become `paid` (Stripe retries a declined card in the same
 //!   session; money that arrived wins over a deadline that passed);
 //! - `waiting_for_deposit` never goes back to `pending`;
-//! - `partially_canceled` may be canceled further (another partial cancel is a real change).
+//! - `partially_canceled` may still be canceled in full; a further partial cancel is recorded
+//!   (in the event's metadata) but changes no status and notifies no one, since Toss delivers
+//!   one change twice (`DEPOSIT_CALLBACK` and `PAYMENT_STATUS_CHANGED`).
 
 use shared::status::PaymentStatus;
 
 /// The decision for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// Change the status (or, for a further partial cancel, re-apply it).
+    /// Change the status.
     Apply,
     /// Record the event and leave the payment as it is.
     Ignore(IgnoreReason),
@@ -44,7 +46,7 @@ pub fn decide(current: PaymentStatus, target: PaymentStatus) -> Transition {
     use PaymentStatus::*;
     use Transition::{Apply, Ignore};
     if current == target {
-        return if current == PartiallyCanceled { Apply } else { Ignore(IgnoreReason::Repeated) };
+        return Ignore(IgnoreReason::Repeated);
     }
     let allowed = match current {
         Pending => true,
@@ -80,7 +82,7 @@ mod tests {
         (Failed, [OLD, A, A, REP, A, A, OLD]),
         (Expired, [OLD, OLD, A, OLD, REP, A, OLD]),
         (Canceled, [OLD, OLD, OLD, OLD, OLD, REP, OLD]),
-        (PartiallyCanceled, [OLD, OLD, OLD, OLD, OLD, A, A]),
+        (PartiallyCanceled, [OLD, OLD, OLD, OLD, OLD, A, REP]),
     ];
 
     #[test]

@@ -15,6 +15,7 @@ use shared::Settings;
 use crate::apply::Confirmed;
 use crate::event::{toss_status, IncomingEvent, Intent, PaymentRef};
 use crate::outcome::HandleError;
+use crate::state_machine::{decide, Transition};
 
 /// A Toss API client with its own connection pool and deadlines.
 pub struct TossApi {
@@ -107,7 +108,22 @@ pub fn apply_fetched(mut event: IncomingEvent, fetched: &Value) -> Result<(Incom
         }
     }
     let status = api.status.clone().ok_or_else(|| HandleError::Transient("Toss API payment has no status".into()))?;
-    event.intent = match toss_status(&status).map_err(|e| HandleError::Permanent(e.0))? {
+    let api_target = toss_status(&status).map_err(|e| HandleError::Permanent(e.0))?;
+    let claimed = match &event.intent {
+        Intent::SetStatus { target, .. } => Some(*target),
+        Intent::Ignore(_) => None,
+    };
+    // The webhook describes a later state than the API shows: the API may not have caught up
+    // yet, or the webhook is forged. The caller retries a few times before trusting the API.
+    let api_behind = match (api_target, claimed) {
+        (Some(api), Some(claimed)) => api != claimed && decide(api, claimed) == Transition::Apply,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let behind = api_behind.then(|| {
+        format!("Toss API reports {status} while the webhook says {}", event.provider_status.as_deref().unwrap_or("?"))
+    });
+    event.intent = match api_target {
         Some(target) => Intent::SetStatus { payment: PaymentRef::OrderId(api_order), target },
         None => Intent::Ignore(format!("Toss API reports status {status}, not an outcome")),
     };
@@ -116,7 +132,7 @@ pub fn apply_fetched(mut event: IncomingEvent, fetched: &Value) -> Result<(Incom
     event.currency = api.currency.clone();
     event.provider_payment_id = api.payment_key.clone().or(event.provider_payment_id);
     event.data = crate::event::without_secrets(fetched);
-    Ok((event, Confirmed { fetched: true, fetched_secret: api.secret }))
+    Ok((event, Confirmed { fetched: true, fetched_secret: api.secret, api_behind: behind }))
 }
 
 /// reqwest errors print the URL; it carries no secret here, but keep log lines short.
@@ -129,4 +145,68 @@ fn without_url(error: &reqwest::Error) -> String {
         "request failed"
     };
     kind.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use serde_json::json;
+    use shared::envelope::{EventEnvelope, IngestVerification};
+    use shared::status::PaymentStatus;
+    use shared::Provider;
+
+    fn webhook(status: &str, amount: i64) -> IncomingEvent {
+        let body = json!({"eventType": "PAYMENT_STATUS_CHANGED",
+            "data": {"orderId": "o-1", "paymentKey": "pk", "status": status, "totalAmount": amount, "currency": "KRW"}});
+        let envelope = EventEnvelope {
+            provider: Provider::Toss,
+            event_type: "PAYMENT_STATUS_CHANGED".into(),
+            event_key: "k".into(),
+            verification: IngestVerification::Unsigned,
+            received_at: Utc::now(),
+            request_id: String::new(),
+            attempt: 0,
+            delivery_headers: Default::default(),
+            body: body.to_string().into_bytes(),
+        };
+        IncomingEvent::parse(&envelope).unwrap()
+    }
+
+    fn api(order: &str, status: &str, amount: i64) -> Value {
+        json!({"orderId": order, "paymentKey": "pk", "status": status, "totalAmount": amount, "currency": "KRW", "secret": "ps_api"})
+    }
+
+    #[test]
+    fn the_apis_status_amount_and_secret_replace_the_webhooks() {
+        let (event, confirmed) = apply_fetched(webhook("DONE", 100), &api("o-1", "WAITING_FOR_DEPOSIT", 5000)).unwrap();
+        assert_eq!(
+            event.intent,
+            Intent::SetStatus { payment: PaymentRef::OrderId("o-1".into()), target: PaymentStatus::WaitingForDeposit }
+        );
+        assert_eq!(event.amount, Some(5000.into()));
+        assert!(confirmed.fetched);
+        assert_eq!(confirmed.fetched_secret.as_deref(), Some("ps_api"));
+        assert_eq!(event.data.get("secret"), None, "the secret is not stored in metadata");
+    }
+
+    #[test]
+    fn a_webhook_ahead_of_the_api_is_flagged() {
+        let (_, behind) = apply_fetched(webhook("DONE", 1), &api("o-1", "WAITING_FOR_DEPOSIT", 1)).unwrap();
+        assert!(behind.api_behind.is_some());
+        let (_, behind) = apply_fetched(webhook("CANCELED", 1), &api("o-1", "DONE", 1)).unwrap();
+        assert!(behind.api_behind.is_some());
+        let (_, behind) = apply_fetched(webhook("DONE", 1), &api("o-1", "IN_PROGRESS", 1)).unwrap();
+        assert!(behind.api_behind.is_some());
+        let (_, same) = apply_fetched(webhook("DONE", 1), &api("o-1", "DONE", 1)).unwrap();
+        assert!(same.api_behind.is_none());
+        let (_, api_ahead) = apply_fetched(webhook("WAITING_FOR_DEPOSIT", 1), &api("o-1", "DONE", 1)).unwrap();
+        assert!(api_ahead.api_behind.is_none(), "the API being ahead is simply applied");
+    }
+
+    #[test]
+    fn another_order_is_a_permanent_mismatch() {
+        let err = apply_fetched(webhook("DONE", 1), &api("o-2", "DONE", 1)).unwrap_err();
+        assert!(err.is_permanent() && err.to_string().contains("order mismatch"), "{err}");
+    }
 }

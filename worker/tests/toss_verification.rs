@@ -61,7 +61,9 @@ async fn a_forged_done_is_not_applied_and_a_genuine_one_is() {
     ])
     .await;
     let base = api.url("");
-    let worker = TestWorker::spawn(env.settings(&fetch_settings(&base))).await;
+    let mut vars = fetch_settings(&base);
+    vars.push(("RETRY_DELAYS", "100ms"));
+    let worker = TestWorker::spawn(env.settings(&vars)).await;
 
     let forged = toss_payment_status_changed("order-forged", "pk_forged", "DONE", 37400);
     let genuine = toss_payment_status_changed("order-genuine", "pk_genuine", "DONE", 37400);
@@ -74,7 +76,9 @@ async fn a_forged_done_is_not_applied_and_a_genuine_one_is() {
     assert_eq!(verification(&env, "toss-genuine").await, ("applied".into(), Some("fetched".into())));
     let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SECRET_KEY}:")));
     let requests = api.requests();
-    assert_eq!(requests.len(), 2);
+    // The forged one is asked about again before the API's word is taken; the genuine once.
+    assert_eq!(requests.iter().filter(|r| r.path.ends_with("pk_forged")).count(), 3);
+    assert_eq!(requests.iter().filter(|r| r.path.ends_with("pk_genuine")).count(), 1);
     for r in &requests {
         assert_eq!(r.method, "GET");
         assert_eq!(r.header("authorization"), Some(expected.as_str()), "Basic base64(secret key + ':')");
@@ -86,6 +90,17 @@ async fn a_forged_done_is_not_applied_and_a_genuine_one_is() {
         .unwrap()
         .get(0);
     assert_eq!(stored["verification"], "fetched");
+
+    // A copy of the genuine event is a duplicate: no second API call.
+    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-genuine", &genuine).await;
+    env.wait_count(
+        "duplicate",
+        "SELECT duplicates::bigint FROM webhook_events WHERE event_key = 'toss-genuine'",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(api.requests().iter().filter(|r| r.path.ends_with("pk_genuine")).count(), 1);
     worker.stop().await;
 }
 

@@ -63,7 +63,9 @@ pub const MAX_EVENT_KEY_LEN: usize = 200;
 /// Checks an event type and dedupe key before they become AMQP routing keys, message ids and
 /// database keys: bounded length, printable ASCII, no spaces.
 pub fn check_event_identity(event_type: &str, event_key: &str) -> Result<(), PayloadError> {
-    let ok = |value: &str, max: usize| !value.is_empty() && value.len() <= max && value.bytes().all(|b| b.is_ascii_graphic());
+    let ok = |value: &str, max: usize| {
+        !value.is_empty() && value.len() <= max && value.bytes().all(|b| b.is_ascii_graphic())
+    };
     if !ok(event_type, MAX_EVENT_TYPE_LEN) {
         return Err(PayloadError::BadIdentifier("event type", MAX_EVENT_TYPE_LEN));
     }

@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn an_unsigned_body_cannot_choose_its_key() {
-        let body = br#"{"eventType":"PAYMENT_STATUS_CHANGED","eventId":"evt_chosen","data":{"orderId":"o","status":"DONE"}}"#;
+        let body =
+            br#"{"eventType":"PAYMENT_STATUS_CHANGED","eventId":"evt_chosen","data":{"orderId":"o","status":"DONE"}}"#;
         assert!(parse_toss_event(body).unwrap().event_key(body).starts_with("sha256:"));
     }
 

@@ -124,8 +124,7 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
     .await
     .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
     let topology = Topology::from_settings(settings);
-    let setup = connection.create_channel().await?;
-    topology.declare(&setup).await?;
+    topology.declare(&connection).await?;
     let result = execute(&connection, &topology, command).await;
     let _ = connection.close(200, "done".into()).await;
     result

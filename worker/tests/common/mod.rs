@@ -161,7 +161,7 @@ impl Env {
 
     /// Declares the topology (a worker does this on start; tests that publish first need it).
     pub async fn declare(&self, settings: &Settings) {
-        shared::topology::Topology::from_settings(settings).declare(self.broker.channel()).await.unwrap();
+        shared::topology::Topology::from_settings(settings).declare(self.broker.connection()).await.unwrap();
     }
 }
 
