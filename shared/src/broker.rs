@@ -207,7 +207,7 @@ impl Broker {
         let options = BasicPublishOptions { mandatory: true, immediate: false };
         let timeout = self.inner.options.publish_timeout;
         let confirmed = tokio::time::timeout(timeout, async {
-            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
+            channel.basic_publish(exchange, routing_key, options, body, properties).await?.await
         })
         .await;
         let flowing = &self.inner.confirms_flowing;

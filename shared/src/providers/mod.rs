@@ -75,22 +75,6 @@ pub fn check_event_identity(event_type: &str, event_key: &str) -> Result<(), Pay
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identities_are_bounded_printable_ascii() {
-        assert!(check_event_identity("checkout.session.completed", "evt_1PXaX2").is_ok());
-        assert!(check_event_identity("PAYMENT_STATUS_CHANGED", &format!("sha256:{}", "a".repeat(64))).is_ok());
-        assert!(check_event_identity(&"x".repeat(101), "k").is_err());
-        assert!(check_event_identity("t", &"k".repeat(201)).is_err());
-        assert!(check_event_identity("has space", "k").is_err());
-        assert!(check_event_identity("t", "").is_err());
-        assert!(check_event_identity("결제", "k").is_err());
-    }
-}
-
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, PayloadError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
@@ -110,4 +94,20 @@ fn decimal_field(value: &Value, key: &str) -> Option<Decimal> {
         _ => return None,
     };
     text.parse::<Decimal>().ok().or_else(|| Decimal::from_scientific(&text).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_bounded_printable_ascii() {
+        assert!(check_event_identity("checkout.session.completed", "evt_1PXaX2").is_ok());
+        assert!(check_event_identity("PAYMENT_STATUS_CHANGED", &format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_event_identity(&"x".repeat(101), "k").is_err());
+        assert!(check_event_identity("t", &"k".repeat(201)).is_err());
+        assert!(check_event_identity("has space", "k").is_err());
+        assert!(check_event_identity("t", "").is_err());
+        assert!(check_event_identity("결제", "k").is_err());
+    }
 }
