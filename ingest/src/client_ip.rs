@@ -1,29 +1,34 @@
 //! Which address a request really came from, and whether it may post Toss webhooks.
 //!
-//! With `TRUSTED_PROXY_HOPS = n`, the last `n` hops are our own proxies: the client is the
-//! entry `n` places from the right of `X-Forwarded-For, <peer>`. Entries further left were
-//! written by whoever sent the request and prove nothing, so a spoofed header cannot pass,
-//! and a request that came through more proxies than configured is judged by the address of
-//! the extra proxy, which is not on the list.
+//! `X-Forwarded-For` is read only from our own proxies: a hop counts as a proxy when its
+//! address is in `TRUSTED_PROXIES`, and at most `TRUSTED_PROXY_HOPS` hops are skipped, from
+//! the right. The client is the first address, walking left from the peer, that is not one of
+//! our proxies (or the one reached after the allowed hops). Entries further left were written
+//! by whoever sent the request and prove nothing, so a spoofed header cannot pass, a request
+//! straight to ingest (not through a proxy) is judged by its own address, and a request that
+//! came through more proxies than configured is judged by the extra proxy, which is not listed.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// The client address, or `None` when the header has fewer hops than configured or the
-/// chosen entry is not an address.
+/// The client address, or `None` when a trusted proxy sent no (or a garbled) header entry.
 pub fn client_ip<'a>(
     peer: IpAddr,
     forwarded_for: impl IntoIterator<Item = &'a str>,
     trusted_hops: usize,
+    trusted_proxies: &[IpNet],
 ) -> Option<IpAddr> {
-    if trusted_hops == 0 {
-        return Some(peer);
-    }
-    let hops: Vec<&str> =
+    let mut hops: Vec<&str> =
         forwarded_for.into_iter().flat_map(|value| value.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
-    let index = hops.len().checked_sub(trusted_hops)?;
-    parse_hop(hops[index])
+    let mut current = peer;
+    for _ in 0..trusted_hops {
+        if !is_allowed(current, trusted_proxies) {
+            return Some(current);
+        }
+        current = parse_hop(hops.pop()?)?;
+    }
+    Some(current)
 }
 
 /// Accepts `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`.
@@ -51,31 +56,46 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn proxies() -> Vec<IpNet> {
+        vec!["10.0.0.0/8".parse().unwrap()]
+    }
+
     #[test]
-    fn without_trusted_proxies_the_peer_is_the_client_and_headers_are_ignored() {
-        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147"], 0), Some(ip("10.0.0.1")));
+    fn without_trusted_hops_the_peer_is_the_client_and_headers_are_ignored() {
+        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147"], 0, &proxies()), Some(ip("10.0.0.1")));
     }
 
     #[test]
     fn one_trusted_proxy_means_the_last_entry() {
-        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147"], 1), Some(ip("13.124.18.147")));
+        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147"], 1, &proxies()), Some(ip("13.124.18.147")));
         // A spoofed first entry does not help.
-        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147, 6.6.6.6"], 1), Some(ip("6.6.6.6")));
+        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147, 6.6.6.6"], 1, &proxies()), Some(ip("6.6.6.6")));
         // Several header lines count as one list.
-        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147", "6.6.6.6"], 1), Some(ip("6.6.6.6")));
+        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147", "6.6.6.6"], 1, &proxies()), Some(ip("6.6.6.6")));
     }
 
     #[test]
-    fn too_few_hops_or_garbage_gives_no_client() {
-        assert_eq!(client_ip(ip("10.0.0.1"), [], 1), None);
-        assert_eq!(client_ip(ip("10.0.0.1"), ["1.1.1.1"], 2), None);
-        assert_eq!(client_ip(ip("10.0.0.1"), ["unknown"], 1), None);
+    fn a_peer_that_is_not_our_proxy_is_the_client_whatever_it_claims() {
+        assert_eq!(client_ip(ip("6.6.6.6"), ["13.124.18.147"], 1, &proxies()), Some(ip("6.6.6.6")));
+    }
+
+    #[test]
+    fn two_hops_walk_through_trusted_proxies_only() {
+        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147, 10.0.0.2"], 2, &proxies()), Some(ip("13.124.18.147")));
+        // The second hop is not ours: it is the client.
+        assert_eq!(client_ip(ip("10.0.0.1"), ["13.124.18.147, 6.6.6.6"], 2, &proxies()), Some(ip("6.6.6.6")));
+    }
+
+    #[test]
+    fn a_trusted_proxy_without_an_entry_or_with_garbage_gives_no_client() {
+        assert_eq!(client_ip(ip("10.0.0.1"), [], 1, &proxies()), None);
+        assert_eq!(client_ip(ip("10.0.0.1"), ["unknown"], 1, &proxies()), None);
     }
 
     #[test]
     fn ports_and_brackets_are_understood() {
-        assert_eq!(client_ip(ip("10.0.0.1"), ["1.2.3.4:5678"], 1), Some(ip("1.2.3.4")));
-        assert_eq!(client_ip(ip("10.0.0.1"), ["[2001:db8::1]:443"], 1), Some(ip("2001:db8::1")));
+        assert_eq!(client_ip(ip("10.0.0.1"), ["1.2.3.4:5678"], 1, &proxies()), Some(ip("1.2.3.4")));
+        assert_eq!(client_ip(ip("10.0.0.1"), ["[2001:db8::1]:443"], 1, &proxies()), Some(ip("2001:db8::1")));
     }
 
     #[test]

@@ -130,7 +130,7 @@ const MAX_DELIVERY_HEADER_LEN: usize = 1024;
 
 fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RejectReason> {
     let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-    match client_ip(peer.ip(), forwarded, state.settings.trusted_proxy_hops) {
+    match client_ip(peer.ip(), forwarded, state.settings.trusted_proxy_hops, &state.settings.trusted_proxies) {
         Some(ip) if is_allowed(ip, &state.settings.toss_allowed_ips) => Ok(()),
         client => {
             tracing::warn!(peer = %peer.ip(), client = ?client, "Toss webhook from a source outside TOSS_ALLOWED_IPS");

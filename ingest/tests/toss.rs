@@ -104,8 +104,11 @@ async fn with_an_allow_list_only_listed_sources_are_queued() {
     ingest.stop().await;
 
     // Behind one trusted proxy (the test client plays it): X-Forwarded-For's last entry decides.
-    let ingest =
-        TestIngest::spawn(broker.settings(None, &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1")])).await;
+    let ingest = TestIngest::spawn(broker.settings(
+        None,
+        &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1"), ("TRUSTED_PROXIES", "127.0.0.1")],
+    ))
+    .await;
     let with_xff = |xff: &str| {
         let mut h = toss_headers(&body, None);
         h.push(("x-forwarded-for".to_string(), xff.to_string()));
@@ -120,9 +123,21 @@ async fn with_an_allow_list_only_listed_sources_are_queued() {
     ingest.stop().await;
 
     // Through more proxies than configured: the extra proxy's address decides, and it is not listed.
-    let ingest =
-        TestIngest::spawn(broker.settings(None, &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1")])).await;
+    let ingest = TestIngest::spawn(broker.settings(
+        None,
+        &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1"), ("TRUSTED_PROXIES", "127.0.0.1")],
+    ))
+    .await;
     assert_eq!(ingest.post(ingest::TOSS_ROUTE, &body, &with_xff("13.124.18.147, 10.9.9.9")).await.status(), 403);
+    ingest.stop().await;
+
+    // Reaching ingest directly (not through the trusted proxy), the header is not believed.
+    let ingest = TestIngest::spawn(broker.settings(
+        None,
+        &[("TOSS_ALLOWED_IPS", "toss"), ("TRUSTED_PROXY_HOPS", "1"), ("TRUSTED_PROXIES", "10.0.0.0/8")],
+    ))
+    .await;
+    assert_eq!(ingest.post(ingest::TOSS_ROUTE, &body, &with_xff("13.124.18.147")).await.status(), 403);
     ingest.stop().await;
 
     let queued = broker.drain(&queue).await;

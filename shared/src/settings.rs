@@ -78,6 +78,10 @@ pub struct Settings {
     pub toss_allowed_ips: Vec<IpNet>,
     /// How many reverse proxies in front of ingest append to `X-Forwarded-For`. 0 trusts no header.
     pub trusted_proxy_hops: usize,
+    /// Addresses of those proxies (CIDRs); `X-Forwarded-For` is read only when the hop that
+    /// added it is one of them. Required when `TRUSTED_PROXY_HOPS` is above 0.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<IpNet>,
 
     /// Largest accepted webhook body. Providers send a few KiB; 1 MiB leaves room and bounds memory.
     pub max_body_bytes: usize,
@@ -153,6 +157,7 @@ impl Default for Settings {
             toss_fetch_back: None,
             toss_allowed_ips: Vec::new(),
             trusted_proxy_hops: 0,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 1024 * 1024,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(10),
@@ -272,6 +277,12 @@ impl Settings {
             })?;
             crate::standard_webhooks::SigningKey::parse(secret)
                 .map_err(|e| SettingsError::invalid("notify_webhook_secret", e.to_string()))?;
+        }
+        if self.trusted_proxy_hops > 0 && self.trusted_proxies.is_empty() {
+            return Err(SettingsError::Missing {
+                name: "TRUSTED_PROXIES",
+                why: "with TRUSTED_PROXY_HOPS above 0, X-Forwarded-For is read only from these proxies",
+            });
         }
         url::Url::parse(&self.toss_api_base).map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
         Ok(())

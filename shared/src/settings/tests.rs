@@ -123,3 +123,11 @@ fn redacted_urls_keep_the_host_and_drop_the_password() {
     let shown = redacted_url(&url);
     assert!(shown.contains("mq:5672") && !shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn trusting_proxy_hops_needs_the_proxies_addresses() {
+    let err = Settings::from_vars([("TRUSTED_PROXY_HOPS", "1")]).unwrap_err().to_string();
+    assert!(err.contains("TRUSTED_PROXIES"), "{err}");
+    let s = Settings::from_vars([("TRUSTED_PROXY_HOPS", "1"), ("TRUSTED_PROXIES", "10.0.0.0/8")]).unwrap();
+    assert_eq!(s.trusted_proxies.len(), 1);
+}
