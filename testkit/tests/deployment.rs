@@ -176,6 +176,7 @@ fn the_dockerfile_copies_every_workspace_member_and_builds_every_binary() {
     for bin in ["ingest", "worker", "hookctl"] {
         assert!(dockerfile.contains(&format!("--bin {bin}")), "builds {bin}");
     }
+    assert!(dockerfile.contains("--no-default-features"), "the image is built without test fail points");
 }
 
 #[test]

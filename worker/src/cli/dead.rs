@@ -25,7 +25,13 @@ use shared::Settings;
 #[derive(Subcommand, Debug)]
 pub enum DeadCommand {
     /// List dead-lettered messages (oldest first).
-    List(Which),
+    List {
+        /// Read at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        which: Which,
+    },
     /// Show one message: its headers and its body (secret fields masked).
     Show {
         /// Event key (e.g. evt_...) or message id.
@@ -141,14 +147,14 @@ fn queues(topology: &Topology, which: Which) -> (String, String) {
 async fn execute(connection: &Connection, topology: &Topology, command: DeadCommand) -> anyhow::Result<()> {
     let reader = connection.create_channel().await?;
     match command {
-        DeadCommand::List(which) => {
+        DeadCommand::List { limit, which } => {
             let (dead, _) = queues(topology, which);
-            let letters = read_all(&reader, &dead).await?;
-            print_list(&letters);
+            let letters = read_all(&reader, &dead, limit).await?;
+            print_list(&letters, limit);
         }
         DeadCommand::Show { id, which } => {
             let (dead, _) = queues(topology, which);
-            let letters = read_all(&reader, &dead).await?;
+            let letters = read_all(&reader, &dead, SCAN_LIMIT).await?;
             let letter = letters
                 .iter()
                 .find(|l| l.matches_id(&id))
@@ -164,7 +170,10 @@ async fn execute(connection: &Connection, topology: &Topology, command: DeadComm
             let since =
                 args.since.as_deref().map(shared::settings::parse_duration).transpose().map_err(anyhow::Error::msg)?;
             let cutoff = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
-            let letters = read_all(&reader, &dead).await?;
+            let letters = read_all(&reader, &dead, SCAN_LIMIT).await?;
+            if letters.len() == SCAN_LIMIT {
+                println!("note: read the first {SCAN_LIMIT} messages only; run again for the rest");
+            }
             let chosen: Vec<&DeadLetter> = letters
                 .iter()
                 .filter(|l| args.id.as_deref().is_none_or(|id| l.matches_id(id)))
@@ -197,16 +206,18 @@ async fn execute(connection: &Connection, topology: &Topology, command: DeadComm
     Ok(())
 }
 
-/// Reads every ready message without acknowledging it.
-async fn read_all(channel: &Channel, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
+/// Most messages `show` and `replay` read in one run (they are held in memory, unacknowledged).
+const SCAN_LIMIT: usize = 10_000;
+
+/// Reads up to `limit` ready messages without acknowledging them.
+async fn read_all(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
     let mut letters = Vec::new();
-    while let Some(message) = tokio::time::timeout(
-        Duration::from_secs(10),
-        channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("the broker did not answer basic.get"))??
-    {
+    while letters.len() < limit {
+        let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
+        let next = tokio::time::timeout(Duration::from_secs(10), get)
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker did not answer basic.get"))??;
+        let Some(message) = next else { break };
         letters.push(DeadLetter::from_message(message));
     }
     Ok(letters)
@@ -255,7 +266,7 @@ async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow:
     Ok(())
 }
 
-fn print_list(letters: &[DeadLetter]) {
+fn print_list(letters: &[DeadLetter], limit: usize) {
     if letters.is_empty() {
         println!("no dead letters");
         return;
@@ -265,7 +276,11 @@ fn print_list(letters: &[DeadLetter]) {
         let dead_at = l.dead_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default();
         println!("{:<44} {:<7} {:<40} {:>8}  {:<24} {}", l.id, l.provider, l.event_type, l.attempts, dead_at, l.reason);
     }
-    println!("{} message(s)", letters.len());
+    if letters.len() == limit {
+        println!("{} message(s) shown; there may be more (--limit)", letters.len());
+    } else {
+        println!("{} message(s)", letters.len());
+    }
 }
 
 fn print_one(letter: &DeadLetter) {
