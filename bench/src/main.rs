@@ -38,6 +38,10 @@ enum Command {
         events: usize,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Events per second posted in the lag phase (keep it under the drain throughput, or
+        /// the lag measures the queue building up).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
     },
 }
 
@@ -45,7 +49,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest { requests, concurrency } => bench_ingest(requests, concurrency).await,
-        Command::Worker { events, concurrency } => bench_worker(events, concurrency).await,
+        Command::Worker { events, concurrency, rate } => bench_worker(events, concurrency, rate).await,
     }
 }
 
@@ -128,7 +132,7 @@ async fn bench_ingest(requests: usize, concurrency: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn bench_worker(events: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn bench_worker(events: usize, concurrency: usize, rate: u32) -> anyhow::Result<()> {
     let db = testkit::TestDb::create().await;
     let broker = testkit::TestBroker::new().await;
     let concurrency_text = concurrency.to_string();
@@ -202,21 +206,13 @@ async fn bench_worker(events: usize, concurrency: usize) -> anyhow::Result<()> {
     let processing = deps.metrics.processing.with_label_values(&["stripe"]);
     let mean_ms = processing.get_sample_sum() / processing.get_sample_count().max(1) as f64 * 1000.0;
 
-    // Phase 2: the second half posted by 8 concurrent clients while the worker runs; the lag of
+    // Phase 2: the second half posted at a steady `rate` while the worker runs; the lag of
     // each event is ingest's receipt to the worker's commit.
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(half + 1));
+    let mut pace = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     let mut senders = Vec::new();
-    for _ in 0..8 {
-        let (next, post) = (next.clone(), post.clone());
-        senders.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i > events {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                post(i).await?;
-            }
-        }));
+    for i in half + 1..=events {
+        pace.tick().await;
+        senders.push(tokio::spawn(post(i)));
     }
     for s in senders {
         s.await??;
@@ -240,7 +236,7 @@ async fn bench_worker(events: usize, concurrency: usize) -> anyhow::Result<()> {
     stop_ingest.cancel();
     server.await?;
 
-    println!("worker: {events} events, concurrency {concurrency}");
+    println!("worker: {events} events, concurrency {concurrency}, lag phase at {rate} events/s");
     println!(
         "drain: {half} queued events applied in {:.2} s = {:.0} events/s (each: inbox, row lock, update, notification, outbox, commit, ack); mean {mean_ms:.2} ms per delivery",
         drained.as_secs_f64(),
