@@ -21,9 +21,8 @@ use hyper::body::Incoming;
 use hyper::Request;
 use secrecy::SecretString;
 use serde_json::json;
-use shared::broker::{Broker, BrokerOptions};
+use shared::broker::Broker;
 use shared::http_server::{self, json_response, text_response, HttpResponse, ServeOptions, PROMETHEUS_CONTENT_TYPE};
-use shared::topology::Topology;
 use shared::{Provider, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -72,14 +71,10 @@ impl Ingest {
         let metrics = IngestMetrics::new();
         let broker_cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let broker = Broker::start(
-            settings.amqp_url.clone(),
-            Topology::from_settings(&settings),
-            BrokerOptions {
-                connection_name: "ingest".into(),
-                publish_channels: PUBLISH_CHANNELS,
-                publish_timeout: settings.publish_timeout,
-            },
+        let broker = Broker::from_settings(
+            &settings,
+            "ingest",
+            PUBLISH_CHANNELS,
             metrics.broker.clone(),
             broker_cancel.clone(),
             &tasks,

@@ -36,7 +36,7 @@ pub async fn handle(
     request_id: String,
 ) -> HttpResponse {
     let started = Instant::now();
-    let span = tracing::info_span!("webhook", %request_id, provider = %provider, event_id = tracing::field::Empty, status = tracing::field::Empty);
+    let span = tracing::info_span!("webhook", %request_id, provider = %provider, event_id = tracing::field::Empty, order_id = tracing::field::Empty, status = tracing::field::Empty);
     let response = async {
         let result = receive(state, provider, request, peer, &request_id).await;
         let response = match result {
@@ -74,11 +74,15 @@ async fn receive(
     let (parts, body) = request.into_parts();
     let body = read_body(state, &parts.headers, body).await?;
     let headers = &parts.headers;
-    let (event_type, event_key, verification) = match provider {
+    let Accepted { event_type, event_key, verification, order_id } = match provider {
         Provider::Stripe => verify_stripe(state, headers, &body)?,
         Provider::Toss => verify_toss(state, headers, &body)?,
     };
-    tracing::Span::current().record("event_id", event_key.as_str());
+    let span = tracing::Span::current();
+    span.record("event_id", event_key.as_str());
+    if let Some(order_id) = &order_id {
+        span.record("order_id", order_id.as_str());
+    }
 
     let envelope = EventEnvelope {
         provider,
@@ -161,11 +165,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn verify_stripe(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(String, String, IngestVerification), RejectReason> {
+/// What verification established about a request.
+struct Accepted {
+    event_type: String,
+    event_key: String,
+    verification: IngestVerification,
+    order_id: Option<String>,
+}
+
+fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, RejectReason> {
     verify_stripe_signature(
         body,
         header(headers, "stripe-signature"),
@@ -185,14 +193,16 @@ fn verify_stripe(
     let event = parse_stripe_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     check_event_identity(&event.event_type, &event.id).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     tracing::info!(r#type = %event.event_type, id = %event.id, "[Stripe Webhook] Event received");
-    Ok((event.event_type, event.id, IngestVerification::Signature))
+    let order_id = event.order_id().map(str::to_string);
+    Ok(Accepted {
+        event_type: event.event_type,
+        event_key: event.id,
+        verification: IngestVerification::Signature,
+        order_id,
+    })
 }
 
-fn verify_toss(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(String, String, IngestVerification), RejectReason> {
+fn verify_toss(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, RejectReason> {
     let event = parse_toss_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     let key = event.event_key(body);
     check_event_identity(&event.event_type, &key).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
@@ -214,5 +224,5 @@ fn verify_toss(
         status = event.status.as_deref().unwrap_or(""),
         "[Toss Webhook] Received"
     );
-    Ok((event.event_type, key, verification))
+    Ok(Accepted { event_type: event.event_type, event_key: key, verification, order_id: event.order_id })
 }

@@ -31,9 +31,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use shared::broker::{Broker, BrokerOptions};
+use shared::broker::Broker;
 use shared::http_server::{self, ServeOptions};
-use shared::topology::Topology;
 use shared::Settings;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -79,14 +78,10 @@ impl Worker {
         let metrics = WorkerMetrics::new();
         let broker_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let broker = Broker::start(
-            settings.amqp_url.clone(),
-            Topology::from_settings(&settings),
-            BrokerOptions {
-                connection_name: "worker".into(),
-                publish_channels: PUBLISH_CHANNELS,
-                publish_timeout: settings.publish_timeout,
-            },
+        let broker = Broker::from_settings(
+            &settings,
+            "worker",
+            PUBLISH_CHANNELS,
             metrics.broker.clone(),
             broker_stop.clone(),
             &tasks,
