@@ -53,12 +53,14 @@ impl TestBroker {
         settings
     }
 
-    /// Remembers a topology for clean-up (also with notification delivery on).
+    /// Remembers a topology for clean-up: with notification delivery on, and also with the
+    /// default retry tiers (a process started without `RETRY_DELAYS` declares those).
     pub fn track(&self, topology: Topology) {
-        let with_notify = Topology::new(topology.prefix(), topology.retry_delays().to_vec(), 1, true);
+        let prefix = topology.prefix().to_string();
         let mut declared = self.declared.lock().unwrap();
+        declared.push(Topology::new(&prefix, topology.retry_delays().to_vec(), 1, true));
+        declared.push(Topology::new(&prefix, Settings::default().retry_delays, 1, true));
         declared.push(topology);
-        declared.push(with_notify);
     }
 
     pub fn connection(&self) -> &Connection {
