@@ -66,7 +66,7 @@ pub fn log_prefix(provider: Provider) -> &'static str {
 
 /// Event types known to the pipeline keep their name in metric labels; anything else (an
 /// unsigned Toss body can say anything) is counted as `other`, so labels stay bounded.
-pub fn metric_event_type(provider: Provider, event_type: &str) -> &str {
+pub fn metric_event_type(event_type: &str) -> &str {
     const KNOWN: &[&str] = &[
         "checkout.session.completed",
         "checkout.session.async_payment_succeeded",
@@ -79,7 +79,6 @@ pub fn metric_event_type(provider: Provider, event_type: &str) -> &str {
         "payout.changed",
         "seller.changed",
     ];
-    let _ = provider;
     if KNOWN.contains(&event_type) {
         event_type
     } else {
@@ -127,7 +126,7 @@ pub async fn process_delivery(deps: Arc<Deps>, delivery: Delivery) {
         let count = |outcome: &str| {
             deps.metrics
                 .events
-                .with_label_values(&[provider, metric_event_type(envelope.provider, &envelope.event_type), outcome])
+                .with_label_values(&[provider, metric_event_type(&envelope.event_type), outcome])
                 .inc();
         };
         match &result {
