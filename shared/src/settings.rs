@@ -100,11 +100,20 @@ pub struct Settings {
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
 
-    /// Unacknowledged deliveries the broker may push to one worker. Twice the concurrency keeps
-    /// the next deliveries at hand without hoarding what other workers could take.
-    pub worker_prefetch: u16,
-    /// Deliveries one worker processes at the same time.
+    /// Unacknowledged deliveries the broker may push to one worker. Unset: the batch size times
+    /// the concurrency, so every batch slot can fill while the others commit, without hoarding
+    /// more than one round of batches that other workers could take.
+    pub worker_prefetch: Option<u16>,
+    /// Batches one worker processes at the same time (each holds one pooled connection for one
+    /// transaction).
     pub worker_concurrency: usize,
+    /// Most deliveries applied in one transaction. A batch is whatever is already buffered when
+    /// the first delivery arrives, so a lone event is never held back to fill one.
+    pub worker_batch_size: usize,
+    /// How long a batch may wait for more deliveries after its first one. 0 (the default): not
+    /// at all; under load the buffer fills batches by itself.
+    #[serde(deserialize_with = "duration")]
+    pub worker_batch_linger: Duration,
     /// Delay tiers for retries (comma-separated durations); the last one repeats.
     #[serde(deserialize_with = "duration_list")]
     pub retry_delays: Vec<Duration>,
@@ -117,9 +126,19 @@ pub struct Settings {
 
     /// Outbox rows the relay publishes per batch.
     pub outbox_batch_size: i64,
-    /// How often the relay looks for outbox rows committed by other workers.
+    /// How often the relay looks for outbox rows nobody is publishing (their worker died, or
+    /// the broker refused them).
     #[serde(deserialize_with = "duration")]
     pub outbox_poll_interval: Duration,
+    /// How long the worker that committed a notification owns its outbox row before the relay
+    /// of any worker may publish it instead. Longer than a publisher confirm can take
+    /// (`PUBLISH_TIMEOUT`); shorter only means an occasional duplicate message (same id).
+    #[serde(deserialize_with = "duration")]
+    pub outbox_lease: Duration,
+    /// Publishes the broker refused (nack, no confirm in time) before an outbox row is set
+    /// aside as dead (`hookctl dead list --notifications`). Time without a broker connection
+    /// does not count.
+    pub outbox_max_attempts: i32,
     /// Where to POST notifications. Unset: delivery is off.
     #[serde(deserialize_with = "empty_as_none")]
     pub notify_webhook_url: Option<SecretString>,
@@ -164,13 +183,17 @@ impl Default for Settings {
             publish_timeout: Duration::from_secs(5),
             max_inflight_requests: 1024,
             shutdown_timeout: Duration::from_secs(25),
-            worker_prefetch: 16,
-            worker_concurrency: 8,
+            worker_prefetch: None,
+            worker_concurrency: 2,
+            worker_batch_size: 100,
+            worker_batch_linger: Duration::ZERO,
             retry_delays: [1, 10, 60, 600, 3600].map(Duration::from_secs).to_vec(),
             retry_max_attempts: 8,
             delivery_limit: 20,
             outbox_batch_size: 100,
             outbox_poll_interval: Duration::from_secs(1),
+            outbox_lease: Duration::from_secs(30),
+            outbox_max_attempts: 20,
             notify_webhook_url: None,
             notify_webhook_secret: None,
             notify_connect_timeout: Duration::from_secs(5),
@@ -246,7 +269,9 @@ impl Settings {
         }
         for (name, value) in [
             ("worker_concurrency", self.worker_concurrency),
-            ("worker_prefetch", usize::from(self.worker_prefetch)),
+            ("worker_prefetch", self.worker_prefetch.map_or(1, usize::from)),
+            ("worker_batch_size", self.worker_batch_size),
+            ("outbox_max_attempts", self.outbox_max_attempts.max(0) as usize),
             ("max_inflight_requests", self.max_inflight_requests),
             ("max_body_bytes", self.max_body_bytes),
             ("database_pool_size", self.database_pool_size),
@@ -295,6 +320,14 @@ impl Settings {
             why: "Stripe events are verified with it (comma-separate two during a roll)",
         })?;
         Ok(split_list(raw.expose_secret()).map(SecretString::from).collect())
+    }
+
+    /// Deliveries the broker may push to one worker: `WORKER_PREFETCH`, else enough for every
+    /// batch slot.
+    pub fn worker_prefetch(&self) -> u16 {
+        self.worker_prefetch.unwrap_or_else(|| {
+            u16::try_from(self.worker_batch_size.saturating_mul(self.worker_concurrency)).unwrap_or(u16::MAX)
+        })
     }
 
     /// Whether Toss payment events are fetched back from the Toss API before they are applied.

@@ -1,13 +1,12 @@
 //! A queue consumer that survives broker reconnects: manual acks, per-consumer prefetch,
-//! at most `concurrency` deliveries in flight, and a graceful stop that lets in-flight
-//! deliveries finish before the channel closes (closing returns every unacknowledged
-//! delivery to the queue, so nothing prefetched is lost).
+//! deliveries handed out in batches ([`crate::batch`]), at most `concurrency` batches in flight,
+//! and a graceful stop that lets in-flight batches finish before the channel closes (closing
+//! returns every unacknowledged delivery to the queue, so nothing prefetched is lost).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -16,6 +15,10 @@ use shared::broker::Broker;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::batch::Batcher;
+use crate::halt::Halt;
+use crate::settle::Acks;
 
 /// How one consumer runs.
 #[derive(Debug, Clone)]
@@ -26,16 +29,31 @@ pub struct ConsumerOptions {
     /// Deliveries the broker may push before they are acked. Quorum queues only honour a
     /// per-consumer prefetch, which is what `basic.qos(global = false)` sets.
     pub prefetch: u16,
-    /// Deliveries handled at once.
+    /// Batches handled at once.
     pub concurrency: usize,
-    /// How long in-flight deliveries may take after shutdown before the channel is closed anyway.
+    /// Most deliveries in one batch.
+    pub batch_size: usize,
+    /// How long a batch waits for more deliveries after its first.
+    pub batch_linger: Duration,
+    /// How long in-flight batches may take after shutdown before the channel is closed anyway.
     pub drain_deadline: Duration,
 }
 
-/// Consumes until `shutdown` fires; `handler` owns each delivery and must ack, nack or reject it.
-pub async fn consume<H, F>(broker: Broker, options: ConsumerOptions, shutdown: CancellationToken, handler: H)
-where
-    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+/// Deliveries handed to a handler, which settles each one through `acks`.
+pub struct Batch {
+    pub deliveries: Vec<Delivery>,
+    pub acks: Arc<Acks>,
+}
+
+/// Consumes until `shutdown` fires. While `halt` is in force no new batch starts.
+pub async fn consume<H, F>(
+    broker: Broker,
+    options: ConsumerOptions,
+    shutdown: CancellationToken,
+    halt: Option<Arc<Halt>>,
+    handler: H,
+) where
+    H: Fn(Batch) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(options.concurrency));
@@ -43,7 +61,7 @@ where
     let mut channel: Option<Channel> = None;
     'connect: while let Some(link) = broker.connected(&shutdown).await {
         let opened = open(link.connection(), &options).await;
-        let (ch, mut deliveries) = match opened {
+        let (ch, deliveries) = match opened {
             Ok(pair) => pair,
             Err(error) => {
                 tracing::warn!(queue = %options.queue, %error, "cannot start consuming; reconnecting");
@@ -54,22 +72,45 @@ where
                 }
             }
         };
-        tracing::info!(queue = %options.queue, prefetch = options.prefetch, concurrency = options.concurrency, "consuming");
+        tracing::info!(
+            queue = %options.queue,
+            prefetch = options.prefetch,
+            concurrency = options.concurrency,
+            batch_size = options.batch_size,
+            "consuming"
+        );
+        let acks = Acks::new(ch.clone());
         channel = Some(ch);
+        let mut batches = Batcher::new(deliveries, options.batch_size, options.batch_linger);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'connect,
                 permit = permits.clone().acquire_owned() => permit.expect("semaphore never closes"),
             };
+            if let Some(halt) = &halt {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'connect,
+                    _ = halt.cleared() => {}
+                }
+            }
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break 'connect,
-                next = deliveries.next() => next,
+                next = batches.next() => next,
             };
             match next {
-                Some(Ok(delivery)) => {
-                    let handler = handler.clone();
+                Some(Ok(deliveries)) => {
+                    let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
+                    acks.register(tags.iter().copied()).await;
+                    let batch = Batch { deliveries, acks: acks.clone() };
+                    let handling = tokio::spawn(handler.clone()(batch));
+                    let acks = acks.clone();
                     tasks.spawn(async move {
-                        handler(delivery).await;
+                        if let Err(error) = handling.await {
+                            tracing::error!(%error, "a batch handler failed");
+                        }
+                        // Whatever the handler left unsettled (it panicked) goes back now
+                        // rather than sitting unacknowledged until the channel closes.
+                        acks.requeue_unsettled(&tags).await;
                         drop(permit);
                     });
                 }

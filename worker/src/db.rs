@@ -13,12 +13,18 @@ use tokio_postgres::NoTls;
 /// unavailable (a transient failure: the message is retried later).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `lock_timeout` and `statement_timeout` for every pooled connection.
+const SESSION_OPTIONS: &str = "-c lock_timeout=5s -c statement_timeout=30s";
+
 /// Builds the pool; connections open lazily, so a database that is down at start only delays work.
 pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
     let mut config = tokio_postgres::Config::from_str(settings.database_url.expose_secret())
         .map_err(|e| anyhow::anyhow!("setting DATABASE_URL is invalid: {e}"))?;
     config.connect_timeout(POOL_TIMEOUT);
     config.application_name("webhooks-worker");
+    // Bounded waits as session settings, not a round trip per transaction: a stuck lock or
+    // query becomes a (transient) error instead of a stalled worker.
+    config.options(SESSION_OPTIONS);
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(settings.database_pool_size)
@@ -36,6 +42,11 @@ pub enum DbErrorClass {
     Transient,
     /// The data itself is unacceptable (constraint, bad value): retrying cannot help.
     Permanent,
+    /// Our own SQL, the schema or the database's configuration is wrong (an undefined table
+    /// or column, missing privileges, a wrong database or password). No event is at fault:
+    /// retrying on the delay schedule would walk every event to the dead letters, and
+    /// dead-lettering would blame them. The worker halts until a person fixes it.
+    Broken,
 }
 
 /// Classifies by SQLSTATE. Errors without one are connection-level (I/O, closed) and transient.
@@ -58,6 +69,9 @@ pub fn classify(error: &tokio_postgres::Error) -> DbErrorClass {
         return DbErrorClass::Transient;
     }
     match class {
+        // 42 syntax error or access rule violation, 3F invalid schema name, 3D invalid
+        // catalog name, 28 invalid authorization: the code or the setup is wrong.
+        "42" | "3F" | "3D" | "28" => DbErrorClass::Broken,
         // 22 data exception, 23 integrity constraint violation: this message's data is the problem.
         "22" | "23" => DbErrorClass::Permanent,
         // 08 connection exception, 53 insufficient resources, 57 operator intervention,

@@ -8,21 +8,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
+use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
 use secrecy::ExposeSecret;
-use shared::envelope::{header_int, long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::envelope::{header_int, H_ATTEMPT};
 use shared::standard_webhooks::SigningKey;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::consumer::{consume, ConsumerOptions};
+use crate::consumer::{consume, Batch, ConsumerOptions};
+use crate::deps::Deps;
 use crate::retry::{dispose, Disposition, Failure};
-use crate::Deps;
+use crate::settle::{settle, Settlement};
 
 /// What one POST produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,24 +79,34 @@ pub fn start(deps: &Arc<Deps>, tasks: &TaskTracker, tag: &str, shutdown: Cancell
         tag: format!("{tag}-notify"),
         prefetch: (settings.notify_concurrency * 2).min(u16::MAX as usize) as u16,
         concurrency: settings.notify_concurrency,
+        // One POST per delivery: each has its own fate and its own timeout.
+        batch_size: 1,
+        batch_linger: Duration::ZERO,
         drain_deadline: settings.shutdown_timeout,
     };
     tracing::info!("notification delivery on");
-    Some(tasks.spawn(consume(deps.broker.clone(), options, shutdown, move |delivery| {
-        deliver(deps.clone(), sender.clone(), delivery)
+    Some(tasks.spawn(consume(deps.broker.clone(), options, shutdown, None, move |batch| {
+        deliver(deps.clone(), sender.clone(), batch)
     })))
 }
 
-async fn deliver(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery) {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
-    let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
-    let span = tracing::info_span!("notification", notification_id = %id, attempt);
-    settle(deps, sender, delivery, id, attempt).instrument(span).await
+async fn deliver(deps: Arc<Deps>, sender: Arc<Sender>, batch: Batch) {
+    let Batch { deliveries, acks } = batch;
+    let decided = join_all(deliveries.iter().map(|delivery| {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
+        let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
+        let span = tracing::info_span!("notification", notification_id = %id, attempt);
+        attempt_delivery(&deps, &sender, delivery, id, attempt).instrument(span)
+    }))
+    .await;
+    let work = deliveries.iter().zip(decided).collect();
+    settle(&deps.broker, &acks, work).await;
 }
 
-async fn settle(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery, id: String, attempt: u32) {
-    let result = post(&deps, &sender, &id, &delivery.data).await;
+/// POSTs one notification and decides its settlement.
+async fn attempt_delivery(deps: &Deps, sender: &Sender, delivery: &Delivery, id: String, attempt: u32) -> Settlement {
+    let result = post(deps, sender, &id, &delivery.data).await;
     let metrics = &deps.metrics.notifications;
     let (failure, retry_after) = match &result {
         Attempt::Delivered => (None, None),
@@ -104,46 +114,23 @@ async fn settle(deps: Arc<Deps>, sender: Arc<Sender>, delivery: Delivery, id: St
         Attempt::Permanent(error) => (Some((Failure::Permanent, error.as_str())), None),
     };
     let topology = deps.broker.topology();
-    let (queue, properties) = match dispose(failure, attempt, deps.settings.retry_max_attempts) {
+    match dispose(failure, attempt, deps.settings.retry_max_attempts) {
         Disposition::Ack => {
             tracing::info!("notification delivered");
             metrics.with_label_values(&["delivered"]).inc();
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-            return;
+            Settlement::Ack
         }
         Disposition::Retry { tier } => {
             let tier = retry_after.map_or(tier, |wanted| tier_for(topology.retry_delays(), wanted, tier));
             let error = failure.map(|(_, e)| e).unwrap_or_default();
             tracing::warn!(%error, retry_in = ?topology.delay(tier), "notification not delivered; will retry");
             metrics.with_label_values(&["retried"]).inc();
-            let props = with_headers(
-                &delivery.properties,
-                [(H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))), (H_LAST_ERROR, long_string(error))],
-            );
-            (topology.notify_retry_queue(tier), props)
+            Settlement::retry(delivery, topology.notify_retry_queue(tier), attempt, error)
         }
         Disposition::DeadLetter { reason } => {
             tracing::error!(%reason, "notification dead-lettered");
             metrics.with_label_values(&["dead_lettered"]).inc();
-            let props = with_headers(
-                &delivery.properties,
-                [
-                    (H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-                    (H_DEAD_REASON, long_string(&reason)),
-                    (H_DEAD_AT, long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))),
-                ],
-            );
-            (topology.notify_dead_queue(), props)
-        }
-    };
-    match deps.broker.publish("", &queue, &delivery.data, properties).await {
-        Ok(()) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(error) => {
-            tracing::warn!(%error, "could not republish the notification; returning it to the queue");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+            Settlement::dead(delivery, topology.notify_dead_queue(), attempt, &reason)
         }
     }
 }

@@ -67,6 +67,18 @@ pub struct IncomingEvent {
     pub data: Value,
 }
 
+/// Facts established before the transaction (Toss fetch-back).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The status and amount come from the provider's API, not from the webhook.
+    pub fetched: bool,
+    /// The payment's `secret` as the provider's API reported it.
+    pub fetched_secret: Option<String>,
+    /// Set when the API shows an earlier state than the webhook claims (the API lagging, or
+    /// a forged webhook); says what disagrees.
+    pub api_behind: Option<String>,
+}
+
 /// Why a message can never be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

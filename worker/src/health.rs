@@ -13,7 +13,7 @@ use serde_json::json;
 use shared::http_server::{json_response, text_response, HttpResponse, PROMETHEUS_CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 
-use crate::Deps;
+use crate::deps::Deps;
 
 /// How often queue depths and the outbox backlog are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -33,11 +33,12 @@ pub async fn route(deps: &Deps, draining: &CancellationToken, request: Request<I
             let broker = deps.broker.is_ready();
             let database = database_reachable(deps).await;
             let draining = draining.is_cancelled();
-            let ready = broker && database && !draining;
+            let halted = deps.halt.reason();
+            let ready = broker && database && !draining && halted.is_none();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json_response(
                 status,
-                &json!({"ready": ready, "broker": broker, "database": database, "draining": draining}),
+                &json!({"ready": ready, "broker": broker, "database": database, "draining": draining, "halted": halted}),
             )
         }
         "/metrics" => {

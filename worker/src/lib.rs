@@ -1,20 +1,28 @@
 //! The worker consumes what ingest queued and applies it to Postgres exactly once in effect.
+//! The modules read as the data flows:
 //!
-//! - [`event`]: from a queued envelope to an intent (which payment, which status);
-//! - [`state_machine`]: which status changes are allowed;
-//! - [`apply`]: the one transaction per event (inbox, row lock, checks, update, notification, outbox);
-//! - [`process`]: one delivery end to end, settling it with ack, retry or dead letter;
-//! - [`retry`]: the retry schedule; [`consumer`]: the reconnecting consumer loop;
-//! - [`outbox`]: the relay publishing notifications; [`delivery`]: their optional HTTP delivery;
-//! - [`toss_api`]: fetch-back verification of unsigned Toss events;
-//! - [`migrate`], [`db`], [`health`], [`metrics`]: plumbing; [`cli`]: the `hookctl` tool.
+//! - [`consumer`]: the reconnecting consumer loop; [`batch`]: cutting deliveries into batches;
+//! - [`process`]: one batch end to end; [`event`]: from an envelope to an intent;
+//!   [`toss_api`]: fetch-back verification of unsigned Toss events;
+//! - [`decide`]: every event of a batch against its payment, in order (pure), with
+//!   [`state_machine`] (which status changes are allowed) and [`notification`] (their words);
+//! - [`write`]: the one transaction per batch (locks, inbox, payments, notifications, outbox);
+//! - [`settle`]: ack, delay tier or dead letter, with the [`retry`] schedule; also used by
+//!   [`delivery`], the optional HTTP delivery of notifications;
+//! - [`outbox`]: publishing committed notifications, and the relay for rows left behind;
+//! - [`halt`]: stopping when the database rejects the worker's own SQL;
+//! - [`deps`], [`db`], [`outcome`], [`health`], [`metrics`], [`migrate`]: plumbing;
+//!   [`cli`]: the `hookctl` tool.
 
-pub mod apply;
+pub mod batch;
 pub mod cli;
 pub mod consumer;
 pub mod db;
+pub mod decide;
 pub mod delivery;
+pub mod deps;
 pub mod event;
+pub mod halt;
 pub mod health;
 pub mod metrics;
 pub mod migrate;
@@ -23,41 +31,29 @@ pub mod outbox;
 pub mod outcome;
 pub mod process;
 pub mod retry;
+pub mod settle;
 pub mod state_machine;
 pub mod toss_api;
+pub mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use deadpool_postgres::Pool;
 use shared::broker::Broker;
 use shared::http_server::{self, ServeOptions};
 use shared::Settings;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::consumer::{consume, ConsumerOptions};
+use crate::deps::Deps;
 use crate::metrics::WorkerMetrics;
 use crate::toss_api::TossApi;
 
 /// Publisher channels for retries, dead letters and the outbox relay.
 const PUBLISH_CHANNELS: usize = 2;
-
-/// Everything a delivery handler needs.
-pub struct Deps {
-    pub settings: Settings,
-    pub pool: Pool,
-    pub broker: Broker,
-    pub metrics: WorkerMetrics,
-    pub toss_api: Option<TossApi>,
-    /// Wakes the outbox relay right after this worker committed a notification.
-    pub outbox_wakeup: Notify,
-    /// The "nobody subscribes to notifications" warning is logged once per process.
-    pub unrouted_warned: std::sync::atomic::AtomicBool,
-}
 
 /// A worker with its health listener bound, not yet consuming.
 pub struct Worker {
@@ -92,7 +88,8 @@ impl Worker {
             broker,
             metrics,
             toss_api,
-            outbox_wakeup: Notify::new(),
+            halt: Default::default(),
+            stopping: CancellationToken::new(),
             unrouted_warned: Default::default(),
         });
         Ok(Self { deps, listener, broker_stop, tasks })
@@ -137,14 +134,17 @@ impl Worker {
             ConsumerOptions {
                 queue: deps.broker.topology().work_queue(),
                 tag: tag.clone(),
-                prefetch: settings.worker_prefetch,
+                prefetch: settings.worker_prefetch(),
                 concurrency: settings.worker_concurrency,
+                batch_size: settings.worker_batch_size,
+                batch_linger: settings.worker_batch_linger,
                 drain_deadline: settings.shutdown_timeout,
             },
             shutdown.clone(),
+            Some(deps.halt.clone()),
             {
                 let deps = deps.clone();
-                move |delivery| process::process_delivery(deps.clone(), delivery)
+                move |batch| process::process_batch(deps.clone(), batch)
             },
         ));
         let delivering = delivery::start(&deps, &tasks, &tag, shutdown.clone());
@@ -153,6 +153,7 @@ impl Worker {
         let gauges = tasks.spawn(health::sample_gauges(deps.clone(), relay_stop.clone()));
 
         shutdown.cancelled().await;
+        deps.stopping.cancel();
         tracing::info!("worker stopping: finishing in-flight deliveries");
         let _ = work.await;
         if let Some(handle) = delivering {

@@ -1,9 +1,17 @@
-//! The outbox relay: publishes notification rows committed with payment changes to the
-//! notifications exchange, with publisher confirms, and deletes each row once confirmed.
+//! Publishing notifications committed with payment changes, with publisher confirms.
 //!
-//! Safe in every worker at once: each batch is claimed with `FOR UPDATE SKIP LOCKED`. A crash
-//! between publish and delete leaves the row, so it is published again with the same message
-//! id (= `notification_id`): a duplicate consumers can drop, never a loss.
+//! The worker that committed a batch owns its outbox rows for a lease (`OUTBOX_LEASE`) and
+//! publishes them right after the commit: every message at once, then the confirms, then one
+//! statement deletes the confirmed rows. No transaction or row lock is held while the broker
+//! confirms. The relay in every worker sweeps up rows whose lease ran out (their worker died
+//! before publishing, or the broker refused them), claiming each for a new lease first, so
+//! workers never publish the same row at the same time.
+//!
+//! A crash between a confirm and the delete leaves the row, so it is published again with the
+//! same message id (= `notification_id`): a duplicate consumers can drop, never a loss. A row
+//! the broker keeps refusing (nack, no confirm) backs off and, after `OUTBOX_MAX_ATTEMPTS`
+//! refusals, is set aside as dead (`dead_at`), listed by `hookctl dead list --notifications`.
+//! Time without a broker connection counts as no attempt.
 
 use std::sync::Arc;
 
@@ -14,120 +22,190 @@ use shared::broker::PublishError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::decide::NewNotification;
+use crate::deps::Deps;
 use crate::notification::MESSAGE_VERSION;
 use crate::outcome::HandleError;
-use crate::Deps;
 
-/// Publishes until `stop` fires, then flushes what is left once. Wakes on `deps.outbox_wakeup`
-/// (this worker committed a notification) or every `OUTBOX_POLL_INTERVAL` (other workers did).
-pub async fn run_relay(deps: Arc<Deps>, stop: CancellationToken) {
-    loop {
-        drain(&deps).await;
-        if stop.is_cancelled() {
-            break;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = deps.outbox_wakeup.notified() => {}
-            _ = tokio::time::sleep(deps.settings.outbox_poll_interval) => {}
-        }
-    }
-    tracing::info!("outbox relay stopped");
+/// Longest back-off between two refused publishes of one row.
+const MAX_BACKOFF_SECS: f64 = 300.0;
+
+const CLAIM_EXPIRED: &str = "
+    UPDATE outbox o SET claimed_until = now() + make_interval(secs => $2::float8)
+      FROM (SELECT notification_id FROM outbox
+             WHERE claimed_until <= now() AND dead_at IS NULL
+             ORDER BY claimed_until
+             LIMIT $1
+               FOR UPDATE SKIP LOCKED) c
+     WHERE o.notification_id = c.notification_id
+    RETURNING o.notification_id, o.routing_key, o.payload";
+
+const DELETE_CONFIRMED: &str = "DELETE FROM outbox WHERE notification_id = ANY($1::uuid[])";
+
+/// A refused row waits 2^attempts seconds (at most five minutes) before the next try.
+const RECORD_REFUSED: &str = "
+    UPDATE outbox o SET attempts = o.attempts + 1,
+           last_error = f.error,
+           claimed_until = now() + make_interval(secs => least($4::float8, power(2, o.attempts))),
+           dead_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END
+      FROM unnest($1::uuid[], $2::text[]) AS f(id, error)
+     WHERE o.notification_id = f.id
+    RETURNING o.dead_at IS NOT NULL";
+
+const RELEASE: &str = "UPDATE outbox SET claimed_until = now() WHERE notification_id = ANY($1::uuid[])";
+
+/// One outbox row to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: Uuid,
+    pub routing_key: String,
+    /// Exactly the bytes the row keeps, so a republished message is identical.
+    pub payload: String,
 }
 
-async fn drain(deps: &Deps) {
-    loop {
-        match relay_batch(deps).await {
-            Ok(BatchResult { claimed, published, .. })
-                if claimed as i64 == deps.settings.outbox_batch_size && published == claimed =>
-            {
-                continue
-            }
-            Ok(_) => break,
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay could not run (database unavailable?)");
-                break;
-            }
-        }
+impl From<&NewNotification> for Message {
+    fn from(n: &NewNotification) -> Self {
+        Self { id: n.id, routing_key: n.kind.clone(), payload: n.payload.clone() }
     }
 }
 
-/// What one batch did.
+/// What publishing some rows did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct BatchResult {
-    pub claimed: usize,
+pub struct Report {
+    /// Confirmed and deleted (unrouted ones included).
     pub published: usize,
+    /// Confirmed but routed to no queue: nobody subscribes.
     pub unrouted: usize,
+    /// Refused by the broker; retried later.
+    pub refused: usize,
+    /// Set aside as dead after their last refused attempt.
+    pub dead: usize,
+    /// Not tried for want of a broker connection; released for the relay.
+    pub unavailable: usize,
 }
 
-/// Claims, publishes and deletes one batch.
-pub async fn relay_batch(deps: &Deps) -> Result<BatchResult, HandleError> {
-    let mut client = deps.pool.get().await?;
-    let tx = client.transaction().await?;
-    let rows = tx
-        .query(
-            "SELECT notification_id, routing_key, payload::text FROM outbox
-             ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&deps.settings.outbox_batch_size],
-        )
-        .await?;
-    if rows.is_empty() {
-        return Ok(BatchResult::default());
+/// Publishes `messages` and does the bookkeeping of their rows.
+pub async fn publish(deps: &Deps, messages: &[Message]) -> Result<Report, HandleError> {
+    if messages.is_empty() {
+        return Ok(Report::default());
     }
     let exchange = deps.broker.topology().notifications_exchange();
-    let publishes = rows.iter().map(|row| {
-        let id: Uuid = row.get(0);
-        let routing_key: String = row.get(1);
-        let payload: String = row.get(2);
-        let exchange = exchange.clone();
-        async move {
-            let result =
-                deps.broker.publish(&exchange, &routing_key, payload.as_bytes(), properties(id, &routing_key)).await;
-            (id, result)
-        }
-    });
-    let results = join_all(publishes).await;
+    let results = join_all(messages.iter().map(|m| {
+        deps.broker.publish(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m.id, &m.routing_key))
+    }))
+    .await;
 
+    let mut report = Report::default();
     let mut done = Vec::new();
-    let mut failed = Vec::new();
-    let mut unrouted = 0;
-    for (id, result) in results {
+    let (mut refused, mut errors) = (Vec::new(), Vec::new());
+    let mut unavailable = Vec::new();
+    for (message, result) in messages.iter().zip(results) {
         match result {
-            Ok(()) => done.push(id),
+            Ok(()) => done.push(message.id),
             // Stored nowhere because nobody subscribed: there is no one to deliver to.
             Err(PublishError::Unroutable(_)) => {
-                unrouted += 1;
-                done.push(id);
+                report.unrouted += 1;
+                done.push(message.id);
             }
-            Err(error) => failed.push((id, error.to_string())),
+            Err(PublishError::Unavailable) => unavailable.push(message.id),
+            Err(error) => {
+                refused.push(message.id);
+                errors.push(error.to_string());
+            }
         }
     }
     // Test hook: the process dies after the broker confirmed and before the rows are deleted.
     fail::fail_point!("outbox-after-publish", |_| { std::process::abort() });
 
-    tx.execute("DELETE FROM outbox WHERE notification_id = ANY($1)", &[&done]).await?;
-    for (id, error) in &failed {
-        tx.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE notification_id = $1",
-            &[id, error],
-        )
-        .await?;
+    let client = deps.pool.get().await?;
+    if !done.is_empty() {
+        let delete = client.prepare_cached(DELETE_CONFIRMED).await?;
+        client.execute(&delete, &[&done]).await?;
     }
-    tx.commit().await?;
+    if !refused.is_empty() {
+        let record = client.prepare_cached(RECORD_REFUSED).await?;
+        let rows =
+            client.query(&record, &[&refused, &errors, &deps.settings.outbox_max_attempts, &MAX_BACKOFF_SECS]).await?;
+        report.dead = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+    }
+    if !unavailable.is_empty() {
+        client.execute(RELEASE, &[&unavailable]).await?;
+    }
+    report.published = done.len();
+    report.refused = refused.len();
+    report.unavailable = unavailable.len();
 
-    let published = done.len();
-    deps.metrics.notifications.with_label_values(&["published"]).inc_by((published - unrouted) as u64);
-    deps.metrics.notifications.with_label_values(&["unrouted"]).inc_by(unrouted as u64);
-    if unrouted > 0 && !deps.unrouted_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    let metrics = &deps.metrics.notifications;
+    metrics.with_label_values(&["published"]).inc_by((report.published - report.unrouted) as u64);
+    metrics.with_label_values(&["unrouted"]).inc_by(report.unrouted as u64);
+    metrics.with_label_values(&["outbox_dead"]).inc_by(report.dead as u64);
+    if report.unrouted > 0 && !deps.unrouted_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(exchange = %exchange, "no queue is bound to the notifications exchange: notifications are kept in the notifications table only (counted as notifications_total{{stage=\"unrouted\"}})");
     }
-    if !failed.is_empty() {
-        tracing::warn!(failed = failed.len(), first_error = %failed[0].1, "notifications not confirmed; they stay in the outbox");
+    if !errors.is_empty() {
+        tracing::warn!(refused = report.refused, first_error = %errors[0], "notifications not confirmed; they stay in the outbox");
     }
-    if published > unrouted {
-        tracing::info!(published = published - unrouted, "notifications published");
+    if report.dead > 0 {
+        tracing::error!(
+            dead = report.dead,
+            "notifications refused too often; set aside (hookctl dead list --notifications)"
+        );
     }
-    Ok(BatchResult { claimed: rows.len(), published, unrouted })
+    Ok(report)
+}
+
+/// Sweeps up expired leases every `OUTBOX_POLL_INTERVAL` until `stop` fires, then once more.
+pub async fn run_relay(deps: Arc<Deps>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(deps.settings.outbox_poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        sweep(&deps).await;
+    }
+    sweep(&deps).await;
+    tracing::info!("outbox relay stopped");
+}
+
+/// Claims and publishes rows nobody holds, batch after batch, while there are full batches.
+pub async fn sweep(deps: &Deps) {
+    loop {
+        if deps.broker.current().is_none() {
+            return;
+        }
+        match relay_batch(deps).await {
+            Ok((claimed, report)) if claimed as i64 == deps.settings.outbox_batch_size && report.refused == 0 => {
+                continue
+            }
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay could not run (database unavailable?)");
+                return;
+            }
+        }
+    }
+}
+
+/// Claims one batch of expired rows and publishes it; returns how many were claimed.
+pub async fn relay_batch(deps: &Deps) -> Result<(usize, Report), HandleError> {
+    let messages: Vec<Message> = {
+        let client = deps.pool.get().await?;
+        let claim = client.prepare_cached(CLAIM_EXPIRED).await?;
+        let lease = deps.settings.outbox_lease.as_secs_f64();
+        client
+            .query(&claim, &[&deps.settings.outbox_batch_size, &lease])
+            .await?
+            .iter()
+            .map(|r| Message { id: r.get(0), routing_key: r.get(1), payload: r.get(2) })
+            .collect()
+    };
+    let report = publish(deps, &messages).await?;
+    if report.published > report.unrouted {
+        tracing::info!(published = report.published - report.unrouted, "notifications published by the relay");
+    }
+    Ok((messages.len(), report))
 }
 
 fn properties(notification_id: Uuid, routing_key: &str) -> BasicProperties {

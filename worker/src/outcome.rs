@@ -5,9 +5,8 @@ use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::status::PaymentStatus;
 use uuid::Uuid;
 
-use crate::apply::Confirmed;
 use crate::db::{classify, describe_pool_error, DbErrorClass};
-use crate::event::IncomingEvent;
+use crate::event::{Confirmed, IncomingEvent};
 
 /// A message that was handled (the caller acks it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +64,9 @@ impl From<tokio_postgres::Error> for HandleError {
             None => format!("database unavailable: {error}"),
         };
         match classify(&error) {
-            DbErrorClass::Transient => Self::Transient(text),
+            // A broken schema halts the batch before it reaches an event; anywhere else it is
+            // no fault of the event, so it is retried.
+            DbErrorClass::Transient | DbErrorClass::Broken => Self::Transient(text),
             DbErrorClass::Permanent => Self::Permanent(text),
         }
     }

@@ -1,59 +1,418 @@
-//! One delivery from the work queue: decide it ([`handle`]), then ack, retry or dead-letter
-//! according to the outcome ([`process_delivery`]). Every failure is logged and counted here,
+//! A batch from the work queue, end to end: read every delivery, confirm unsigned Toss events
+//! with the Toss API where configured, apply the batch in one transaction ([`crate::write`]),
+//! settle every delivery ([`crate::settle`]: ack, delay tier or dead letter), then publish the
+//! batch's notifications ([`crate::outbox`]). Every event's outcome is logged and counted here,
 //! once.
+//!
+//! Failures stay with their event. An unparseable body, an amount mismatch or a refused
+//! deposit secret is decided for that event alone, inside the batch's transaction. A database
+//! error on the batch (a constraint, a trigger, a lock timeout on one payment) rolls it back and
+//! each event is then applied on its own, so a bad event costs its neighbours one retry at most.
+//! An outage (no connection) fails the whole batch into the delay tiers, as any single event
+//! would. A fault in the worker's own SQL halts the worker ([`crate::halt`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
+use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
-use shared::envelope::{long_string, with_headers, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::envelope::{EnvelopeError, EventEnvelope};
 use shared::Provider;
-use tracing::Instrument;
 
-use crate::apply::{apply_event, record_failure, Confirmed};
-use crate::event::IncomingEvent;
+use crate::consumer::Batch;
+use crate::db::{classify, describe_pool_error, DbErrorClass};
+use crate::deps::Deps;
+use crate::event::{Confirmed, IncomingEvent};
+use crate::halt::PROBE_EVERY;
+use crate::outbox::{self, Message};
 use crate::outcome::{HandleError, Outcome};
 use crate::retry::{dispose, Disposition, Failure};
-use crate::Deps;
+use crate::settle::{settle, Settlement};
+use crate::write::{self, Committed, Entry, Work, WriteError};
 
 /// Attempts during which a webhook claiming a later state than the Toss API shows is retried
 /// (the API catching up) before the API's state is applied.
 const API_CATCH_UP_ATTEMPTS: u32 = 3;
 
-/// Decides one event: parse, confirm with the provider where configured, apply.
-pub async fn handle(deps: &Deps, envelope: &EventEnvelope) -> Result<Outcome, HandleError> {
-    let event = IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0))?;
-    let fetch_back = envelope.provider == Provider::Toss && event.unsigned_payment_event;
-    let (event, confirmed) = match &deps.toss_api {
-        // A duplicate costs no API call (a forged flood must not spend the merchant's quota).
-        Some(api) if fetch_back && !already_final(deps, envelope).await? => api.confirm(event).await?,
-        _ => (event, Confirmed::default()),
-    };
-    if let Some(disagreement) = &confirmed.api_behind {
-        if envelope.attempt + 1 < API_CATCH_UP_ATTEMPTS {
-            return Err(HandleError::Transient(format!("{disagreement}; waiting for the API to catch up")));
-        }
-    }
-    let outcome = apply_event(&deps.pool, envelope, &event, &confirmed).await?;
-    if matches!(outcome, Outcome::Applied { .. } | Outcome::Ignored { .. }) {
-        deps.outbox_wakeup.notify_one();
-    }
-    Ok(outcome)
+/// How long recording a failed attempt may take after the batch failed; the database may be
+/// the reason it failed.
+const RECORD_FAILURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One delivery of the batch.
+struct Item {
+    delivery: Delivery,
+    /// `Err`: the headers do not describe a webhook; it is dead-lettered, nothing is recorded.
+    envelope: Result<EventEnvelope, EnvelopeError>,
+    event: Result<IncomingEvent, HandleError>,
+    confirmed: Confirmed,
+    /// The order the event names, kept when confirming it failed.
+    order_id: Option<String>,
+    /// An earlier delivery of the same event in this batch; this one follows its outcome.
+    copy_of: Option<usize>,
+    copies: i32,
 }
 
-/// Whether the inbox already holds this event as applied or ignored.
-async fn already_final(deps: &Deps, envelope: &EventEnvelope) -> Result<bool, HandleError> {
+impl Item {
+    fn read(delivery: Delivery) -> Self {
+        let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data);
+        let event = match &envelope {
+            Ok(envelope) => IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0)),
+            Err(error) => Err(HandleError::Permanent(error.to_string())),
+        };
+        let order_id = event.as_ref().ok().and_then(|e| e.order_id().map(str::to_string));
+        Self { delivery, envelope, event, confirmed: Confirmed::default(), order_id, copy_of: None, copies: 0 }
+    }
+
+    fn attempt(&self) -> u32 {
+        self.envelope.as_ref().map_or(0, |e| e.attempt) + 1
+    }
+}
+
+/// Handles a batch and settles every delivery in it.
+pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
+    // Test hook: a message that crashes the process before it is acknowledged (a poison message).
+    fail::fail_point!("process-delivery", |_| std::process::abort());
+    let started = Instant::now();
+    let Batch { deliveries, acks } = batch;
+    deps.metrics.batch_size.observe(deliveries.len() as f64);
+    let mut items: Vec<Item> = deliveries.into_iter().map(Item::read).collect();
+    mark_copies(&mut items);
+    fetch_back(&deps, &mut items).await;
+
+    let (positions, entries): (Vec<usize>, Vec<Entry<'_>>) = items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.copy_of.is_none())
+        .filter_map(|(i, item)| {
+            let envelope = item.envelope.as_ref().ok()?;
+            let work = match &item.event {
+                Ok(event) => Work::Decide { event, confirmed: &item.confirmed },
+                Err(error) => {
+                    Work::Failed { event_type: &envelope.event_type, order_id: item.order_id.as_deref(), error }
+                }
+            };
+            Some((i, Entry { envelope, work, copies: item.copies }))
+        })
+        .unzip();
+    // Halted until shutdown: the deliveries stay unsettled and return to the queue.
+    let Some(Committed { results, notifications }) = commit(&deps, &entries).await else { return };
+    let elapsed = started.elapsed();
+
+    let mut outcomes: Vec<Option<Result<Outcome, HandleError>>> = vec![None; items.len()];
+    for (position, result) in positions.into_iter().zip(results) {
+        outcomes[position] = Some(result);
+    }
+    for i in 0..items.len() {
+        if let Some(first) = items[i].copy_of {
+            outcomes[i] = Some(match &outcomes[first] {
+                Some(Ok(_)) => Ok(Outcome::Duplicate),
+                Some(Err(error)) => Err(error.clone()),
+                None => Err(HandleError::Permanent("unreadable message".into())),
+            });
+        }
+    }
+
+    let mut work = Vec::with_capacity(items.len());
+    let mut labels = Vec::with_capacity(items.len());
+    for (item, outcome) in items.iter().zip(outcomes) {
+        let (settlement, label) = conclude(&deps, item, outcome, elapsed);
+        work.push((&item.delivery, settlement));
+        labels.push(label);
+    }
+    let settled = settle(&deps.broker, &acks, work).await;
+    for ((item, label), done) in items.iter().zip(labels).zip(settled) {
+        if let (Some(label), true) = (label, done) {
+            count_event(&deps, item, label);
+        }
+    }
+
+    let messages: Vec<Message> = notifications.iter().map(Message::from).collect();
+    if let Err(error) = outbox::publish(&deps, &messages).await {
+        tracing::warn!(%error, "notifications not published now; the outbox relay publishes them");
+    }
+}
+
+/// Later deliveries of an event already in the batch follow its outcome (a provider retry,
+/// or a redelivery, landing in the same batch). Their inbox row is the first one's.
+fn mark_copies(items: &mut [Item]) {
+    let mut first: HashMap<(Provider, String), usize> = HashMap::new();
+    for i in 0..items.len() {
+        let Ok(envelope) = &items[i].envelope else { continue };
+        let key = (envelope.provider, envelope.event_key.clone());
+        match first.get(&key) {
+            Some(&j) => {
+                items[i].copy_of = Some(j);
+                items[j].copies += 1;
+            }
+            None => {
+                first.insert(key, i);
+            }
+        }
+    }
+}
+
+/// Confirms unsigned Toss payment events with the Toss API, all at once. A duplicate costs no
+/// API call (a forged flood must not spend the merchant's quota).
+async fn fetch_back(deps: &Deps, items: &mut [Item]) {
+    let Some(api) = &deps.toss_api else { return };
+    let wanted: Vec<usize> = (0..items.len())
+        .filter(|&i| {
+            let item = &items[i];
+            item.copy_of.is_none()
+                && item.envelope.as_ref().is_ok_and(|e| e.provider == Provider::Toss)
+                && item.event.as_ref().is_ok_and(|e| e.unsigned_payment_event)
+        })
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let keys: Vec<String> =
+        wanted.iter().filter_map(|&i| items[i].envelope.as_ref().ok().map(|e| e.event_key.clone())).collect();
+    let finals = match already_final(deps, &keys).await {
+        Ok(finals) => finals,
+        Err(error) => {
+            for &i in &wanted {
+                items[i].event = Err(error.clone());
+            }
+            return;
+        }
+    };
+    let calls = wanted.into_iter().filter_map(|i| {
+        let envelope = items[i].envelope.as_ref().ok()?;
+        if finals.contains(&envelope.event_key) {
+            return None;
+        }
+        let event = items[i].event.clone().ok()?;
+        Some(async move { (i, api.confirm(event).await) })
+    });
+    for (i, result) in join_all(calls.collect::<Vec<_>>()).await {
+        let item = &mut items[i];
+        match result {
+            Ok((_, confirmed)) if confirmed.api_behind.is_some() && item.attempt() < API_CATCH_UP_ATTEMPTS => {
+                let disagreement = confirmed.api_behind.unwrap_or_default();
+                item.event = Err(HandleError::Transient(format!("{disagreement}; waiting for the API to catch up")));
+            }
+            Ok((event, confirmed)) => {
+                item.event = Ok(event);
+                item.confirmed = confirmed;
+            }
+            Err(error) => item.event = Err(error),
+        }
+    }
+}
+
+/// The Toss event keys among `keys` the inbox holds as applied or ignored.
+async fn already_final(deps: &Deps, keys: &[String]) -> Result<HashSet<String>, HandleError> {
     let client = deps.pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT status FROM webhook_events WHERE provider = $1 AND event_key = $2",
-            &[&envelope.provider.as_str(), &envelope.event_key],
+    let rows = client
+        .query(
+            "SELECT event_key FROM webhook_events
+              WHERE provider = 'toss' AND event_key = ANY($1) AND status IN ('applied', 'ignored')",
+            &[&keys],
         )
         .await?;
-    Ok(row.is_some_and(|r| matches!(r.get::<_, &str>(0), "applied" | "ignored")))
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// How a batch failed.
+enum Fault {
+    /// No database to talk to: every event is retried later.
+    Outage(String),
+    /// The database rejected the worker's own SQL: halt.
+    Broken(String),
+    /// The database refused this batch (a constraint, a trigger, a lock timeout, a conflict).
+    Rejected(HandleError),
+}
+
+/// Applies the entries in one transaction; on a refusal, each on its own; while the database
+/// rejects the worker's SQL, halted (retried every few seconds). `None`: stopped while halted.
+async fn commit(deps: &Deps, entries: &[Entry<'_>]) -> Option<Committed> {
+    loop {
+        let fault = match try_commit(deps, entries).await {
+            Ok(committed) => {
+                deps.metrics.halted.set(0);
+                deps.halt.clear();
+                return Some(committed);
+            }
+            Err(fault) => fault,
+        };
+        match fault {
+            Fault::Broken(reason) => {
+                deps.metrics.halted.set(1);
+                deps.halt.trip(&reason);
+                tokio::select! {
+                    _ = deps.stopping.cancelled() => return None,
+                    _ = tokio::time::sleep(PROBE_EVERY) => {}
+                }
+            }
+            Fault::Outage(reason) => {
+                let error = HandleError::Transient(reason);
+                record_failures(deps, entries, &error).await;
+                return Some(Committed { results: vec![Err(error); entries.len()], notifications: Vec::new() });
+            }
+            Fault::Rejected(error) if entries.len() > 1 => {
+                tracing::warn!(%error, events = entries.len(), "the database refused the batch; applying its events one by one");
+                let mut all = Committed { results: Vec::with_capacity(entries.len()), notifications: Vec::new() };
+                for entry in entries {
+                    let one = Box::pin(commit(deps, std::slice::from_ref(entry))).await?;
+                    all.results.extend(one.results);
+                    all.notifications.extend(one.notifications);
+                }
+                return Some(all);
+            }
+            Fault::Rejected(error) => {
+                record_failures(deps, entries, &error).await;
+                return Some(Committed { results: vec![Err(error)], notifications: Vec::new() });
+            }
+        }
+    }
+}
+
+async fn try_commit(deps: &Deps, entries: &[Entry<'_>]) -> Result<Committed, Fault> {
+    let mut client = deps.pool.get().await.map_err(|error| match &error {
+        deadpool_postgres::PoolError::Backend(e) => fault_of(e),
+        other => Fault::Outage(describe_pool_error(other)),
+    })?;
+    let settings = &deps.settings;
+    let result = write::apply(&mut client, entries, settings.retry_max_attempts, settings.outbox_lease).await;
+    result.map_err(|error| match error {
+        WriteError::Db(e) => fault_of(&e),
+        WriteError::Conflict(reason) => Fault::Rejected(HandleError::Transient(reason)),
+    })
+}
+
+fn fault_of(error: &tokio_postgres::Error) -> Fault {
+    let Some(db) = error.as_db_error() else {
+        return Fault::Outage(format!("database unavailable: {error}"));
+    };
+    let text = format!("database error {}: {}", db.code().code(), db.message());
+    match classify(error) {
+        DbErrorClass::Broken => Fault::Broken(text),
+        DbErrorClass::Permanent => Fault::Rejected(HandleError::Permanent(text)),
+        DbErrorClass::Transient => Fault::Rejected(HandleError::Transient(text)),
+    }
+}
+
+/// Records the failed attempt of every entry, outside the transaction that rolled back. Best
+/// effort: the database may be why the batch failed.
+async fn record_failures(deps: &Deps, entries: &[Entry<'_>], error: &HandleError) {
+    let errors = vec![error.clone(); entries.len()];
+    let recording = async {
+        let client = deps.pool.get().await.map_err(|e| describe_pool_error(&e))?;
+        write::record_failures(&client, entries, &errors, deps.settings.retry_max_attempts)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(RECORD_FAILURE_TIMEOUT, recording).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "could not record the failed attempts (database unavailable?)"),
+        Err(_) => tracing::debug!("could not record the failed attempts in time (database unavailable?)"),
+    }
+}
+
+/// Logs an event's outcome and decides its settlement; returns the outcome label to count
+/// once the settlement is done.
+fn conclude(
+    deps: &Deps,
+    item: &Item,
+    outcome: Option<Result<Outcome, HandleError>>,
+    elapsed: std::time::Duration,
+) -> (Settlement, Option<&'static str>) {
+    let topology = deps.broker.topology();
+    let attempt = item.attempt();
+    let envelope = match &item.envelope {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            tracing::error!(%error, "message is not a webhook envelope; dead-lettering it");
+            let reason = format!("permanent: {error}");
+            return (Settlement::dead(&item.delivery, topology.dead_queue(), 1, &reason), None);
+        }
+    };
+    let span = tracing::info_span!(
+        "delivery",
+        provider = %envelope.provider,
+        event_id = %envelope.event_key,
+        event_type = %envelope.event_type,
+        request_id = %envelope.request_id,
+        attempt,
+        order_id = item.order_id.as_deref(),
+        outcome = tracing::field::Empty,
+    );
+    let _entered = span.enter();
+    let provider = envelope.provider.as_str();
+    deps.metrics.processing.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
+    let prefix = log_prefix(envelope.provider);
+    let duration_ms = elapsed.as_millis() as u64;
+    let result = outcome.unwrap_or_else(|| Err(HandleError::Transient("not processed".into())));
+    let failure = result.as_ref().err().map(|e| {
+        let kind = if e.is_permanent() { Failure::Permanent } else { Failure::Transient };
+        (kind, e.to_string())
+    });
+    let disposition =
+        dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
+    match &result {
+        Ok(outcome) => {
+            log_outcome(prefix, outcome, duration_ms);
+            count_event_label(deps, envelope, outcome.label());
+            if matches!(outcome, Outcome::Applied { .. }) {
+                let lag = (Utc::now() - envelope.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+                deps.metrics.lag.with_label_values(&[provider]).observe(lag);
+            }
+        }
+        Err(error) => {
+            span.record("outcome", "failed");
+            if let Disposition::Retry { tier } = &disposition {
+                tracing::warn!(%error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
+            }
+        }
+    }
+    match disposition {
+        Disposition::Ack => (Settlement::Ack, None),
+        Disposition::Retry { tier } => {
+            let error = failure.map(|(_, e)| e).unwrap_or_default();
+            (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
+        }
+        Disposition::DeadLetter { reason } => {
+            tracing::error!(%reason, duration_ms, "{prefix} Event dead-lettered");
+            (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("dead_lettered"))
+        }
+    }
+}
+
+fn count_event(deps: &Deps, item: &Item, label: &str) {
+    if let Ok(envelope) = &item.envelope {
+        count_event_label(deps, envelope, label);
+    }
+}
+
+fn count_event_label(deps: &Deps, envelope: &EventEnvelope, label: &str) {
+    deps.metrics
+        .events
+        .with_label_values(&[envelope.provider.as_str(), metric_event_type(&envelope.event_type), label])
+        .inc();
+}
+
+fn log_outcome(prefix: &str, outcome: &Outcome, duration_ms: u64) {
+    let span = tracing::Span::current();
+    span.record("outcome", outcome.label());
+    match outcome {
+        Outcome::Applied { payment_id, order_id, from, to, notified, verification } => {
+            span.record("order_id", order_id.as_str());
+            tracing::info!(%payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
+            if let Some((notification_id, trainer_id)) = notified {
+                tracing::info!(%trainer_id, %notification_id, "{prefix} Notification sent to trainer");
+            }
+        }
+        Outcome::Ignored { reason, order_id, verification } => {
+            if let Some(order_id) = order_id {
+                span.record("order_id", order_id.as_str());
+            }
+            tracing::info!(%reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
+        }
+        Outcome::Duplicate => tracing::info!(duration_ms, "{prefix} Duplicate event; already processed"),
+    }
 }
 
 /// The guide's log prefix for a provider.
@@ -84,175 +443,4 @@ pub fn metric_event_type(event_type: &str) -> &str {
     } else {
         "other"
     }
-}
-
-/// Handles a delivery and settles it with the broker.
-pub async fn process_delivery(deps: Arc<Deps>, delivery: Delivery) {
-    let envelope = match EventEnvelope::from_amqp(&delivery.properties, &delivery.data) {
-        Ok(envelope) => envelope,
-        Err(error) => {
-            tracing::error!(%error, "message is not a webhook envelope; dead-lettering it");
-            let reason = format!("permanent: {error}");
-            settle_dead(&deps, &delivery, 1, &reason).await;
-            return;
-        }
-    };
-    let attempt = envelope.attempt + 1;
-    // Test hook: a message that crashes the process before it is acknowledged (a poison message).
-    fail::fail_point!("process-delivery", |_| std::process::abort());
-    let span = tracing::info_span!(
-        "delivery",
-        provider = %envelope.provider,
-        event_id = %envelope.event_key,
-        event_type = %envelope.event_type,
-        request_id = %envelope.request_id,
-        attempt,
-        order_id = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
-    async {
-        let started = Instant::now();
-        let result = handle(&deps, &envelope).await;
-        let provider = envelope.provider.as_str();
-        deps.metrics.processing.with_label_values(&[provider]).observe(started.elapsed().as_secs_f64());
-        let failure = result.as_ref().err().map(|e| {
-            let kind = if e.is_permanent() { Failure::Permanent } else { Failure::Transient };
-            (kind, e.to_string())
-        });
-        let disposition =
-            dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
-        let prefix = log_prefix(envelope.provider);
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let count = |outcome: &str| {
-            deps.metrics
-                .events
-                .with_label_values(&[provider, metric_event_type(&envelope.event_type), outcome])
-                .inc();
-        };
-        match &result {
-            Ok(outcome) => {
-                log_outcome(prefix, outcome, duration_ms);
-                count(outcome.label());
-                if matches!(outcome, Outcome::Applied { .. }) {
-                    let lag = (Utc::now() - envelope.received_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    deps.metrics.lag.with_label_values(&[provider]).observe(lag);
-                }
-            }
-            Err(error) => {
-                tracing::Span::current().record("outcome", "failed");
-                if let Disposition::Retry { tier } = &disposition {
-                    tracing::warn!(%error, retry_in = ?deps.broker.topology().delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
-                }
-            }
-        }
-        match disposition {
-            Disposition::Ack => ack(&delivery).await,
-            Disposition::Retry { tier } => {
-                let error = failure.map(|(_, e)| e).unwrap_or_default();
-                let order_id = order_id_of(&envelope);
-                if let Err(e) = record_failure(&deps.pool, &envelope, &envelope.event_type, order_id.as_deref(), "retrying", &error).await {
-                    tracing::debug!(error = %e, "could not record the failed attempt (database unavailable?)");
-                }
-                let queue = deps.broker.topology().retry_queue(tier);
-                let properties = with_headers(
-                    &delivery.properties,
-                    [(H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))), (H_LAST_ERROR, long_string(&truncate(&error, 1000)))],
-                );
-                match deps.broker.publish("", &queue, &delivery.data, properties).await {
-                    Ok(()) => {
-                        count("retried");
-                        ack(&delivery).await;
-                    }
-                    Err(e) => requeue_later(&delivery, &e.to_string()).await,
-                }
-            }
-            Disposition::DeadLetter { reason } => {
-                tracing::error!(%reason, duration_ms, "{prefix} Event dead-lettered");
-                let order_id = order_id_of(&envelope);
-                if let Err(e) = record_failure(&deps.pool, &envelope, &envelope.event_type, order_id.as_deref(), "dead", &reason).await {
-                    tracing::warn!(error = %e, "could not record the dead-lettered event in webhook_events");
-                }
-                if settle_dead(&deps, &delivery, attempt, &reason).await {
-                    count("dead_lettered");
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-fn log_outcome(prefix: &str, outcome: &Outcome, duration_ms: u64) {
-    let span = tracing::Span::current();
-    span.record("outcome", outcome.label());
-    match outcome {
-        Outcome::Applied { payment_id, order_id, from, to, notified, verification } => {
-            span.record("order_id", order_id.as_str());
-            tracing::info!(%payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
-            if let Some((notification_id, trainer_id)) = notified {
-                tracing::info!(%trainer_id, %notification_id, "{prefix} Notification sent to trainer");
-            }
-        }
-        Outcome::Ignored { reason, order_id, verification } => {
-            if let Some(order_id) = order_id {
-                span.record("order_id", order_id.as_str());
-            }
-            tracing::info!(%reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
-        }
-        Outcome::Duplicate => tracing::info!(duration_ms, "{prefix} Duplicate event; already processed"),
-    }
-}
-
-fn order_id_of(envelope: &EventEnvelope) -> Option<String> {
-    IncomingEvent::parse(envelope).ok().and_then(|e| e.order_id().map(str::to_string))
-}
-
-/// Publishes the delivery to the dead-letter queue with its reason, then acks it. Returns
-/// whether it was parked.
-async fn settle_dead(deps: &Deps, delivery: &Delivery, attempt: u32, reason: &str) -> bool {
-    let properties = with_headers(
-        &delivery.properties,
-        [
-            (H_DEAD_REASON, long_string(&truncate(reason, 2000))),
-            (H_DEAD_AT, long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))),
-            (H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-        ],
-    );
-    let queue = deps.broker.topology().dead_queue();
-    match deps.broker.publish("", &queue, &delivery.data, properties).await {
-        Ok(()) => {
-            ack(delivery).await;
-            true
-        }
-        Err(e) => {
-            requeue_later(delivery, &e.to_string()).await;
-            false
-        }
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-        // The channel is gone; the broker redelivers and the inbox recognises the duplicate.
-        tracing::warn!(%error, "ack failed; the message will be redelivered");
-    }
-}
-
-/// The broker could not take the retry or dead-letter copy: return the message to the queue
-/// after a pause, so a broker in trouble is not hammered.
-async fn requeue_later(delivery: &Delivery, error: &str) {
-    tracing::warn!(%error, "could not republish; returning the message to the queue");
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let _ = delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await;
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }

@@ -11,6 +11,19 @@ pub enum Disposition {
     DeadLetter { reason: String },
 }
 
+impl Disposition {
+    /// The `webhook_events.status` an event with this disposition is recorded with, and the
+    /// error it is recorded with (for a dead letter: its reason). `None` for a handled event,
+    /// whose status is its outcome.
+    pub fn inbox_record<'a>(&'a self, error: &'a str) -> Option<(&'static str, &'a str)> {
+        match self {
+            Self::Ack => None,
+            Self::Retry { .. } => Some(("retrying", error)),
+            Self::DeadLetter { reason } => Some(("dead", reason)),
+        }
+    }
+}
+
 /// Why an attempt failed, as far as the schedule cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -12,8 +12,7 @@ use serde_json::Value;
 use shared::providers::toss::parse_toss_event;
 use shared::Settings;
 
-use crate::apply::Confirmed;
-use crate::event::{toss_status, IncomingEvent, Intent, PaymentRef};
+use crate::event::{toss_status, Confirmed, IncomingEvent, Intent, PaymentRef};
 use crate::outcome::HandleError;
 use crate::state_machine::{decide, Transition};
 

@@ -33,8 +33,12 @@ async fn database_errors_are_classified_by_sqlstate() {
     assert_eq!(classify(&unique), DbErrorClass::Permanent, "unique violation");
     let data = sql.query("SELECT 1 / 0", &[]).await.unwrap_err();
     assert_eq!(classify(&data), DbErrorClass::Permanent, "division by zero");
+    // Our own SQL against a schema that is not (or no longer) what the code expects: no event
+    // is at fault, so the worker halts instead of retrying events into the dead letters.
     let missing = sql.query("SELECT * FROM not_migrated_yet", &[]).await.unwrap_err();
-    assert_eq!(classify(&missing), DbErrorClass::Transient, "schema not there yet");
+    assert_eq!(classify(&missing), DbErrorClass::Broken, "undefined table");
+    let column = sql.query("SELECT no_such_column FROM t", &[]).await.unwrap_err();
+    assert_eq!(classify(&column), DbErrorClass::Broken, "undefined column");
 
     // A lock held elsewhere and a short lock_timeout: 55P03.
     let mut holder = db.client().await;

@@ -76,7 +76,7 @@ async fn a_rolled_back_change_yields_neither_row_nor_message() {
         .batch_execute(
             "CREATE FUNCTION refuse_applied() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN RAISE EXCEPTION 'sabotaged commit'; END $$;
-             CREATE TRIGGER sabotage BEFORE UPDATE ON webhook_events FOR EACH ROW
+             CREATE TRIGGER sabotage BEFORE INSERT OR UPDATE ON webhook_events FOR EACH ROW
              WHEN (NEW.status = 'applied') EXECUTE FUNCTION refuse_applied();",
         )
         .await
@@ -115,7 +115,9 @@ async fn a_relay_killed_between_publish_and_bookkeeping_republishes_the_same_id(
     env.declare(&settings).await;
     let inbox = env.broker.subscribe(&format!("{}.notifications", env.broker.prefix)).await;
 
-    let mut crashing = spawn_worker_process(&env.env_vars(&[("FAILPOINTS", "outbox-after-publish=return")]));
+    // The crashed worker's lease on the row runs out after OUTBOX_LEASE; then any relay takes it.
+    let lease = [("OUTBOX_LEASE", "2s")];
+    let mut crashing = spawn_worker_process(&env.env_vars(&[("FAILPOINTS", "outbox-after-publish=return"), lease[0]]));
     pay(&env, "evt_crash", "order-crash").await;
     let status = tokio::time::timeout(WAIT, crashing.wait()).await.expect("the relay died at the fail point").unwrap();
     assert!(!status.success(), "aborted");
@@ -123,7 +125,7 @@ async fn a_relay_killed_between_publish_and_bookkeeping_republishes_the_same_id(
     let id = first.delivery.properties.message_id().as_ref().unwrap().to_string();
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1, "the row survived the crash");
 
-    let mut healthy = spawn_worker_process(&env.env_vars(&[]));
+    let mut healthy = spawn_worker_process(&env.env_vars(&lease));
     let second = env.broker.wait_get(&inbox, WAIT).await;
     assert_eq!(second.delivery.properties.message_id().as_ref().unwrap().as_str(), id, "same id again");
     assert_eq!(second.delivery.data, first.delivery.data);

@@ -1,0 +1,28 @@
+//! What every stage of the worker reads.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use shared::broker::Broker;
+use shared::Settings;
+use tokio_util::sync::CancellationToken;
+
+use crate::halt::Halt;
+use crate::metrics::WorkerMetrics;
+use crate::toss_api::TossApi;
+
+/// Shared by the consumer, the batch processing, the relay, the delivery and the health listener.
+pub struct Deps {
+    pub settings: Settings,
+    pub pool: Pool,
+    pub broker: Broker,
+    pub metrics: WorkerMetrics,
+    pub toss_api: Option<TossApi>,
+    /// In force while the database rejects the worker's own SQL.
+    pub halt: Arc<Halt>,
+    /// Fires when the worker starts stopping (a halted batch stops waiting then).
+    pub stopping: CancellationToken,
+    /// The "nobody subscribes to notifications" warning is logged once per process.
+    pub unrouted_warned: AtomicBool,
+}
