@@ -18,7 +18,7 @@ use std::time::Instant;
 use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
-use shared::envelope::{EnvelopeError, EventEnvelope};
+use shared::envelope::{header_int, EnvelopeError, EventEnvelope};
 use shared::Provider;
 
 use crate::consumer::Batch;
@@ -72,12 +72,13 @@ impl Item {
 
 /// Handles a batch and settles every delivery in it.
 pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
-    // Test hook: a message that crashes the process before it is acknowledged (a poison message).
-    fail::fail_point!("process-delivery", |_| std::process::abort());
     let started = Instant::now();
     let Batch { deliveries, acks } = batch;
     deps.metrics.batch_size.observe(deliveries.len() as f64);
     let mut items: Vec<Item> = deliveries.into_iter().map(Item::read).collect();
+    record_last_chance(&deps, &items).await;
+    // Test hook: a message that crashes the process before it is acknowledged (a poison message).
+    fail::fail_point!("process-delivery", |_| std::process::abort());
     mark_copies(&mut items);
     fetch_back(&deps, &mut items).await;
 
@@ -133,6 +134,47 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
         tracing::warn!(%error, "notifications not published now; the outbox relay publishes them");
     }
 }
+
+/// A message the broker delivers for the last time before its delivery limit parks it (it
+/// crashed or stalled every worker so far) is recorded as `dead` first, so that if this attempt
+/// dies too, `hookctl events` tells the whole story. If it succeeds, its outcome replaces the
+/// record. Redelivered messages come in batches of their own, so this is one statement for one
+/// rare message.
+async fn record_last_chance(deps: &Deps, items: &[Item]) {
+    let limit = i64::from(deps.settings.delivery_limit);
+    let last: Vec<(&EventEnvelope, i64)> = items
+        .iter()
+        .filter(|item| item.delivery.redelivered)
+        .filter_map(|item| {
+            let headers = item.delivery.properties.headers().as_ref()?;
+            let count = header_int(headers, DELIVERY_COUNT)?;
+            Some((item.envelope.as_ref().ok()?, count)).filter(|_| count >= limit)
+        })
+        .collect();
+    if last.is_empty() {
+        return;
+    }
+    let error = HandleError::Permanent(LAST_CHANCE.to_string());
+    let entries: Vec<Entry<'_>> = last
+        .iter()
+        .map(|(envelope, _)| Entry {
+            envelope,
+            work: Work::Failed { event_type: &envelope.event_type, order_id: None, error: &error },
+            copies: 0,
+        })
+        .collect();
+    for (envelope, count) in &last {
+        tracing::warn!(event_id = %envelope.event_key, delivery_count = count, "delivered for the last time before the delivery limit parks it; recorded as dead until it succeeds");
+    }
+    record_failures(deps, &entries, &error).await;
+}
+
+/// The header quorum queues count deliveries in.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// What a message parked by the delivery limit is recorded with.
+const LAST_CHANCE: &str =
+    "delivery limit reached: the message crashed or stalled every worker that took it (parked by the broker)";
 
 /// Later deliveries of an event already in the batch follow its outcome (a provider retry,
 /// or a redelivery, landing in the same batch). Their inbox row is the first one's.

@@ -245,6 +245,8 @@ pub async fn apply(
     o?;
     let stored = i?;
     let results = reconcile(entries, results, &stored)?;
+    // Test hook: every write of the batch is done and the commit has not happened yet.
+    fail::fail_point!("batch-before-commit");
     tx.commit().await?;
     Ok(Committed { results, notifications: plan.notifications })
 }

@@ -236,6 +236,10 @@ async fn a_message_that_kills_every_worker_is_parked_by_the_delivery_limit() {
     let headers = parked.delivery.properties.headers().clone().unwrap();
     assert!(headers.inner().contains_key("x-death"), "dead-lettered by the broker: {headers:?}");
     assert_eq!(env.count("SELECT count(*) FROM payments WHERE payment_status = 'paid'").await, 0);
+    // The inbox tells the same story: the last delivery was recorded as dead before it crashed.
+    let (status, _, error) = env.inbox("evt_poison_0").await.expect("an inbox row for the parked message");
+    assert_eq!(status, "dead");
+    assert!(error.unwrap_or_default().contains("delivery limit"), "the reason names the delivery limit");
 }
 
 #[tokio::test]

@@ -141,3 +141,48 @@ async fn replaying_an_event_that_was_applied_meanwhile_changes_nothing() {
     assert_eq!(env.notifications_for(seeded.trainer_id).await, 1);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_notification_the_broker_keeps_refusing_is_set_aside_listed_and_replayed() {
+    let env = Env::new().await;
+    env.seed_payment("order-refused", "stripe", Some(1000), Some("usd")).await;
+    let settings = env.settings(&[("OUTBOX_MAX_ATTEMPTS", "2"), ("OUTBOX_POLL_INTERVAL", "200ms")]);
+    env.declare(&settings).await;
+    // A queue bound to the notifications exchange that takes nothing: every publish is nacked.
+    let refusing = lapin::types::FieldTable::from(std::collections::BTreeMap::from([
+        ("x-max-length".into(), lapin::types::AMQPValue::LongInt(0)),
+        ("x-overflow".into(), lapin::types::AMQPValue::LongString("reject-publish".into())),
+    ]));
+    let channel = env.broker.channel();
+    let options = lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let full = channel.queue_declare("".into(), options, refusing).await.unwrap().name().to_string();
+    let exchange = format!("{}.notifications", env.broker.prefix);
+    channel
+        .queue_bind(full.as_str().into(), exchange.as_str().into(), "#".into(), Default::default(), Default::default())
+        .await
+        .unwrap();
+
+    let worker = TestWorker::spawn(settings).await;
+    let body = stripe_session_event("evt_refused", "checkout.session.completed", "order-refused", "paid", 1000, "usd");
+    env.publish(Provider::Stripe, "checkout.session.completed", "evt_refused", &body).await;
+    env.wait_count(
+        "the row set aside after two refusals",
+        "SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL AND attempts = 2",
+        1,
+        WAIT,
+    )
+    .await;
+    let id: uuid::Uuid = env.sql.query_one("SELECT notification_id FROM outbox", &[]).await.unwrap().get(0);
+    let (ok, out) = hookctl(&env, &["dead", "list", "--notifications"]).await;
+    assert!(ok && out.contains(&id.to_string()) && out.contains("nack"), "{out}");
+
+    // The consumer is fixed (the refusing queue goes); replaying hands the row back to the relay.
+    channel.queue_delete(full.as_str().into(), Default::default()).await.unwrap();
+    let inbox = env.broker.subscribe(&exchange).await;
+    let (ok, out) = hookctl(&env, &["dead", "replay", &id.to_string(), "--notifications"]).await;
+    assert!(ok, "{out}");
+    let message = env.broker.wait_get(&inbox, WAIT).await;
+    assert_eq!(message.delivery.properties.message_id().as_ref().unwrap().as_str(), id.to_string());
+    env.wait_count("the outbox emptied", "SELECT count(*) FROM outbox", 0, WAIT).await;
+    worker.stop().await;
+}

@@ -131,7 +131,18 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
     .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
     let topology = Topology::from_settings(settings);
     topology.declare(&connection).await?;
-    let result = execute(&connection, &topology, command).await;
+    let outbox = match &command {
+        DeadCommand::List { which, .. }
+        | DeadCommand::Show { which, .. }
+        | DeadCommand::Purge { which, .. }
+        | DeadCommand::Replay(ReplayArgs { which, .. })
+            if which.notifications =>
+        {
+            crate::cli::dead_outbox::connect(settings).await
+        }
+        _ => None,
+    };
+    let result = execute(&connection, &topology, command, outbox.as_ref()).await;
     let _ = connection.close(200, "done".into()).await;
     result
 }
@@ -144,13 +155,28 @@ fn queues(topology: &Topology, which: Which) -> (String, String) {
     }
 }
 
-async fn execute(connection: &Connection, topology: &Topology, command: DeadCommand) -> anyhow::Result<()> {
+/// Runs `command`; with `--notifications`, `outbox` also reaches the notifications the broker
+/// refused, which wait in the outbox table rather than in a queue.
+async fn execute(
+    connection: &Connection,
+    topology: &Topology,
+    command: DeadCommand,
+    outbox: Option<&deadpool_postgres::Client>,
+) -> anyhow::Result<()> {
+    use crate::cli::dead_outbox;
     let reader = connection.create_channel().await?;
     match command {
         DeadCommand::List { limit, which } => {
             let (dead, _) = queues(topology, which);
-            let letters = read_all(&reader, &dead, limit).await?;
-            print_list(&letters, limit);
+            if queue_exists(connection, &dead).await {
+                let letters = read_all(&reader, &dead, limit).await?;
+                print_list(&letters, limit);
+            } else {
+                println!("no queue {dead} (notification delivery is off)");
+            }
+            if let Some(client) = outbox {
+                dead_outbox::list(client, limit as i64).await?;
+            }
         }
         DeadCommand::Show { id, which } => {
             let (dead, _) = queues(topology, which);
@@ -160,6 +186,18 @@ async fn execute(connection: &Connection, topology: &Topology, command: DeadComm
                 .find(|l| l.matches_id(&id))
                 .ok_or_else(|| anyhow::anyhow!("no dead letter with id {id}"))?;
             print_one(letter);
+        }
+        DeadCommand::Replay(args) if outbox.is_some() && (args.all || args.id.is_some()) => {
+            let client = outbox.expect("checked");
+            let revived = dead_outbox::replay(client, args.id.as_deref()).await?;
+            if revived == 0 || args.all {
+                Box::pin(execute(connection, topology, DeadCommand::Replay(args), None)).await?;
+            }
+        }
+        DeadCommand::Purge { yes, which } if which.notifications && outbox.is_some() => {
+            anyhow::ensure!(yes, "purging deletes every dead notification for good; add --yes");
+            dead_outbox::purge(outbox.expect("checked")).await?;
+            Box::pin(execute(connection, topology, DeadCommand::Purge { yes, which }, None)).await?;
         }
         DeadCommand::Replay(args) => {
             let (dead, work) = queues(topology, args.which);
@@ -204,6 +242,15 @@ async fn execute(connection: &Connection, topology: &Topology, command: DeadComm
     // Whatever was read and not replayed goes back to the dead-letter queue.
     let _ = reader.close(200, "done".into()).await;
     Ok(())
+}
+
+/// Whether `queue` exists (a passive declare on a channel of its own: a missing queue closes it).
+async fn queue_exists(connection: &Connection, queue: &str) -> bool {
+    let Ok(channel) = connection.create_channel().await else { return false };
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let exists = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.is_ok();
+    let _ = channel.close(200, "".into()).await;
+    exists
 }
 
 /// Most messages `show` and `replay` read in one run (they are held in memory, unacknowledged).

@@ -7,6 +7,7 @@
 //! - `probe <url>`: exit 0 when a URL answers 2xx (container health checks without curl).
 
 pub mod dead;
+pub mod dead_outbox;
 pub mod events;
 pub mod send;
 

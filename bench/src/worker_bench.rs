@@ -1,0 +1,521 @@
+//! `bench worker`: in one run,
+//! 1. drains: a backlog of signed Stripe `checkout.session.completed` events (ingest's exact
+//!    messages) queued ahead for existing payments, then one worker (the release binary, in a
+//!    process of its own) started, once with `WORKER_BATCH_SIZE=1` and once with the default;
+//!    events/s until every event is applied, CPU time per event of the worker, of Postgres (the
+//!    worker's backends and the server's own background processes) and of RabbitMQ, read from
+//!    `/proc` before and after, and the worker's peak RSS; each drain is verified (every payment
+//!    paid once by its own event, one notification each, outbox empty);
+//! 2. the inline Node peer on the same number of events, side by side;
+//! 3. the end-to-end lag (ingest's receipt to the worker's commit) at a steady rate through
+//!    ingest, with the default batch size.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Connection, ConnectionProperties};
+use shared::envelope::{EventEnvelope, IngestVerification};
+use shared::topology::Topology;
+use shared::Provider;
+use tokio::process::{Child, Command};
+use tokio_postgres::Client;
+
+use crate::load::{broker_load, http_load, DirectPublish, Pace};
+use crate::procfs::{cpu_time, pid_listening_on, status_kib, CpuMeter};
+use crate::{events, peer};
+
+/// What `bench worker` is asked to do.
+pub struct WorkerBench {
+    pub events: usize,
+    pub peer: bool,
+    pub lag_events: usize,
+    pub rate: u32,
+    /// `LOG_FORMAT` of the worker; production runs `json`.
+    pub log_format: String,
+}
+
+/// One measured drain.
+struct Drain {
+    name: String,
+    events: usize,
+    elapsed: Duration,
+    worker_us: f64,
+    postgres_us: f64,
+    rabbit_us: Option<f64>,
+    peak_rss_kib: u64,
+    mean_batch: f64,
+}
+
+impl Drain {
+    fn per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+pub async fn run(bench: WorkerBench) -> anyhow::Result<()> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench lives in the workspace").to_path_buf();
+    let bins = build_binaries(&workspace)?;
+    let logs = workspace.join("target/bench");
+    std::fs::create_dir_all(&logs)?;
+    let amqp_port = reqwest::Url::parse(&testkit::amqp_url())?.port().unwrap_or(5672);
+    let beam = pid_listening_on(amqp_port);
+    if beam.is_none() {
+        eprintln!("note: the RabbitMQ process on port {amqp_port} is not visible; its CPU is not reported");
+    }
+    let signed = events::signed_batch("wb", bench.events);
+
+    let mut drains = Vec::new();
+    for (name, batch) in [("batch size 1", Some("1")), ("default batch size", None)] {
+        eprintln!("draining {} events, {name}", bench.events);
+        let drain = drain(&bins.worker, &logs, &signed, name, batch, beam, &bench.log_format).await?;
+        drains.push(drain);
+    }
+
+    let peer = if bench.peer {
+        eprintln!("posting {} events to the inline peer", bench.events);
+        Some(run_peer(&workspace, &signed).await?)
+    } else {
+        None
+    };
+
+    eprintln!("streaming {} events through ingest at {}/s", bench.lag_events, bench.rate);
+    let lag = lag_phase(&bins, &logs, bench.lag_events, bench.rate, &bench.log_format).await?;
+
+    println!();
+    println!(
+        "worker: {} signed Stripe checkout.session.completed events (~1.5 KB) queued ahead, one worker",
+        bench.events
+    );
+    println!("| run | events/s | worker µs/event | Postgres µs/event | RabbitMQ µs/event | total µs/event | peak RSS | mean batch |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for d in &drains {
+        let rabbit = d.rabbit_us.map_or("n/a".to_string(), |u| format!("{u:.0}"));
+        let total = d.worker_us + d.postgres_us + d.rabbit_us.unwrap_or(0.0);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {rabbit} | {total:.0} | {:.1} MiB | {:.1} |",
+            d.name,
+            d.per_second(),
+            d.worker_us,
+            d.postgres_us,
+            d.peak_rss_kib as f64 / 1024.0,
+            d.mean_batch
+        );
+    }
+    if let Some(p) = &peer {
+        println!(
+            "| inline peer (Node, {} connections) | {:.0} | node {:.0} | {:.0} | — | {:.0} | {:.1} MiB | — |",
+            PEER_CONNECTIONS,
+            p.per_second,
+            p.node_us,
+            p.postgres_us,
+            p.node_us + p.postgres_us,
+            p.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    let (one, default) = (&drains[0], &drains[1]);
+    println!();
+    println!("default batch vs batch size 1: {:.2}x", default.per_second() / one.per_second());
+    if let Some(p) = &peer {
+        println!("default batch vs the inline peer: {:.2}x", default.per_second() / p.per_second);
+        println!("batch size 1 vs the inline peer: {:.2}x", one.per_second() / p.per_second);
+    }
+    crate::report_latency(
+        &format!("end-to-end lag at {}/s through ingest (receipt to commit)", bench.rate),
+        &lag,
+        "ms",
+    );
+    Ok(())
+}
+
+struct Binaries {
+    worker: PathBuf,
+    ingest: PathBuf,
+}
+
+/// Builds the release binaries (so the benchmark never measures stale ones).
+fn build_binaries(workspace: &Path) -> anyhow::Result<Binaries> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "worker", "--bin", "worker", "-p", "ingest", "--bin", "ingest"])
+        .current_dir(workspace)
+        .status()
+        .context("cargo build --release")?;
+    anyhow::ensure!(status.success(), "building the binaries failed");
+    let dir = std::env::current_exe()?.parent().expect("the benchmark binary is in a directory").to_path_buf();
+    Ok(Binaries { worker: dir.join("worker"), ingest: dir.join("ingest") })
+}
+
+/// A migrated database with one pending payment per event (`ord0..`), and a prefix.
+struct Stage {
+    db: testkit::TestDb,
+    broker: testkit::TestBroker,
+    sql: Client,
+    topology: Topology,
+}
+
+async fn stage(events: usize) -> anyhow::Result<Stage> {
+    let db = testkit::TestDb::create().await;
+    let broker = testkit::TestBroker::new().await;
+    let settings = broker.settings(Some(&db.url), &[]);
+    worker::migrate::migrate(&settings).await?;
+    let sql = db.client().await;
+    sql.execute(
+        "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, $1::int) RETURNING id),
+              n AS (SELECT id, row_number() OVER () - 1 AS i FROM b)
+         INSERT INTO payments (order_id, booking_id, provider, amount, currency)
+         SELECT 'ord' || i, id, 'stripe', 30000, 'usd' FROM n",
+        &[&(events as i32)],
+    )
+    .await?;
+    sql.batch_execute("VACUUM ANALYZE").await?;
+    let topology = Topology::from_settings(&settings);
+    topology.declare(broker.connection()).await?;
+    Ok(Stage { db, broker, sql, topology })
+}
+
+/// Queues every event as ingest would (same exchange, routing key, headers and body).
+async fn fill(stage: &Stage, signed: &Arc<Vec<crate::load::SignedEvent>>) -> anyhow::Result<()> {
+    let connection = Connection::connect(
+        &testkit::amqp_url(),
+        ConnectionProperties::default().with_connection_name("bench-fill".into()),
+    )
+    .await?;
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(channel);
+    }
+    let bodies = signed.clone();
+    let properties = Arc::new(move |i: usize| {
+        let event = &bodies[i];
+        let key = event_id(&event.body);
+        EventEnvelope {
+            provider: Provider::Stripe,
+            event_type: "checkout.session.completed".into(),
+            event_key: key,
+            verification: IngestVerification::Signature,
+            received_at: Utc::now(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            attempt: 0,
+            delivery_headers: [("stripe-signature".to_string(), event.signature.to_str().unwrap_or("").to_string())]
+                .into_iter()
+                .collect(),
+            body: Vec::new(),
+        }
+        .properties()
+    });
+    let target = Arc::new(DirectPublish {
+        channels,
+        exchange: stage.topology.events_exchange(),
+        routing_key: Topology::routing_key("stripe", "checkout.session.completed"),
+        properties,
+    });
+    let result = broker_load(target, signed.clone(), 64, Pace::Closed).await?;
+    let _ = connection.close(200, "filled".into()).await;
+    anyhow::ensure!(result.failed == 0, "{} events could not be queued", result.failed);
+    Ok(())
+}
+
+/// The `id` of a Stripe event body.
+fn event_id(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("benchmark events are JSON");
+    value["id"].as_str().expect("an id").to_string()
+}
+
+async fn drain(
+    bin: &Path,
+    logs: &Path,
+    signed: &Arc<Vec<crate::load::SignedEvent>>,
+    name: &str,
+    batch: Option<&str>,
+    beam: Option<u32>,
+    log_format: &str,
+) -> anyhow::Result<Drain> {
+    let stage = stage(signed.len()).await?;
+    fill(&stage, signed).await?;
+    let log = logs.join(format!("worker-{}.log", name.replace(' ', "-")));
+    let mut vars = vec![("LOG_FORMAT", log_format.to_string())];
+    if let Some(size) = batch {
+        vars.push(("WORKER_BATCH_SIZE", size.to_string()));
+    }
+    let background = postgres_background_pids(&stage.sql).await?;
+    let background_before = total_cpu(&background);
+    let rabbit = CpuMeter::start(beam);
+    let started = Instant::now();
+    let worker = WorkerProcess::start(bin, &stage, &vars, &log).await?;
+    let backends = testkit::eventually("the worker's database connections", Duration::from_secs(30), || async {
+        let pids = worker_backend_pids(&stage).await.ok()?;
+        (!pids.is_empty()).then_some(pids)
+    })
+    .await;
+    let applied = wait_applied(&worker, signed.len()).await?;
+    let elapsed = started.elapsed();
+    // Connections opened later (the pool grows on demand) are counted too.
+    let backends = {
+        let mut all = backends;
+        all.extend(worker_backend_pids(&stage).await?);
+        all.sort_unstable();
+        all.dedup();
+        all
+    };
+    let worker_cpu = worker.pid().and_then(cpu_time).unwrap_or_default();
+    let postgres_cpu = total_cpu(&backends) + total_cpu(&background).saturating_sub(background_before);
+    let rabbit_cpu = rabbit.elapsed();
+    let peak_rss_kib = worker.pid().and_then(|p| status_kib(p, "VmHWM")).unwrap_or(0);
+    let (batches, batched) = applied.batches;
+    worker.stop().await;
+    verify(&stage, signed.len()).await?;
+    let per_event = |d: Duration| d.as_secs_f64() * 1e6 / signed.len() as f64;
+    Ok(Drain {
+        name: name.to_string(),
+        events: signed.len(),
+        elapsed,
+        worker_us: per_event(worker_cpu),
+        postgres_us: per_event(postgres_cpu),
+        rabbit_us: rabbit_cpu.map(per_event),
+        peak_rss_kib,
+        mean_batch: if batches > 0.0 { batched / batches } else { 0.0 },
+    })
+}
+
+fn total_cpu(pids: &[u32]) -> Duration {
+    pids.iter().filter_map(|p| cpu_time(*p)).sum()
+}
+
+/// The Postgres server's own processes (WAL writer, checkpointer, background writer, ...): they
+/// do work on behalf of every client.
+async fn postgres_background_pids(sql: &Client) -> anyhow::Result<Vec<u32>> {
+    let rows = sql.query("SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'", &[]).await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+}
+
+/// The backends serving the worker's pool.
+async fn worker_backend_pids(stage: &Stage) -> anyhow::Result<Vec<u32>> {
+    let rows = stage
+        .sql
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'webhooks-worker'",
+            &[&stage.db.name],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+}
+
+struct Applied {
+    /// (batches, deliveries in them) from `worker_batch_size`.
+    batches: (f64, f64),
+}
+
+/// Polls the worker's metrics until `expected` events are applied.
+async fn wait_applied(worker: &WorkerProcess, expected: usize) -> anyhow::Result<Applied> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/metrics", worker.addr);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let text = client.get(&url).send().await?.text().await?;
+        let applied = metric_sum(&text, "worker_events_total{", Some("outcome=\"applied\""));
+        if applied as usize >= expected {
+            let batches = metric_sum(&text, "worker_batch_size_count", None);
+            let batched = metric_sum(&text, "worker_batch_size_sum", None);
+            return Ok(Applied { batches: (batches, batched) });
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {applied} of {expected} events applied in 30 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of the samples of a metric in Prometheus text (optionally only those with `label`).
+fn metric_sum(text: &str, prefix: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && label.is_none_or(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every payment paid by its own event, one notification each, nothing left over.
+async fn verify(stage: &Stage, events: usize) -> anyhow::Result<()> {
+    let n = events as i64;
+    let one = |sql: &'static str| async move {
+        let row = stage.sql.query_one(sql, &[]).await?;
+        Ok::<i64, anyhow::Error>(row.get(0))
+    };
+    let paid = one("SELECT count(*) FROM payments
+          WHERE payment_status = 'paid' AND paid_at IS NOT NULL
+            AND payment_metadata->'webhook'->>'event_id' = 'evt_wb_' || substr(order_id, 4)")
+    .await?;
+    anyhow::ensure!(paid == n, "{paid} of {n} payments paid by their own event");
+    let applied = one("SELECT count(*) FROM webhook_events WHERE status = 'applied' AND duplicates = 0").await?;
+    anyhow::ensure!(applied == n, "{applied} of {n} events applied once");
+    let notified = one("SELECT count(DISTINCT payment_id) FROM notifications").await?;
+    let notifications = one("SELECT count(*) FROM notifications").await?;
+    anyhow::ensure!(notified == n && notifications == n, "{notifications} notifications for {notified} payments");
+    testkit::eventually("the outbox emptied", Duration::from_secs(60), || async {
+        (one("SELECT count(*) FROM outbox").await.ok()? == 0).then_some(())
+    })
+    .await;
+    let dead = stage.broker.count(&stage.topology.dead_queue()).await;
+    anyhow::ensure!(dead == 0, "{dead} events dead-lettered");
+    Ok(())
+}
+
+/// The worker binary on a database and prefix of its own, logging to a file.
+struct WorkerProcess {
+    addr: std::net::SocketAddr,
+    child: Child,
+}
+
+impl WorkerProcess {
+    async fn start(bin: &Path, stage: &Stage, vars: &[(&str, String)], log: &Path) -> anyhow::Result<Self> {
+        let port = peer::free_port()?;
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let log_file = std::fs::File::create(log)?;
+        let mut command = Command::new(bin);
+        command
+            .env("DATABASE_URL", &stage.db.url)
+            .env("AMQP_URL", testkit::amqp_url())
+            .env("AMQP_PREFIX", &stage.broker.prefix)
+            .env("WORKER_ADDR", addr.to_string())
+            .env_remove("RUST_LOG")
+            .env_remove("WEBHOOKS_CONFIG")
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let child = command.spawn().with_context(|| format!("start {}", bin.display()))?;
+        let client = reqwest::Client::new();
+        testkit::eventually("worker listening", Duration::from_secs(30), || async {
+            client.get(format!("http://{addr}/healthz")).send().await.ok()?.status().is_success().then_some(())
+        })
+        .await;
+        Ok(Self { addr, child })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM, as an orchestrator stops it.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Connections the inline peer is driven with (its pool holds 16).
+const PEER_CONNECTIONS: usize = 64;
+
+struct PeerRun {
+    per_second: f64,
+    node_us: f64,
+    postgres_us: f64,
+    peak_rss_kib: u64,
+}
+
+async fn run_peer(workspace: &Path, signed: &Arc<Vec<crate::load::SignedEvent>>) -> anyhow::Result<PeerRun> {
+    let peer =
+        peer::InlinePeer::start(&peer::default_source(workspace), &workspace.join("target"), signed.len()).await?;
+    let admin = testkit::db::connect(&testkit::admin_database_url()).await;
+    let background = postgres_background_pids(&admin).await?;
+    let background_before = total_cpu(&background);
+    let node_before = peer.pid().and_then(cpu_time).unwrap_or_default();
+    let result = http_load(peer.addr, "/api/webhooks/stripe", signed.clone(), PEER_CONNECTIONS, Pace::Closed).await?;
+    let backends: Vec<u32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+            &[&peer.database()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i32>(0) as u32)
+        .collect();
+    let node_cpu = peer.pid().and_then(cpu_time).unwrap_or_default().saturating_sub(node_before);
+    let postgres_cpu = total_cpu(&backends) + total_cpu(&background).saturating_sub(background_before);
+    let peak_rss_kib = peer.pid().and_then(|p| status_kib(p, "VmHWM")).unwrap_or(0);
+    anyhow::ensure!(result.failed == 0, "the inline peer failed {} requests", result.failed);
+    let paid = peer.paid().await?;
+    anyhow::ensure!(paid == signed.len() as i64, "the inline peer paid {paid} of {} payments", signed.len());
+    let per_event = |d: Duration| d.as_secs_f64() * 1e6 / signed.len() as f64;
+    let run = PeerRun {
+        per_second: result.per_second(),
+        node_us: per_event(node_cpu),
+        postgres_us: per_event(postgres_cpu),
+        peak_rss_kib,
+    };
+    peer.stop().await;
+    Ok(run)
+}
+
+/// Ingest and a worker (both release binaries) on one database and prefix; `count` events
+/// posted at `rate`; the lag of each is its `processed_at - received_at`.
+async fn lag_phase(
+    bins: &Binaries,
+    logs: &Path,
+    count: usize,
+    rate: u32,
+    log_format: &str,
+) -> anyhow::Result<Histogram<u64>> {
+    let stage = stage(count).await?;
+    let worker = WorkerProcess::start(
+        &bins.worker,
+        &stage,
+        &[("LOG_FORMAT", log_format.to_string())],
+        &logs.join("worker-lag.log"),
+    )
+    .await?;
+    let ingest_port = peer::free_port()?;
+    let ingest_addr: std::net::SocketAddr = ([127, 0, 0, 1], ingest_port).into();
+    let log_file = std::fs::File::create(logs.join("ingest-lag.log"))?;
+    let mut ingest = Command::new(&bins.ingest)
+        .env("AMQP_URL", testkit::amqp_url())
+        .env("AMQP_PREFIX", &stage.broker.prefix)
+        .env("INGEST_ADDR", ingest_addr.to_string())
+        .env("STRIPE_WEBHOOK_SECRET", events::SECRET)
+        .env("LOG_FORMAT", log_format)
+        .env_remove("RUST_LOG")
+        .env_remove("WEBHOOKS_CONFIG")
+        .stdout(Stdio::from(log_file.try_clone()?))
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = reqwest::Client::new();
+    testkit::eventually("ingest ready", Duration::from_secs(30), || async {
+        client.get(format!("http://{ingest_addr}/readyz")).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await;
+    let signed = events::signed_batch("wb", count);
+    let result = http_load(ingest_addr, "/api/webhooks/stripe", signed, 16, Pace::Rate(f64::from(rate))).await?;
+    anyhow::ensure!(result.failed == 0, "ingest refused {} events", result.failed);
+    wait_applied(&worker, count).await?;
+    let rows = stage
+        .sql
+        .query(
+            "SELECT (extract(epoch FROM processed_at - received_at) * 1000000)::bigint FROM webhook_events
+              WHERE status = 'applied'",
+            &[],
+        )
+        .await?;
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    for row in rows {
+        lag.record(row.get::<_, i64>(0).max(1) as u64)?;
+    }
+    worker.stop().await;
+    if let Some(pid) = ingest.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), ingest.wait()).await;
+    let _ = ingest.kill().await;
+    Ok(lag)
+}
