@@ -51,6 +51,9 @@ enum Command {
     Worker {
         #[arg(long, default_value_t = 20_000)]
         events: usize,
+        /// Batch sizes to drain with, in order (`default` is the worker's default).
+        #[arg(long, value_delimiter = ',', default_value = "1,default")]
+        batch_sizes: Vec<String>,
         /// Skip the inline Node peer (it needs `node` and `npm`).
         #[arg(long)]
         no_peer: bool,
@@ -73,8 +76,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest { requests, concurrency, no_peer, log_format } => {
             ingest_bench::run(ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format }).await
         }
-        Command::Worker { events, no_peer, lag_events, rate, log_format } => {
-            worker_bench::run(worker_bench::WorkerBench { events, peer: !no_peer, lag_events, rate, log_format }).await
+        Command::Worker { events, batch_sizes, no_peer, lag_events, rate, log_format } => {
+            let batch_sizes = batch_sizes
+                .iter()
+                .map(|b| match b.as_str() {
+                    "default" => Ok(None),
+                    n => n.parse().map(Some).map_err(|_| anyhow::anyhow!("--batch-sizes: {n:?} is not a size")),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let bench = worker_bench::WorkerBench { events, batch_sizes, peer: !no_peer, lag_events, rate, log_format };
+            worker_bench::run(bench).await
         }
     }
 }

@@ -33,6 +33,8 @@ use crate::{events, peer};
 /// What `bench worker` is asked to do.
 pub struct WorkerBench {
     pub events: usize,
+    /// Batch sizes to drain with; `None` is the default.
+    pub batch_sizes: Vec<Option<usize>>,
     pub peer: bool,
     pub lag_events: usize,
     pub rate: u32,
@@ -71,9 +73,11 @@ pub async fn run(bench: WorkerBench) -> anyhow::Result<()> {
     let signed = events::signed_batch("wb", bench.events);
 
     let mut drains = Vec::new();
-    for (name, batch) in [("batch size 1", Some("1")), ("default batch size", None)] {
+    for batch in &bench.batch_sizes {
+        let name = batch.map_or("default batch size".to_string(), |n| format!("batch size {n}"));
         eprintln!("draining {} events, {name}", bench.events);
-        let drain = drain(&bins.worker, &logs, &signed, name, batch, beam, &bench.log_format).await?;
+        let size = batch.map(|n| n.to_string());
+        let drain = drain(&bins.worker, &logs, &signed, &name, size.as_deref(), beam, &bench.log_format).await?;
         drains.push(drain);
     }
 
@@ -118,12 +122,16 @@ pub async fn run(bench: WorkerBench) -> anyhow::Result<()> {
             p.peak_rss_kib as f64 / 1024.0
         );
     }
-    let (one, default) = (&drains[0], &drains[1]);
     println!();
-    println!("default batch vs batch size 1: {:.2}x", default.per_second() / one.per_second());
+    let one = bench.batch_sizes.iter().position(|b| *b == Some(1)).map(|i| &drains[i]);
+    let default = bench.batch_sizes.iter().position(Option::is_none).map(|i| &drains[i]);
+    if let (Some(one), Some(default)) = (one, default) {
+        println!("default batch vs batch size 1: {:.2}x", default.per_second() / one.per_second());
+    }
     if let Some(p) = &peer {
-        println!("default batch vs the inline peer: {:.2}x", default.per_second() / p.per_second);
-        println!("batch size 1 vs the inline peer: {:.2}x", one.per_second() / p.per_second);
+        for d in &drains {
+            println!("{} vs the inline peer: {:.2}x", d.name, d.per_second() / p.per_second);
+        }
     }
     crate::report_latency(
         &format!("end-to-end lag at {}/s through ingest (receipt to commit)", bench.rate),
@@ -365,6 +373,10 @@ async fn verify(stage: &Stage, events: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The worker's log filter, as in production; `BENCH_WORKER_LOG` overrides it (e.g.
+/// `info,worker::process=debug` for the timing of every batch).
+const DEFAULT_FILTER: &str = shared::telemetry::DEFAULT_FILTER;
+
 /// The worker binary on a database and prefix of its own, logging to a file.
 struct WorkerProcess {
     addr: std::net::SocketAddr,
@@ -382,7 +394,7 @@ impl WorkerProcess {
             .env("AMQP_URL", testkit::amqp_url())
             .env("AMQP_PREFIX", &stage.broker.prefix)
             .env("WORKER_ADDR", addr.to_string())
-            .env_remove("RUST_LOG")
+            .env("RUST_LOG", std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into()))
             .env_remove("WEBHOOKS_CONFIG")
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))

@@ -97,6 +97,7 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
             Some((i, Entry { envelope, work, copies: item.copies }))
         })
         .unzip();
+    let read = started.elapsed();
     // Halted until shutdown: the deliveries stay unsettled and return to the queue.
     let Some(Committed { results, notifications }) = commit(&deps, &entries).await else { return };
     let elapsed = started.elapsed();
@@ -129,10 +130,20 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
         }
     }
 
+    let settled = started.elapsed();
+
     let messages: Vec<Message> = notifications.iter().map(Message::from).collect();
     if let Err(error) = outbox::publish(&deps, &messages).await {
         tracing::warn!(%error, "notifications not published now; the outbox relay publishes them");
     }
+    tracing::debug!(
+        deliveries = items.len(),
+        read_us = read.as_micros() as u64,
+        commit_us = (elapsed - read).as_micros() as u64,
+        settle_us = (settled - elapsed).as_micros() as u64,
+        publish_us = (started.elapsed() - settled).as_micros() as u64,
+        "batch done"
+    );
 }
 
 /// A message the broker delivers for the last time before its delivery limit parks it (it
