@@ -1,0 +1,230 @@
+//! Load generators: signed webhooks over keep-alive HTTP/1 connections (a bare hyper client,
+//! far cheaper than a full-featured one, so the generator takes little of the machine), and
+//! confirmed publishes straight to the broker with lapin, the ceiling ingest is measured against.
+//!
+//! Both run either closed-loop (each connection sends its next request as soon as it has an
+//! answer: maximum throughput) or paced (request `i` is due at `start + i / rate`; latency
+//! counts from when it was due, so a stall is not hidden by requests that were never sent).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How requests are issued.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as answers come back.
+    Closed,
+    /// This many requests per second, in total.
+    Rate(f64),
+}
+
+/// One prepared webhook.
+#[derive(Clone)]
+pub struct SignedEvent {
+    pub body: Bytes,
+    pub signature: http::HeaderValue,
+}
+
+/// What one run measured.
+pub struct LoadResult {
+    pub ok: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+    /// Microseconds until a successful answer (or confirm).
+    pub latency: Histogram<u64>,
+}
+
+impl LoadResult {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Hands out request numbers and says when each is due.
+struct Schedule {
+    next: AtomicUsize,
+    total: usize,
+    start: Instant,
+    pace: Pace,
+}
+
+impl Schedule {
+    /// The next request number and the instant its latency counts from.
+    async fn take(&self) -> Option<(usize, Instant)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.total {
+            return None;
+        }
+        match self.pace {
+            Pace::Closed => Some((i, Instant::now())),
+            Pace::Rate(rate) => {
+                let due = self.start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                Some((i, due))
+            }
+        }
+    }
+}
+
+/// Posts `events` to `addr` + `path` over `connections` keep-alive connections.
+pub async fn http_load(
+    addr: SocketAddr,
+    path: &'static str,
+    events: Arc<Vec<SignedEvent>>,
+    connections: usize,
+    pace: Pace,
+) -> anyhow::Result<LoadResult> {
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(connect(addr).await?);
+    }
+    let schedule = Arc::new(Schedule { next: AtomicUsize::new(0), total: events.len(), start: Instant::now(), pace });
+    let mut tasks = Vec::with_capacity(connections);
+    for sender in senders {
+        let (schedule, events) = (schedule.clone(), events.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = Some(sender);
+            let (mut latency, mut ok, mut failed) = (histogram(), 0u64, 0u64);
+            while let Some((i, from)) = schedule.take().await {
+                let current = match sender.take() {
+                    Some(s) if !s.is_closed() => s,
+                    _ => match connect(addr).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            failed += 1;
+                            continue;
+                        }
+                    },
+                };
+                let (status, current) = post(current, addr, path, &events[i]).await;
+                sender = current;
+                if status == Some(200) {
+                    ok += 1;
+                    latency.record((from.elapsed().as_micros() as u64).max(1)).expect("within bounds");
+                } else {
+                    failed += 1;
+                }
+            }
+            (latency, ok, failed)
+        }));
+    }
+    collect(tasks, schedule.start).await
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends one webhook; returns its status and the sender, if the connection can be reused.
+async fn post(
+    mut sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    event: &SignedEvent,
+) -> (Option<u16>, Option<SendRequest<Full<Bytes>>>) {
+    if sender.ready().await.is_err() {
+        return (None, None);
+    }
+    let request = hyper::Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("stripe-signature", event.signature.clone())
+        .body(Full::new(event.body.clone()))
+        .expect("valid request");
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let drained = response.into_body().collect().await.is_ok();
+            (Some(status), drained.then_some(sender))
+        }
+        Err(_) => (None, None),
+    }
+}
+
+/// One broker-only publish: what ingest does for a webhook, minus HTTP and verification.
+pub struct DirectPublish {
+    pub channels: Vec<Channel>,
+    pub exchange: String,
+    pub routing_key: String,
+    /// Properties of message `i` (ingest's envelope headers).
+    pub properties: Arc<dyn Fn(usize) -> BasicProperties + Send + Sync>,
+}
+
+/// Publishes every body persistently and mandatorily, each awaited until its confirm, from
+/// `concurrency` tasks sharing the channels round-robin, as ingest's requests share them.
+pub async fn broker_load(
+    target: Arc<DirectPublish>,
+    events: Arc<Vec<SignedEvent>>,
+    concurrency: usize,
+    pace: Pace,
+) -> anyhow::Result<LoadResult> {
+    let schedule = Arc::new(Schedule { next: AtomicUsize::new(0), total: events.len(), start: Instant::now(), pace });
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (schedule, events, target) = (schedule.clone(), events.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latency, mut ok, mut failed) = (histogram(), 0u64, 0u64);
+            while let Some((i, from)) = schedule.take().await {
+                let channel = &target.channels[i % target.channels.len()];
+                let options = BasicPublishOptions { mandatory: true, immediate: false };
+                let confirmed = async {
+                    channel
+                        .basic_publish(
+                            target.exchange.as_str().into(),
+                            target.routing_key.as_str().into(),
+                            options,
+                            &events[i].body,
+                            (target.properties)(i),
+                        )
+                        .await?
+                        .await
+                }
+                .await;
+                match confirmed {
+                    Ok(Confirmation::Ack(None)) => {
+                        ok += 1;
+                        latency.record((from.elapsed().as_micros() as u64).max(1)).expect("within bounds");
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (latency, ok, failed)
+        }));
+    }
+    collect(tasks, schedule.start).await
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>,
+    start: Instant,
+) -> anyhow::Result<LoadResult> {
+    let mut result = LoadResult { ok: 0, failed: 0, elapsed: Duration::ZERO, latency: histogram() };
+    for task in tasks {
+        let (latency, ok, failed) = task.await?;
+        result.latency.add(latency)?;
+        result.ok += ok;
+        result.failed += failed;
+    }
+    result.elapsed = start.elapsed();
+    Ok(result)
+}
