@@ -112,7 +112,7 @@ async fn receive(
     }
     .properties(delivery_headers(headers));
     let routing_key = Topology::routing_key(provider.as_str(), &accepted.event_type);
-    state.broker.publish(&state.events_exchange, &routing_key, &body, properties).await.map_err(
+    state.broker.publish_bytes(&state.events_exchange, &routing_key, body.clone(), properties).await.map_err(
         |error| match error {
             PublishError::InvalidName => RejectReason::MalformedBody("event type too long for a routing key".into()),
             error => {
