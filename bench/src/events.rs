@@ -15,32 +15,18 @@ pub const SECRET: &str = testkit::events::STRIPE_SECRET;
 /// A realistic session event for order `order_id`.
 pub fn session_completed(event_id: &str, order_id: &str) -> Vec<u8> {
     let created = chrono::Utc::now().timestamp();
-    serde_json::to_vec(&json!({
-        "id": event_id,
-        "object": "event",
-        "api_version": "2024-06-20",
-        "created": created,
-        "livemode": false,
-        "pending_webhooks": 1,
-        "request": {"id": null, "idempotency_key": null},
-        "type": "checkout.session.completed",
-        "data": {"object": {
+    let session = json!({
             "id": format!("cs_test_a1{order_id}b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0"),
             "object": "checkout.session",
-            "after_expiration": null,
             "allow_promotion_codes": null,
             "amount_subtotal": 30000,
             "amount_total": 30000,
             "automatic_tax": {"enabled": false, "liability": null, "status": null},
-            "billing_address_collection": null,
             "cancel_url": "https://example.com/checkout/cancel",
             "client_reference_id": order_id,
-            "consent": null,
-            "consent_collection": null,
             "created": created - 60,
             "currency": "usd",
             "custom_fields": [],
-            "custom_text": {"shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
             "customer": "cus_PxYzAbCdEfGh12",
             "customer_creation": "if_required",
             "customer_details": {
@@ -57,13 +43,9 @@ pub fn session_completed(event_id: &str, order_id: &str) -> Vec<u8> {
             "payment_intent": format!("pi_3Pq{order_id}XyZ"),
             "payment_link": null,
             "payment_method_collection": "if_required",
-            "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
             "payment_method_types": ["card"],
             "payment_status": "paid",
-            "phone_number_collection": {"enabled": false},
-            "recovered_from": null,
             "setup_intent": null,
-            "shipping_address_collection": null,
             "shipping_cost": null,
             "shipping_details": null,
             "status": "complete",
@@ -73,7 +55,17 @@ pub fn session_completed(event_id: &str, order_id: &str) -> Vec<u8> {
             "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
             "ui_mode": "hosted",
             "url": null
-        }}
+    });
+    serde_json::to_vec(&json!({
+        "id": event_id,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": created,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": "checkout.session.completed",
+        "data": {"object": session}
     }))
     .expect("serialisable")
 }

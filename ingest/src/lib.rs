@@ -35,13 +35,15 @@ pub const STRIPE_ROUTE: &str = "/api/webhooks/stripe";
 pub const TOSS_ROUTE: &str = "/api/webhooks/toss";
 
 /// Publisher channels shared by all requests (see `BrokerOptions::publish_channels`).
-const PUBLISH_CHANNELS: usize = 4;
+pub const PUBLISH_CHANNELS: usize = 4;
 
 /// What every request handler reads.
 pub struct AppState {
     pub settings: Settings,
     pub stripe_secrets: Vec<SecretString>,
     pub broker: Broker,
+    /// `{prefix}.events`, where every webhook is published.
+    pub events_exchange: String,
     pub metrics: IngestMetrics,
     /// Caps requests in flight; beyond it ingest answers 503 at once instead of queueing work.
     pub inflight: Semaphore,
@@ -81,6 +83,7 @@ impl Ingest {
         );
         let state = Arc::new(AppState {
             inflight: Semaphore::new(settings.max_inflight_requests),
+            events_exchange: broker.topology().events_exchange(),
             settings,
             stripe_secrets,
             broker,
@@ -130,22 +133,19 @@ impl Ingest {
 }
 
 async fn route(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let path = request.uri().path().to_string();
-    let (provider, route) = match path.as_str() {
+    let request_id = request_id(request.headers());
+    let id = request_id.to_str().expect("request ids are visible ASCII");
+    let path = request.uri().path();
+    let (provider, route) = match path {
         STRIPE_ROUTE => (Some(Provider::Stripe), STRIPE_ROUTE),
         TOSS_ROUTE => (Some(Provider::Toss), TOSS_ROUTE),
-        "/healthz" | "/readyz" | "/metrics" => (None, path.as_str()),
+        "/healthz" => (None, "/healthz"),
+        "/readyz" => (None, "/readyz"),
+        "/metrics" => (None, "/metrics"),
         _ => (None, "other"),
     };
     let mut response = match (provider, request.method()) {
-        (Some(provider), &Method::POST) => webhook::handle(state, provider, request, peer, request_id.clone()).await,
+        (Some(provider), &Method::POST) => webhook::handle(state, provider, request, peer, id).await,
         (Some(_), _) => error::method_not_allowed("POST"),
         (None, &Method::GET) | (None, &Method::HEAD) => match route {
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -160,13 +160,23 @@ async fn route(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -
         (None, _) if route != "other" => error::method_not_allowed("GET"),
         (None, _) => error::not_found(),
     };
-    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    let code = response.status().as_u16().to_string();
-    let provider = provider.map(Provider::as_str).unwrap_or("");
-    state.metrics.requests.with_label_values(&[provider, route, &code]).inc();
+    state.metrics.count(provider, route, response.status());
+    response.headers_mut().insert("x-request-id", request_id);
     response
+}
+
+/// The caller's `X-Request-Id` when it is a sane one (1 to 64 visible ASCII characters),
+/// otherwise a new UUID.
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    headers
+        .get("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut buffer = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+            http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
+        })
 }
 
 fn readiness(state: &AppState) -> HttpResponse {

@@ -1,7 +1,11 @@
 //! Ingest metrics, on a registry of its own (see `shared::metrics`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use http::StatusCode;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use shared::metrics::{register, BrokerMetrics, LATENCY_BUCKETS};
+use shared::Provider;
+
+use crate::{STRIPE_ROUTE, TOSS_ROUTE};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -13,6 +17,9 @@ pub struct IngestMetrics {
     /// Webhook requests being handled now.
     pub inflight: IntGauge,
     pub broker: BrokerMetrics,
+    /// The children every accepted webhook touches, looked up once instead of per request.
+    accepted: [IntCounter; 2],
+    latency_by_provider: [Histogram; 2],
 }
 
 impl IngestMetrics {
@@ -38,7 +45,40 @@ impl IngestMetrics {
         let inflight =
             register(&registry, IntGauge::new("ingest_inflight_requests", "Webhook requests in flight").unwrap());
         let broker = BrokerMetrics::register(&registry);
-        Self { registry, requests, latency, inflight, broker }
+        let accepted = [Provider::Stripe, Provider::Toss]
+            .map(|p| requests.with_label_values(&[p.as_str(), route_of(p), StatusCode::OK.as_str()]));
+        let latency_by_provider = [Provider::Stripe, Provider::Toss].map(|p| latency.with_label_values(&[p.as_str()]));
+        Self { registry, requests, latency, inflight, broker, accepted, latency_by_provider }
+    }
+
+    /// Counts one answer.
+    pub fn count(&self, provider: Option<Provider>, route: &str, status: StatusCode) {
+        match provider {
+            Some(p) if status == StatusCode::OK => self.accepted[index(p)].inc(),
+            _ => {
+                let provider = provider.map(Provider::as_str).unwrap_or("");
+                self.requests.with_label_values(&[provider, route, status.as_str()]).inc()
+            }
+        }
+    }
+
+    /// The latency histogram of `provider`'s webhooks.
+    pub fn latency(&self, provider: Provider) -> &Histogram {
+        &self.latency_by_provider[index(provider)]
+    }
+}
+
+fn index(provider: Provider) -> usize {
+    match provider {
+        Provider::Stripe => 0,
+        Provider::Toss => 1,
+    }
+}
+
+fn route_of(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Stripe => STRIPE_ROUTE,
+        Provider::Toss => TOSS_ROUTE,
     }
 }
 

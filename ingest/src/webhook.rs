@@ -1,21 +1,21 @@
 //! The two webhook routes: read the body within limits, verify it, queue it with a publisher
 //! confirm, and only then answer 200.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
-use serde_json::json;
 use shared::broker::PublishError;
-use shared::envelope::{EventEnvelope, IngestVerification, DELIVERY_HEADERS};
-use shared::http_server::{json_response, HttpResponse};
+use shared::envelope::{EnvelopeHeaders, IngestVerification, DELIVERY_HEADERS};
+use shared::http_server::HttpResponse;
 use shared::providers::check_event_identity;
-use shared::providers::stripe::parse_stripe_event;
+use shared::providers::stripe_head::parse_stripe_event_head;
 use shared::providers::toss::parse_toss_event;
 use shared::topology::Topology;
 use shared::verify::stripe::{verify_stripe_signature, StripeSignatureError};
@@ -27,20 +27,29 @@ use crate::client_ip::{client_ip, is_allowed};
 use crate::error::RejectReason;
 use crate::AppState;
 
-/// Handles `POST /api/webhooks/{stripe,toss}`.
+/// Handles `POST /api/webhooks/{stripe,toss}`. One log line per webhook: the guide's line
+/// (`[Stripe Webhook] Event received`, `[Toss Webhook] Received`) once the event is stored,
+/// otherwise why it was refused.
 pub async fn handle(
     state: &AppState,
     provider: Provider,
     request: Request<Incoming>,
     peer: SocketAddr,
-    request_id: String,
+    request_id: &str,
 ) -> HttpResponse {
     let started = Instant::now();
-    let span = tracing::info_span!("webhook", %request_id, provider = %provider, event_id = tracing::field::Empty, order_id = tracing::field::Empty, status = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "webhook",
+        request_id,
+        provider = provider.as_str(),
+        event_id = tracing::field::Empty,
+        order_id = tracing::field::Empty,
+        status = tracing::field::Empty
+    );
     let response = async {
-        let result = receive(state, provider, request, peer, &request_id).await;
+        let result = receive(state, provider, request, peer, request_id).await;
         let response = match result {
-            Ok(()) => json_response(StatusCode::OK, &json!({"received": true})),
+            Ok(()) => accepted(),
             Err(reason) => {
                 if reason.status().is_server_error() {
                     tracing::warn!(code = reason.code(), detail = %reason, "webhook not queued");
@@ -55,7 +64,14 @@ pub async fn handle(
     }
     .instrument(span)
     .await;
-    state.metrics.latency.with_label_values(&[provider.as_str()]).observe(started.elapsed().as_secs_f64());
+    state.metrics.latency(provider).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `200 {"received":true}`, the answer Stripe's and Toss's own examples give.
+fn accepted() -> HttpResponse {
+    let mut response = HttpResponse::new(Full::new(Bytes::from_static(br#"{"received":true}"#)));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -72,61 +88,69 @@ async fn receive(
         check_toss_source(state, request.headers(), peer)?;
     }
     let (parts, body) = request.into_parts();
+    // The body stays in hyper's buffer: verified, parsed and published from there.
     let body = read_body(state, &parts.headers, body).await?;
     let headers = &parts.headers;
-    let Accepted { event_type, event_key, verification, order_id } = match provider {
+    let accepted = match provider {
         Provider::Stripe => verify_stripe(state, headers, &body)?,
         Provider::Toss => verify_toss(state, headers, &body)?,
     };
     let span = tracing::Span::current();
-    span.record("event_id", event_key.as_str());
-    if let Some(order_id) = &order_id {
-        span.record("order_id", order_id.as_str());
+    span.record("event_id", &*accepted.event_key);
+    if let Some(order_id) = &accepted.order_id {
+        span.record("order_id", &**order_id);
     }
 
-    let envelope = EventEnvelope {
+    let properties = EnvelopeHeaders {
         provider,
-        event_type,
-        event_key,
-        verification,
+        event_type: &accepted.event_type,
+        event_key: &accepted.event_key,
+        verification: accepted.verification,
         received_at: Utc::now(),
-        request_id: request_id.to_string(),
+        request_id,
         attempt: 0,
-        delivery_headers: delivery_headers(headers),
-        body: body.to_vec(),
-    };
-    let topology = state.broker.topology();
-    let routing_key = Topology::routing_key(provider.as_str(), &envelope.event_type);
-    state
-        .broker
-        .publish(&topology.events_exchange(), &routing_key, &envelope.body, envelope.properties())
-        .await
-        .map_err(|error| match error {
+    }
+    .properties(delivery_headers(headers));
+    let routing_key = Topology::routing_key(provider.as_str(), &accepted.event_type);
+    state.broker.publish_bytes(&state.events_exchange, &routing_key, body.clone(), properties).await.map_err(
+        |error| match error {
             PublishError::InvalidName => RejectReason::MalformedBody("event type too long for a routing key".into()),
             error => {
                 tracing::warn!(%error, "publish not confirmed");
                 RejectReason::BrokerUnavailable
             }
-        })?;
-    tracing::info!(event_type = %envelope.event_type, verification = verification.as_str(), "queued");
+        },
+    )?;
+    let verification = accepted.verification.as_str();
+    match provider {
+        Provider::Stripe => tracing::info!(
+            r#type = &*accepted.event_type,
+            id = &*accepted.event_key,
+            verification,
+            "[Stripe Webhook] Event received"
+        ),
+        Provider::Toss => tracing::info!(
+            event_type = &*accepted.event_type,
+            order_id = accepted.order_id.as_deref().unwrap_or(""),
+            status = accepted.status.as_deref().unwrap_or(""),
+            verification,
+            "[Toss Webhook] Received"
+        ),
+    }
     Ok(())
 }
 
 /// The provider's delivery headers to carry along. Each is capped: they are informational,
 /// and an oversized AMQP header frame would make the broker drop the shared connection.
-fn delivery_headers(headers: &HeaderMap) -> std::collections::BTreeMap<String, String> {
-    DELIVERY_HEADERS
-        .iter()
-        .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| (name, v)))
-        .filter(|(name, value)| {
-            let keep = value.len() <= MAX_DELIVERY_HEADER_LEN;
-            if !keep {
-                tracing::warn!(header = %name, length = value.len(), "oversized delivery header not carried along");
-            }
-            keep
-        })
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
+fn delivery_headers(headers: &HeaderMap) -> impl Iterator<Item = (&'static str, &str)> {
+    DELIVERY_HEADERS.iter().filter_map(|name| {
+        let value = headers.get(*name)?.to_str().ok()?;
+        if value.len() > MAX_DELIVERY_HEADER_LEN {
+            tracing::warn!(header = %name, length = value.len(), "oversized delivery header not carried along");
+            return None;
+        }
+        Some((*name, value))
+    })
 }
 
 /// Longest delivery header value carried into the message.
@@ -165,15 +189,17 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// What verification established about a request.
-struct Accepted {
-    event_type: String,
-    event_key: String,
+/// What verification established about a request, borrowed from its body where possible.
+struct Accepted<'a> {
+    event_type: Cow<'a, str>,
+    event_key: Cow<'a, str>,
     verification: IngestVerification,
-    order_id: Option<String>,
+    order_id: Option<Cow<'a, str>>,
+    /// Toss's payment status, for the log line.
+    status: Option<Cow<'a, str>>,
 }
 
-fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, RejectReason> {
+fn verify_stripe<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> Result<Accepted<'a>, RejectReason> {
     verify_stripe_signature(
         body,
         header(headers, "stripe-signature"),
@@ -190,19 +216,18 @@ fn verify_stripe(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<A
         };
         RejectReason::BadSignature(detail)
     })?;
-    let event = parse_stripe_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
+    let event = parse_stripe_event_head(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     check_event_identity(&event.event_type, &event.id).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
-    tracing::info!(r#type = %event.event_type, id = %event.id, "[Stripe Webhook] Event received");
-    let order_id = event.order_id().map(str::to_string);
     Ok(Accepted {
         event_type: event.event_type,
         event_key: event.id,
         verification: IngestVerification::Signature,
-        order_id,
+        order_id: event.order_id,
+        status: None,
     })
 }
 
-fn verify_toss(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, RejectReason> {
+fn verify_toss<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> Result<Accepted<'a>, RejectReason> {
     let event = parse_toss_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     let key = event.event_key(body);
     check_event_identity(&event.event_type, &key).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
@@ -218,11 +243,11 @@ fn verify_toss(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Acc
         }
         _ => IngestVerification::Unsigned,
     };
-    tracing::info!(
-        event_type = %event.event_type,
-        order_id = event.order_id.as_deref().unwrap_or(""),
-        status = event.status.as_deref().unwrap_or(""),
-        "[Toss Webhook] Received"
-    );
-    Ok(Accepted { event_type: event.event_type, event_key: key, verification, order_id: event.order_id })
+    Ok(Accepted {
+        event_type: Cow::Owned(event.event_type),
+        event_key: Cow::Owned(key),
+        verification,
+        order_id: event.order_id.map(Cow::Owned),
+        status: event.status.map(Cow::Owned),
+    })
 }

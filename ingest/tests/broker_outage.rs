@@ -5,19 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{error_code, TestIngest};
+use common::{broker_addr, error_code, TestIngest};
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
-use testkit::{amqp_url, TcpProxy, TestBroker};
-
-/// The real broker's address, for a proxy in front of it.
-fn broker_addr() -> std::net::SocketAddr {
-    let url = reqwest::Url::parse(&amqp_url()).unwrap();
-    let host = match url.host_str().unwrap() {
-        "localhost" => "127.0.0.1",
-        h => h,
-    };
-    format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
-}
+use testkit::{TcpProxy, TestBroker};
 
 #[tokio::test]
 async fn cut_broker_means_503_and_recovery_without_restart() {

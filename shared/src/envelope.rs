@@ -86,36 +86,74 @@ pub struct EnvelopeError {
     pub problem: &'static str,
 }
 
-impl EventEnvelope {
-    /// AMQP properties: persistent, JSON, message id `<provider>:<event key>`, all headers.
-    pub fn properties(&self) -> BasicProperties {
+/// The headers of one queued webhook, borrowed from the request: ingest builds the AMQP
+/// properties from these without an envelope, map or string of its own per request.
+/// [`EventEnvelope::properties`] goes through the same function, so the wire format is one.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeHeaders<'a> {
+    pub provider: Provider,
+    pub event_type: &'a str,
+    pub event_key: &'a str,
+    pub verification: IngestVerification,
+    pub received_at: DateTime<Utc>,
+    pub request_id: &'a str,
+    pub attempt: u32,
+}
+
+impl EnvelopeHeaders<'_> {
+    /// AMQP properties: persistent, JSON, message id `<provider>:<event key>`, every header,
+    /// and the provider's `delivery_headers` (name, value) as they are.
+    pub fn properties<'n, 'v>(
+        &self,
+        delivery_headers: impl IntoIterator<Item = (&'n str, &'v str)>,
+    ) -> BasicProperties {
         let mut headers = FieldTable::default();
         let mut put = |k: &str, v: AMQPValue| {
             headers.insert(ShortString::from(k), v);
         };
         put(H_VERSION, AMQPValue::LongLongInt(ENVELOPE_VERSION));
         put(H_PROVIDER, long_string(self.provider.as_str()));
-        put(H_EVENT_TYPE, long_string(&self.event_type));
-        put(H_EVENT_KEY, long_string(&self.event_key));
+        put(H_EVENT_TYPE, long_string(self.event_type));
+        put(H_EVENT_KEY, long_string(self.event_key));
         put(H_VERIFICATION, long_string(self.verification.as_str()));
         put(H_RECEIVED_AT, long_string(&self.received_at.to_rfc3339_opts(SecondsFormat::Micros, true)));
-        put(H_REQUEST_ID, long_string(&self.request_id));
+        put(H_REQUEST_ID, long_string(self.request_id));
         put(H_ATTEMPT, AMQPValue::LongLongInt(i64::from(self.attempt)));
-        for (name, value) in &self.delivery_headers {
+        for (name, value) in delivery_headers {
             put(name, long_string(value));
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_content_type("application/json".into())
+            .with_content_type(ShortString::from("application/json"))
             .with_timestamp(self.received_at.timestamp().max(0) as u64)
-            .with_app_id("ingest".into())
+            .with_app_id(ShortString::from("ingest"))
             .with_headers(headers);
         // A message id is a short string (255 bytes); keys are bounded well below that, and an
         // over-long one only loses this convenience copy (x-event-key always has it).
-        match ShortString::try_new(format!("{}:{}", self.provider, self.event_key)) {
+        let mut id = String::with_capacity(self.provider.as_str().len() + 1 + self.event_key.len());
+        id.push_str(self.provider.as_str());
+        id.push(':');
+        id.push_str(self.event_key);
+        match ShortString::try_new(id) {
             Ok(id) => properties.with_message_id(id),
             Err(_) => properties,
         }
+    }
+}
+
+impl EventEnvelope {
+    /// AMQP properties: persistent, JSON, message id `<provider>:<event key>`, all headers.
+    pub fn properties(&self) -> BasicProperties {
+        EnvelopeHeaders {
+            provider: self.provider,
+            event_type: &self.event_type,
+            event_key: &self.event_key,
+            verification: self.verification,
+            received_at: self.received_at,
+            request_id: &self.request_id,
+            attempt: self.attempt,
+        }
+        .properties(self.delivery_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// Reads an envelope back from a delivery.

@@ -10,8 +10,11 @@ pub struct BrokerMetrics {
     pub connected: IntGauge,
     /// Connections established since start (a rising count means flapping).
     pub connects: IntCounter,
-    /// Publishes by outcome: `confirmed`, `unroutable`, `nacked`, `timeout`, `unavailable`.
+    /// Publishes by outcome: `confirmed`, `unroutable`, `nacked`, `timeout`, `blocked`,
+    /// `unavailable`, `invalid`.
     pub publishes: IntCounterVec,
+    /// Publisher channels replaced after a nack or a channel error.
+    pub channels_retired: IntCounter,
 }
 
 impl BrokerMetrics {
@@ -21,14 +24,20 @@ impl BrokerMetrics {
         let publishes =
             IntCounterVec::new(Opts::new("amqp_publish_total", "Publishes by publisher-confirm outcome"), &["outcome"])
                 .unwrap();
+        let channels_retired = IntCounter::new(
+            "amqp_channels_retired_total",
+            "Publisher channels replaced after a nack or a channel error",
+        )
+        .unwrap();
         for metric in [
             Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connects.clone()),
             Box::new(publishes.clone()),
+            Box::new(channels_retired.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
-        Self { connected, connects, publishes }
+        Self { connected, connects, publishes, channels_retired }
     }
 }
 

@@ -43,7 +43,9 @@ pub struct Settings {
     pub database_url: SecretString,
     /// Connections in the worker's pool.
     pub database_pool_size: usize,
-    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`), or the URLs of a cluster's nodes,
+    /// comma-separated: processes connect to the first that answers and move on to the next
+    /// when their node goes away.
     pub amqp_url: SecretString,
     /// Every exchange and queue name starts with this prefix.
     pub amqp_prefix: String,
@@ -253,9 +255,17 @@ impl Settings {
         if !prefix_ok {
             return Err(SettingsError::invalid("amqp_prefix", "use 1 to 100 of A-Z a-z 0-9 . - _"));
         }
-        let amqp = self.amqp_url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            return Err(SettingsError::invalid("amqp_url", "must start with amqp:// or amqps://"));
+        let nodes = crate::broker::nodes::node_urls(&self.amqp_url);
+        if nodes.is_empty() {
+            return Err(SettingsError::invalid("amqp_url", "names no broker"));
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let node = node.expose_secret();
+            if !(node.starts_with("amqp://") || node.starts_with("amqps://")) {
+                // The value is not echoed: it may hold a password.
+                let which = if nodes.len() == 1 { String::new() } else { format!("entry {} ", i + 1) };
+                return Err(SettingsError::invalid("amqp_url", format!("{which}must start with amqp:// or amqps://")));
+            }
         }
         let db = self.database_url.expose_secret();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
@@ -348,17 +358,10 @@ impl Settings {
     }
 }
 
-/// A URL with its password replaced, safe for log lines.
+/// A URL with its password replaced, safe for log lines; for a comma-separated list
+/// (`AMQP_URL` naming several nodes), every password in it.
 pub fn redacted_url(url: &SecretString) -> String {
-    match url::Url::parse(url.expose_secret()) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparseable url>".into(),
-    }
+    crate::broker::nodes::redacted_urls(url)
 }
 
 fn from_config_error(error: config::ConfigError) -> SettingsError {

@@ -23,7 +23,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
-    telemetry::init(settings.log_format);
+    let _logs = telemetry::init(settings.log_format);
     let _failpoints = fail::FailScenario::setup();
     match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => worker::migrate::migrate(&settings).await,

@@ -65,3 +65,13 @@ pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("JSON error body");
     body["error"].as_str().expect("error code").to_string()
 }
+
+/// The real broker's address, for a proxy in front of it.
+pub fn broker_addr() -> SocketAddr {
+    let url = reqwest::Url::parse(&testkit::amqp_url()).unwrap();
+    let host = match url.host_str().unwrap() {
+        "localhost" => "127.0.0.1",
+        h => h,
+    };
+    format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
+}

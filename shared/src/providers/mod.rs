@@ -2,6 +2,7 @@
 //! raw bytes; the original bytes always travel unchanged next to what is parsed from them.
 
 pub mod stripe;
+pub mod stripe_head;
 pub mod toss;
 
 use rust_decimal::Decimal;

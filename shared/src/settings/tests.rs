@@ -125,6 +125,22 @@ fn redacted_urls_keep_the_host_and_drop_the_password() {
 }
 
 #[test]
+fn amqp_url_may_list_several_nodes_and_errors_never_echo_them() {
+    let list = "amqp://guest:hunter2@mq1:5672/%2f,amqp://guest:hunter3@mq2:5672/%2f";
+    let s = Settings::from_vars([("AMQP_URL", list)]).unwrap();
+    let shown = redacted_url(&s.amqp_url);
+    assert_eq!(shown, "amqp://guest:***@mq1:5672/%2f,amqp://guest:***@mq2:5672/%2f");
+    assert!(!format!("{s:?}").contains("hunter"));
+
+    let err = Settings::from_vars([("AMQP_URL", "amqp://guest:hunter2@mq1/%2f,http://guest:hunter3@mq2")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("AMQP_URL") && err.contains("entry 2"), "{err}");
+    assert!(!err.contains("hunter"), "{err}");
+    assert!(Settings::from_vars([("AMQP_URL", " , ")]).is_err());
+}
+
+#[test]
 fn trusting_proxy_hops_needs_the_proxies_addresses() {
     let err = Settings::from_vars([("TRUSTED_PROXY_HOPS", "1")]).unwrap_err().to_string();
     assert!(err.contains("TRUSTED_PROXIES"), "{err}");

@@ -13,8 +13,7 @@ use clap::{Args, Subcommand};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shared::envelope::{
     header_int, header_str, long_string, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE, H_LAST_ERROR,
     H_PROVIDER,
@@ -123,12 +122,9 @@ fn death_reason(headers: &FieldTable) -> String {
 }
 
 pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()> {
-    let connection = Connection::connect(
-        settings.amqp_url.expose_secret(),
-        ConnectionProperties::default().with_connection_name("hookctl".into()),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
+    let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
     let topology = Topology::from_settings(settings);
     topology.declare(&connection).await?;
     let outbox = match &command {

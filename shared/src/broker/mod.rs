@@ -1,0 +1,312 @@
+//! One AMQP connection per process, kept alive by a supervisor task.
+//!
+//! The supervisor ([`supervisor`]) connects to a node of `AMQP_URL` (a comma-separated list of
+//! the nodes of one cluster, see [`nodes`]), declares the [`Topology`], opens a few publisher
+//! channels in confirm mode and publishes the live [`Link`] on a watch channel. When the
+//! connection breaks (an error event, a failed publish, a status poll, or a link on which
+//! confirms stopped altogether) it withdraws the link, so publishers fail fast with
+//! [`PublishError::Unavailable`] (ingest answers 503), and connects to the next node, backing
+//! off once every node has failed. Nothing is retried silently: a publish whose confirm was
+//! lost is reported as failed, never as stored.
+//!
+//! Failures stay as small as they are: a confirm that is late fails only its own publish (the
+//! link is replaced only when it goes silent as a whole), and a nack retires only its channel.
+//! A nack must retire the channel: after a quorum queue's leader moves, RabbitMQ 3.10 can nack
+//! every publish on a channel that published before the election, while a new channel is acked.
+
+mod link;
+pub mod nodes;
+mod supervisor;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation};
+use secrecy::SecretString;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::link::open_publisher;
+pub use self::link::Link;
+pub use self::nodes::{connect_first, redacted_urls, ConnectError};
+use crate::metrics::BrokerMetrics;
+use crate::topology::Topology;
+
+/// How a process uses its connection.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Shown in the RabbitMQ management UI (`ingest`, `worker`, ...).
+    pub connection_name: String,
+    /// Publisher channels shared round-robin by all publishes. A channel pipelines any
+    /// number of publishes; a few spread the confirm bookkeeping, and keep publishing going
+    /// while one retired channel is replaced.
+    pub publish_channels: usize,
+    /// Longest wait for a publisher confirm.
+    pub publish_timeout: Duration,
+}
+
+/// Why a publish is not known to be stored. Each maps to "not stored, try again".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker is not connected")]
+    Unavailable,
+    #[error("broker is blocking publishers (a memory or disk alarm)")]
+    Blocked,
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for the message ({0})")]
+    Unroutable(String),
+    #[error("exchange or routing key longer than AMQP allows (255 bytes)")]
+    InvalidName,
+}
+
+impl PublishError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Blocked => "blocked",
+            Self::Timeout(_) => "timeout",
+            Self::Nacked => "nacked",
+            Self::Unroutable(_) => "unroutable",
+            Self::InvalidName => "invalid",
+        }
+    }
+}
+
+/// Handle to the supervised connection; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The nodes of `AMQP_URL`, in order.
+    nodes: Vec<SecretString>,
+    topology: Topology,
+    options: BrokerOptions,
+    link: watch::Sender<Option<Arc<Link>>>,
+    broken: Notify,
+    /// Generation of the link last reported broken.
+    broken_generation: AtomicU64,
+    generations: AtomicU64,
+    metrics: BrokerMetrics,
+    /// Replacements of retired channels run here, so shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+impl Broker {
+    /// Starts the supervisor on `tracker`; it closes the connection when `cancel` fires.
+    /// `url` is `AMQP_URL`: one node, or several comma-separated.
+    pub fn start(
+        url: SecretString,
+        topology: Topology,
+        options: BrokerOptions,
+        metrics: BrokerMetrics,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let mut nodes = nodes::node_urls(&url);
+        if nodes.is_empty() {
+            nodes.push(url);
+        }
+        let inner = Arc::new(Inner {
+            nodes,
+            topology,
+            options,
+            link: watch::channel(None).0,
+            broken: Notify::new(),
+            broken_generation: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
+            metrics,
+            tasks: tracker.clone(),
+        });
+        tracker.spawn(supervisor::supervise(inner.clone(), cancel));
+        Self { inner }
+    }
+
+    /// Starts the supervisor for the broker and topology named by `settings`.
+    pub fn from_settings(
+        settings: &crate::Settings,
+        connection_name: &str,
+        publish_channels: usize,
+        metrics: BrokerMetrics,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let options = BrokerOptions {
+            connection_name: connection_name.to_string(),
+            publish_channels,
+            publish_timeout: settings.publish_timeout,
+        };
+        Self::start(settings.amqp_url.clone(), Topology::from_settings(settings), options, metrics, cancel, tracker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The current link, if connected.
+    pub fn current(&self) -> Option<Arc<Link>> {
+        self.inner.link.borrow().clone()
+    }
+
+    /// Index in `AMQP_URL` of the node currently connected to.
+    pub fn current_node(&self) -> Option<usize> {
+        self.current().map(|l| l.node)
+    }
+
+    /// Waits for a link; `None` once `cancel` fires.
+    pub async fn connected(&self, cancel: &CancellationToken) -> Option<Arc<Link>> {
+        let mut rx = self.inner.link.subscribe();
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            link = rx.wait_for(Option::is_some) => link.ok().and_then(|l| l.clone()),
+        }
+    }
+
+    /// Connected, not blocked by a resource alarm, and no confirm awaited longer than the
+    /// publish timeout without any arriving.
+    pub fn is_ready(&self) -> bool {
+        let timeout = self.inner.options.publish_timeout;
+        self.current().is_some_and(|l| {
+            l.connected() && !l.blocked() && l.confirms.stalled_for().is_none_or(|stalled| stalled < timeout)
+        })
+    }
+
+    /// Tells the supervisor that `link` failed, so it reconnects instead of waiting for the
+    /// next status poll.
+    pub fn report_broken(&self, link: &Arc<Link>) {
+        if self.current().is_some_and(|current| Arc::ptr_eq(&current, link)) {
+            self.inner.broken_generation.store(link.generation, Ordering::SeqCst);
+            self.inner.broken.notify_one();
+        }
+    }
+
+    /// Publishes a persistent message and waits for its confirm. `Ok` only for `Ack` with
+    /// nothing returned: with `mandatory`, an unroutable message comes back as a return
+    /// followed by an ack, which is [`PublishError::Unroutable`] here.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.publish_bytes(exchange, routing_key, Bytes::copy_from_slice(body), properties).await
+    }
+
+    /// [`Broker::publish`] for a body already in a [`Bytes`] (ingest's request body): no copy
+    /// is made of it before lapin frames it.
+    pub async fn publish_bytes(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Bytes,
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let result = self.publish_inner(exchange, routing_key, body, properties).await;
+        let label = match &result {
+            Ok(()) => "confirmed",
+            Err(e) => e.label(),
+        };
+        self.inner.metrics.publishes.with_label_values(&[label]).inc();
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Bytes,
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        // Checked here, not by `From<&str>`, which panics past 255 bytes.
+        let exchange = ShortString::try_new(exchange).map_err(|_| PublishError::InvalidName)?;
+        let routing_key = ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidName)?;
+        let link = self.current().ok_or(PublishError::Unavailable)?;
+        if link.blocked() {
+            // Publishing now would only wait for the alarm to clear.
+            return Err(PublishError::Blocked);
+        }
+        let (slot, channel) = link.publisher().ok_or(PublishError::Unavailable)?;
+        let awaited = link.confirms.start();
+        let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let publishing = channel.clone();
+        let mut confirmed = Box::pin(async move {
+            let confirmation = publishing.basic_publish(exchange, routing_key, options, &body, properties).await?.await;
+            drop(awaited);
+            confirmation
+        });
+        let timeout = self.inner.options.publish_timeout;
+        let confirmation = tokio::select! {
+            confirmation = &mut confirmed => confirmation,
+            _ = tokio::time::sleep(timeout) => {
+                // This request fails; the confirm is still awaited in the background so the
+                // link's clock sees whether confirms still flow (readiness) and when they
+                // resume. The link itself is replaced only if it goes silent as a whole.
+                // Bounded: by then a silent link has been replaced, which ends it anyway.
+                let watch_for = timeout * (supervisor::STALLED_LINK_TIMEOUTS + 1);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(watch_for, confirmed).await;
+                });
+                return Err(PublishError::Timeout(timeout));
+            }
+        };
+        match confirmation {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::Unroutable(returned.reply_text.to_string())),
+            Ok(Confirmation::Nack(_)) => {
+                self.retire(&link, slot, &channel, "the broker nacked a publish on it");
+                Err(PublishError::Nacked)
+            }
+            Ok(Confirmation::NotRequested) => {
+                // Only possible if a channel lost confirm mode.
+                self.retire(&link, slot, &channel, "it is not in confirm mode");
+                Err(PublishError::Unavailable)
+            }
+            Err(error) if link.connected() => {
+                tracing::warn!(%error, "publish failed on its channel; replacing the channel");
+                self.retire(&link, slot, &channel, "a publish failed on it");
+                Err(PublishError::Unavailable)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "publish failed; reconnecting to the broker");
+                self.report_broken(&link);
+                Err(PublishError::Unavailable)
+            }
+        }
+    }
+
+    /// Takes `channel` out of rotation and opens a replacement at once; the old channel is
+    /// closed once the publishes still waiting on it have had their time.
+    fn retire(&self, link: &Arc<Link>, slot: usize, channel: &Channel, why: &'static str) {
+        if !link.take_publisher(slot, channel) {
+            return; // Another publish already retired it.
+        }
+        self.inner.metrics.channels_retired.inc();
+        tracing::warn!(channel = channel.id(), why, "retiring a publisher channel");
+        let (broker, link, old) = (self.clone(), link.clone(), channel.clone());
+        self.inner.tasks.spawn(async move {
+            match open_publisher(&link.connection).await {
+                Ok(fresh) => link.put_publisher(slot, fresh),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open a publisher channel; reconnecting to the broker");
+                    broker.report_broken(&link);
+                }
+            }
+            // Untracked: shutdown closes the whole connection anyway.
+            let grace = broker.inner.options.publish_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = old.close(200, "retired".into()).await;
+            });
+        });
+    }
+}

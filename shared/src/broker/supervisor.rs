@@ -1,0 +1,128 @@
+//! The task that keeps a link: connects to a node of `AMQP_URL`, declares the topology, opens
+//! the publisher channels, publishes the link, watches it, and on loss moves to the next node.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties, Event};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use super::link::{open_publisher, Link};
+use super::nodes::{redacted_node, CONNECT_TIMEOUT};
+use super::Inner;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Backstop for connection loss that produced no error event, and for stalled confirms.
+const STATUS_POLL: Duration = Duration::from_millis(250);
+/// A link on which confirms are awaited and none has arrived for this many publish timeouts
+/// is broken even if its socket looks open (a half-dead path): it is replaced. One slow
+/// confirm only fails its own request; this is the whole link going silent.
+pub(super) const STALLED_LINK_TIMEOUTS: u32 = 3;
+
+async fn connect(inner: &Inner, node: usize) -> Result<Arc<Link>, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(inner.options.connection_name.clone().into());
+    let connection = Connection::connect(inner.nodes[node].expose_secret(), properties).await?;
+    inner.topology.declare(&connection).await?;
+    let mut publishers = Vec::with_capacity(inner.options.publish_channels.max(1));
+    for _ in 0..inner.options.publish_channels.max(1) {
+        publishers.push(open_publisher(&connection).await?);
+    }
+    let generation = inner.generations.fetch_add(1, Ordering::SeqCst) + 1;
+    Ok(Arc::new(Link::new(generation, node, connection, publishers)))
+}
+
+/// Connects, serves and reconnects until `cancel` fires. Tries the nodes in turn, starting
+/// after the one that was lost; backs off once a whole round of nodes has failed.
+pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
+    let nodes = inner.nodes.len().max(1);
+    let mut node = 0;
+    let mut failed_in_a_row = 0;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let shown = redacted_node(inner.nodes[node].expose_secret());
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => break,
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&inner, node)) => attempt,
+        };
+        match attempt {
+            Ok(Ok(link)) => {
+                tracing::info!(broker = %shown, prefix = inner.topology.prefix(), "broker connected, topology declared");
+                inner.metrics.connected.set(1);
+                inner.metrics.connects.inc();
+                inner.link.send_replace(Some(link.clone()));
+                failed_in_a_row = 0;
+                backoff = MIN_BACKOFF;
+                let shutting_down = watch_link(&inner, &link, &cancel).await;
+                inner.link.send_replace(None);
+                inner.metrics.connected.set(0);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), link.connection.close(200, "closing".into())).await;
+                if shutting_down {
+                    tracing::info!("broker connection closed");
+                    return;
+                }
+                tracing::warn!(broker = %shown, "broker connection lost; reconnecting");
+                node = (node + 1) % nodes;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(MIN_BACKOFF) => {}
+                }
+                continue;
+            }
+            Ok(Err(error)) => tracing::warn!(broker = %shown, %error, "broker unreachable"),
+            Err(_) => tracing::warn!(broker = %shown, "broker connect timed out"),
+        }
+        node = (node + 1) % nodes;
+        failed_in_a_row += 1;
+        if failed_in_a_row % nodes == 0 {
+            tracing::warn!(retry_in = ?backoff, "no broker node answered");
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Returns when the link is gone (false) or shutdown was requested (true).
+async fn watch_link(inner: &Inner, link: &Link, cancel: &CancellationToken) -> bool {
+    let mut events = link.connection.events_listener();
+    let mut poll = tokio::time::interval(STATUS_POLL);
+    let stall_limit = inner.options.publish_timeout * STALLED_LINK_TIMEOUTS;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return true,
+            _ = inner.broken.notified() => {
+                if inner.broken_generation.load(Ordering::SeqCst) == link.generation {
+                    return false;
+                }
+            }
+            event = events.next() => match event {
+                Some(Event::Error(error)) => {
+                    tracing::warn!(%error, "broker connection error");
+                    return false;
+                }
+                Some(Event::ConnectionBlocked(reason)) => tracing::warn!(%reason, "broker blocked publishing"),
+                Some(Event::ConnectionUnblocked) => tracing::info!("broker unblocked publishing"),
+                Some(_) => {}
+                None => return false,
+            },
+            _ = poll.tick() => {
+                if !link.connected() {
+                    return false;
+                }
+                // A broker under a resource alarm holds confirms on purpose; another
+                // connection would be held the same way.
+                if link.confirms.stalled_for().is_some_and(|s| s > stall_limit) && !link.blocked() {
+                    tracing::warn!(silent_for = ?stall_limit, "no publisher confirm arrived on the broker connection; replacing it");
+                    return false;
+                }
+            }
+        }
+    }
+}

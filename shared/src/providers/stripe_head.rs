@@ -1,0 +1,318 @@
+//! The three fields ingest reads from a Stripe event (`id`, `type`, and the order id for its
+//! log line), read in one pass over the raw bytes without building a JSON document: strings
+//! are borrowed from the body unless they contain escapes, everything else is skipped.
+//!
+//! It answers exactly as [`parse_stripe_event`](super::stripe::parse_stripe_event) followed by
+//! `order_id()` does (the worker still parses the whole event that way): the body must be one
+//! JSON object; a field that is missing, empty or not a string counts as missing; a key given
+//! twice counts with its last value; a `data` or `object` that is not an object holds nothing.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::PayloadError;
+
+/// What ingest needs from a Stripe event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeEventHead<'a> {
+    /// `evt_...`, the dedupe key.
+    pub id: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    /// `data.object.client_reference_id`, else `data.object.metadata.order_id`.
+    pub order_id: Option<Cow<'a, str>>,
+}
+
+/// Reads `id`, `type` and the order id of a Stripe event.
+pub fn parse_stripe_event_head(body: &[u8]) -> Result<StripeEventHead<'_>, PayloadError> {
+    // The full parser refuses invalid UTF-8 anywhere; skipped strings are not checked by the
+    // JSON reader, so the whole body is checked first (and then read as text).
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotJsonObject)?;
+    let Root(root) = serde_json::from_str::<Root>(text).map_err(|_| PayloadError::NotJsonObject)?;
+    let id = root.id.ok_or(PayloadError::MissingField("id"))?;
+    let event_type = root.event_type.ok_or(PayloadError::MissingField("type"))?;
+    let object = root.data.object;
+    let order_id = object.client_reference_id.or(object.metadata.order_id);
+    Ok(StripeEventHead { id, event_type, order_id })
+}
+
+/// An object whose interesting keys are picked by [`Pick::pick`]; the rest is skipped.
+trait Pick<'de>: Default {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+}
+
+#[derive(Default)]
+struct EventFields<'a> {
+    id: Option<Cow<'a, str>>,
+    event_type: Option<Cow<'a, str>>,
+    data: DataFields<'a>,
+}
+
+#[derive(Default)]
+struct DataFields<'a> {
+    object: ObjectFields<'a>,
+}
+
+#[derive(Default)]
+struct ObjectFields<'a> {
+    client_reference_id: Option<Cow<'a, str>>,
+    metadata: MetadataFields<'a>,
+}
+
+#[derive(Default)]
+struct MetadataFields<'a> {
+    order_id: Option<Cow<'a, str>>,
+}
+
+impl<'de> Pick<'de> for EventFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "id" => self.id = map.next_value::<Text>()?.0,
+            "type" => self.event_type = map.next_value::<Text>()?.0,
+            "data" => self.data = map.next_value::<Lenient<DataFields>>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Pick<'de> for DataFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "object" => self.object = map.next_value::<Lenient<ObjectFields>>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Pick<'de> for ObjectFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "client_reference_id" => self.client_reference_id = map.next_value::<Text>()?.0,
+            "metadata" => self.metadata = map.next_value::<Lenient<MetadataFields>>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Pick<'de> for MetadataFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "order_id" => self.order_id = map.next_value::<Text>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+    map.next_value::<IgnoredAny>().map(|_| ())
+}
+
+fn pick_all<'de, T: Pick<'de>, A: MapAccess<'de>>(mut map: A) -> Result<T, A::Error> {
+    let mut fields = T::default();
+    while let Some(Text(key)) = map.next_key::<Text>()? {
+        fields.pick(key.as_deref().unwrap_or_default(), &mut map)?;
+    }
+    Ok(fields)
+}
+
+/// The top level: must be an object.
+struct Root<'a>(EventFields<'a>);
+
+impl<'de> Deserialize<'de> for Root<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RootVisitor;
+        impl<'de> Visitor<'de> for RootVisitor {
+            type Value = Root<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                pick_all(map).map(Root)
+            }
+        }
+        deserializer.deserialize_map(RootVisitor)
+    }
+}
+
+/// Any JSON value; an object yields its picked fields, anything else none.
+struct Lenient<T>(T);
+
+impl<'de, T: Pick<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LenientVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Pick<'de>> Visitor<'de> for LenientVisitor<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                pick_all(map).map(Lenient)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Lenient(T::default()))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(T::default()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(T::default()))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(T::default()))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(T::default()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(T::default()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(T::default()))
+            }
+        }
+        deserializer.deserialize_any(LenientVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Any JSON value; a non-empty string yields itself (borrowed when it has no escapes),
+/// anything else `None`.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text((!v.is_empty()).then_some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text((!v.is_empty()).then(|| Cow::Owned(v.to_owned()))))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Text(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Text(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::stripe::parse_stripe_event;
+    use super::*;
+
+    /// The full parser's answer, in the head parser's terms.
+    fn full(body: &[u8]) -> Result<(String, String, Option<String>), PayloadError> {
+        parse_stripe_event(body).map(|e| (e.id.clone(), e.event_type.clone(), e.order_id().map(str::to_string)))
+    }
+
+    fn head(body: &[u8]) -> Result<(String, String, Option<String>), PayloadError> {
+        parse_stripe_event_head(body)
+            .map(|h| (h.id.into_owned(), h.event_type.into_owned(), h.order_id.map(Cow::into_owned)))
+    }
+
+    #[test]
+    fn reads_a_checkout_session_without_copying_plain_strings() {
+        let body =
+            crate::samples::stripe_session_event("evt_1", "checkout.session.completed", "order_7", "paid", 3000, "usd");
+        let h = parse_stripe_event_head(&body).unwrap();
+        assert!(matches!(h.id, Cow::Borrowed("evt_1")));
+        assert_eq!(h.event_type, "checkout.session.completed");
+        assert_eq!(h.order_id.as_deref(), Some("order_7"));
+    }
+
+    #[test]
+    fn agrees_with_the_full_parser_on_awkward_bodies() {
+        let bodies: &[&[u8]] = &[
+            b"[]",
+            b"not json",
+            b"",
+            br#"{"id":"evt","type":"t"} trailing"#,
+            br#"{"type":"x"}"#,
+            br#"{"id":"evt"}"#,
+            br#"{"id":7,"type":"x"}"#,
+            br#"{"id":"","type":"x"}"#,
+            br#"{"id":"a","id":"b","type":"x"}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":"o1"}},"data":{"object":{}}}"#,
+            br#"{"id":"a","type":"x","data":[1,2]}"#,
+            br#"{"id":"a","type":"x","data":{"object":"str"}}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":"","metadata":{"order_id":"m"}}}}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":5,"metadata":{"order_id":"m"}}}}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"metadata":{"order_id":{"nested":1}}}}}"#,
+            br#"{"id":"e\u0076t\n","type":"x\"y","data":{"object":{"client_reference_id":"\u00e9"}}}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":null}}}"#,
+            b"{\"id\":\"a\",\"type\":\"x\",\"skipped\":\"\xff\"}",
+        ];
+        for body in bodies {
+            assert_eq!(head(body), full(body), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z\"\\\\é]{0,4}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("id".to_string()),
+                            Just("type".to_string()),
+                            Just("data".to_string()),
+                            Just("object".to_string()),
+                            Just("metadata".to_string()),
+                            Just("order_id".to_string()),
+                            Just("client_reference_id".to_string()),
+                            "[a-z]{1,3}"
+                        ],
+                        inner
+                    ),
+                    0..5
+                )
+                .prop_map(|pairs| serde_json::Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_full_parser_on_any_json(value in json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            prop_assert_eq!(head(&body), full(&body));
+        }
+    }
+}
