@@ -9,7 +9,6 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde_json::Value;
 use shared::envelope::EventEnvelope;
 use shared::status::PaymentStatus;
 use subtle::ConstantTimeEq;
@@ -93,7 +92,7 @@ pub struct Plan {
 struct Working {
     row: LockedPayment,
     paid: bool,
-    metadata: Option<Value>,
+    metadata: Option<String>,
 }
 
 /// Decides every candidate in order. `already_final` holds the inbox keys that were applied
@@ -126,7 +125,7 @@ pub fn decide_batch(
                 id: w.row.id,
                 status: w.row.status,
                 paid: w.paid,
-                metadata: metadata.to_string(),
+                metadata,
                 provider: w.row.provider,
                 provider_payment_id: w.row.provider_payment_id,
                 deposit_secret: w.row.deposit_secret,

@@ -2,7 +2,8 @@
 //! status, which facts to check. Pure: no I/O, so every mapping is unit-tested.
 
 use rust_decimal::Decimal;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use shared::envelope::EventEnvelope;
 use shared::providers::stripe::{parse_stripe_event, StripeEvent};
 use shared::providers::toss::{parse_toss_event, TossEvent, TossEventKind};
@@ -64,7 +65,7 @@ pub struct IncomingEvent {
     pub unsigned_payment_event: bool,
     pub failure_reason: Option<String>,
     /// The provider object, without secrets, stored under `payment_metadata->'webhook'->'data'`.
-    pub data: Value,
+    pub data: EventData,
 }
 
 /// Facts established before the transaction (Toss fetch-back).
@@ -88,7 +89,7 @@ impl IncomingEvent {
     pub fn parse(envelope: &EventEnvelope) -> Result<Self, Unprocessable> {
         match envelope.provider {
             Provider::Stripe => parse_stripe_event(&envelope.body)
-                .map(|e| from_stripe(&e))
+                .map(from_stripe)
                 .map_err(|e| Unprocessable(format!("unparseable Stripe payload: {e}"))),
             Provider::Toss => {
                 let event = parse_toss_event(&envelope.body)
@@ -107,7 +108,7 @@ impl IncomingEvent {
     }
 }
 
-fn from_stripe(event: &StripeEvent) -> IncomingEvent {
+fn from_stripe(event: StripeEvent) -> IncomingEvent {
     use PaymentStatus::*;
     let target = match event.event_type.as_str() {
         "checkout.session.completed" => match event.session_payment_status() {
@@ -141,12 +142,8 @@ fn from_stripe(event: &StripeEvent) -> IncomingEvent {
     };
     IncomingEvent {
         provider: Provider::Stripe,
-        event_type: event.event_type.clone(),
         intent,
-        provider_status: event
-            .session_payment_status()
-            .or_else(|| event.object.get("status").and_then(Value::as_str))
-            .map(str::to_string),
+        provider_status: event.session_payment_status().or(event.object.status.as_deref()).map(str::to_string),
         amount: event.amount(),
         currency: event.currency().map(str::to_string),
         provider_payment_id: event.payment_intent_id().map(str::to_string),
@@ -154,7 +151,9 @@ fn from_stripe(event: &StripeEvent) -> IncomingEvent {
         is_deposit_callback: false,
         unsigned_payment_event: false,
         failure_reason: event.failure_reason(),
-        data: event.object.clone(),
+        event_type: event.event_type,
+        // Stripe objects carry no secret: stored as sent, without being parsed and rebuilt.
+        data: EventData::Raw(event.raw_object),
     }
 }
 
@@ -214,7 +213,7 @@ fn from_toss(event: &TossEvent) -> Result<IncomingEvent, Unprocessable> {
             .and_then(|f| f.get("message"))
             .and_then(Value::as_str)
             .map(str::to_string),
-        data: without_secrets(&event.payment),
+        data: EventData::Json(without_secrets(&event.payment)),
     })
 }
 
@@ -229,21 +228,70 @@ pub fn without_secrets(value: &Value) -> Value {
     }
 }
 
-/// What is stored under `payment_metadata->'webhook'`.
-pub fn webhook_metadata(envelope: &EventEnvelope, event: &IncomingEvent, verification: &str) -> Value {
-    json!({
-        "provider": envelope.provider.as_str(),
-        "event_id": envelope.event_key,
-        "event_type": event.event_type,
-        "provider_status": event.provider_status,
-        "amount": event.amount.map(|a| a.to_string()),
-        "currency": event.currency,
-        "failure_reason": event.failure_reason,
-        "verification": verification,
-        "received_at": envelope.received_at.to_rfc3339(),
-        "applied_at": chrono::Utc::now().to_rfc3339(),
-        "data": event.data,
-    })
+/// The provider's object as stored with the payment.
+#[derive(Debug, Clone)]
+pub enum EventData {
+    /// The JSON text exactly as the provider sent it.
+    Raw(Box<RawValue>),
+    /// A document the worker built (a Toss object without its secrets).
+    Json(Value),
+}
+
+impl EventData {
+    /// The object's JSON text.
+    pub fn to_json(&self) -> String {
+        match self {
+            Self::Raw(raw) => raw.get().to_string(),
+            Self::Json(value) => value.to_string(),
+        }
+    }
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl serde::Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Raw(raw) => raw.serialize(serializer),
+            Self::Json(value) => value.serialize(serializer),
+        }
+    }
+}
+
+/// What is stored under `payment_metadata->'webhook'`, as JSON text.
+pub fn webhook_metadata(envelope: &EventEnvelope, event: &IncomingEvent, verification: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Metadata<'a> {
+        provider: &'a str,
+        event_id: &'a str,
+        event_type: &'a str,
+        provider_status: Option<&'a str>,
+        amount: Option<String>,
+        currency: Option<&'a str>,
+        failure_reason: Option<&'a str>,
+        verification: &'a str,
+        received_at: String,
+        applied_at: String,
+        data: &'a EventData,
+    }
+    let metadata = Metadata {
+        provider: envelope.provider.as_str(),
+        event_id: &envelope.event_key,
+        event_type: &event.event_type,
+        provider_status: event.provider_status.as_deref(),
+        amount: event.amount.map(|a| a.to_string()),
+        currency: event.currency.as_deref(),
+        failure_reason: event.failure_reason.as_deref(),
+        verification,
+        received_at: envelope.received_at.to_rfc3339(),
+        applied_at: chrono::Utc::now().to_rfc3339(),
+        data: &event.data,
+    };
+    serde_json::to_string(&metadata).expect("metadata serialises")
 }
 
 #[cfg(test)]
@@ -348,7 +396,7 @@ mod tests {
         let deposit = toss(br#"{"secret":"ps_1","status":"DONE","orderId":"o-3"}"#).unwrap();
         assert!(deposit.is_deposit_callback);
         assert_eq!(deposit.deposit_secret.as_deref(), Some("ps_1"));
-        assert_eq!(deposit.data.get("secret"), None, "secrets never reach stored metadata");
+        assert!(!deposit.data.to_json().contains("secret"), "secrets never reach stored metadata");
     }
 
     #[test]

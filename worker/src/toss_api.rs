@@ -130,7 +130,7 @@ pub fn apply_fetched(mut event: IncomingEvent, fetched: &Value) -> Result<(Incom
     event.amount = api.total_amount;
     event.currency = api.currency.clone();
     event.provider_payment_id = api.payment_key.clone().or(event.provider_payment_id);
-    event.data = crate::event::without_secrets(fetched);
+    event.data = crate::event::EventData::Json(crate::event::without_secrets(fetched));
     Ok((event, Confirmed { fetched: true, fetched_secret: api.secret, api_behind: behind }))
 }
 
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(event.amount, Some(5000.into()));
         assert!(confirmed.fetched);
         assert_eq!(confirmed.fetched_secret.as_deref(), Some("ps_api"));
-        assert_eq!(event.data.get("secret"), None, "the secret is not stored in metadata");
+        assert!(!event.data.to_json().contains("\"secret\""), "the secret is not stored in metadata");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Parsing of provider bodies into the few fields the pipeline acts on. Pure functions over
 //! raw bytes; the original bytes always travel unchanged next to what is parsed from them.
 
+mod pick;
 pub mod stripe;
 pub mod stripe_head;
 pub mod toss;

@@ -1,46 +1,99 @@
 //! Stripe event envelopes: `{id, object: "event", type, created, data: {object}}`.
+//!
+//! Read in one pass without building a JSON document: the fields the pipeline acts on are
+//! picked out, and `data.object` is kept as the exact text Stripe sent, for the record. Reading
+//! is lenient the way field access on a parsed document is: a field of another type than
+//! expected counts as missing, and a key given twice counts with its last value.
+
+use std::borrow::Cow;
 
 use rust_decimal::Decimal;
-use serde_json::Value;
+use serde::de::MapAccess;
+use serde_json::value::RawValue;
 
-use super::{decimal_field, parse_object, str_field, PayloadError};
+use super::pick::{skip, Amount, Flag, Lenient, Object, Pick, Reference, Text};
+use super::PayloadError;
 
-/// What the pipeline reads from a Stripe event. `object` is `data.object` as sent.
-#[derive(Debug, Clone, PartialEq)]
+/// What the pipeline reads from a Stripe event.
+#[derive(Debug, Clone)]
 pub struct StripeEvent {
     /// `evt_...`: the dedupe key. Stripe retries for days and sends duplicates.
     pub id: String,
     pub event_type: String,
     pub livemode: bool,
-    pub object: Value,
+    /// The fields of `data.object` the pipeline reads.
+    pub object: StripeObject,
+    /// `data.object` exactly as sent (`null` when there is none).
+    pub raw_object: Box<RawValue>,
+}
+
+impl PartialEq for StripeEvent {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.id, &self.event_type, self.livemode, &self.object, self.raw_object.get())
+            == (&other.id, &other.event_type, other.livemode, &other.object, other.raw_object.get())
+    }
+}
+
+/// The fields of a Stripe object (a Checkout Session, a payment intent) the pipeline reads;
+/// strings are present only when non-empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StripeObject {
+    /// `object`: `checkout.session`, `payment_intent`, ...
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    pub client_reference_id: Option<String>,
+    /// `metadata.order_id`.
+    pub metadata_order_id: Option<String>,
+    /// `payment_intent`, or the `id` of an expanded one.
+    pub payment_intent: Option<String>,
+    pub amount_total: Option<Decimal>,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub payment_status: Option<String>,
+    pub status: Option<String>,
+    /// `last_payment_error`'s `code`, `decline_code` and `message`, those present.
+    pub payment_error: Vec<String>,
 }
 
 /// Parses an event envelope; `id` and `type` are required, everything else is optional.
 pub fn parse_stripe_event(body: &[u8]) -> Result<StripeEvent, PayloadError> {
-    let map = parse_object(body)?;
-    let root = Value::Object(map);
-    let id = str_field(&root, "id").ok_or(PayloadError::MissingField("id"))?.to_string();
-    let event_type = str_field(&root, "type").ok_or(PayloadError::MissingField("type"))?.to_string();
-    let livemode = root.get("livemode").and_then(Value::as_bool).unwrap_or(false);
-    let object = root.get("data").and_then(|d| d.get("object")).cloned().unwrap_or(Value::Null);
-    Ok(StripeEvent { id, event_type, livemode, object })
+    // Skipped strings are not checked by the JSON reader, so the whole body is checked first
+    // (and then read as text): a body with invalid UTF-8 anywhere is not JSON.
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotJsonObject)?;
+    let Object(root) = serde_json::from_str::<Object<EventFields>>(text).map_err(|_| PayloadError::NotJsonObject)?;
+    let id = root.id.owned().ok_or(PayloadError::MissingField("id"))?;
+    let event_type = root.event_type.owned().ok_or(PayloadError::MissingField("type"))?;
+    let raw_object = root.object.unwrap_or_else(|| null());
+    let object = serde_json::from_str::<Lenient<ObjectFields>>(raw_object.get())
+        .map(|Lenient(fields)| fields.into_object())
+        .unwrap_or_default();
+    Ok(StripeEvent {
+        id,
+        event_type,
+        livemode: root.livemode.unwrap_or(false),
+        object,
+        raw_object: raw_object.to_owned(),
+    })
+}
+
+fn null() -> &'static RawValue {
+    serde_json::from_str("null").expect("null is JSON")
 }
 
 impl StripeEvent {
     /// `checkout.session`, `payment_intent`, ...
     pub fn object_kind(&self) -> Option<&str> {
-        str_field(&self.object, "object")
+        self.object.kind.as_deref()
     }
 
     /// The object's own id (`cs_...`, `pi_...`).
     pub fn object_id(&self) -> Option<&str> {
-        str_field(&self.object, "id")
+        self.object.id.as_deref()
     }
 
     /// The app's order id: `client_reference_id`, else `metadata.order_id`.
     pub fn order_id(&self) -> Option<&str> {
-        str_field(&self.object, "client_reference_id")
-            .or_else(|| self.object.get("metadata").and_then(|m| str_field(m, "order_id")))
+        self.object.client_reference_id.as_deref().or(self.object.metadata_order_id.as_deref())
     }
 
     /// The payment intent behind the event: a session's `payment_intent` (id or expanded
@@ -49,33 +102,149 @@ impl StripeEvent {
         if self.object_kind() == Some("payment_intent") {
             return self.object_id();
         }
-        match self.object.get("payment_intent") {
-            Some(Value::String(id)) if !id.is_empty() => Some(id),
-            Some(obj @ Value::Object(_)) => str_field(obj, "id"),
-            _ => None,
-        }
+        self.object.payment_intent.as_deref()
     }
 
     /// Amount in minor units: a session's `amount_total`, a payment intent's `amount`.
     pub fn amount(&self) -> Option<Decimal> {
-        decimal_field(&self.object, "amount_total").or_else(|| decimal_field(&self.object, "amount"))
+        self.object.amount_total.or(self.object.amount)
     }
 
     /// Lower-case ISO currency.
     pub fn currency(&self) -> Option<&str> {
-        str_field(&self.object, "currency")
+        self.object.currency.as_deref()
     }
 
     /// A session's `payment_status` (`paid`, `unpaid`, `no_payment_required`).
     pub fn session_payment_status(&self) -> Option<&str> {
-        str_field(&self.object, "payment_status")
+        self.object.payment_status.as_deref()
     }
 
     /// Why a payment intent failed, from `last_payment_error`.
     pub fn failure_reason(&self) -> Option<String> {
-        let err = self.object.get("last_payment_error")?;
-        let parts: Vec<&str> = ["code", "decline_code", "message"].iter().filter_map(|k| str_field(err, k)).collect();
+        let parts = &self.object.payment_error;
         (!parts.is_empty()).then(|| parts.join(": "))
+    }
+}
+
+#[derive(Default)]
+struct EventFields<'a> {
+    id: Text<'a>,
+    event_type: Text<'a>,
+    livemode: Option<bool>,
+    /// `data.object` when `data` is an object that has one.
+    object: Option<&'a RawValue>,
+}
+
+impl<'de> Pick<'de> for EventFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "id" => self.id = map.next_value()?,
+            "type" => self.event_type = map.next_value()?,
+            "livemode" => self.livemode = map.next_value::<Flag>()?.0,
+            "data" => self.object = map.next_value::<Lenient<DataFields>>()?.0 .0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct DataFields<'a>(Option<&'a RawValue>);
+
+impl<'de> Pick<'de> for DataFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "object" => self.0 = Some(map.next_value()?),
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ObjectFields<'a> {
+    kind: Text<'a>,
+    id: Text<'a>,
+    client_reference_id: Text<'a>,
+    metadata_order_id: Option<Cow<'a, str>>,
+    payment_intent: Option<Cow<'a, str>>,
+    amount_total: Option<Decimal>,
+    amount: Option<Decimal>,
+    currency: Text<'a>,
+    payment_status: Text<'a>,
+    status: Text<'a>,
+    payment_error: PaymentErrorFields<'a>,
+}
+
+impl<'de> Pick<'de> for ObjectFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "object" => self.kind = map.next_value()?,
+            "id" => self.id = map.next_value()?,
+            "client_reference_id" => self.client_reference_id = map.next_value()?,
+            "metadata" => self.metadata_order_id = map.next_value::<Lenient<MetadataFields>>()?.0 .0,
+            "payment_intent" => self.payment_intent = map.next_value::<Reference>()?.0,
+            "amount_total" => self.amount_total = map.next_value::<Amount>()?.0,
+            "amount" => self.amount = map.next_value::<Amount>()?.0,
+            "currency" => self.currency = map.next_value()?,
+            "payment_status" => self.payment_status = map.next_value()?,
+            "status" => self.status = map.next_value()?,
+            "last_payment_error" => self.payment_error = map.next_value::<Lenient<PaymentErrorFields>>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl ObjectFields<'_> {
+    fn into_object(self) -> StripeObject {
+        let e = self.payment_error;
+        StripeObject {
+            kind: self.kind.owned(),
+            id: self.id.owned(),
+            client_reference_id: self.client_reference_id.owned(),
+            metadata_order_id: self.metadata_order_id.map(Cow::into_owned),
+            payment_intent: self.payment_intent.map(Cow::into_owned),
+            amount_total: self.amount_total,
+            amount: self.amount,
+            currency: self.currency.owned(),
+            payment_status: self.payment_status.owned(),
+            status: self.status.owned(),
+            payment_error: [e.code, e.decline_code, e.message].into_iter().filter_map(Text::owned).collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct MetadataFields<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Pick<'de> for MetadataFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "order_id" => self.0 = map.next_value::<Text>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct PaymentErrorFields<'a> {
+    code: Text<'a>,
+    decline_code: Text<'a>,
+    message: Text<'a>,
+}
+
+impl<'de> Pick<'de> for PaymentErrorFields<'de> {
+    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "code" => self.code = map.next_value()?,
+            "decline_code" => self.decline_code = map.next_value()?,
+            "message" => self.message = map.next_value()?,
+            _ => skip(map)?,
+        }
+        Ok(())
     }
 }
 

@@ -8,10 +8,10 @@
 //! twice counts with its last value; a `data` or `object` that is not an object holds nothing.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::MapAccess;
 
+use super::pick::{skip, Lenient, Object, Pick, Text};
 use super::PayloadError;
 
 /// What ingest needs from a Stripe event.
@@ -29,17 +29,12 @@ pub fn parse_stripe_event_head(body: &[u8]) -> Result<StripeEventHead<'_>, Paylo
     // The full parser refuses invalid UTF-8 anywhere; skipped strings are not checked by the
     // JSON reader, so the whole body is checked first (and then read as text).
     let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotJsonObject)?;
-    let Root(root) = serde_json::from_str::<Root>(text).map_err(|_| PayloadError::NotJsonObject)?;
+    let Object(root) = serde_json::from_str::<Object<EventFields>>(text).map_err(|_| PayloadError::NotJsonObject)?;
     let id = root.id.ok_or(PayloadError::MissingField("id"))?;
     let event_type = root.event_type.ok_or(PayloadError::MissingField("type"))?;
     let object = root.data.object;
     let order_id = object.client_reference_id.or(object.metadata.order_id);
     Ok(StripeEventHead { id, event_type, order_id })
-}
-
-/// An object whose interesting keys are picked by [`Pick::pick`]; the rest is skipped.
-trait Pick<'de>: Default {
-    fn pick<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
 }
 
 #[derive(Default)]
@@ -105,121 +100,6 @@ impl<'de> Pick<'de> for MetadataFields<'de> {
             _ => skip(map)?,
         }
         Ok(())
-    }
-}
-
-fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
-    map.next_value::<IgnoredAny>().map(|_| ())
-}
-
-fn pick_all<'de, T: Pick<'de>, A: MapAccess<'de>>(mut map: A) -> Result<T, A::Error> {
-    let mut fields = T::default();
-    while let Some(Text(key)) = map.next_key::<Text>()? {
-        fields.pick(key.as_deref().unwrap_or_default(), &mut map)?;
-    }
-    Ok(fields)
-}
-
-/// The top level: must be an object.
-struct Root<'a>(EventFields<'a>);
-
-impl<'de> Deserialize<'de> for Root<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RootVisitor;
-        impl<'de> Visitor<'de> for RootVisitor {
-            type Value = Root<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                pick_all(map).map(Root)
-            }
-        }
-        deserializer.deserialize_map(RootVisitor)
-    }
-}
-
-/// Any JSON value; an object yields its picked fields, anything else none.
-struct Lenient<T>(T);
-
-impl<'de, T: Pick<'de>> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LenientVisitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Pick<'de>> Visitor<'de> for LenientVisitor<T> {
-            type Value = Lenient<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                pick_all(map).map(Lenient)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Lenient(T::default()))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Lenient(T::default()))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Lenient(T::default()))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Lenient(T::default()))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Lenient(T::default()))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Lenient(T::default()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Lenient(T::default()))
-            }
-        }
-        deserializer.deserialize_any(LenientVisitor(std::marker::PhantomData))
-    }
-}
-
-/// Any JSON value; a non-empty string yields itself (borrowed when it has no escapes),
-/// anything else `None`.
-struct Text<'a>(Option<Cow<'a, str>>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text((!v.is_empty()).then_some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text((!v.is_empty()).then(|| Cow::Owned(v.to_owned()))))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| Text(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Text(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-        }
-        deserializer.deserialize_any(TextVisitor)
     }
 }
 
