@@ -13,6 +13,7 @@ pub mod events;
 pub mod fake_http;
 pub mod metrics;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 
 use std::future::Future;
