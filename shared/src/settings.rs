@@ -288,6 +288,12 @@ impl Settings {
         Ok(())
     }
 
+    /// The environment name of every setting (`DATABASE_URL`, `AMQP_PREFIX`, ...), read from the
+    /// struct's own field list, so deployment files and documentation can be checked against it.
+    pub fn env_names() -> Vec<String> {
+        serde_aux::serde_introspection::serde_introspect::<Settings>().iter().map(|f| f.to_uppercase()).collect()
+    }
+
     /// The configured Stripe secrets; ingest cannot verify Stripe events without at least one.
     pub fn stripe_secrets(&self) -> Result<Vec<SecretString>, SettingsError> {
         let raw = self.stripe_webhook_secret.as_ref().ok_or(SettingsError::Missing {
