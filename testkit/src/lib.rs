@@ -12,6 +12,7 @@ pub mod db;
 pub mod events;
 pub mod fake_http;
 pub mod metrics;
+pub mod postgres_server;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
