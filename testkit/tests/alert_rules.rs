@@ -80,3 +80,11 @@ fn every_alert_has_a_severity_a_summary_and_a_runbook_with_a_hookctl_command() {
         assert!(runbook.contains("`hookctl "), "{name}'s runbook says which hookctl command to run: {runbook}");
     }
 }
+
+#[test]
+fn the_readme_lists_every_alert() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    for name in alerts().keys() {
+        assert!(readme.contains(&format!("`{name}`")), "README's alert table has `{name}`");
+    }
+}
