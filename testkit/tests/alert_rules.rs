@@ -88,3 +88,44 @@ fn the_readme_lists_every_alert() {
         assert!(readme.contains(&format!("`{name}`")), "README's alert table has `{name}`");
     }
 }
+
+/// `hookctl …` spans between backticks, with `<placeholders>` filled in.
+fn hookctl_commands(text: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    for (i, span) in text.split('`').enumerate() {
+        if i % 2 == 1 && span.starts_with("hookctl ") {
+            let mut filled = String::new();
+            let mut in_placeholder = false;
+            for c in span.chars() {
+                match c {
+                    '<' => in_placeholder = true,
+                    '>' if in_placeholder => {
+                        in_placeholder = false;
+                        filled.push_str("x1");
+                    }
+                    _ if in_placeholder => {}
+                    _ => filled.push(c),
+                }
+            }
+            commands.push(filled.split_whitespace().map(str::to_string).collect());
+        }
+    }
+    commands
+}
+
+#[test]
+fn every_hookctl_command_in_a_runbook_is_one_hookctl_accepts() {
+    use clap::Parser;
+    let mut checked = 0;
+    for (name, rule) in alerts() {
+        for command in hookctl_commands(rule["annotations"]["runbook"].as_str().unwrap()) {
+            worker::cli::Cli::try_parse_from(&command).unwrap_or_else(|e| {
+                panic!("{name}'s runbook gives `{}`, which hookctl refuses: {e}", command.join(" "))
+            });
+            checked += 1;
+        }
+    }
+    assert!(checked >= alerts().len());
+    // The parser is strict, so acceptance above means something.
+    assert!(worker::cli::Cli::try_parse_from(["hookctl", "dead", "lst"]).is_err());
+}
