@@ -8,6 +8,7 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 pub mod amqp;
+pub mod compose;
 pub mod db;
 pub mod events;
 pub mod fake_http;
