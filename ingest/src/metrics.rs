@@ -2,10 +2,18 @@
 
 use http::StatusCode;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use shared::metrics::{register, BrokerMetrics, LATENCY_BUCKETS};
+use shared::metrics::{register, register_process_metrics, BrokerMetrics, LATENCY_BUCKETS};
 use shared::Provider;
 
 use crate::{STRIPE_ROUTE, TOSS_ROUTE};
+
+/// Every answer a webhook route can give, by provider. Each `(provider, route, code)` exists
+/// at 0 from the first scrape, so `rate(...{code="503"}[5m])` and friends work from the start.
+/// 403 is Toss's alone (`TOSS_ALLOWED_IPS`).
+pub const WEBHOOK_ANSWER_CODES: &[(Provider, &str, &[&str])] = &[
+    (Provider::Stripe, STRIPE_ROUTE, &["200", "400", "405", "408", "413", "503"]),
+    (Provider::Toss, TOSS_ROUTE, &["200", "400", "403", "405", "408", "413", "503"]),
+];
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -42,9 +50,16 @@ impl IngestMetrics {
             )
             .unwrap(),
         );
+        for (provider, route, codes) in WEBHOOK_ANSWER_CODES {
+            for code in *codes {
+                requests.with_label_values(&[provider.as_str(), route, code]);
+            }
+            latency.with_label_values(&[provider.as_str()]);
+        }
         let inflight =
             register(&registry, IntGauge::new("ingest_inflight_requests", "Webhook requests in flight").unwrap());
         let broker = BrokerMetrics::register(&registry);
+        register_process_metrics(&registry, "ingest", env!("CARGO_PKG_VERSION"));
         let accepted = [Provider::Stripe, Provider::Toss]
             .map(|p| requests.with_label_values(&[p.as_str(), route_of(p), StatusCode::OK.as_str()]));
         let latency_by_provider = [Provider::Stripe, Provider::Toss].map(|p| latency.with_label_values(&[p.as_str()]));
@@ -85,5 +100,49 @@ fn route_of(provider: Provider) -> &'static str {
 impl Default for IngestMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::RejectReason;
+
+    #[test]
+    fn every_rejection_code_is_pre_created_for_both_providers() {
+        let reasons = [
+            RejectReason::BadSignature(String::new()),
+            RejectReason::MalformedBody(String::new()),
+            RejectReason::SignatureUnverifiable,
+            RejectReason::TooLarge(1),
+            RejectReason::BodyTimeout(Duration::from_secs(1)),
+            RejectReason::BodyUnreadable,
+            RejectReason::BrokerUnavailable,
+            RejectReason::Saturated,
+        ];
+        for (provider, _, codes) in WEBHOOK_ANSWER_CODES {
+            for reason in &reasons {
+                let code = reason.status().as_u16().to_string();
+                assert!(codes.contains(&code.as_str()), "{provider} pre-creates {code} ({})", reason.code());
+            }
+        }
+        let toss = WEBHOOK_ANSWER_CODES.iter().find(|(p, _, _)| *p == Provider::Toss).unwrap();
+        let forbidden = RejectReason::ForbiddenSource.status().as_u16().to_string();
+        assert!(toss.2.contains(&forbidden.as_str()));
+    }
+
+    #[test]
+    fn the_first_scrape_has_every_answer_code_at_zero_plus_process_metrics() {
+        let metrics = IngestMetrics::new();
+        let text = shared::metrics::render(&metrics.registry);
+        assert!(
+            text.contains(r#"ingest_requests_total{code="503",provider="toss",route="/api/webhooks/toss"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"ingest_request_duration_seconds_count{provider="stripe"} 0"#), "{text}");
+        assert!(text.contains(&format!(r#"ingest_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
     }
 }

@@ -1,7 +1,12 @@
 //! Prometheus metrics shared by both binaries. Each process (and each in-process test app)
 //! owns its own [`Registry`], so nothing is global and tests do not see each other's counts.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Every `outcome` of `amqp_publish_total`. Each exists at 0 from the first scrape, so
+/// `rate()` and `absent()` work before the first publish of that kind.
+pub const PUBLISH_OUTCOMES: &[&str] =
+    &["confirmed", "unroutable", "nacked", "timeout", "blocked", "unavailable", "invalid"];
 
 /// Broker connection and publisher-confirm metrics.
 #[derive(Clone)]
@@ -10,8 +15,7 @@ pub struct BrokerMetrics {
     pub connected: IntGauge,
     /// Connections established since start (a rising count means flapping).
     pub connects: IntCounter,
-    /// Publishes by outcome: `confirmed`, `unroutable`, `nacked`, `timeout`, `blocked`,
-    /// `unavailable`, `invalid`.
+    /// Publishes by outcome: see [`PUBLISH_OUTCOMES`].
     pub publishes: IntCounterVec,
     /// Publisher channels replaced after a nack or a channel error.
     pub channels_retired: IntCounter,
@@ -37,8 +41,32 @@ impl BrokerMetrics {
         ] {
             registry.register(metric).expect("metric names are unique");
         }
+        for outcome in PUBLISH_OUTCOMES {
+            publishes.with_label_values(&[outcome]);
+        }
         Self { connected, connects, publishes, channels_retired }
     }
+}
+
+/// Registers what every process exposes besides its own metrics: the standard process
+/// metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
+/// `process_max_fds`, `process_start_time_seconds`, ...) and `<binary>_build_info{version}`
+/// set to 1, so dashboards can show what runs where and alerts can join on it.
+pub fn register_process_metrics(registry: &Registry, binary: &str, version: &str) {
+    // The collector reads /proc, so it exists on Linux only (where the pipeline is deployed).
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .expect("process metrics are registered once per registry");
+    let build_info = register(
+        registry,
+        IntGaugeVec::new(
+            Opts::new(format!("{binary}_build_info"), format!("Always 1; the {binary} version in a label")),
+            &["version"],
+        )
+        .expect("valid metric name"),
+    );
+    build_info.with_label_values(&[version]).set(1);
 }
 
 /// Latency buckets (seconds) from 1 ms to 30 s.
@@ -59,4 +87,45 @@ pub fn render(registry: &Registry) -> String {
 pub fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry.register(Box::new(c.clone())).expect("metric names are unique");
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::PublishError;
+
+    #[test]
+    fn every_publish_outcome_exists_at_zero_before_the_first_publish() {
+        let registry = Registry::new();
+        BrokerMetrics::register(&registry);
+        let text = render(&registry);
+        for outcome in PUBLISH_OUTCOMES {
+            assert!(text.contains(&format!("amqp_publish_total{{outcome=\"{outcome}\"}} 0")), "{outcome}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_publish_outcomes_cover_every_publish_error() {
+        let errors = [
+            PublishError::Unavailable,
+            PublishError::Timeout(std::time::Duration::from_secs(1)),
+            PublishError::Nacked,
+            PublishError::Unroutable(String::new()),
+            PublishError::InvalidName,
+        ];
+        for error in errors {
+            assert!(PUBLISH_OUTCOMES.contains(&error.label()), "{} is pre-created", error.label());
+        }
+    }
+
+    #[test]
+    fn process_metrics_and_build_info_are_exposed() {
+        let registry = Registry::new();
+        register_process_metrics(&registry, "ingest", "1.2.3");
+        let text = render(&registry);
+        assert!(text.contains("ingest_build_info{version=\"1.2.3\"} 1"), "{text}");
+        for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+            assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} in:\n{text}");
+        }
+    }
 }

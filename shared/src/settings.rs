@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 mod values;
 
-use values::{duration, duration_list, empty_as_none, networks, split_list};
+use values::{duration, duration_list, empty_as_none, empty_path_as_none, networks, split_list};
 pub use values::{parse_duration, parse_network};
 
 /// Toss Payments' published webhook source addresses. `TOSS_ALLOWED_IPS=toss` expands to these.
@@ -43,6 +43,11 @@ pub struct Settings {
     pub database_url: SecretString,
     /// Connections in the worker's pool.
     pub database_pool_size: usize,
+    /// PEM file with the CA certificate(s) that sign the Postgres server's certificate, checked
+    /// with `sslmode=verify-ca` or `verify-full` in `DATABASE_URL` (libpq's `sslrootcert=<file>`
+    /// in the URL does the same).
+    #[serde(deserialize_with = "empty_path_as_none")]
+    pub database_ca_file: Option<std::path::PathBuf>,
     /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`), or the URLs of a cluster's nodes,
     /// comma-separated: processes connect to the first that answers and move on to the next
     /// when their node goes away.
@@ -165,6 +170,7 @@ impl Default for Settings {
         Self {
             database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/webhooks"),
             database_pool_size: 16,
+            database_ca_file: None,
             amqp_url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_prefix: "webhooks".into(),
             ingest_addr: ([0, 0, 0, 0], 3000).into(),
@@ -321,6 +327,12 @@ impl Settings {
         }
         url::Url::parse(&self.toss_api_base).map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
         Ok(())
+    }
+
+    /// The environment name of every setting (`DATABASE_URL`, `AMQP_PREFIX`, ...), read from the
+    /// struct's own field list, so deployment files and documentation can be checked against it.
+    pub fn env_names() -> Vec<String> {
+        serde_aux::serde_introspection::serde_introspect::<Settings>().iter().map(|f| f.to_uppercase()).collect()
     }
 
     /// The configured Stripe secrets; ingest cannot verify Stripe events without at least one.

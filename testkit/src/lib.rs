@@ -8,11 +8,14 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 pub mod amqp;
+pub mod compose;
 pub mod db;
 pub mod events;
 pub mod fake_http;
 pub mod metrics;
+pub mod postgres_server;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 
 use std::future::Future;

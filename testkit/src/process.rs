@@ -16,9 +16,16 @@ pub struct LoggedProcess {
 impl LoggedProcess {
     /// Starts `program` with `vars` added to the environment; stdout and stderr are captured.
     pub fn spawn(program: &str, args: &[&str], vars: &[(String, String)]) -> Self {
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(vars.iter().cloned())
+        let mut command = Command::new(program);
+        command.args(args).envs(vars.iter().cloned());
+        Self::from_command(command)
+    }
+
+    /// Starts a prepared command (for settings `spawn` does not take, such as the user to run
+    /// as); stdout and stderr are captured and the process is killed when dropped.
+    pub fn from_command(mut command: Command) -> Self {
+        let program = command.as_std().get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

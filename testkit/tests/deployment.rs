@@ -1,125 +1,304 @@
-//! The deployment files cannot be run here (no Docker engine), so their structure is checked:
-//! docker-compose.yml has the services, health checks, dependencies and settings the stack
-//! needs; the Dockerfile builds every workspace member; CI runs the README's test command.
+//! The deployment files cannot run here (no Docker engine), so real parsers check them:
+//! docker-compose.yml against the Compose specification (`compose_spec`, which refuses unknown
+//! keys and malformed values), prometheus.yml with `promtool`, the commands with the binaries'
+//! own command-line parsers. Then what no parser knows: every command is a binary the image
+//! has, every environment name is a setting, every mounted and provisioned file exists and
+//! the services point at each other by the right names and ports.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
-use serde_yaml_ng::Value;
+use clap::Parser;
+use compose_spec::service::healthcheck::Test;
+use compose_spec::service::volumes::{into_long_iter, Mount};
+use compose_spec::service::{Command, Condition, Healthcheck};
+use compose_spec::{Compose, ListOrMap, Service, ShortOrLong};
+use testkit::compose::parse_compose;
+use testkit::prometheus::{promtool, repo_root};
 
 /// The one command the README gives for running the tests.
 const TEST_COMMAND: &str = "cargo test --workspace --locked";
 
+/// Environment names our binaries read besides the settings struct.
+const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG"];
+
 fn repo_file(path: &str) -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn compose() -> Value {
-    serde_yaml_ng::from_str(&repo_file("docker-compose.yml")).expect("docker-compose.yml is YAML")
+/// docker-compose.yml as it runs with nothing set in the environment.
+fn compose() -> Compose {
+    parse_compose(&repo_file("docker-compose.yml"), &BTreeMap::new())
+        .unwrap_or_else(|e| panic!("docker-compose.yml does not follow the Compose specification: {e}"))
 }
 
-fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
-    compose["services"].get(name).unwrap_or_else(|| panic!("service {name} is missing"))
-}
-
-/// `${NAME:-default}` → default, `${NAME}` → "": what compose uses when nothing is set.
-fn with_defaults(value: &str) -> String {
-    let mut out = String::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').expect("closed ${") + start;
-        let inner = &rest[start + 2..end];
-        if let Some((_, default)) = inner.split_once(":-") {
-            out.push_str(default);
-        }
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-fn environment(service: &Value) -> BTreeMap<String, String> {
-    service["environment"]
-        .as_mapping()
-        .expect("environment is a mapping")
+fn service<'a>(compose: &'a Compose, name: &str) -> &'a Service {
+    compose
+        .services
         .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                other => panic!("unexpected env value {other:?}"),
-            };
-            (k.as_str().unwrap().to_string(), with_defaults(&value))
+        .find(|(id, _)| id.as_str() == name)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("service {name} is missing"))
+}
+
+fn services_built_here(compose: &Compose) -> Vec<(String, &Service)> {
+    compose.services.iter().filter(|(_, s)| s.build.is_some()).map(|(id, s)| (id.to_string(), s)).collect()
+}
+
+fn command(service: &Service) -> Vec<String> {
+    match &service.command {
+        Some(Command::List(list)) => list.clone(),
+        Some(Command::String(s)) => panic!("command {s:?} should be a list (no shell in the image)"),
+        None => Vec::new(),
+    }
+}
+
+/// The health check's command (`CMD` form), or the shell running it (`CMD-SHELL` form).
+fn health_command(service: &Service) -> Option<Vec<String>> {
+    match &service.healthcheck {
+        Some(Healthcheck::Command(check)) => match &check.test {
+            Some(Test::Command(list)) => Some(list.clone()),
+            Some(Test::ShellCommand(s)) => Some(vec!["/bin/sh".into(), "-c".into(), s.clone()]),
+            None => None,
+        },
+        _ => None,
+    }
+}
+
+fn environment(service: &Service) -> BTreeMap<String, String> {
+    match &service.environment {
+        ListOrMap::Map(map) => {
+            map.iter().map(|(k, v)| (k.to_string(), v.as_ref().map(ToString::to_string).unwrap_or_default())).collect()
+        }
+        ListOrMap::List(list) => list
+            .iter()
+            .map(|item| {
+                let (k, v) = item.split_once('=').unwrap_or((item.as_str(), ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+    }
+}
+
+fn depends_on(service: &Service, on: &str) -> Condition {
+    match &service.depends_on {
+        ShortOrLong::Long(map) => map
+            .iter()
+            .find(|(id, _)| id.as_str() == on)
+            .map(|(_, d)| d.condition)
+            .unwrap_or_else(|| panic!("no depends_on.{on}")),
+        ShortOrLong::Short(_) => panic!("depends_on should say which condition it waits for"),
+    }
+}
+
+/// Bind mounts of a service: (path in the repository, path in the container).
+fn bind_mounts(service: &Service) -> Vec<(PathBuf, PathBuf)> {
+    into_long_iter(service.volumes.clone())
+        .filter_map(|mount| match mount {
+            Mount::Bind(bind) => {
+                let source = bind.source.as_path();
+                assert!(source.is_relative(), "bind mounts come from the repository, not {}", source.display());
+                Some((repo_root().join(source), bind.common.target.as_path().to_path_buf()))
+            }
+            _ => None,
         })
         .collect()
 }
 
-fn depends_on(service: &Value, on: &str) -> String {
-    service["depends_on"][on]["condition"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no depends_on.{on}.condition"))
-        .to_string()
+/// Where a container path of `service` comes from in the repository (through a bind mount).
+fn repo_path_of(service: &Service, container_path: &str) -> PathBuf {
+    let container_path = Path::new(container_path);
+    bind_mounts(service)
+        .into_iter()
+        .filter_map(|(source, target)| container_path.strip_prefix(&target).ok().map(|rest| source.join(rest)))
+        .next()
+        .unwrap_or_else(|| panic!("{} is not mounted from the repository", container_path.display()))
 }
 
-fn command(service: &Value) -> Vec<String> {
-    service["command"].as_sequence().expect("command list").iter().map(|v| v.as_str().unwrap().to_string()).collect()
+/// Host and container port pairs of a service.
+fn published_ports(service: &Service) -> Vec<(u16, u16)> {
+    compose_spec::service::ports::into_long_iter(service.ports.clone())
+        .map(|port| (port.published.expect("published port").start(), port.target))
+        .collect()
+}
+
+/// Binaries the image has: built with `--bin` and copied to /usr/local/bin by the Dockerfile.
+fn image_binaries() -> BTreeSet<String> {
+    let dockerfile = repo_file("Dockerfile");
+    let words: Vec<&str> = dockerfile.split_whitespace().collect();
+    let built: BTreeSet<String> = words.windows(2).filter(|w| w[0] == "--bin").map(|w| w[1].to_string()).collect();
+    let copied: BTreeSet<String> =
+        words.iter().filter_map(|w| w.strip_prefix("target/release/")).map(str::to_string).collect();
+    assert!(dockerfile.contains("COPY --from=build /out/ /usr/local/bin/"), "binaries land on the PATH");
+    assert_eq!(built, copied, "the Dockerfile copies what it builds");
+    built
+}
+
+/// Binary targets of the workspace (`[[bin]]` entries, or a package's `src/main.rs`).
+fn workspace_binaries() -> BTreeSet<String> {
+    let manifest: toml::Value = toml::from_str(&repo_file("Cargo.toml")).unwrap();
+    let mut binaries = BTreeSet::new();
+    for member in manifest["workspace"]["members"].as_array().unwrap() {
+        let member = member.as_str().unwrap();
+        let package: toml::Value = toml::from_str(&repo_file(&format!("{member}/Cargo.toml"))).unwrap();
+        for bin in package.get("bin").and_then(|b| b.as_array()).into_iter().flatten() {
+            binaries.insert(bin["name"].as_str().unwrap().to_string());
+        }
+        if repo_root().join(member).join("src/main.rs").exists() {
+            binaries.insert(package["package"]["name"].as_str().unwrap().to_string());
+        }
+    }
+    binaries
+}
+
+/// Whether the binary accepts `args` (its own command-line parser decides).
+fn accepts(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("worker") => worker::cli::WorkerCli::try_parse_from(args).map(drop).map_err(|e| e.to_string()),
+        Some("hookctl") => worker::cli::Cli::try_parse_from(args).map(drop).map_err(|e| e.to_string()),
+        // ingest reads only its environment.
+        Some("ingest") if args.len() == 1 => Ok(()),
+        other => Err(format!("no parser known for {other:?} {args:?}")),
+    }
+}
+
+#[test]
+fn the_compose_file_follows_the_compose_specification_strictly() {
+    let compose = compose();
+    assert_eq!(compose.name.as_ref().map(|n| n.as_str()), Some("webhooks"));
+    // The same parse refuses what Docker would refuse, so passing it means something.
+    let text = repo_file("docker-compose.yml");
+    for (mistake, broken) in [
+        ("a misspelled key", text.replacen("restart: unless-stopped", "restrat: unless-stopped", 1)),
+        ("an unknown condition", text.replacen("condition: service_healthy", "condition: service_ready", 1)),
+        ("a malformed duration", text.replacen("interval: 5s", "interval: 5 seconds", 1)),
+        ("a port that is no port", text.replacen(":-3000}:3000", ":-3000}:30000000", 1)),
+    ] {
+        assert_ne!(broken, text, "the mutation for {mistake} applies");
+        assert!(parse_compose(&broken, &BTreeMap::new()).is_err(), "{mistake} is refused");
+    }
 }
 
 #[test]
 fn compose_has_every_service_with_health_checks_and_start_order() {
     let compose = compose();
-    for name in ["postgres", "rabbitmq", "migrate", "ingest", "worker"] {
+    for name in ["postgres", "rabbitmq", "migrate", "ingest", "worker", "prometheus", "grafana"] {
         service(&compose, name);
     }
-    for name in ["postgres", "rabbitmq", "ingest", "worker"] {
-        assert!(service(&compose, name)["healthcheck"]["test"].is_sequence(), "{name} has a health check");
+    for name in ["postgres", "rabbitmq", "ingest", "worker", "prometheus"] {
+        assert!(health_command(service(&compose, name)).is_some(), "{name} has a health check");
     }
     let migrate = service(&compose, "migrate");
     assert_eq!(command(migrate), ["worker", "migrate"]);
-    assert_eq!(depends_on(migrate, "postgres"), "service_healthy");
+    assert_eq!(depends_on(migrate, "postgres"), Condition::ServiceHealthy);
     let worker = service(&compose, "worker");
     assert_eq!(command(worker), ["worker"]);
-    assert_eq!(depends_on(worker, "migrate"), "service_completed_successfully");
-    assert_eq!(depends_on(worker, "rabbitmq"), "service_healthy");
+    assert_eq!(depends_on(worker, "migrate"), Condition::ServiceCompletedSuccessfully);
+    assert_eq!(depends_on(worker, "rabbitmq"), Condition::ServiceHealthy);
     let ingest = service(&compose, "ingest");
     assert_eq!(command(ingest), ["ingest"]);
-    assert_eq!(depends_on(ingest, "rabbitmq"), "service_healthy");
-    for name in ["migrate", "ingest", "worker"] {
-        assert_eq!(service(&compose, name)["build"].as_str(), Some("."), "{name} is built from the repository");
+    assert_eq!(depends_on(ingest, "rabbitmq"), Condition::ServiceHealthy);
+    assert_eq!(depends_on(service(&compose, "grafana"), "prometheus"), Condition::ServiceHealthy);
+    for (name, service) in services_built_here(&compose) {
+        let context = match service.build.as_ref().unwrap() {
+            ShortOrLong::Short(context) => context.to_string(),
+            ShortOrLong::Long(build) => build.context.as_ref().map(ToString::to_string).unwrap_or_default(),
+        };
+        assert_eq!(context, ".", "{name} is built from the repository");
     }
     // The health checks of our own services use a binary the image has (no curl in it).
     for (name, port) in [("ingest", "3000"), ("worker", "9090")] {
-        let test: Vec<&str> = service(&compose, name)["healthcheck"]["test"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(test, ["CMD", "hookctl", "probe", &format!("http://127.0.0.1:{port}/readyz")]);
+        let test = health_command(service(&compose, name)).unwrap();
+        assert_eq!(test, ["hookctl", "probe", &format!("http://127.0.0.1:{port}/readyz")]);
     }
+}
+
+#[test]
+fn every_command_of_our_image_is_a_binary_it_has_and_accepts() {
+    let compose = compose();
+    let binaries = image_binaries();
+    let workspace = workspace_binaries();
+    for binary in &binaries {
+        assert!(workspace.contains(binary), "the Dockerfile builds {binary}, a binary of the workspace {workspace:?}");
+    }
+    let built_here = services_built_here(&compose);
+    assert_eq!(built_here.len(), 3, "migrate, ingest and worker run our image");
+    for (name, service) in built_here {
+        let mut commands = vec![command(service)];
+        commands.extend(health_command(service));
+        for args in commands {
+            assert!(
+                binaries.contains(&args[0]),
+                "{name} runs {:?}, which the image does not have ({binaries:?})",
+                args[0]
+            );
+            accepts(&args).unwrap_or_else(|e| panic!("{name}: {args:?} is refused: {e}"));
+        }
+    }
+    // The parsers are strict, so acceptance above means something.
+    assert!(accepts(&["worker".into(), "migrte".into()]).is_err());
+    assert!(accepts(&["hookctl".into(), "probe".into()]).is_err());
+}
+
+#[test]
+fn every_environment_name_of_our_services_is_a_setting() {
+    let compose = compose();
+    let names = shared::Settings::env_names();
+    for (name, service) in services_built_here(&compose) {
+        for key in environment(service).keys() {
+            assert!(
+                names.contains(key) || NON_SETTING_ENV.contains(&key.as_str()),
+                "{name} sets {key}, which no setting reads (shared/src/settings.rs)"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_setting_is_documented_in_the_readme() {
+    let readme = repo_file("README.md");
+    for name in shared::Settings::env_names() {
+        assert!(readme.contains(&format!("`{name}`")), "README's configuration table documents `{name}`");
+    }
+}
+
+#[test]
+fn services_refer_only_to_services_and_volumes_the_file_defines() {
+    let compose = compose();
+    let services: BTreeSet<String> = compose.services.keys().map(ToString::to_string).collect();
+    let declared: BTreeSet<String> = compose.volumes.keys().map(ToString::to_string).collect();
+    let mut used = BTreeSet::new();
+    for (name, service) in &compose.services {
+        if let ShortOrLong::Long(map) = &service.depends_on {
+            for on in map.keys() {
+                assert!(services.contains(on.as_str()), "{name} depends on {on}, which is not a service");
+            }
+        }
+        for mount in into_long_iter(service.volumes.clone()) {
+            if let Mount::Volume(volume) = mount {
+                let source = volume.source.expect("named volumes, no anonymous ones").to_string();
+                assert!(declared.contains(&source), "{name} uses volume {source}, which volumes: does not declare");
+                used.insert(source);
+            }
+        }
+    }
+    assert_eq!(used, declared, "every declared volume is used");
 }
 
 #[test]
 fn workers_can_be_scaled() {
     let compose = compose();
     let worker = service(&compose, "worker");
-    assert!(worker.get("container_name").is_none(), "a container name prevents --scale");
-    assert!(worker.get("ports").is_none(), "a fixed host port prevents --scale");
+    assert!(worker.container_name.is_none(), "a container name prevents --scale");
+    assert!(worker.ports.is_empty(), "a fixed host port prevents --scale");
 }
 
 #[test]
 fn ingest_publishes_port_3000_for_the_stripe_cli() {
     let compose = compose();
-    let ports: Vec<String> = service(&compose, "ingest")["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|p| with_defaults(p.as_str().unwrap()))
-        .collect();
-    assert!(ports.contains(&"3000:3000".to_string()), "{ports:?}");
-    assert_eq!(environment(service(&compose, "ingest"))["INGEST_ADDR"], "0.0.0.0:3000");
+    let ingest = service(&compose, "ingest");
+    assert!(published_ports(ingest).contains(&(3000, 3000)), "{:?}", published_ports(ingest));
+    assert_eq!(environment(ingest)["INGEST_ADDR"], "0.0.0.0:3000");
 }
 
 #[test]
@@ -165,6 +344,114 @@ fn postgres_credentials_match_the_database_url() {
 }
 
 #[test]
+fn every_mounted_path_exists_in_the_repository() {
+    let compose = compose();
+    let mut mounts = 0;
+    for (name, service) in &compose.services {
+        for (source, target) in bind_mounts(service) {
+            assert!(
+                source.exists(),
+                "{name} mounts {} at {}, which does not exist",
+                source.display(),
+                target.display()
+            );
+            mounts += 1;
+        }
+    }
+    assert!(mounts >= 3, "Prometheus and Grafana get their files by bind mounts");
+}
+
+#[test]
+fn prometheus_loads_the_repositorys_config_and_rules_and_scrapes_the_pipeline() {
+    let compose = compose();
+    let prometheus = service(&compose, "prometheus");
+    let flag = command(prometheus)
+        .into_iter()
+        .find_map(|arg| arg.strip_prefix("--config.file=").map(str::to_string))
+        .expect("--config.file");
+    let config_path = repo_path_of(prometheus, &flag);
+    assert!(config_path.is_file(), "{} exists", config_path.display());
+    // promtool also loads the rule files the configuration names.
+    let dir = config_path.parent().unwrap();
+    let out = promtool(dir, &["check", "config", config_path.file_name().unwrap().to_str().unwrap()]);
+    assert!(out.contains("alerts.yml") && out.contains("SUCCESS"), "{out}");
+
+    let config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let listen_port = |service_name: &str, var: &str| -> u16 {
+        let addr = &environment(service(&compose, service_name))[var];
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let expected = BTreeMap::from([
+        ("ingest".to_string(), ("ingest".to_string(), listen_port("ingest", "INGEST_ADDR"))),
+        ("worker".to_string(), ("worker".to_string(), listen_port("worker", "WORKER_ADDR"))),
+    ]);
+    let mut jobs = BTreeMap::new();
+    for job in config["scrape_configs"].as_sequence().unwrap() {
+        let sd = &job["dns_sd_configs"][0];
+        jobs.insert(
+            job["job_name"].as_str().unwrap().to_string(),
+            (sd["names"][0].as_str().unwrap().to_string(), sd["port"].as_u64().unwrap() as u16),
+        );
+    }
+    assert_eq!(jobs, expected, "each job scrapes its compose service on the port it listens on");
+}
+
+#[test]
+fn grafana_is_provisioned_with_the_prometheus_data_source_and_the_dashboard() {
+    let compose = compose();
+    let grafana = service(&compose, "grafana");
+    let provisioning = repo_path_of(grafana, "/etc/grafana/provisioning");
+
+    // Data source: the compose Prometheus, by service name and container port.
+    let datasources: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(provisioning.join("datasources/prometheus.yml")).unwrap())
+            .unwrap();
+    let source = &datasources["datasources"][0];
+    assert_eq!(source["type"].as_str(), Some("prometheus"));
+    let prometheus_port = published_ports(service(&compose, "prometheus"))[0].1;
+    assert_eq!(source["url"].as_str(), Some(format!("http://prometheus:{prometheus_port}").as_str()));
+    let uid = source["uid"].as_str().expect("a fixed uid the dashboard refers to");
+
+    // Dashboards: the provider's folder is mounted from the repository and holds the dashboard.
+    let providers: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(provisioning.join("dashboards/webhooks.yml")).unwrap())
+            .unwrap();
+    let folder = providers["providers"][0]["options"]["path"].as_str().expect("provider path");
+    let dashboards = repo_path_of(grafana, folder);
+    let dashboard_file = dashboards.join("webhooks.json");
+    assert!(dashboard_file.is_file(), "{} exists", dashboard_file.display());
+    let home = &environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"];
+    assert_eq!(repo_path_of(grafana, home), dashboard_file, "the home page is the pipeline's dashboard");
+
+    // The dashboard's panels use that data source and fit Grafana's 24-column grid.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dashboard_file).unwrap()).unwrap();
+    assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+    let mut ids = BTreeSet::new();
+    let mut panels: Vec<serde_json::Value> = dashboard["panels"].as_array().unwrap().clone();
+    let mut queries = 0;
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().cloned().unwrap_or_default());
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        assert!(ids.insert(panel["id"].as_u64().expect("panel id")), "panel ids are unique ({title})");
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(x + w <= 24 && grid["h"].as_u64().unwrap() > 0, "{title} fits the grid");
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"].as_str(), Some(uid), "{title} uses the provisioned data source");
+        for target in panel["targets"].as_array().expect("targets") {
+            assert_eq!(target["datasource"]["uid"].as_str(), Some(uid), "{title}");
+            assert!(target["refId"].is_string() && target["expr"].is_string(), "{title}");
+            queries += 1;
+        }
+    }
+    assert!(queries > 0);
+}
+
+#[test]
 fn the_dockerfile_copies_every_workspace_member_and_builds_every_binary() {
     let dockerfile = repo_file("Dockerfile");
     let manifest: toml::Value = toml::from_str(&repo_file("Cargo.toml")).unwrap();
@@ -173,14 +460,15 @@ fn the_dockerfile_copies_every_workspace_member_and_builds_every_binary() {
         assert!(dockerfile.contains(&format!("COPY {member} {member}")), "Dockerfile copies {member}");
     }
     assert!(dockerfile.contains("COPY migrations migrations"), "migrations are embedded at build time");
+    let binaries = image_binaries();
     for bin in ["ingest", "worker", "hookctl"] {
-        assert!(dockerfile.contains(&format!("--bin {bin}")), "builds {bin}");
+        assert!(binaries.contains(bin), "the image has {bin}");
     }
     assert!(dockerfile.contains("--no-default-features"), "the image is built without test fail points");
 }
 
 #[test]
-fn ci_runs_the_readmes_commands() {
+fn ci_runs_the_readmes_commands_with_the_prometheus_tools_installed() {
     let readme = repo_file("README.md");
     let ci = repo_file(".ci/run");
     assert!(readme.lines().any(|l| l.trim() == TEST_COMMAND), "README gives `{TEST_COMMAND}` on a line of its own");
@@ -190,4 +478,8 @@ fn ci_runs_the_readmes_commands() {
         "README gives the one command that runs the stack"
     );
     assert!(readme.lines().any(|l| l.trim() == "docker compose up --build"), "README gives the compose command");
+    assert!(
+        ci.lines().any(|l| l.contains("apt-get install") && l.contains("prometheus")),
+        ".ci/run installs promtool and prometheus"
+    );
 }

@@ -1,13 +1,13 @@
-//! The Postgres pool, and the one place database errors are classified.
+//! The Postgres pool, and the one place database errors are classified. [`tls`] turns
+//! `DATABASE_URL`'s `sslmode` into the connector every connection uses.
 
-use std::str::FromStr;
+pub mod tls;
+
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use secrecy::ExposeSecret;
 use shared::Settings;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 /// How long to wait for a pooled connection, or to open one, before calling the database
 /// unavailable (a transient failure: the message is retried later).
@@ -18,14 +18,14 @@ const SESSION_OPTIONS: &str = "-c lock_timeout=5s -c statement_timeout=30s";
 
 /// Builds the pool; connections open lazily, so a database that is down at start only delays work.
 pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
-    let mut config = tokio_postgres::Config::from_str(settings.database_url.expose_secret())
-        .map_err(|e| anyhow::anyhow!("setting DATABASE_URL is invalid: {e}"))?;
+    let target = tls::DatabaseTarget::from_settings(settings)?;
+    let mut config = target.config;
     config.connect_timeout(POOL_TIMEOUT);
     config.application_name("webhooks-worker");
     // Bounded waits as session settings, not a round trip per transaction: a stuck lock or
     // query becomes a (transient) error instead of a stalled worker.
     config.options(SESSION_OPTIONS);
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(config, target.tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(settings.database_pool_size)
         .wait_timeout(Some(POOL_TIMEOUT))
@@ -85,7 +85,7 @@ pub fn classify(error: &tokio_postgres::Error) -> DbErrorClass {
 pub fn describe_pool_error(error: &PoolError) -> String {
     match error {
         PoolError::Timeout(_) => "database pool timed out (database unreachable or saturated)".into(),
-        PoolError::Backend(e) => format!("database connection failed: {e}"),
+        PoolError::Backend(e) => format!("database connection failed: {}", tls::describe_connect_error(e)),
         other => format!("database pool error: {other}"),
     }
 }
@@ -93,6 +93,7 @@ pub fn describe_pool_error(error: &PoolError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::NoTls;
 
     #[test]
     fn errors_without_sqlstate_are_transient() {

@@ -1,27 +1,13 @@
 //! `worker`: consumes queued webhooks (`worker` or `worker run`), or migrates the database
 //! (`worker migrate`).
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use shared::{shutdown, telemetry, Settings};
-
-#[derive(Parser)]
-#[command(version, about = "Applies queued payment webhooks to Postgres exactly once in effect")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Consume the work queue (the default).
-    Run,
-    /// Create the database if missing and apply migrations; safe to run concurrently.
-    Migrate,
-}
+use worker::cli::{WorkerCli, WorkerCommand as Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = WorkerCli::parse();
     let settings = Settings::load()?;
     let _logs = telemetry::init(settings.log_format);
     let _failpoints = fail::FailScenario::setup();

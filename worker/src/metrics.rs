@@ -1,7 +1,43 @@
 //! Worker metrics, on a registry of its own (see `shared::metrics`).
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use shared::metrics::{register, BrokerMetrics, LAG_BUCKETS, LATENCY_BUCKETS};
+use shared::metrics::{register, register_process_metrics, BrokerMetrics, LAG_BUCKETS, LATENCY_BUCKETS};
+use shared::Provider;
+
+/// Event types that keep their name in `worker_events_total` (everything else is `other`, see
+/// `process::metric_event_type`), by provider. With [`EVENT_OUTCOMES`] they make the label
+/// combinations that exist at 0 from the first scrape.
+pub const KNOWN_EVENT_TYPES: &[(Provider, &[&str])] = &[
+    (
+        Provider::Stripe,
+        &[
+            "checkout.session.completed",
+            "checkout.session.async_payment_succeeded",
+            "checkout.session.async_payment_failed",
+            "checkout.session.expired",
+            "payment_intent.payment_failed",
+            "other",
+        ],
+    ),
+    (
+        Provider::Toss,
+        &[
+            "PAYMENT_STATUS_CHANGED",
+            "DEPOSIT_CALLBACK",
+            "CANCEL_STATUS_CHANGED",
+            "payout.changed",
+            "seller.changed",
+            "other",
+        ],
+    ),
+];
+
+/// Every `outcome` of `worker_events_total`.
+pub const EVENT_OUTCOMES: &[&str] = &["applied", "duplicate", "ignored", "retried", "dead_lettered"];
+
+/// Every `stage` of `notifications_total`.
+pub const NOTIFICATION_STAGES: &[&str] =
+    &["published", "unrouted", "outbox_dead", "delivered", "retried", "dead_lettered"];
 
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -82,7 +118,20 @@ impl WorkerMetrics {
             &registry,
             IntCounterVec::new(Opts::new("notifications_total", "Notifications by stage"), &["stage"]).unwrap(),
         );
+        for (provider, event_types) in KNOWN_EVENT_TYPES {
+            for event_type in *event_types {
+                for outcome in EVENT_OUTCOMES {
+                    events.with_label_values(&[provider.as_str(), event_type, outcome]);
+                }
+            }
+            processing.with_label_values(&[provider.as_str()]);
+            lag.with_label_values(&[provider.as_str()]);
+        }
+        for stage in NOTIFICATION_STAGES {
+            notifications.with_label_values(&[stage]);
+        }
         let broker = BrokerMetrics::register(&registry);
+        register_process_metrics(&registry, "worker", env!("CARGO_PKG_VERSION"));
         Self {
             registry,
             events,
@@ -101,5 +150,59 @@ impl WorkerMetrics {
 impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::{Outcome, Verification};
+    use crate::process::metric_event_type;
+    use shared::status::PaymentStatus;
+
+    #[test]
+    fn pre_created_event_types_are_exactly_the_ones_kept_in_labels() {
+        for (_, event_types) in KNOWN_EVENT_TYPES {
+            for event_type in *event_types {
+                assert_eq!(metric_event_type(event_type), *event_type);
+            }
+        }
+        assert_eq!(metric_event_type("something.new"), "other");
+    }
+
+    #[test]
+    fn pre_created_outcomes_cover_every_handled_outcome() {
+        let outcomes = [
+            Outcome::Applied {
+                payment_id: uuid::Uuid::nil(),
+                order_id: String::new(),
+                from: PaymentStatus::Pending,
+                to: PaymentStatus::Paid,
+                notified: None,
+                verification: Verification::Signature,
+            },
+            Outcome::Ignored { reason: String::new(), order_id: None, verification: Verification::Signature },
+            Outcome::Duplicate,
+        ];
+        for outcome in outcomes {
+            assert!(EVENT_OUTCOMES.contains(&outcome.label()), "{}", outcome.label());
+        }
+    }
+
+    #[test]
+    fn the_first_scrape_has_outcomes_stages_process_metrics_and_build_info() {
+        let metrics = WorkerMetrics::new();
+        let text = shared::metrics::render(&metrics.registry);
+        for line in [
+            r#"worker_events_total{event_type="DEPOSIT_CALLBACK",outcome="dead_lettered",provider="toss"} 0"#,
+            r#"worker_events_total{event_type="other",outcome="applied",provider="stripe"} 0"#,
+            r#"notifications_total{stage="dead_lettered"} 0"#,
+            r#"worker_event_lag_seconds_count{provider="toss"} 0"#,
+            r#"amqp_publish_total{outcome="timeout"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(text.contains(&format!(r#"worker_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))));
+        assert!(text.lines().any(|l| l.starts_with("process_cpu_seconds_total ")), "{text}");
     }
 }

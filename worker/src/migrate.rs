@@ -2,13 +2,11 @@
 //! refinery. Safe to run from several processes at once: a Postgres advisory lock lets one
 //! apply while the others wait, then find nothing left to do.
 
-use std::str::FromStr;
-
 use anyhow::Context;
-use secrecy::ExposeSecret;
 use shared::Settings;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
+
+use crate::db::tls::{describe_connect_error, DatabaseTarget};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -18,10 +16,13 @@ mod embedded {
 const MIGRATION_LOCK: i64 = 0x7765_6268_6f6f_6b73; // "webhooks"
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let url = settings.database_url.expose_secret();
-    ensure_database(url).await?;
-    let (mut client, connection) =
-        tokio_postgres::connect(url, NoTls).await.context("cannot connect to DATABASE_URL")?;
+    let target = DatabaseTarget::from_settings(settings)?;
+    ensure_database(&target).await?;
+    let (mut client, connection) = target
+        .config
+        .connect(target.tls.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to DATABASE_URL: {}", describe_connect_error(&e)))?;
     let driver = tokio::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
@@ -38,17 +39,17 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the database named in `url` when it does not exist, through the `postgres`
-/// maintenance database. Without the rights to do so, the later connect reports the problem.
-async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(url).context("setting DATABASE_URL is invalid")?;
-    let Some(name) = config.get_dbname().map(str::to_string) else { return Ok(()) };
+/// Creates the database named in `DATABASE_URL` when it does not exist, through the `postgres`
+/// maintenance database (over the same TLS). Without the rights to do so, the later connect
+/// reports the problem.
+async fn ensure_database(target: &DatabaseTarget) -> anyhow::Result<()> {
+    let Some(name) = target.config.get_dbname().map(str::to_string) else { return Ok(()) };
     if name == "postgres" {
         return Ok(());
     }
-    let mut admin = config.clone();
+    let mut admin = target.config.clone();
     admin.dbname("postgres");
-    let Ok((client, connection)) = admin.connect(NoTls).await else { return Ok(()) };
+    let Ok((client, connection)) = admin.connect(target.tls.clone()).await else { return Ok(()) };
     tokio::spawn(connection);
     let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
     if !exists {

@@ -68,7 +68,7 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Unavailable => "unavailable",
             Self::Blocked => "blocked",

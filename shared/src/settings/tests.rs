@@ -147,3 +147,16 @@ fn trusting_proxy_hops_needs_the_proxies_addresses() {
     let s = Settings::from_vars([("TRUSTED_PROXY_HOPS", "1"), ("TRUSTED_PROXIES", "10.0.0.0/8")]).unwrap();
     assert_eq!(s.trusted_proxies.len(), 1);
 }
+
+#[test]
+fn env_names_are_the_fields_in_upper_case_and_each_one_is_read() {
+    let names = Settings::env_names();
+    for name in ["DATABASE_URL", "AMQP_PREFIX", "WORKER_ADDR", "LOG_FORMAT", "NOTIFY_WEBHOOK_SECRET"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    // Each name really sets something: an invalid value for it is refused, naming it.
+    for name in ["WORKER_PREFETCH", "RETRY_MAX_ATTEMPTS", "SHUTDOWN_TIMEOUT"] {
+        let err = Settings::from_vars([(name, "not-a-number")]).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+    }
+}

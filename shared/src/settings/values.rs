@@ -56,3 +56,9 @@ pub(super) fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Se
     let raw = Option::<String>::deserialize(d)?;
     Ok(raw.filter(|s| !s.trim().is_empty()).map(SecretString::from))
 }
+
+/// A file path where an empty value means "not set" (compose passes `${VAR:-}` as "").
+pub(super) fn empty_path_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::path::PathBuf>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    Ok(raw.filter(|s| !s.trim().is_empty()).map(std::path::PathBuf::from))
+}

@@ -5,11 +5,16 @@
 //! - `dead list|show|replay|purge`: inspect the dead-letter queue and move messages back;
 //! - `events <order id>`: what the pipeline received and did for an order, newest first;
 //! - `probe <url>`: exit 0 when a URL answers 2xx (container health checks without curl).
+//!
+//! [`WorkerCli`] is the `worker` binary's own (smaller) command line.
 
 pub mod dead;
 pub mod dead_outbox;
 pub mod events;
 pub mod send;
+mod worker_cli;
+
+pub use worker_cli::{WorkerCli, WorkerCommand};
 
 use clap::{Parser, Subcommand};
 
