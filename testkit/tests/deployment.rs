@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use serde_yaml_ng::Value;
 
-/// The one command the README gives for running the tests.
-const TEST_COMMAND: &str = "cargo test --workspace --locked";
+/// The one command the README gives for running the tests. The fail points are opt-in, so the
+/// tests that crash a worker at one need the feature.
+const TEST_COMMAND: &str = "cargo test --workspace --locked --features worker/failpoints";
 
 fn repo_file(path: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -176,7 +177,13 @@ fn the_dockerfile_copies_every_workspace_member_and_builds_every_binary() {
     for bin in ["ingest", "worker", "hookctl"] {
         assert!(dockerfile.contains(&format!("--bin {bin}")), "builds {bin}");
     }
-    assert!(dockerfile.contains("--no-default-features"), "the image is built without test fail points");
+    assert!(!dockerfile.contains("failpoints"), "the image is built without test fail points");
+    let worker: toml::Value = toml::from_str(&repo_file("worker/Cargo.toml")).unwrap();
+    let default = worker["features"].get("default").and_then(|d| d.as_array()).cloned().unwrap_or_default();
+    assert!(
+        !default.iter().any(|f| f.as_str() == Some("failpoints")),
+        "fail points are opt-in, never a default feature"
+    );
 }
 
 #[test]
@@ -190,4 +197,7 @@ fn ci_runs_the_readmes_commands() {
         "README gives the one command that runs the stack"
     );
     assert!(readme.lines().any(|l| l.trim() == "docker compose up --build"), "README gives the compose command");
+    let step = "scripts/check-release-has-no-failpoints.sh";
+    assert!(ci.lines().any(|l| l.trim().starts_with(step)), ".ci/run runs {step}");
+    assert!(readme.contains(step), "README explains {step}");
 }
