@@ -22,6 +22,7 @@ pub mod notification;
 pub mod outbox;
 pub mod outcome;
 pub mod process;
+pub mod retention;
 pub mod retry;
 pub mod state_machine;
 pub mod toss_api;
@@ -151,6 +152,7 @@ impl Worker {
         let relay_stop = CancellationToken::new();
         let relay = tasks.spawn(outbox::run_relay(deps.clone(), relay_stop.clone()));
         let gauges = tasks.spawn(health::sample_gauges(deps.clone(), relay_stop.clone()));
+        tasks.spawn(retention::run_pruner(deps.clone(), shutdown.clone()));
 
         shutdown.cancelled().await;
         tracing::info!("worker stopping: finishing in-flight deliveries");
