@@ -197,7 +197,8 @@ fn ci_runs_the_readmes_commands() {
         "README gives the one command that runs the stack"
     );
     assert!(readme.lines().any(|l| l.trim() == "docker compose up --build"), "README gives the compose command");
-    let step = "scripts/check-release-has-no-failpoints.sh";
-    assert!(ci.lines().any(|l| l.trim().starts_with(step)), ".ci/run runs {step}");
-    assert!(readme.contains(step), "README explains {step}");
+    for step in ["scripts/check-release-has-no-failpoints.sh", "scripts/fuzz.sh"] {
+        assert!(ci.lines().any(|l| l.trim().starts_with(step)), ".ci/run runs {step}");
+        assert!(readme.contains(step), "README explains {step}");
+    }
 }
