@@ -4,9 +4,13 @@
 //! - `bench ingest`: signed Stripe events posted by concurrent clients to an ingest; latency
 //!   until the `200` (which includes the publisher confirm) and throughput;
 //! - `bench worker`: events queued ahead, then one worker started; throughput until every
-//!   payment is paid, and lag from receipt to application.
+//!   payment is paid, and lag from receipt to application;
+//! - `bench soak`: the pipeline as processes under steady load for a long time, a worker
+//!   killed every few minutes; memory, lag per minute and the exactly-once invariant (`soak`).
 //!
-//! Run with `cargo run --release -p bench -- ingest` (or `worker`).
+//! Run with `cargo run --release -p bench -- ingest` (or `worker`, or `soak`).
+
+mod soak;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +47,26 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// Steady signed load on ingest and worker processes for a long time, one worker killed
+    /// (SIGKILL) and restarted every few minutes. Needs the release binaries: `cargo build
+    /// --release --bin ingest --bin worker`.
+    Soak {
+        /// How long the load lasts.
+        #[arg(long, default_value = "30m", value_parser = shared::settings::parse_duration)]
+        duration: std::time::Duration,
+        /// Signed events per second; about half of what the workers drain (see `bench worker`).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// A worker is killed this often, in turn.
+        #[arg(long, default_value = "3m", value_parser = shared::settings::parse_duration)]
+        kill_every: std::time::Duration,
+        /// Where the ingest and worker binaries are (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest { requests, concurrency } => bench_ingest(requests, concurrency).await,
         Command::Worker { events, concurrency, rate } => bench_worker(events, concurrency, rate).await,
+        Command::Soak { duration, rate, workers, kill_every, bin_dir } => {
+            soak::run(soak::SoakOptions { duration, rate, workers: workers.max(1), kill_every, bin_dir }).await
+        }
     }
 }
 
