@@ -13,7 +13,7 @@ COPY bench bench
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --no-default-features --bin ingest --bin worker --bin hookctl \
+    cargo build --release --locked --bin ingest --bin worker --bin hookctl \
  && mkdir -p /out \
  && cp target/release/ingest target/release/worker target/release/hookctl /out/
 

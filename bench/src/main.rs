@@ -5,10 +5,13 @@
 //!   process of its own) and the inline Node peer, at one concurrency in one run; throughput
 //!   ratios, CPU per request from `/proc`, peak memory, latency at full load and at half of
 //!   ingest's maximum rate;
-//! - `bench worker` ([`worker_bench`]): events queued ahead, then one worker started; throughput
-//!   until every payment is paid, and lag from receipt to application.
+//! - `bench worker` ([`worker_bench`]): a queued backlog drained by one worker (the release
+//!   binary) with batch size 1 and the default, against the inline peer; throughput, CPU per
+//!   event of the worker, Postgres and RabbitMQ, memory, and lag at a steady rate;
+//! - `bench soak` ([`soak`]): the pipeline as processes under steady load for a long time, a
+//!   worker killed every few minutes; memory, lag per minute and the exactly-once invariant.
 //!
-//! Run with `cargo run --release -p bench -- ingest` (or `worker`).
+//! Run with `cargo run --release -p bench -- ingest` (or `worker`, or `soak`).
 
 // `json!` of a whole Checkout Session nests deeper than the default macro recursion limit.
 #![recursion_limit = "256"]
@@ -18,6 +21,7 @@ mod ingest_bench;
 mod load;
 mod peer;
 mod procfs;
+mod soak;
 mod worker_bench;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +72,26 @@ enum Command {
         #[arg(long, default_value = "json")]
         log_format: String,
     },
+    /// Steady signed load on ingest and worker processes for a long time, one worker killed
+    /// (SIGKILL) and restarted every few minutes. Needs the release binaries: `cargo build
+    /// --release --bin ingest --bin worker`.
+    Soak {
+        /// How long the load lasts.
+        #[arg(long, default_value = "30m", value_parser = shared::settings::parse_duration)]
+        duration: std::time::Duration,
+        /// Signed events per second; about half of what the workers drain (see `bench worker`).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// A worker is killed this often, in turn.
+        #[arg(long, default_value = "3m", value_parser = shared::settings::parse_duration)]
+        kill_every: std::time::Duration,
+        /// Where the ingest and worker binaries are (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -86,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?;
             let bench = worker_bench::WorkerBench { events, batch_sizes, peer: !no_peer, lag_events, rate, log_format };
             worker_bench::run(bench).await
+        }
+        Command::Soak { duration, rate, workers, kill_every, bin_dir } => {
+            soak::run(soak::SoakOptions { duration, rate, workers: workers.max(1), kill_every, bin_dir }).await
         }
     }
 }

@@ -161,9 +161,20 @@ pub struct Settings {
     /// Notification POSTs in flight at once per worker.
     pub notify_concurrency: usize,
 
+    /// How long a final `webhook_events` row (`applied`, `ignored`, `dead`) is kept after it was
+    /// processed; the worker prunes older ones. `0` keeps everything. At least
+    /// [`MIN_EVENT_RETENTION`] otherwise.
+    #[serde(deserialize_with = "duration")]
+    pub event_retention: Duration,
+
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
 }
+
+/// The shortest `EVENT_RETENTION` accepted (other than `0`). Providers retry an event for days
+/// (Stripe up to 3, Toss almost 4); an event pruned before its last retry would no longer be
+/// recognised as a duplicate when that retry arrives.
+pub const MIN_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -207,6 +218,7 @@ impl Default for Settings {
             notify_connect_timeout: Duration::from_secs(5),
             notify_timeout: Duration::from_secs(10),
             notify_concurrency: 4,
+            event_retention: Duration::from_secs(30 * 24 * 3600),
             log_format: LogFormat::Text,
         }
     }
@@ -326,6 +338,12 @@ impl Settings {
             });
         }
         url::Url::parse(&self.toss_api_base).map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
+        if !self.event_retention.is_zero() && self.event_retention < MIN_EVENT_RETENTION {
+            return Err(SettingsError::invalid(
+                "event_retention",
+                "0 keeps every event; otherwise at least 7d, longer than providers retry an event",
+            ));
+        }
         Ok(())
     }
 

@@ -12,7 +12,9 @@
 //!
 //! All queues are quorum queues: replicated, always persistent, and able to dead-letter
 //! `at-least-once` (which needs `overflow = reject-publish`), so a message moving from a delay
-//! queue back to work, or from work to the dead letters, is never dropped on the way.
+//! queue back to work, or from work to the dead letters, is never dropped on the way. The
+//! dead-letter queues are the end of the line: they carry a delivery limit no reading can
+//! reach ([`DEAD_LETTER_DELIVERY_LIMIT`]), so inspecting them never drops what they hold.
 
 use std::time::Duration;
 
@@ -23,6 +25,19 @@ use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::envelope::long_string;
 use crate::settings::Settings;
+
+/// Delivery limit of the dead-letter queues (`{p}.dead`, `{p}.notify.dead`): none in practice,
+/// but stated explicitly.
+///
+/// Reading a dead letter without acknowledging it (`hookctl dead list` and `show` do, and
+/// return every message when they finish) counts as a delivery, and a quorum queue drops a
+/// message past its limit when, as here, it has nowhere to dead-letter it. RabbitMQ 4 gives
+/// every quorum queue declared without a limit a default of 20, so the 21st look at a dead
+/// letter would delete it. `-1`, RabbitMQ 4's word for "unlimited", is worse on RabbitMQ 3.x,
+/// which accepts it as a limit every return exceeds (tested on 3.10: the first look drops the
+/// message). So the limit is a number: a billion returns, beyond any amount of looking, with
+/// the same meaning on every version.
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
 
 /// Names and shapes of the broker objects for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +168,15 @@ impl Topology {
         dead: &str,
         retry_name: impl Fn(usize) -> String,
     ) -> Result<(), lapin::Error> {
-        declarer.queue(dead, quorum_args()).await?;
+        let kept = declarer.queue(dead, dead_letter_args()).await?;
+        if kept {
+            tracing::warn!(
+                queue = dead,
+                "this dead-letter queue may lack the explicit delivery limit: on RabbitMQ 4 a quorum queue without \
+                 one drops a message after 20 reads (hookctl dead list/show each count as one); there, apply a \
+                 policy with `delivery-limit` -1 to it, or recreate it empty (RabbitMQ 3.x has no default limit)"
+            );
+        }
         let mut args = dead_lettering_to(dead);
         args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
         declarer.queue(queue, args).await?;
@@ -174,16 +197,18 @@ struct Declarer<'a> {
 }
 
 impl Declarer<'_> {
-    async fn queue(&mut self, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    /// Declares `name`; `Ok(true)` when it already existed with other arguments and was kept.
+    async fn queue(&mut self, name: &str, args: FieldTable) -> Result<bool, lapin::Error> {
         let options = QueueDeclareOptions { durable: true, ..Default::default() };
         match self.channel.queue_declare(ShortString::from(name), options, args).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(false),
             Err(error) if is_precondition_failed(&error) => {
                 tracing::warn!(queue = name, %error, "queue exists with other arguments; keeping the existing ones (change them with a policy)");
                 // The failed declare closed the channel: check existence on a fresh one.
                 self.channel = self.connection.create_channel().await?;
                 let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                self.channel.queue_declare(ShortString::from(name), passive, FieldTable::default()).await.map(drop)
+                self.channel.queue_declare(ShortString::from(name), passive, FieldTable::default()).await?;
+                Ok(true)
             }
             Err(error) => Err(error),
         }
@@ -202,6 +227,13 @@ fn delay_queue_name(base: &str, delay: Duration) -> String {
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+/// A dead-letter queue: quorum, with a delivery limit no amount of inspection reaches.
+pub fn dead_letter_args() -> FieldTable {
+    let mut args = quorum_args();
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT));
     args
 }
 

@@ -16,8 +16,9 @@ use compose_spec::{Compose, ListOrMap, Service, ShortOrLong};
 use testkit::compose::parse_compose;
 use testkit::prometheus::{promtool, repo_root};
 
-/// The one command the README gives for running the tests.
-const TEST_COMMAND: &str = "cargo test --workspace --locked";
+/// The one command the README gives for running the tests. The fail points are opt-in, so the
+/// tests that crash a worker at one need the feature.
+const TEST_COMMAND: &str = "cargo test --workspace --locked --features worker/failpoints";
 
 /// Environment names our binaries read besides the settings struct.
 const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG"];
@@ -464,7 +465,13 @@ fn the_dockerfile_copies_every_workspace_member_and_builds_every_binary() {
     for bin in ["ingest", "worker", "hookctl"] {
         assert!(binaries.contains(bin), "the image has {bin}");
     }
-    assert!(dockerfile.contains("--no-default-features"), "the image is built without test fail points");
+    assert!(!dockerfile.contains("failpoints"), "the image is built without test fail points");
+    let worker: toml::Value = toml::from_str(&repo_file("worker/Cargo.toml")).unwrap();
+    let default = worker["features"].get("default").and_then(|d| d.as_array()).cloned().unwrap_or_default();
+    assert!(
+        !default.iter().any(|f| f.as_str() == Some("failpoints")),
+        "fail points are opt-in, never a default feature"
+    );
 }
 
 #[test]
@@ -482,4 +489,8 @@ fn ci_runs_the_readmes_commands_with_the_prometheus_tools_installed() {
         ci.lines().any(|l| l.contains("apt-get install") && l.contains("prometheus")),
         ".ci/run installs promtool and prometheus"
     );
+    for step in ["scripts/check-release-has-no-failpoints.sh", "scripts/fuzz.sh"] {
+        assert!(ci.lines().any(|l| l.trim().starts_with(step)), ".ci/run runs {step}");
+        assert!(readme.contains(step), "README explains {step}");
+    }
 }

@@ -11,6 +11,7 @@
 //!   [`delivery`], the optional HTTP delivery of notifications;
 //! - [`outbox`]: publishing committed notifications, and the relay for rows left behind;
 //! - [`halt`]: stopping when the database rejects the worker's own SQL;
+//! - [`retention`]: pruning processed events from the inbox after `EVENT_RETENTION`;
 //! - [`deps`], [`db`], [`outcome`], [`health`], [`metrics`], [`migrate`]: plumbing;
 //!   [`cli`]: the `hookctl` tool.
 
@@ -30,6 +31,7 @@ pub mod notification;
 pub mod outbox;
 pub mod outcome;
 pub mod process;
+pub mod retention;
 pub mod retry;
 pub mod settle;
 pub mod state_machine;
@@ -151,6 +153,7 @@ impl Worker {
         let relay_stop = CancellationToken::new();
         let relay = tasks.spawn(outbox::run_relay(deps.clone(), relay_stop.clone()));
         let gauges = tasks.spawn(health::sample_gauges(deps.clone(), relay_stop.clone()));
+        tasks.spawn(retention::run_pruner(deps.clone(), shutdown.clone()));
 
         shutdown.cancelled().await;
         deps.stopping.cancel();

@@ -10,6 +10,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = WorkerCli::parse();
     let settings = Settings::load()?;
     let _logs = telemetry::init(settings.log_format);
+    // Test hooks exist only in builds with `--features failpoints`; others never read FAILPOINTS.
+    #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => worker::migrate::migrate(&settings).await,

@@ -107,7 +107,8 @@ pub async fn publish(deps: &Deps, messages: &[Message]) -> Result<Report, Handle
                 report.unrouted += 1;
                 done.push(message.id);
             }
-            Err(PublishError::Unavailable) => unavailable.push(message.id),
+            // Not tried: no connection, or the broker blocks publishers (a resource alarm).
+            Err(PublishError::Unavailable | PublishError::Blocked) => unavailable.push(message.id),
             Err(error) => {
                 refused.push(message.id);
                 errors.push(error.to_string());

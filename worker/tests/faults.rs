@@ -201,6 +201,7 @@ async fn a_single_worker_processes_deliveries_concurrently() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs the test hooks: --features worker/failpoints")]
 async fn a_message_that_kills_every_worker_is_parked_by_the_delivery_limit() {
     let env = Env::new().await;
     let settings = env.settings(&[("DELIVERY_LIMIT", "2")]);

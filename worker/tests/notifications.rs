@@ -108,6 +108,7 @@ async fn a_rolled_back_change_yields_neither_row_nor_message() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs the test hooks: --features worker/failpoints")]
 async fn a_relay_killed_between_publish_and_bookkeeping_republishes_the_same_id() {
     let env = Env::new().await;
     env.seed_payment("order-crash", "stripe", Some(1000), Some("usd")).await;

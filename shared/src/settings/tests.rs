@@ -160,3 +160,22 @@ fn env_names_are_the_fields_in_upper_case_and_each_one_is_read() {
         assert!(err.contains(name), "{err}");
     }
 }
+
+#[test]
+fn event_retention_defaults_to_30_days_and_0_keeps_everything() {
+    let s = Settings::from_vars([]).unwrap();
+    assert_eq!(s.event_retention, Duration::from_secs(30 * 24 * 3600));
+    let keep = Settings::from_vars([("EVENT_RETENTION", "0")]).unwrap();
+    assert!(keep.event_retention.is_zero());
+    let longer = Settings::from_vars([("EVENT_RETENTION", "90d")]).unwrap();
+    assert_eq!(longer.event_retention, Duration::from_secs(90 * 24 * 3600));
+    assert_eq!(Settings::from_vars([("EVENT_RETENTION", "7d")]).unwrap().event_retention, MIN_EVENT_RETENTION);
+}
+
+#[test]
+fn event_retention_shorter_than_the_providers_retries_is_refused() {
+    for value in ["1h", "3d", "6d 23h", "soon"] {
+        let err = Settings::from_vars([("EVENT_RETENTION", value)]).unwrap_err().to_string();
+        assert!(err.contains("EVENT_RETENTION"), "{value} gave {err}");
+    }
+}

@@ -88,12 +88,13 @@ pub fn verify_stripe_signature(
     if !matched {
         return Err(StripeSignatureError::NoMatch);
     }
-    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
-    let age = now_unix.saturating_sub(parsed.timestamp);
+    // In i128, the distance between any two i64 instants is exact: no overflow, no saturation.
+    let tolerance = i128::from(tolerance.as_secs());
+    let age = i128::from(now_unix) - i128::from(parsed.timestamp);
     if age > tolerance {
         return Err(StripeSignatureError::Stale);
     }
-    if -age > tolerance {
+    if age < -tolerance {
         return Err(StripeSignatureError::Future);
     }
     Ok(parsed.timestamp)
@@ -135,6 +136,31 @@ mod tests {
         let header = "t=1719800000,v1=23a81ebef289224569e42fecbf69824f317be70685ac5cea930d2866e9f1bc62";
         assert_eq!(sign_stripe_payload(BODY, "whsec_test_secret", NOW), header);
         assert_eq!(verify(header, &["whsec_test_secret"]), Ok(NOW));
+    }
+
+    #[test]
+    fn timestamps_far_from_the_clock_are_refused_without_overflow() {
+        // Found by the stripe_signature fuzz target: a valid signature whose timestamp was
+        // further from `now` than an i64 holds overflowed the distance (`-age` of i64::MIN).
+        let body = [219, 219];
+        let header = sign_stripe_payload(&body, "", 6_619_125_814_684_015_579);
+        let verdict = verify_stripe_signature(
+            &body,
+            Some(&header),
+            &secrets(&["", "", ""]),
+            Duration::from_secs(1_096_244_471_875),
+            -2_604_246_222_185_168_896,
+        );
+        assert_eq!(verdict, Err(StripeSignatureError::Future));
+        let header = sign_stripe_payload(BODY, "whsec_a", i64::MAX);
+        let at = |now, tolerance| verify_stripe_signature(BODY, Some(&header), &secrets(&["whsec_a"]), tolerance, now);
+        assert_eq!(at(i64::MIN, Duration::MAX), Ok(i64::MAX));
+        assert_eq!(at(i64::MIN, TOL), Err(StripeSignatureError::Future));
+        let header = sign_stripe_payload(BODY, "whsec_a", 0);
+        let at = |now, tolerance| verify_stripe_signature(BODY, Some(&header), &secrets(&["whsec_a"]), tolerance, now);
+        assert_eq!(at(i64::MAX, TOL), Err(StripeSignatureError::Stale));
+        assert_eq!(at(i64::MIN, TOL), Err(StripeSignatureError::Future));
+        assert_eq!(at(i64::MAX, Duration::from_secs(i64::MAX as u64)), Ok(0));
     }
 
     #[test]

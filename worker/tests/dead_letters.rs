@@ -1,0 +1,171 @@
+//! Dead letters stay until an operator replays or purges them: reading them any number of
+//! times (as `hookctl dead list` and `show` do, returning each one) never pushes one out,
+//! whatever delivery limit the broker would otherwise apply.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Env;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use shared::topology::Topology;
+
+const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Far more reads than any delivery limit in play: RabbitMQ 4's default (20) and this
+/// project's `DELIVERY_LIMIT` default (20).
+const READS: usize = 60;
+
+/// Runs hookctl to completion; returns (success, stdout + stderr).
+async fn hookctl(env: &Env, args: &[&str]) -> (bool, String) {
+    let vars = env.env_vars(&[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookctl"))
+        .args(args)
+        .envs(vars)
+        .output()
+        .await
+        .expect("hookctl runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Puts a persistent message straight into `queue` and waits for the broker's confirm.
+async fn park(env: &Env, queue: &str, id: &str) {
+    let channel = env.broker.connection().create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("x-event-key".into(), AMQPValue::LongString(id.into()));
+    headers.insert("x-dead-reason".into(), AMQPValue::LongString("permanent: test".into()));
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            format!("{{\"id\":\"{id}\"}}").as_bytes(),
+            BasicProperties::default().with_delivery_mode(2).with_message_id(id.into()).with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "{queue} took the message");
+    let _ = channel.close(200, "".into()).await;
+}
+
+/// Reads the message at the head of `queue` without acknowledging it, then closes the channel,
+/// which returns it: exactly what hookctl does. Returns the broker's `x-delivery-count` of it.
+async fn look(env: &Env, queue: &str) -> i64 {
+    let channel = env.broker.connection().create_channel().await.unwrap();
+    let message = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{queue} lost its dead letter"));
+    let _ = channel.close(200, "".into()).await;
+    let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn reading_dead_letters_many_more_times_than_any_delivery_limit_never_drops_them() {
+    let env = Env::new().await;
+    let settings = env.settings(&[
+        ("DELIVERY_LIMIT", "2"),
+        ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"),
+        ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET),
+    ]);
+    env.declare(&settings).await;
+    let topology = Topology::from_settings(&settings);
+    let queues = [topology.dead_queue(), topology.notify_dead_queue()];
+    for queue in &queues {
+        park(&env, queue, &format!("evt_kept_{queue}")).await;
+        park(&env, queue, &format!("evt_second_{queue}")).await;
+    }
+
+    let mut counted = 0;
+    for _ in 0..READS {
+        for queue in &queues {
+            counted = look(&env, queue).await;
+        }
+    }
+    // The broker counted the returns (so a limit below READS would have fired).
+    assert!(counted >= READS as i64 - 1, "the broker counts each return as a delivery (x-delivery-count {counted})");
+    // And the operator's tool, a few more times, with its own reading of every message.
+    for _ in 0..3 {
+        let (ok, out) = hookctl(&env, &["dead", "list"]).await;
+        assert!(ok && out.contains(&format!("evt_kept_{}", queues[0])), "{out}");
+        let (ok, out) = hookctl(&env, &["dead", "list", "--notifications"]).await;
+        assert!(ok && out.contains(&format!("evt_kept_{}", queues[1])), "{out}");
+    }
+
+    for queue in &queues {
+        testkit::eventually("every message back in its queue", Duration::from_secs(10), || async {
+            (env.broker.count(queue).await == 2).then_some(())
+        })
+        .await;
+        let ids: Vec<String> = env
+            .broker
+            .drain(queue)
+            .await
+            .iter()
+            .map(|m| m.delivery.properties.message_id().as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, [format!("evt_kept_{queue}"), format!("evt_second_{queue}")], "both kept, in order");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_queue_declared_without_the_limit_is_kept_with_its_messages() {
+    let env = Env::new().await;
+    let settings = env.settings(&[]);
+    let topology = Topology::from_settings(&settings);
+    // The dead-letter queue as an earlier version declared it: quorum, no delivery limit.
+    let channel = env.broker.connection().create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    channel
+        .queue_declare(
+            topology.dead_queue().as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            args,
+        )
+        .await
+        .unwrap();
+    park(&env, &topology.dead_queue(), "evt_old").await;
+
+    // Every process declares at start; the old queue must neither fail that nor be replaced.
+    topology.declare(env.broker.connection()).await.expect("declaring over the old queue succeeds");
+    assert_eq!(env.broker.count(&topology.dead_queue()).await, 1);
+    let (ok, out) = hookctl(&env, &["dead", "list"]).await;
+    assert!(ok && out.contains("evt_old"), "{out}");
+}
+
+#[tokio::test]
+async fn the_dead_letter_queues_carry_the_explicit_limit() {
+    let env = Env::new().await;
+    let settings =
+        env.settings(&[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
+    env.declare(&settings).await;
+    let topology = Topology::from_settings(&settings);
+    // RabbitMQ compares the arguments of a redeclaration with the queue's own: the same
+    // arguments succeed, none at all (what RabbitMQ 4 would fill with its default) do not.
+    for queue in [topology.dead_queue(), topology.notify_dead_queue()] {
+        let channel = env.broker.connection().create_channel().await.unwrap();
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .queue_declare(queue.as_str().into(), options, shared::topology::dead_letter_args())
+            .await
+            .unwrap_or_else(|e| panic!("{queue} has exactly the dead-letter arguments: {e}"));
+        let mut quorum_only = FieldTable::default();
+        quorum_only.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        let refused = channel.queue_declare(queue.as_str().into(), options, quorum_only).await;
+        assert!(refused.is_err(), "{queue} was declared with an explicit x-delivery-limit");
+    }
+}
