@@ -383,17 +383,6 @@ fn conclude(
             return (Settlement::dead(&item.delivery, topology.dead_queue(), 1, &reason), None);
         }
     };
-    let span = tracing::info_span!(
-        "delivery",
-        provider = %envelope.provider,
-        event_id = %envelope.event_key,
-        event_type = %envelope.event_type,
-        request_id = %envelope.request_id,
-        attempt,
-        order_id = item.order_id.as_deref(),
-        outcome = tracing::field::Empty,
-    );
-    let _entered = span.enter();
     let provider = envelope.provider.as_str();
     deps.metrics.processing.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
     let prefix = log_prefix(envelope.provider);
@@ -405,6 +394,24 @@ fn conclude(
     });
     let disposition =
         dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
+    // Everything the span says is known by now: it is built once, never updated.
+    let (label, order_id) = match &result {
+        Ok(Outcome::Applied { order_id, .. }) => ("applied", Some(order_id.as_str())),
+        Ok(Outcome::Ignored { order_id: Some(order_id), .. }) => ("ignored", Some(order_id.as_str())),
+        Ok(outcome) => (outcome.label(), item.order_id.as_deref()),
+        Err(_) => ("failed", item.order_id.as_deref()),
+    };
+    let span = tracing::info_span!(
+        "delivery",
+        provider,
+        event_id = %envelope.event_key,
+        event_type = %envelope.event_type,
+        request_id = %envelope.request_id,
+        attempt,
+        order_id,
+        outcome = label,
+    );
+    let _entered = span.enter();
     match &result {
         Ok(outcome) => {
             log_outcome(prefix, outcome, duration_ms);
@@ -415,7 +422,6 @@ fn conclude(
             }
         }
         Err(error) => {
-            span.record("outcome", "failed");
             if let Disposition::Retry { tier } = &disposition {
                 tracing::warn!(%error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
             }
@@ -448,20 +454,14 @@ fn count_event_label(deps: &Deps, envelope: &EventEnvelope, label: &str) {
 }
 
 fn log_outcome(prefix: &str, outcome: &Outcome, duration_ms: u64) {
-    let span = tracing::Span::current();
-    span.record("outcome", outcome.label());
     match outcome {
-        Outcome::Applied { payment_id, order_id, from, to, notified, verification } => {
-            span.record("order_id", order_id.as_str());
+        Outcome::Applied { payment_id, to, from, notified, verification, .. } => {
             tracing::info!(%payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
             if let Some((notification_id, trainer_id)) = notified {
                 tracing::info!(%trainer_id, %notification_id, "{prefix} Notification sent to trainer");
             }
         }
-        Outcome::Ignored { reason, order_id, verification } => {
-            if let Some(order_id) = order_id {
-                span.record("order_id", order_id.as_str());
-            }
+        Outcome::Ignored { reason, verification, .. } => {
             tracing::info!(%reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
         }
         Outcome::Duplicate => tracing::info!(duration_ms, "{prefix} Duplicate event; already processed"),
