@@ -1,7 +1,8 @@
 //! Test support shared by the integration tests of every crate. Each test gets its own
 //! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
 //! sits between the code under test and a service when a test needs to take that service
-//! away without disturbing tests running in parallel.
+//! away without disturbing tests running in parallel, and a [`RabbitCluster`] of its own when
+//! a test must kill broker nodes or raise broker alarms.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_AMQP_URL` (default
@@ -14,6 +15,7 @@ pub mod fake_http;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+pub mod rabbit_node;
 
 use std::future::Future;
 use std::time::Duration;
@@ -23,6 +25,7 @@ pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
 pub use process::LoggedProcess;
 pub use proxy::TcpProxy;
+pub use rabbit_node::{RabbitCluster, RabbitNode};
 
 /// Admin connection string of the test Postgres.
 pub fn admin_database_url() -> String {
