@@ -13,6 +13,7 @@ pub struct TestIngest {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
     pub client: reqwest::Client,
+    pub state: std::sync::Arc<ingest::AppState>,
 }
 
 impl TestIngest {
@@ -20,9 +21,10 @@ impl TestIngest {
         testkit::init_logs();
         let ingest = Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
+        let state = ingest.state();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ingest.run(shutdown.clone()));
-        let me = Self { addr, shutdown, task, client: reqwest::Client::new() };
+        let me = Self { addr, shutdown, task, client: reqwest::Client::new(), state };
         me.wait_ready().await;
         me
     }
