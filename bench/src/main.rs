@@ -45,6 +45,9 @@ enum Command {
         /// Ingest's LOG_FORMAT; production runs `json`.
         #[arg(long, default_value = "json")]
         log_format: String,
+        /// Extra environment for the ingest process (`NAME=value`, repeatable), to compare settings.
+        #[arg(long = "ingest-env")]
+        ingest_env: Vec<String>,
     },
     /// Throughput of one worker and the lag of each event.
     Worker {
@@ -62,8 +65,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Ingest { requests, concurrency, no_peer, log_format } => {
-            ingest_bench::run(ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format }).await
+        Command::Ingest { requests, concurrency, no_peer, log_format, ingest_env } => {
+            let bench = ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format, ingest_env };
+            ingest_bench::run(bench).await
         }
         Command::Worker { events, concurrency, rate } => worker_bench::bench_worker(events, concurrency, rate).await,
     }
