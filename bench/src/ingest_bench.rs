@@ -31,6 +31,8 @@ pub struct IngestBench {
     pub concurrency: usize,
     pub peer: bool,
     pub log_format: String,
+    /// `NAME=value` pairs added to ingest's environment.
+    pub ingest_env: Vec<String>,
 }
 
 /// One measured phase.
@@ -60,7 +62,7 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<()> {
     let logs = workspace.join("target/bench");
     std::fs::create_dir_all(&logs)?;
     let log_path = logs.join("ingest.log");
-    let ingest = start_ingest(&ingest_bin, &broker.prefix, &bench.log_format, &log_path).await?;
+    let ingest = start_ingest(&ingest_bin, &broker.prefix, &bench.log_format, &bench.ingest_env, &log_path).await?;
     let ingest_pid = ingest.child.id();
     let purge = || async {
         let _ = broker.channel().queue_purge(topology.work_queue().into(), QueuePurgeOptions::default()).await;
@@ -124,9 +126,10 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<()> {
 
     let body_len = events::session_completed("evt_size", "ord0").len();
     println!(
-        "ingest benchmark: {n} signed Stripe events of {body_len} bytes, {c} keep-alive connections (or publishing tasks), {} publisher channels, LOG_FORMAT={}",
+        "ingest benchmark: {n} signed Stripe events of {body_len} bytes, {c} keep-alive connections (or publishing tasks), {} publisher channels, LOG_FORMAT={} {}",
         ingest::PUBLISH_CHANNELS,
-        bench.log_format
+        bench.log_format,
+        bench.ingest_env.join(" ")
     );
     println!(
         "{:<46} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12}",
@@ -235,7 +238,13 @@ struct IngestProcess {
     child: Child,
 }
 
-async fn start_ingest(bin: &Path, prefix: &str, log_format: &str, log: &Path) -> anyhow::Result<IngestProcess> {
+async fn start_ingest(
+    bin: &Path,
+    prefix: &str,
+    log_format: &str,
+    extra_env: &[String],
+    log: &Path,
+) -> anyhow::Result<IngestProcess> {
     let port = peer::free_port()?;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let log_file = std::fs::File::create(log)?;
@@ -247,6 +256,7 @@ async fn start_ingest(bin: &Path, prefix: &str, log_format: &str, log: &Path) ->
         .env("LOG_FORMAT", log_format)
         .env_remove("RUST_LOG")
         .env_remove("WEBHOOKS_CONFIG")
+        .envs(extra_env.iter().filter_map(|pair| pair.split_once('=')))
         .stdout(Stdio::from(log_file.try_clone()?))
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true)

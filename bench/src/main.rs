@@ -49,6 +49,9 @@ enum Command {
         /// Ingest's LOG_FORMAT; production runs `json`.
         #[arg(long, default_value = "json")]
         log_format: String,
+        /// Extra environment for the ingest process (`NAME=value`, repeatable), to compare settings.
+        #[arg(long = "ingest-env")]
+        ingest_env: Vec<String>,
     },
     /// One worker draining a queued backlog (batch size 1 and the default) against the inline
     /// peer (throughput, CPU per event, memory), and the end-to-end lag at a steady rate.
@@ -97,8 +100,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Ingest { requests, concurrency, no_peer, log_format } => {
-            ingest_bench::run(ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format }).await
+        Command::Ingest { requests, concurrency, no_peer, log_format, ingest_env } => {
+            let bench = ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format, ingest_env };
+            ingest_bench::run(bench).await
         }
         Command::Worker { events, batch_sizes, no_peer, lag_events, rate, log_format } => {
             let batch_sizes = batch_sizes

@@ -67,8 +67,7 @@ impl Ingest {
         if settings.toss_webhook_secret.is_none() {
             tracing::warn!("TOSS_WEBHOOK_SECRET is not set: signed Toss events (payout.changed, seller.changed) will be refused with 400");
         }
-        let listener = TcpListener::bind(settings.ingest_addr)
-            .await
+        let listener = http_server::bind(settings.ingest_addr)
             .with_context(|| format!("cannot listen on INGEST_ADDR={}", settings.ingest_addr))?;
         let metrics = IngestMetrics::new();
         let broker_cancel = CancellationToken::new();
@@ -109,6 +108,8 @@ impl Ingest {
         let options = ServeOptions {
             header_read_timeout: state.settings.header_read_timeout,
             drain_deadline: state.settings.shutdown_timeout,
+            max_connections: state.settings.max_connections,
+            open_connections: Some(state.metrics.connections.clone()),
         };
         let draining = state.draining.clone();
         let handler_state = state.clone();

@@ -24,6 +24,8 @@ pub struct IngestMetrics {
     pub latency: HistogramVec,
     /// Webhook requests being handled now.
     pub inflight: IntGauge,
+    /// Open HTTP connections (capped by `MAX_CONNECTIONS`).
+    pub connections: IntGauge,
     pub broker: BrokerMetrics,
     /// The children every accepted webhook touches, looked up once instead of per request.
     accepted: [IntCounter; 2],
@@ -58,12 +60,14 @@ impl IngestMetrics {
         }
         let inflight =
             register(&registry, IntGauge::new("ingest_inflight_requests", "Webhook requests in flight").unwrap());
+        let connections =
+            register(&registry, IntGauge::new("ingest_open_connections", "Open HTTP connections").unwrap());
         let broker = BrokerMetrics::register(&registry);
         register_process_metrics(&registry, "ingest", env!("CARGO_PKG_VERSION"));
         let accepted = [Provider::Stripe, Provider::Toss]
             .map(|p| requests.with_label_values(&[p.as_str(), route_of(p), StatusCode::OK.as_str()]));
         let latency_by_provider = [Provider::Stripe, Provider::Toss].map(|p| latency.with_label_values(&[p.as_str()]));
-        Self { registry, requests, latency, inflight, broker, accepted, latency_by_provider }
+        Self { registry, requests, latency, inflight, connections, broker, accepted, latency_by_provider }
     }
 
     /// Counts one answer.

@@ -143,3 +143,43 @@ async fn sigterm_during_a_stream_answers_every_request_truthfully_and_exits_in_t
         }
     }
 }
+
+#[tokio::test]
+async fn after_sigterm_readyz_answers_503_while_an_in_flight_request_finishes() {
+    let broker = TestBroker::new().await;
+    let (mut process, addr) = common::spawn_ingest_process(&broker, &[("SHUTDOWN_TIMEOUT", "10s")]).await;
+
+    // A request whose body is still arriving when SIGTERM comes.
+    let (head, body) = common::raw_stripe_request("evt_draining");
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    slow.write_all(&body[..half]).await.unwrap();
+    // The request has reached the handler once the in-flight gauge shows it.
+    testkit::eventually("the request in flight", Duration::from_secs(10), || async {
+        let metrics = scrape(&format!("http://{addr}/metrics")).await;
+        (metrics.value("ingest_inflight_requests", &[]) >= 1.0).then_some(())
+    })
+    .await;
+    process.terminate();
+
+    // A load balancer's probe on a new connection hears "draining", not a refused connection.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let probe = testkit::eventually("a 503 from /readyz", Duration::from_secs(5), || async {
+        let response = client.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        (response.status() == 503).then_some(response)
+    })
+    .await;
+    let readiness: serde_json::Value = probe.json().await.unwrap();
+    assert_eq!(readiness["draining"], true, "{readiness}");
+
+    slow.write_all(&body[half..]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = slow.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "the in-flight request got its real answer: {answer}");
+    let status = process.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "clean exit: {status}");
+    let queued = broker.drain(&format!("{}.work", broker.prefix)).await;
+    assert_eq!(queued.len(), 1, "the request answered 200 is queued");
+}

@@ -101,8 +101,13 @@ pub struct Settings {
     /// Longest wait for a publisher confirm before answering 503.
     #[serde(deserialize_with = "duration")]
     pub publish_timeout: Duration,
-    /// Requests handled at once by ingest; beyond it answers 503 with `Retry-After`.
+    /// Requests handled at once by ingest; beyond it answers 503 with `Retry-After`. Bodies
+    /// are read only within this bound, so bodies take at most this × `MAX_BODY_BYTES`.
     pub max_inflight_requests: usize,
+    /// Open connections ingest holds at once (idle keep-alive ones included). At the cap, the
+    /// oldest connection that has not sent a byte is closed; if all are busy, accepting waits.
+    /// Keep it below the process's file-descriptor limit.
+    pub max_connections: usize,
     /// Time allowed to finish in-flight work after SIGTERM / Ctrl-C.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -201,6 +206,7 @@ impl Default for Settings {
             body_read_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             max_inflight_requests: 1024,
+            max_connections: 1024,
             shutdown_timeout: Duration::from_secs(25),
             worker_prefetch: None,
             worker_concurrency: 2,
@@ -301,6 +307,7 @@ impl Settings {
             ("worker_batch_size", self.worker_batch_size),
             ("outbox_max_attempts", self.outbox_max_attempts.max(0) as usize),
             ("max_inflight_requests", self.max_inflight_requests),
+            ("max_connections", self.max_connections),
             ("max_body_bytes", self.max_body_bytes),
             ("database_pool_size", self.database_pool_size),
             ("notify_concurrency", self.notify_concurrency),

@@ -67,8 +67,12 @@ impl FakeEndpoint {
             let (requests, script, router) = (req.clone(), scr.clone(), router.clone());
             async move { answer(request, requests, script, router).await }
         };
-        let options =
-            ServeOptions { header_read_timeout: Duration::from_secs(5), drain_deadline: Duration::from_millis(100) };
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_secs(5),
+            drain_deadline: Duration::from_millis(100),
+            max_connections: 1024,
+            open_connections: None,
+        };
         tokio::spawn(serve(listener, handler, options, stop.clone()));
         Self { addr, requests, script, stop }
     }

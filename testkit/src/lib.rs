@@ -2,7 +2,8 @@
 //! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
 //! sits between the code under test and a service when a test needs to take that service
 //! away without disturbing tests running in parallel; a [`PgInstance`] is a PostgreSQL server
-//! of the test's own, for tests that crash the database itself.
+//! of the test's own, for tests that crash the database itself, and a [`RabbitCluster`] one of
+//! RabbitMQ nodes, for tests that kill broker nodes or raise broker alarms.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_AMQP_URL` (default
@@ -19,6 +20,7 @@ pub mod postgres_server;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod rabbit_node;
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,6 +31,7 @@ pub use fake_http::{Behavior, FakeEndpoint};
 pub use pg_instance::PgInstance;
 pub use process::LoggedProcess;
 pub use proxy::TcpProxy;
+pub use rabbit_node::{RabbitCluster, RabbitNode};
 
 /// Admin connection string of the test Postgres.
 pub fn admin_database_url() -> String {

@@ -126,6 +126,9 @@ impl Worker {
             ServeOptions {
                 header_read_timeout: settings.header_read_timeout,
                 drain_deadline: std::time::Duration::from_secs(1),
+                // Health probes and metric scrapes only.
+                max_connections: 64,
+                open_connections: None,
             },
             http_stop.clone(),
         ));

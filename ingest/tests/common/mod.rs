@@ -13,6 +13,7 @@ pub struct TestIngest {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
     pub client: reqwest::Client,
+    pub state: std::sync::Arc<ingest::AppState>,
 }
 
 impl TestIngest {
@@ -20,9 +21,10 @@ impl TestIngest {
         testkit::init_logs();
         let ingest = Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
+        let state = ingest.state();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ingest.run(shutdown.clone()));
-        let me = Self { addr, shutdown, task, client: reqwest::Client::new() };
+        let me = Self { addr, shutdown, task, client: reqwest::Client::new(), state };
         me.wait_ready().await;
         me
     }
@@ -74,4 +76,46 @@ pub fn broker_addr() -> SocketAddr {
         h => h,
     };
     format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
+}
+
+/// The `ingest` binary in a process of its own (to signal it, or read its memory), on a free
+/// port, with this test's prefix and `vars` added; returns once it is ready.
+pub async fn spawn_ingest_process(
+    broker: &testkit::TestBroker,
+    vars: &[(&str, &str)],
+) -> (testkit::LoggedProcess, SocketAddr) {
+    let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
+    let mut all: Vec<(String, String)> = [
+        ("AMQP_URL", testkit::amqp_url()),
+        ("AMQP_PREFIX", broker.prefix.clone()),
+        ("INGEST_ADDR", "127.0.0.1:0".into()),
+        ("STRIPE_WEBHOOK_SECRET", testkit::events::STRIPE_SECRET.into()),
+        ("LOG_FORMAT", "json".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let process = testkit::LoggedProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &[], &all);
+    let addr = process.logged_addr("ingest listening").await;
+    let client = reqwest::Client::new();
+    testkit::eventually("ingest ready", std::time::Duration::from_secs(20), || async {
+        let r = client.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    (process, addr)
+}
+
+/// A signed Stripe event as a raw HTTP/1.1 request, for tests that drive sockets by hand.
+pub fn raw_stripe_request(key: &str) -> (String, Vec<u8>) {
+    use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
+    let body = stripe_session_event(key, "checkout.session.completed", "o", "paid", 100, "usd");
+    let head = format!(
+        "POST /api/webhooks/stripe HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nstripe-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        stripe_signature(&body, STRIPE_SECRET),
+        body.len()
+    );
+    (head, body)
 }
