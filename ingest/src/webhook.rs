@@ -18,6 +18,7 @@ use shared::providers::check_event_identity;
 use shared::providers::stripe_head::parse_stripe_event_head;
 use shared::providers::toss::parse_toss_event;
 use shared::topology::Topology;
+use shared::traces::TRACEPARENT;
 use shared::verify::stripe::{verify_stripe_signature, StripeSignatureError};
 use shared::verify::toss::verify_toss_signature;
 use shared::Provider;
@@ -101,6 +102,9 @@ async fn receive(
         span.record("order_id", &**order_id);
     }
 
+    // The worker continues this request's trace (when traces are exported).
+    let traceparent = shared::traces::traceparent(&span);
+    let trace_header = traceparent.as_deref().map(|value| (TRACEPARENT, value));
     let properties = EnvelopeHeaders {
         provider,
         event_type: &accepted.event_type,
@@ -110,7 +114,7 @@ async fn receive(
         request_id,
         attempt: 0,
     }
-    .properties(delivery_headers(headers));
+    .properties(delivery_headers(headers).chain(trace_header));
     let routing_key = Topology::routing_key(provider.as_str(), &accepted.event_type);
     state.broker.publish_bytes(&state.events_exchange, &routing_key, body.clone(), properties).await.map_err(
         |error| match error {

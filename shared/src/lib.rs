@@ -9,6 +9,7 @@
 //! - [`status`]: payment statuses as stored in `payments.payment_status`.
 //! - [`standard_webhooks`]: signing outgoing notifications.
 //! - [`samples`]: realistic provider events for `hookctl send` and tests.
+//! - [`traces`]: OpenTelemetry export and the `traceparent` carried through the queue.
 //! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`]: process plumbing.
 
 pub mod broker;
@@ -23,6 +24,7 @@ pub mod standard_webhooks;
 pub mod status;
 pub mod telemetry;
 pub mod topology;
+pub mod traces;
 pub mod verify;
 
 pub use providers::Provider;

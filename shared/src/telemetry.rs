@@ -9,11 +9,16 @@
 //! is not lossy: when it is full (a log sink stalled for a long time), logging waits rather than
 //! dropping lines. The [`LogGuard`] that [`init`] returns flushes what is left when dropped, so
 //! binaries keep it until they exit.
+//!
+//! With an OTLP endpoint configured, the same spans are also exported as traces
+//! ([`crate::traces`]); the guard then flushes those too.
 
 use std::io::BufWriter;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::settings::LogFormat;
 
@@ -27,24 +32,40 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// tens of MiB at most, reached only if the log sink stalls.
 const QUEUED_LINES: usize = 100_000;
 
-/// Keeps the log writer thread; dropping it writes out every queued line.
+/// Keeps the log writer thread (and the trace exporter); dropping it writes out every queued
+/// line and exports every finished span.
 #[must_use = "dropping the guard stops the log writer; keep it until the process exits"]
 pub struct LogGuard {
+    // Dropped first: span export may still log.
+    _traces: Option<crate::traces::Exporter>,
     _writer: WorkerGuard,
 }
 
-/// Installs the global subscriber writing to stdout. A second call (tests) keeps the first one.
-pub fn init(format: LogFormat) -> LogGuard {
+/// Installs the global subscriber writing to stdout, and the trace exporter when one is
+/// configured; `service` names the process in traces. A second call (tests) keeps the first
+/// subscriber. Fails only when an OTLP endpoint is set but no exporter can be built for it.
+pub fn init(format: LogFormat, service: &str) -> Result<LogGuard, String> {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stdout()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(writer);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+    let lines = fmt::layer().with_target(false).with_writer(writer);
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
     };
-    LogGuard { _writer: guard }
+    let registry = tracing_subscriber::registry().with(filter).with(lines);
+    let traces = match crate::traces::layer(service)? {
+        Some((layer, exporter)) => {
+            let _ = registry.with(layer).try_init();
+            Some(exporter)
+        }
+        None => {
+            let _ = registry.try_init();
+            None
+        }
+    };
+    Ok(LogGuard { _traces: traces, _writer: guard })
 }

@@ -15,6 +15,7 @@ pub mod db;
 pub mod events;
 pub mod fake_http;
 pub mod metrics;
+pub mod otlp;
 pub mod pg_instance;
 pub mod postgres_server;
 pub mod process;

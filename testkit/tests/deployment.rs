@@ -20,8 +20,9 @@ use testkit::prometheus::{promtool, repo_root};
 /// tests that crash a worker at one need the feature.
 const TEST_COMMAND: &str = "cargo test --workspace --locked --features worker/failpoints";
 
-/// Environment names our binaries read besides the settings struct.
-const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG"];
+/// Environment names our binaries read besides the settings struct (the OpenTelemetry
+/// exporter reads its standard variables itself).
+const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

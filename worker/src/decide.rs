@@ -25,6 +25,8 @@ pub struct Candidate<'a> {
     pub envelope: &'a EventEnvelope,
     pub event: &'a IncomingEvent,
     pub confirmed: &'a Confirmed,
+    /// The event's trace, carried on to its notification.
+    pub traceparent: Option<&'a str>,
 }
 
 impl Candidate<'_> {
@@ -77,6 +79,8 @@ pub struct NewNotification {
     pub payment_id: Uuid,
     /// The published message, exactly the bytes the outbox row keeps.
     pub payload: String,
+    /// The trace of the event that caused it.
+    pub traceparent: Option<String>,
 }
 
 /// What the batch does.
@@ -141,7 +145,7 @@ fn decide_one(
     notifications: &mut Vec<NewNotification>,
     now: DateTime<Utc>,
 ) -> Result<Outcome, HandleError> {
-    let Candidate { envelope, event, confirmed } = *candidate;
+    let Candidate { envelope, event, confirmed, traceparent } = *candidate;
     let (payment_ref, target) = match &event.intent {
         Intent::Ignore(reason) => {
             let verification = Verification::for_event(envelope, event, confirmed, false, false);
@@ -177,7 +181,7 @@ fn decide_one(
     payment.paid |= target == PaymentStatus::Paid;
     payment.metadata = Some(webhook_metadata(envelope, event, verification.as_str()));
 
-    let notified = notification_for(&payment.row, from, event, now).map(|n| {
+    let notified = notification_for(&payment.row, from, event, now, traceparent).map(|n| {
         let ids = (n.id, n.user_id);
         notifications.push(n);
         ids
@@ -249,6 +253,7 @@ fn notification_for(
     from: PaymentStatus,
     event: &IncomingEvent,
     now: DateTime<Utc>,
+    traceparent: Option<&str>,
 ) -> Option<NewNotification> {
     let Some(booking_id) = payment.booking_id else {
         tracing::warn!(order_id = %payment.order_id, "payment has no booking; no notification");
@@ -293,6 +298,7 @@ fn notification_for(
         link,
         payment_id: payment.id,
         payload,
+        traceparent: traceparent.map(str::to_string),
     })
 }
 

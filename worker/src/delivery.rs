@@ -12,8 +12,9 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use secrecy::ExposeSecret;
-use shared::envelope::{header_int, H_ATTEMPT};
+use shared::envelope::{header_int, header_str, H_ATTEMPT};
 use shared::standard_webhooks::SigningKey;
+use shared::traces;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -97,6 +98,9 @@ async fn deliver(deps: Arc<Deps>, sender: Arc<Sender>, batch: Batch) {
         let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
         let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
         let span = tracing::info_span!("notification", notification_id = %id, attempt);
+        if let Some(parent) = header_str(&headers, traces::TRACEPARENT) {
+            traces::continue_trace(&span, &parent);
+        }
         attempt_delivery(&deps, &sender, delivery, id, attempt).instrument(span)
     }))
     .await;
@@ -139,16 +143,18 @@ async fn post(deps: &Deps, sender: &Sender, id: &str, body: &[u8]) -> Attempt {
     let url = deps.settings.notify_webhook_url.as_ref().expect("delivery runs only with a URL");
     let timestamp = Utc::now().timestamp();
     let signature = sender.key.sign(id, timestamp, body);
-    let response = sender
+    let mut request = sender
         .client
         .post(url.expose_secret())
         .header("content-type", "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body.to_vec())
-        .send()
-        .await;
+        .header("webhook-signature", signature);
+    // The receiver may continue the trace of the event that caused the notification.
+    if let Some(traceparent) = traces::traceparent(&tracing::Span::current()) {
+        request = request.header(traces::TRACEPARENT, traceparent);
+    }
+    let response = request.body(body.to_vec()).send().await;
     match response {
         Ok(r) => {
             let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -9,7 +9,7 @@ use worker::cli::{WorkerCli, WorkerCommand as Command};
 async fn main() -> anyhow::Result<()> {
     let cli = WorkerCli::parse();
     let settings = Settings::load()?;
-    let _logs = telemetry::init(settings.log_format);
+    let _logs = telemetry::init(settings.log_format, "worker").map_err(anyhow::Error::msg)?;
     // Test hooks exist only in builds with `--features failpoints`; others never read FAILPOINTS.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();

@@ -19,6 +19,8 @@ use futures_util::future::join_all;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use shared::broker::PublishError;
+use shared::envelope::long_string;
+use shared::traces::TRACEPARENT;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -38,7 +40,7 @@ const CLAIM_EXPIRED: &str = "
              LIMIT $1
                FOR UPDATE SKIP LOCKED) c
      WHERE o.notification_id = c.notification_id
-    RETURNING o.notification_id, o.routing_key, o.payload";
+    RETURNING o.notification_id, o.routing_key, o.payload, o.traceparent";
 
 const DELETE_CONFIRMED: &str = "DELETE FROM outbox WHERE notification_id = ANY($1::uuid[])";
 
@@ -61,11 +63,13 @@ pub struct Message {
     pub routing_key: String,
     /// Exactly the bytes the row keeps, so a republished message is identical.
     pub payload: String,
+    /// The trace of the event that caused it, carried in the message's headers.
+    pub traceparent: Option<String>,
 }
 
 impl From<&NewNotification> for Message {
     fn from(n: &NewNotification) -> Self {
-        Self { id: n.id, routing_key: n.kind.clone(), payload: n.payload.clone() }
+        Self { id: n.id, routing_key: n.kind.clone(), payload: n.payload.clone(), traceparent: n.traceparent.clone() }
     }
 }
 
@@ -90,9 +94,9 @@ pub async fn publish(deps: &Deps, messages: &[Message]) -> Result<Report, Handle
         return Ok(Report::default());
     }
     let exchange = deps.broker.topology().notifications_exchange();
-    let results = join_all(messages.iter().map(|m| {
-        deps.broker.publish(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m.id, &m.routing_key))
-    }))
+    let results = join_all(
+        messages.iter().map(|m| deps.broker.publish(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m))),
+    )
     .await;
 
     let mut report = Report::default();
@@ -199,7 +203,7 @@ pub async fn relay_batch(deps: &Deps) -> Result<(usize, Report), HandleError> {
             .query(&claim, &[&deps.settings.outbox_batch_size, &lease])
             .await?
             .iter()
-            .map(|r| Message { id: r.get(0), routing_key: r.get(1), payload: r.get(2) })
+            .map(|r| Message { id: r.get(0), routing_key: r.get(1), payload: r.get(2), traceparent: r.get(3) })
             .collect()
     };
     let report = publish(deps, &messages).await?;
@@ -209,14 +213,17 @@ pub async fn relay_batch(deps: &Deps) -> Result<(usize, Report), HandleError> {
     Ok((messages.len(), report))
 }
 
-fn properties(notification_id: Uuid, routing_key: &str) -> BasicProperties {
+fn properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("x-notification-version".into(), AMQPValue::LongLongInt(i64::from(MESSAGE_VERSION)));
+    if let Some(traceparent) = &message.traceparent {
+        headers.insert(TRACEPARENT.into(), long_string(traceparent));
+    }
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(notification_id.to_string().into())
-        .with_type(routing_key.into())
+        .with_message_id(message.id.to_string().into())
+        .with_type(message.routing_key.as_str().into())
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
         .with_app_id("worker".into())
         .with_headers(headers)

@@ -18,7 +18,8 @@ use std::time::Instant;
 use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
-use shared::envelope::{header_int, EnvelopeError, EventEnvelope};
+use shared::envelope::{header_int, header_str, EnvelopeError, EventEnvelope};
+use shared::traces;
 use shared::Provider;
 
 use crate::consumer::Batch;
@@ -52,6 +53,10 @@ struct Item {
     /// An earlier delivery of the same event in this batch; this one follows its outcome.
     copy_of: Option<usize>,
     copies: i32,
+    /// The delivery's span: its log lines, and its part of the trace ingest started.
+    span: tracing::Span,
+    /// That trace, to carry on to the notification it causes (when traces are exported).
+    traceparent: Option<String>,
 }
 
 impl Item {
@@ -62,7 +67,24 @@ impl Item {
             Err(error) => Err(HandleError::Permanent(error.to_string())),
         };
         let order_id = event.as_ref().ok().and_then(|e| e.order_id().map(str::to_string));
-        Self { delivery, envelope, event, confirmed: Confirmed::default(), order_id, copy_of: None, copies: 0 }
+        let span = match &envelope {
+            Ok(envelope) => tracing::info_span!(
+                "delivery",
+                provider = envelope.provider.as_str(),
+                event_id = %envelope.event_key,
+                event_type = %envelope.event_type,
+                request_id = %envelope.request_id,
+                attempt = envelope.attempt + 1,
+            ),
+            Err(_) => tracing::info_span!("delivery"),
+        };
+        let headers = delivery.properties.headers().as_ref();
+        if let Some(parent) = headers.and_then(|h| header_str(h, traces::TRACEPARENT)) {
+            traces::continue_trace(&span, &parent);
+        }
+        let traceparent = traces::traceparent(&span);
+        let (confirmed, copy_of, copies) = (Confirmed::default(), None, 0);
+        Self { delivery, envelope, event, confirmed, order_id, copy_of, copies, span, traceparent }
     }
 
     fn attempt(&self) -> u32 {
@@ -94,12 +116,21 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
                     Work::Failed { event_type: &envelope.event_type, order_id: item.order_id.as_deref(), error }
                 }
             };
-            Some((i, Entry { envelope, work, copies: item.copies }))
+            Some((i, Entry { envelope, work, copies: item.copies, traceparent: item.traceparent.as_deref() }))
         })
         .unzip();
     let read = started.elapsed();
+    // Each event's trace shows the transaction that holds its effect.
+    let transaction: Vec<tracing::Span> = match traces::exporting() {
+        true => positions
+            .iter()
+            .map(|&i| tracing::info_span!(parent: &items[i].span, "transaction", events = entries.len()))
+            .collect(),
+        false => Vec::new(),
+    };
     // Halted until shutdown: the deliveries stay unsettled and return to the queue.
     let Some(Committed { results, notifications }) = commit(&deps, &entries).await else { return };
+    drop(transaction);
     let elapsed = started.elapsed();
 
     let mut outcomes: Vec<Option<Result<Outcome, HandleError>>> = vec![None; items.len()];
@@ -172,6 +203,7 @@ async fn record_last_chance(deps: &Deps, items: &[Item]) {
             envelope,
             work: Work::Failed { event_type: &envelope.event_type, order_id: None, error: &error },
             copies: 0,
+            traceparent: None,
         })
         .collect();
     for (envelope, count) in &last {
@@ -394,27 +426,16 @@ fn conclude(
     });
     let disposition =
         dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
-    // Everything the span says is known by now: it is built once, never updated.
     let (label, order_id) = match &result {
         Ok(Outcome::Applied { order_id, .. }) => ("applied", Some(order_id.as_str())),
         Ok(Outcome::Ignored { order_id: Some(order_id), .. }) => ("ignored", Some(order_id.as_str())),
         Ok(outcome) => (outcome.label(), item.order_id.as_deref()),
         Err(_) => ("failed", item.order_id.as_deref()),
     };
-    let span = tracing::info_span!(
-        "delivery",
-        provider,
-        event_id = %envelope.event_key,
-        event_type = %envelope.event_type,
-        request_id = %envelope.request_id,
-        attempt,
-        order_id,
-        outcome = label,
-    );
-    let _entered = span.enter();
+    let _entered = item.span.enter();
     match &result {
         Ok(outcome) => {
-            log_outcome(prefix, outcome, duration_ms);
+            log_outcome(prefix, outcome, order_id, duration_ms);
             count_event_label(deps, envelope, outcome.label());
             if matches!(outcome, Outcome::Applied { .. }) {
                 let lag = (Utc::now() - envelope.received_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -423,7 +444,7 @@ fn conclude(
         }
         Err(error) => {
             if let Disposition::Retry { tier } = &disposition {
-                tracing::warn!(%error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
+                tracing::warn!(outcome = label, order_id, %error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
             }
         }
     }
@@ -434,7 +455,7 @@ fn conclude(
             (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
         }
         Disposition::DeadLetter { reason } => {
-            tracing::error!(%reason, duration_ms, "{prefix} Event dead-lettered");
+            tracing::error!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event dead-lettered");
             (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("dead_lettered"))
         }
     }
@@ -453,18 +474,21 @@ fn count_event_label(deps: &Deps, envelope: &EventEnvelope, label: &str) {
         .inc();
 }
 
-fn log_outcome(prefix: &str, outcome: &Outcome, duration_ms: u64) {
+fn log_outcome(prefix: &str, outcome: &Outcome, order_id: Option<&str>, duration_ms: u64) {
+    let label = outcome.label();
     match outcome {
         Outcome::Applied { payment_id, to, from, notified, verification, .. } => {
-            tracing::info!(%payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
+            tracing::info!(outcome = label, order_id, %payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
             if let Some((notification_id, trainer_id)) = notified {
-                tracing::info!(%trainer_id, %notification_id, "{prefix} Notification sent to trainer");
+                tracing::info!(order_id, %trainer_id, %notification_id, "{prefix} Notification sent to trainer");
             }
         }
         Outcome::Ignored { reason, verification, .. } => {
-            tracing::info!(%reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
+            tracing::info!(outcome = label, order_id, %reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
         }
-        Outcome::Duplicate => tracing::info!(duration_ms, "{prefix} Duplicate event; already processed"),
+        Outcome::Duplicate => {
+            tracing::info!(outcome = label, order_id, duration_ms, "{prefix} Duplicate event; already processed")
+        }
     }
 }
 

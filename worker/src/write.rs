@@ -63,9 +63,9 @@ const INSERT_NOTIFICATIONS: &str = "
 /// The committing worker owns the rows for the lease and publishes them right after the
 /// commit (its first attempt); the relay of any worker takes over once the lease ran out.
 const INSERT_OUTBOX: &str = "
-    INSERT INTO outbox (notification_id, routing_key, payload, claimed_until)
-    SELECT o.id, o.routing_key, o.payload, now() + make_interval(secs => $4::float8)
-      FROM unnest($1::uuid[], $2::text[], $3::text[]) AS o(id, routing_key, payload)";
+    INSERT INTO outbox (notification_id, routing_key, payload, traceparent, claimed_until)
+    SELECT o.id, o.routing_key, o.payload, o.traceparent, now() + make_interval(secs => $5::float8)
+      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS o(id, routing_key, payload, traceparent)";
 
 /// Every event's inbox row. A row that is already final (applied or ignored) keeps what it
 /// says and only counts the duplicate; any other row takes the new status.
@@ -106,6 +106,8 @@ pub struct Entry<'a> {
     pub work: Work<'a>,
     /// Further copies of this event in the same batch: counted as duplicates once it is handled.
     pub copies: i32,
+    /// The event's trace, carried on to the notification it causes.
+    pub traceparent: Option<&'a str>,
 }
 
 /// What the transaction does with an entry.
@@ -167,7 +169,9 @@ pub async fn apply(
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e.work {
-            Work::Decide { event, confirmed } => Some((i, Candidate { envelope: e.envelope, event, confirmed })),
+            Work::Decide { event, confirmed } => {
+                Some((i, Candidate { envelope: e.envelope, event, confirmed, traceparent: e.traceparent }))
+            }
             Work::Failed { .. } => None,
         })
         .collect();
@@ -236,7 +240,7 @@ pub async fn apply(
             return Ok(0);
         }
         let n = &notifications;
-        tx.execute(&outbox, &[&n.id, &n.kind, &n.payload, &lease]).await
+        tx.execute(&outbox, &[&n.id, &n.kind, &n.payload, &n.traceparent, &lease]).await
     };
     let writing_inbox = async { tx.query(&upsert, &inbox.params()).await };
     let (p, n, o, i) = tokio::join!(writing_payments, writing_notifications, writing_outbox, writing_inbox);
@@ -450,6 +454,7 @@ struct NotificationColumns<'a> {
     link: Vec<&'a str>,
     payment_id: Vec<Uuid>,
     payload: Vec<&'a str>,
+    traceparent: Vec<Option<&'a str>>,
 }
 
 impl<'a> From<&'a Vec<NewNotification>> for NotificationColumns<'a> {
@@ -463,6 +468,7 @@ impl<'a> From<&'a Vec<NewNotification>> for NotificationColumns<'a> {
             link: all.iter().map(|n| n.link.as_str()).collect(),
             payment_id: all.iter().map(|n| n.payment_id).collect(),
             payload: all.iter().map(|n| n.payload.as_str()).collect(),
+            traceparent: all.iter().map(|n| n.traceparent.as_deref()).collect(),
         }
     }
 }

@@ -66,7 +66,7 @@ fn run(envelopes: &[EventEnvelope], finals: &[&str], payments: Vec<LockedPayment
     let candidates: Vec<Candidate<'_>> = envelopes
         .iter()
         .zip(&events)
-        .map(|(envelope, event)| Candidate { envelope, event, confirmed: &confirmed })
+        .map(|(envelope, event)| Candidate { envelope, event, confirmed: &confirmed, traceparent: None })
         .collect();
     let finals: HashSet<(String, String)> = finals.iter().map(|k| ("stripe".to_string(), k.to_string())).collect();
     decide_batch(&candidates, &finals, payments, Utc::now())
