@@ -121,12 +121,10 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
         .unzip();
     let read = started.elapsed();
     // Each event's trace shows the transaction that holds its effect.
-    let transaction: Vec<tracing::Span> = match traces::exporting() {
-        true => positions
-            .iter()
-            .map(|&i| tracing::info_span!(parent: &items[i].span, "transaction", events = entries.len()))
-            .collect(),
-        false => Vec::new(),
+    let transaction: Vec<tracing::Span> = if traces::exporting() {
+        positions.iter().map(|&i| tracing::info_span!(parent: &items[i].span, "transaction", events = entries.len())).collect()
+    } else {
+        Vec::new()
     };
     // Halted until shutdown: the deliveries stay unsettled and return to the queue.
     let Some(Committed { results, notifications }) = commit(&deps, &entries).await else { return };
@@ -163,7 +161,7 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
 
     let settled = started.elapsed();
 
-    let messages: Vec<Message> = notifications.iter().map(Message::from).collect();
+    let messages: Vec<Message> = notifications.into_iter().map(Message::from).collect();
     if let Err(error) = outbox::publish(&deps, &messages).await {
         tracing::warn!(%error, "notifications not published now; the outbox relay publishes them");
     }
