@@ -16,7 +16,7 @@ use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::topology::Topology;
 use shared::Provider;
 use testkit::events::stripe_session_event;
-use testkit::{PgInstance, TestBroker};
+use testkit::{PgServer, TestBroker};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -68,7 +68,7 @@ async fn worker_sees_database(worker: &TestWorker) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_outbox() {
     testkit::init_logs();
-    let pg = tokio::task::spawn_blocking(PgInstance::start).await.unwrap();
+    let pg = PgServer::start().await;
     let url = pg.url("webhooks");
     let broker = TestBroker::new().await;
     let settings = broker.settings(
@@ -101,13 +101,13 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
     let applied = "SELECT count(*) FROM webhook_events WHERE status = 'applied'";
     testkit::eventually("the drain under way", WAIT, || async { (count(&sql, applied).await >= 60).then_some(()) })
         .await;
-    pg.crash();
+    pg.crash().await;
     testkit::eventually("the worker sees the database gone", WAIT, || async {
         (worker_sees_database(&worker).await == Some(false)).then_some(())
     })
     .await;
-    tokio::task::block_in_place(|| pg.start_server());
-    assert!(pg.log().contains("automatic recovery in progress"), "the restart ran crash recovery:\n{}", pg.log());
+    pg.start_again().await;
+    assert!(pg.logs().contains("automatic recovery in progress"), "the restart ran crash recovery:\n{}", pg.logs());
 
     let sql = testkit::db::connect(&url).await;
     let restarted_at: chrono::DateTime<chrono::Utc> = sql.query_one("SELECT now()", &[]).await.unwrap().get(0);
