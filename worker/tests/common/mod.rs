@@ -159,6 +159,19 @@ impl Env {
         assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
     }
 
+    /// Runs the `hookctl` binary, as an operator would, with this environment's settings and
+    /// `vars` on top; returns whether it succeeded and its stdout followed by its stderr.
+    pub async fn hookctl(&self, vars: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_hookctl"))
+            .args(args)
+            .envs(self.env_vars(vars))
+            .output()
+            .await
+            .expect("hookctl runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
     /// Declares the topology (a worker does this on start; tests that publish first need it).
     pub async fn declare(&self, settings: &Settings) {
         shared::topology::Topology::from_settings(settings).declare(self.broker.connection()).await.unwrap();
