@@ -8,7 +8,6 @@
 //! 4. the inline Node peer, for the ratio to what teams run today.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +18,9 @@ use lapin::{Connection, ConnectionProperties};
 use shared::envelope::{EnvelopeHeaders, IngestVerification};
 use shared::topology::Topology;
 use shared::Provider;
-use tokio::process::{Child, Command};
 
 use crate::load::{broker_load, http_load, DirectPublish, LoadResult, Pace};
+use crate::process::start_ingest;
 use crate::procfs::{pid_listening_on, status_kib, CpuMeter};
 use crate::{events, peer};
 
@@ -63,7 +62,7 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let log_path = logs.join("ingest.log");
     let ingest = start_ingest(&ingest_bin, &broker.prefix, &bench.log_format, &bench.ingest_env, &log_path).await?;
-    let ingest_pid = ingest.child.id();
+    let ingest_pid = ingest.pid();
     let purge = || async {
         let _ = broker.channel().queue_purge(topology.work_queue().into(), QueuePurgeOptions::default()).await;
     };
@@ -92,7 +91,7 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<()> {
     let ingest_max = phases[1].result.per_second();
     let half = ingest_max / 2.0;
     // Paced phases last about as long as the full-load ones.
-    let paced = ((half * 4.0) as usize).clamp(1000, n);
+    let paced = ((half * 4.0) as usize).max(1000).min(n);
 
     let (name, _, beam_cpu) = measure("broker only at half of ingest's max", None);
     let result = broker_load(direct.clone(), events::signed_batch("direct_half", paced), c, Pace::Rate(half)).await?;
@@ -230,54 +229,4 @@ async fn direct_publisher(topology: &Topology) -> anyhow::Result<DirectPublish> 
         routing_key: Topology::routing_key("stripe", "checkout.session.completed"),
         properties,
     })
-}
-
-/// The ingest binary, running on a port of its own, logging to a file.
-struct IngestProcess {
-    addr: std::net::SocketAddr,
-    child: Child,
-}
-
-async fn start_ingest(
-    bin: &Path,
-    prefix: &str,
-    log_format: &str,
-    extra_env: &[String],
-    log: &Path,
-) -> anyhow::Result<IngestProcess> {
-    let port = peer::free_port()?;
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let log_file = std::fs::File::create(log)?;
-    let child = Command::new(bin)
-        .env("AMQP_URL", testkit::amqp_url())
-        .env("AMQP_PREFIX", prefix)
-        .env("INGEST_ADDR", addr.to_string())
-        .env("STRIPE_WEBHOOK_SECRET", events::SECRET)
-        .env("LOG_FORMAT", log_format)
-        .env_remove("RUST_LOG")
-        .env_remove("WEBHOOKS_CONFIG")
-        .envs(extra_env.iter().filter_map(|pair| pair.split_once('=')))
-        .stdout(Stdio::from(log_file.try_clone()?))
-        .stderr(Stdio::from(log_file))
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let client = reqwest::Client::new();
-    testkit::eventually("ingest ready", Duration::from_secs(30), || async {
-        client.get(format!("http://{addr}/readyz")).send().await.ok()?.status().is_success().then_some(())
-    })
-    .await;
-    Ok(IngestProcess { addr, child })
-}
-
-impl IngestProcess {
-    /// SIGTERM, as an orchestrator stops it, so it flushes its log.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-    }
 }

@@ -20,6 +20,7 @@ mod events;
 mod ingest_bench;
 mod load;
 mod peer;
+mod process;
 mod procfs;
 mod soak;
 mod worker_bench;

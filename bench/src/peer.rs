@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+use crate::process::free_port;
+
 /// A running peer with a database of its own (dropped with it).
 pub struct InlinePeer {
     pub addr: SocketAddr,
@@ -85,11 +87,6 @@ impl InlinePeer {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// `shared/peers/inline-node` next to the workspace, where the project keeps it.

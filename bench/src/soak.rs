@@ -9,13 +9,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
+
+use crate::process::{free_port, spawn_logged};
 
 /// What `bench soak` is asked to do.
 pub struct SoakOptions {
@@ -339,15 +340,9 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
 }
 
 fn spawn(program: &Path, name: &str, env: &[(String, String)], logs: &Path) -> anyhow::Result<Proc> {
-    let log = logs.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(program)
-        .envs(env.iter().cloned())
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
+    let mut command = Command::new(program);
+    command.envs(env.iter().cloned());
+    let child = spawn_logged(command, &logs.join(format!("{name}.log")))?;
     Ok(Proc { name: name.to_string(), child, started: Instant::now(), rss_start_kb: None })
 }
 
@@ -379,8 +374,4 @@ fn humantime(d: Duration) -> String {
     } else {
         format!("{s} s")
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

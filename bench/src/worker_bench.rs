@@ -11,7 +11,6 @@
 //!    ingest, with the default batch size.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +22,10 @@ use lapin::{Connection, ConnectionProperties};
 use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::topology::Topology;
 use shared::Provider;
-use tokio::process::{Child, Command};
 use tokio_postgres::Client;
 
 use crate::load::{broker_load, http_load, DirectPublish, Pace};
+use crate::process::{start_ingest, ServiceProcess};
 use crate::procfs::{cpu_time, pid_listening_on, status_kib, CpuMeter};
 use crate::{events, peer};
 
@@ -257,7 +256,7 @@ async fn drain(
     let background_before = total_cpu(&background);
     let rabbit = CpuMeter::start(beam);
     let started = Instant::now();
-    let worker = WorkerProcess::start(bin, &stage, &vars, &log).await?;
+    let worker = start_worker(bin, &stage, &vars, &log).await?;
     let backends = testkit::eventually("the worker's database connections", Duration::from_secs(30), || async {
         let pids = worker_backend_pids(&stage).await.ok()?;
         (!pids.is_empty()).then_some(pids)
@@ -322,7 +321,7 @@ struct Applied {
 }
 
 /// Polls the worker's metrics until `expected` events are applied.
-async fn wait_applied(worker: &WorkerProcess, expected: usize) -> anyhow::Result<Applied> {
+async fn wait_applied(worker: &ServiceProcess, expected: usize) -> anyhow::Result<Applied> {
     let client = reqwest::Client::new();
     let url = format!("http://{}/metrics", worker.addr);
     let deadline = Instant::now() + Duration::from_secs(1800);
@@ -377,53 +376,23 @@ async fn verify(stage: &Stage, events: usize) -> anyhow::Result<()> {
 /// `info,worker::process=debug` for the timing of every batch).
 const DEFAULT_FILTER: &str = shared::telemetry::DEFAULT_FILTER;
 
-/// The worker binary on a database and prefix of its own, logging to a file.
-struct WorkerProcess {
-    addr: std::net::SocketAddr,
-    child: Child,
-}
-
-impl WorkerProcess {
-    async fn start(bin: &Path, stage: &Stage, vars: &[(&str, String)], log: &Path) -> anyhow::Result<Self> {
-        let port = peer::free_port()?;
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let log_file = std::fs::File::create(log)?;
-        let mut command = Command::new(bin);
-        command
-            .env("DATABASE_URL", &stage.db.url)
-            .env("AMQP_URL", testkit::amqp_url())
-            .env("AMQP_PREFIX", &stage.broker.prefix)
-            .env("WORKER_ADDR", addr.to_string())
-            .env("RUST_LOG", std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into()))
-            .env_remove("WEBHOOKS_CONFIG")
-            .stdout(Stdio::from(log_file.try_clone()?))
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let child = command.spawn().with_context(|| format!("start {}", bin.display()))?;
-        let client = reqwest::Client::new();
-        testkit::eventually("worker listening", Duration::from_secs(30), || async {
-            client.get(format!("http://{addr}/healthz")).send().await.ok()?.status().is_success().then_some(())
-        })
-        .await;
-        Ok(Self { addr, child })
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// SIGTERM, as an orchestrator stops it.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-    }
+/// The worker binary on the stage's database and prefix, with `vars` on top, logging to `log`;
+/// started once it answers `/healthz`.
+async fn start_worker(
+    bin: &Path,
+    stage: &Stage,
+    vars: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<ServiceProcess> {
+    let filter = std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into());
+    let mut all = vec![
+        ("DATABASE_URL", stage.db.url.clone()),
+        ("AMQP_URL", testkit::amqp_url()),
+        ("AMQP_PREFIX", stage.broker.prefix.clone()),
+        ("RUST_LOG", filter),
+    ];
+    all.extend_from_slice(vars);
+    ServiceProcess::start(bin, "WORKER_ADDR", &all, log, "/healthz").await
 }
 
 /// Connections the inline peer is driven with (its pool holds 16).
@@ -480,35 +449,13 @@ async fn lag_phase(
     log_format: &str,
 ) -> anyhow::Result<Histogram<u64>> {
     let stage = stage(count).await?;
-    let worker = WorkerProcess::start(
-        &bins.worker,
-        &stage,
-        &[("LOG_FORMAT", log_format.to_string())],
-        &logs.join("worker-lag.log"),
-    )
-    .await?;
-    let ingest_port = peer::free_port()?;
-    let ingest_addr: std::net::SocketAddr = ([127, 0, 0, 1], ingest_port).into();
-    let log_file = std::fs::File::create(logs.join("ingest-lag.log"))?;
-    let mut ingest = Command::new(&bins.ingest)
-        .env("AMQP_URL", testkit::amqp_url())
-        .env("AMQP_PREFIX", &stage.broker.prefix)
-        .env("INGEST_ADDR", ingest_addr.to_string())
-        .env("STRIPE_WEBHOOK_SECRET", events::SECRET)
-        .env("LOG_FORMAT", log_format)
-        .env_remove("RUST_LOG")
-        .env_remove("WEBHOOKS_CONFIG")
-        .stdout(Stdio::from(log_file.try_clone()?))
-        .stderr(Stdio::from(log_file))
-        .kill_on_drop(true)
-        .spawn()?;
-    let client = reqwest::Client::new();
-    testkit::eventually("ingest ready", Duration::from_secs(30), || async {
-        client.get(format!("http://{ingest_addr}/readyz")).send().await.ok()?.status().is_success().then_some(())
-    })
-    .await;
+    let worker =
+        start_worker(&bins.worker, &stage, &[("LOG_FORMAT", log_format.to_string())], &logs.join("worker-lag.log"))
+            .await?;
+    let ingest =
+        start_ingest(&bins.ingest, &stage.broker.prefix, log_format, &[], &logs.join("ingest-lag.log")).await?;
     let signed = events::signed_batch("wb", count);
-    let result = http_load(ingest_addr, "/api/webhooks/stripe", signed, 16, Pace::Rate(f64::from(rate))).await?;
+    let result = http_load(ingest.addr, "/api/webhooks/stripe", signed, 16, Pace::Rate(f64::from(rate))).await?;
     anyhow::ensure!(result.failed == 0, "ingest refused {} events", result.failed);
     wait_applied(&worker, count).await?;
     let rows = stage
@@ -524,10 +471,6 @@ async fn lag_phase(
         lag.record(row.get::<_, i64>(0).max(1) as u64)?;
     }
     worker.stop().await;
-    if let Some(pid) = ingest.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(30), ingest.wait()).await;
-    let _ = ingest.kill().await;
+    ingest.stop().await;
     Ok(lag)
 }

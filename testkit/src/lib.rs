@@ -1,9 +1,9 @@
 //! Test support shared by the integration tests of every crate. Each test gets its own
 //! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
 //! sits between the code under test and a service when a test needs to take that service
-//! away without disturbing tests running in parallel; a [`PgInstance`] is a PostgreSQL server
-//! of the test's own, for tests that crash the database itself, and a [`RabbitCluster`] one of
-//! RabbitMQ nodes, for tests that kill broker nodes or raise broker alarms.
+//! away without disturbing tests running in parallel; a [`PgServer`] is a PostgreSQL server
+//! of the test's own, for tests that run it with TLS or crash the database itself, and a
+//! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_AMQP_URL` (default
@@ -16,8 +16,7 @@ pub mod events;
 pub mod fake_http;
 pub mod metrics;
 pub mod otlp;
-pub mod pg_instance;
-pub mod postgres_server;
+pub mod pg_server;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
@@ -29,7 +28,7 @@ use std::time::Duration;
 pub use amqp::TestBroker;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
-pub use pg_instance::PgInstance;
+pub use pg_server::PgServer;
 pub use process::LoggedProcess;
 pub use proxy::TcpProxy;
 pub use rabbit_node::{RabbitCluster, RabbitNode};

@@ -67,9 +67,9 @@ pub struct Message {
     pub traceparent: Option<String>,
 }
 
-impl From<&NewNotification> for Message {
-    fn from(n: &NewNotification) -> Self {
-        Self { id: n.id, routing_key: n.kind.clone(), payload: n.payload.clone(), traceparent: n.traceparent.clone() }
+impl From<NewNotification> for Message {
+    fn from(n: NewNotification) -> Self {
+        Self { id: n.id, routing_key: n.kind, payload: n.payload, traceparent: n.traceparent }
     }
 }
 

@@ -122,7 +122,10 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
     let read = started.elapsed();
     // Each event's trace shows the transaction that holds its effect.
     let transaction: Vec<tracing::Span> = if traces::exporting() {
-        positions.iter().map(|&i| tracing::info_span!(parent: &items[i].span, "transaction", events = entries.len())).collect()
+        positions
+            .iter()
+            .map(|&i| tracing::info_span!(parent: &items[i].span, "transaction", events = entries.len()))
+            .collect()
     } else {
         Vec::new()
     };

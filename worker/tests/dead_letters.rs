@@ -18,17 +18,10 @@ const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// project's `DELIVERY_LIMIT` default (20).
 const READS: usize = 60;
 
-/// Runs hookctl to completion; returns (success, stdout + stderr).
+/// Runs hookctl with HTTP notification delivery on, as the topology here is declared (only then
+/// is there a `{p}.notify.dead` queue for `--notifications`).
 async fn hookctl(env: &Env, args: &[&str]) -> (bool, String) {
-    let vars = env.env_vars(&[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookctl"))
-        .args(args)
-        .envs(vars)
-        .output()
-        .await
-        .expect("hookctl runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
+    env.hookctl(&[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)], args).await
 }
 
 /// Puts a persistent message straight into `queue` and waits for the broker's confirm.

@@ -10,17 +10,9 @@ use testkit::events::{stripe_session_event, STRIPE_SECRET};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Runs hookctl to completion; returns (success, stdout + stderr).
+/// Runs hookctl with the Stripe secret ingest checks, so `send` signs as Stripe would.
 async fn hookctl(env: &Env, args: &[&str]) -> (bool, String) {
-    let vars = env.env_vars(&[("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)]);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookctl"))
-        .args(args)
-        .envs(vars)
-        .output()
-        .await
-        .expect("hookctl runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
+    env.hookctl(&[("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)], args).await
 }
 
 #[tokio::test]

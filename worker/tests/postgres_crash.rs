@@ -10,13 +10,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::TestWorker;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use shared::envelope::{EventEnvelope, IngestVerification};
+use common::{publish_as_ingest, TestWorker};
 use shared::topology::Topology;
 use shared::Provider;
 use testkit::events::stripe_session_event;
-use testkit::{PgInstance, TestBroker};
+use testkit::{PgServer, TestBroker};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -31,31 +29,7 @@ async fn count(sql: &Client, query: &str) -> i64 {
 async fn publish_paid(broker: &TestBroker, i: i64) {
     let key = format!("evt_crash_{i}");
     let body = stripe_session_event(&key, "checkout.session.completed", &format!("crash-{i}"), "paid", 1000, "usd");
-    let envelope = EventEnvelope {
-        provider: Provider::Stripe,
-        event_type: "checkout.session.completed".into(),
-        event_key: key,
-        verification: IngestVerification::Signature,
-        received_at: chrono::Utc::now(),
-        request_id: testkit::unique("req"),
-        attempt: 0,
-        delivery_headers: Default::default(),
-        body: body.clone(),
-    };
-    let confirm = broker
-        .channel()
-        .basic_publish(
-            format!("{}.events", broker.prefix).into(),
-            "stripe.checkout.session.completed".into(),
-            BasicPublishOptions { mandatory: true, immediate: false },
-            &body,
-            envelope.properties(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
+    publish_as_ingest(broker, Provider::Stripe, "checkout.session.completed", &key, &body).await;
 }
 
 /// The worker's own view of the database, from its `/readyz`.
@@ -68,7 +42,7 @@ async fn worker_sees_database(worker: &TestWorker) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_outbox() {
     testkit::init_logs();
-    let pg = tokio::task::spawn_blocking(PgInstance::start).await.unwrap();
+    let pg = PgServer::start().await;
     let url = pg.url("webhooks");
     let broker = TestBroker::new().await;
     let settings = broker.settings(
@@ -92,7 +66,6 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
     .unwrap();
     Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
     let notifications = broker.subscribe(&format!("{}.notifications", broker.prefix)).await;
-    broker.channel().confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     for i in 0..EVENTS {
         publish_paid(&broker, i).await;
     }
@@ -101,13 +74,13 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
     let applied = "SELECT count(*) FROM webhook_events WHERE status = 'applied'";
     testkit::eventually("the drain under way", WAIT, || async { (count(&sql, applied).await >= 60).then_some(()) })
         .await;
-    pg.crash();
+    pg.crash().await;
     testkit::eventually("the worker sees the database gone", WAIT, || async {
         (worker_sees_database(&worker).await == Some(false)).then_some(())
     })
     .await;
-    tokio::task::block_in_place(|| pg.start_server());
-    assert!(pg.log().contains("automatic recovery in progress"), "the restart ran crash recovery:\n{}", pg.log());
+    pg.start_again().await;
+    assert!(pg.logs().contains("automatic recovery in progress"), "the restart ran crash recovery:\n{}", pg.logs());
 
     let sql = testkit::db::connect(&url).await;
     let restarted_at: chrono::DateTime<chrono::Utc> = sql.query_one("SELECT now()", &[]).await.unwrap().get(0);

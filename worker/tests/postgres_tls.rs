@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use shared::Settings;
-use testkit::postgres_server::{PostgresServer, ServerTls};
+use testkit::pg_server::{PgServer, ServerTls};
 use testkit::TestDb;
 
 /// A CA and a server certificate it signed for `localhost` (no IP address in it).
@@ -69,7 +69,7 @@ async fn tls_modes_against_a_server_with_a_certificate_of_our_own() {
     // Two wrong CAs: an unrelated one, and an impostor with the right CA's name.
     let unrelated = certificates("some other CA");
     let impostor = certificates("webhooks test CA");
-    let server = PostgresServer::start(Some(certs.server)).await;
+    let server = PgServer::start_with_tls(certs.server).await;
     let dir = tempfile::tempdir().unwrap();
     let right_ca = dir.path().join("ca.pem");
     let wrong_ca = dir.path().join("unrelated-ca.pem");
@@ -79,15 +79,15 @@ async fn tls_modes_against_a_server_with_a_certificate_of_our_own() {
     std::fs::write(&impostor_ca, &impostor.ca_pem).unwrap();
 
     // require: encrypted, certificate not checked (no CA given).
-    let require = settings(&server.url("127.0.0.1", "postgres", "sslmode=require"), None);
+    let require = settings(&server.url_with("127.0.0.1", "postgres", "sslmode=require"), None);
     assert_eq!(pooled_connection_uses_tls(&require).await, Ok(true), "{}", server.logs());
 
     // disable against the same server: plaintext, so the check above means something.
-    let disable = settings(&server.url("127.0.0.1", "postgres", "sslmode=disable"), None);
+    let disable = settings(&server.url_with("127.0.0.1", "postgres", "sslmode=disable"), None);
     assert_eq!(pooled_connection_uses_tls(&disable).await, Ok(false));
 
     // verify-full with the right CA: the migration (creating the database), the pool and hookctl.
-    let full_url = server.url("localhost", "webhooks_tls", "sslmode=verify-full");
+    let full_url = server.url_with("localhost", "webhooks_tls", "sslmode=verify-full");
     let full = settings(&full_url, Some(&right_ca));
     worker::migrate::migrate(&full).await.expect("migrates over verify-full");
     assert_eq!(pooled_connection_uses_tls(&full).await, Ok(true));
@@ -96,7 +96,11 @@ async fn tls_modes_against_a_server_with_a_certificate_of_our_own() {
 
     // The libpq way of naming the CA works the same.
     let in_url = settings(
-        &server.url("localhost", "webhooks_tls", &format!("sslmode=verify-full&sslrootcert={}", right_ca.display())),
+        &server.url_with(
+            "localhost",
+            "webhooks_tls",
+            &format!("sslmode=verify-full&sslrootcert={}", right_ca.display()),
+        ),
         None,
     );
     assert_eq!(pooled_connection_uses_tls(&in_url).await, Ok(true));
@@ -115,17 +119,17 @@ async fn tls_modes_against_a_server_with_a_certificate_of_our_own() {
     assert!(error.contains("not signed by a trusted CA"), "a CA with the right name but another key: {error}");
 
     // require with the wrong CA given: libpq checks the chain then too.
-    let require_wrong = settings(&server.url("127.0.0.1", "postgres", "sslmode=require"), Some(&wrong_ca));
+    let require_wrong = settings(&server.url_with("127.0.0.1", "postgres", "sslmode=require"), Some(&wrong_ca));
     assert!(pooled_connection_uses_tls(&require_wrong).await.is_err());
 
     // The certificate names localhost, not 127.0.0.1: verify-full refuses the address, naming
     // the mismatch; verify-ca checks only the chain and connects.
-    let by_address = settings(&server.url("127.0.0.1", "postgres", "sslmode=verify-full"), Some(&right_ca));
+    let by_address = settings(&server.url_with("127.0.0.1", "postgres", "sslmode=verify-full"), Some(&right_ca));
     let error = pooled_connection_uses_tls(&by_address).await.unwrap_err();
     assert!(error.contains("does not match the host") && error.contains("verify-ca"), "{error}");
-    let chain_only = settings(&server.url("127.0.0.1", "postgres", "sslmode=verify-ca"), Some(&right_ca));
+    let chain_only = settings(&server.url_with("127.0.0.1", "postgres", "sslmode=verify-ca"), Some(&right_ca));
     assert_eq!(pooled_connection_uses_tls(&chain_only).await, Ok(true));
-    let chain_wrong = settings(&server.url("127.0.0.1", "postgres", "sslmode=verify-ca"), Some(&wrong_ca));
+    let chain_wrong = settings(&server.url_with("127.0.0.1", "postgres", "sslmode=verify-ca"), Some(&wrong_ca));
     assert!(pooled_connection_uses_tls(&chain_wrong).await.is_err(), "verify-ca still checks the chain");
 }
 

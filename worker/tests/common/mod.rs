@@ -128,41 +128,66 @@ impl Env {
 
     /// Publishes an envelope straight to the work queue, as ingest would.
     pub async fn publish(&self, provider: Provider, event_type: &str, event_key: &str, body: &[u8]) {
-        let envelope = EventEnvelope {
-            provider,
-            event_type: event_type.to_string(),
-            event_key: event_key.to_string(),
-            verification: match provider {
-                Provider::Stripe => IngestVerification::Signature,
-                Provider::Toss => IngestVerification::Unsigned,
-            },
-            received_at: chrono::Utc::now(),
-            request_id: testkit::unique("req"),
-            attempt: 0,
-            delivery_headers: Default::default(),
-            body: body.to_vec(),
-        };
-        let channel = self.broker.channel();
-        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let confirm = channel
-            .basic_publish(
-                format!("{}.events", self.broker.prefix).into(),
-                format!("{provider}.{event_type}").into(),
-                BasicPublishOptions { mandatory: true, immediate: false },
-                body,
-                envelope.properties(),
-            )
+        publish_as_ingest(&self.broker, provider, event_type, event_key, body).await;
+    }
+
+    /// Runs the `hookctl` binary, as an operator would, with this environment's settings and
+    /// `vars` on top; returns whether it succeeded and its stdout followed by its stderr.
+    pub async fn hookctl(&self, vars: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_hookctl"))
+            .args(args)
+            .envs(self.env_vars(vars))
+            .output()
             .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
+            .expect("hookctl runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
     }
 
     /// Declares the topology (a worker does this on start; tests that publish first need it).
     pub async fn declare(&self, settings: &Settings) {
         shared::topology::Topology::from_settings(settings).declare(self.broker.connection()).await.unwrap();
     }
+}
+
+/// Publishes an event to `broker`'s events exchange as ingest does (its envelope, routing key,
+/// mandatory and persistent) and waits for the broker's confirm that it was routed.
+pub async fn publish_as_ingest(
+    broker: &TestBroker,
+    provider: Provider,
+    event_type: &str,
+    event_key: &str,
+    body: &[u8],
+) {
+    let envelope = EventEnvelope {
+        provider,
+        event_type: event_type.to_string(),
+        event_key: event_key.to_string(),
+        verification: match provider {
+            Provider::Stripe => IngestVerification::Signature,
+            Provider::Toss => IngestVerification::Unsigned,
+        },
+        received_at: chrono::Utc::now(),
+        request_id: testkit::unique("req"),
+        attempt: 0,
+        delivery_headers: Default::default(),
+        body: body.to_vec(),
+    };
+    let channel = broker.channel();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let confirm = channel
+        .basic_publish(
+            format!("{}.events", broker.prefix).into(),
+            format!("{provider}.{event_type}").into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            body,
+            envelope.properties(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
 }
 
 pub struct Seeded {
