@@ -13,8 +13,13 @@ use tokio_postgres::error::SqlState;
 /// unavailable (a transient failure: the message is retried later).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `lock_timeout` and `statement_timeout` for every pooled connection.
-const SESSION_OPTIONS: &str = "-c lock_timeout=5s -c statement_timeout=30s";
+/// `lock_timeout` and `statement_timeout` for every pooled connection, and no sequential scans
+/// where an index serves. Every statement of the worker reads rows by key. They are prepared
+/// once per connection, and Postgres may keep one generic plan of each for the connection's
+/// life, planned from the table sizes of that moment: planned while the tables are small (a new
+/// deployment, or no statistics because autovacuum is off), that plan scans whole tables and
+/// keeps doing so for every batch as they grow.
+const SESSION_OPTIONS: &str = "-c lock_timeout=5s -c statement_timeout=30s -c enable_seqscan=off";
 
 /// Builds the pool; connections open lazily, so a database that is down at start only delays work.
 pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {

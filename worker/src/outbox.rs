@@ -32,7 +32,7 @@ use crate::outcome::HandleError;
 /// Longest back-off between two refused publishes of one row.
 const MAX_BACKOFF_SECS: f64 = 300.0;
 
-const CLAIM_EXPIRED: &str = "
+pub const CLAIM_EXPIRED: &str = "
     UPDATE outbox o SET claimed_until = now() + make_interval(secs => $2::float8)
       FROM (SELECT notification_id FROM outbox
              WHERE claimed_until <= now() AND dead_at IS NULL
@@ -42,19 +42,20 @@ const CLAIM_EXPIRED: &str = "
      WHERE o.notification_id = c.notification_id
     RETURNING o.notification_id, o.routing_key, o.payload, o.traceparent";
 
-const DELETE_CONFIRMED: &str = "DELETE FROM outbox WHERE notification_id = ANY($1::uuid[])";
+pub const DELETE_CONFIRMED: &str = "DELETE FROM outbox WHERE notification_id = ANY($1::uuid[])";
 
-/// A refused row waits 2^attempts seconds (at most five minutes) before the next try.
-const RECORD_REFUSED: &str = "
+/// A refused row waits 2^attempts seconds (at most five minutes) before the next try. The
+/// `ANY($1)` lets a cached generic plan use the primary key however large the outbox grew.
+pub const RECORD_REFUSED: &str = "
     UPDATE outbox o SET attempts = o.attempts + 1,
            last_error = f.error,
            claimed_until = now() + make_interval(secs => least($4::float8, power(2, o.attempts))),
            dead_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END
       FROM unnest($1::uuid[], $2::text[]) AS f(id, error)
-     WHERE o.notification_id = f.id
+     WHERE o.notification_id = f.id AND o.notification_id = ANY($1::uuid[])
     RETURNING o.dead_at IS NOT NULL";
 
-const RELEASE: &str = "UPDATE outbox SET claimed_until = now() WHERE notification_id = ANY($1::uuid[])";
+pub const RELEASE: &str = "UPDATE outbox SET claimed_until = now() WHERE notification_id = ANY($1::uuid[])";
 
 /// One outbox row to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -57,3 +57,65 @@ async fn database_errors_are_classified_by_sqlstate() {
     let slow = sql.query("SELECT pg_sleep(1)", &[]).await.unwrap_err();
     assert_eq!(classify(&slow), DbErrorClass::Transient, "statement timeout");
 }
+
+/// The worker's statements are prepared once per connection, and Postgres may keep a generic
+/// plan of one for as long as the connection lives, planned from the table sizes of that moment
+/// (without statistics when autovacuum is off). Planned on empty tables, as on a new
+/// deployment, every statement must still reach its rows through an index condition: a
+/// sequential scan, or an index walked from end to end, would be read again in full for every
+/// batch once the tables have grown.
+#[tokio::test]
+async fn generic_plans_made_on_empty_tables_read_rows_by_key() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new().await;
+    let settings = broker.settings(Some(&db.url), &[]);
+    worker::migrate::migrate(&settings).await.expect("migrations apply");
+    let pool = worker::db::pool(&settings).expect("pool");
+    let sql = pool.get().await.expect("a pooled connection, with the worker's session settings");
+    sql.batch_execute("SET plan_cache_mode = force_generic_plan").await.expect("set plan cache mode");
+    let statements = [
+        ("lock_payments", worker::write::LOCK_PAYMENTS),
+        ("read_final", worker::write::READ_FINAL),
+        ("update_payments", worker::write::UPDATE_PAYMENTS),
+        ("claim_expired", worker::outbox::CLAIM_EXPIRED),
+        ("delete_confirmed", worker::outbox::DELETE_CONFIRMED),
+        ("record_refused", worker::outbox::RECORD_REFUSED),
+        ("release", worker::outbox::RELEASE),
+        ("prune", worker::retention::PRUNE_SQL),
+    ];
+    for (name, statement) in statements {
+        sql.batch_execute(&format!("PREPARE {name} AS {statement}")).await.expect("prepare");
+        let params = sql
+            .query_one("SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = $1", &[&name])
+            .await
+            .expect("read the prepared statement")
+            .get::<_, i32>(0) as usize;
+        let nulls = vec!["NULL"; params].join(", ");
+        let plan: serde_json::Value = sql
+            .query_one(&format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})"), &[])
+            .await
+            .expect("explain the generic plan")
+            .get(0);
+        let mut scans = Vec::new();
+        table_scans(&plan[0]["Plan"], &mut scans);
+        assert!(!scans.is_empty(), "{name}: reads no table?\n{plan:#}");
+        for (node, relation, keyed) in &scans {
+            assert!(*keyed, "{name}: {node} on {relation} reads the whole table in a generic plan\n{plan:#}");
+        }
+    }
+}
+
+/// Every node of `plan` that reads a table or an index: its type, what it reads, and whether
+/// it is limited by a key (an index condition).
+fn table_scans(plan: &serde_json::Value, out: &mut Vec<(String, String, bool)>) {
+    let node = plan["Node Type"].as_str().unwrap_or_default();
+    let relation = plan["Relation Name"].as_str().or(plan["Index Name"].as_str());
+    if let Some(relation) = relation {
+        if node.contains("Scan") && node != "Bitmap Heap Scan" {
+            out.push((node.to_string(), relation.to_string(), plan.get("Index Cond").is_some()));
+        }
+    }
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        table_scans(child, out);
+    }
+}
