@@ -158,6 +158,17 @@ fn build_binaries(workspace: &Path) -> anyhow::Result<Binaries> {
     Ok(Binaries { worker: dir.join("worker"), ingest: dir.join("ingest") })
 }
 
+/// The database URL without TLS unless it asks for it: the worker and the inline peer (whose
+/// `pg` pool does not use TLS) are compared on the same plain loopback connections, not on
+/// who encrypts.
+fn without_tls(url: &str) -> String {
+    if url.contains("sslmode=") {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}sslmode=disable")
+}
+
 /// A migrated database with one pending payment per event (`ord0..`), and a prefix.
 struct Stage {
     db: testkit::TestDb,
@@ -386,7 +397,7 @@ async fn start_worker(
 ) -> anyhow::Result<ServiceProcess> {
     let filter = std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into());
     let mut all = vec![
-        ("DATABASE_URL", stage.db.url.clone()),
+        ("DATABASE_URL", without_tls(&stage.db.url)),
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", stage.broker.prefix.clone()),
         ("RUST_LOG", filter),
