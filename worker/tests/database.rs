@@ -74,9 +74,9 @@ async fn generic_plans_made_on_empty_tables_read_rows_by_key() {
     let sql = pool.get().await.expect("a pooled connection, with the worker's session settings");
     sql.batch_execute("SET plan_cache_mode = force_generic_plan").await.expect("set plan cache mode");
     let statements = [
-        ("lock_payments", worker::write::LOCK_PAYMENTS),
-        ("read_final", worker::write::READ_FINAL),
-        ("update_payments", worker::write::UPDATE_PAYMENTS),
+        ("lock_payments", worker::write::sql::LOCK_PAYMENTS),
+        ("read_final", worker::write::sql::READ_FINAL),
+        ("update_payments", worker::write::sql::UPDATE_PAYMENTS),
         ("claim_expired", worker::outbox::CLAIM_EXPIRED),
         ("delete_confirmed", worker::outbox::DELETE_CONFIRMED),
         ("record_refused", worker::outbox::RECORD_REFUSED),
