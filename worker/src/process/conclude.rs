@@ -1,0 +1,137 @@
+//! How one event of a batch ends: its log line (the guide's lines among them), its metrics,
+//! and its settlement (ack, delay tier or dead letter) as [`crate::retry::dispose`] decides.
+
+use chrono::Utc;
+use shared::envelope::EventEnvelope;
+use shared::Provider;
+
+use super::Item;
+use crate::deps::Deps;
+use crate::outcome::{HandleError, Outcome};
+use crate::retry::{dispose, Disposition, Failure};
+use crate::settle::Settlement;
+
+/// Logs an event's outcome and decides its settlement; returns the outcome label to count
+/// once the settlement is done.
+pub(super) fn conclude(
+    deps: &Deps,
+    item: &Item,
+    outcome: Option<Result<Outcome, HandleError>>,
+    elapsed: std::time::Duration,
+) -> (Settlement, Option<&'static str>) {
+    let topology = deps.broker.topology();
+    let attempt = item.attempt();
+    let envelope = match &item.envelope {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            tracing::error!(%error, "message is not a webhook envelope; dead-lettering it");
+            let reason = format!("permanent: {error}");
+            return (Settlement::dead(&item.delivery, topology.dead_queue(), 1, &reason), None);
+        }
+    };
+    let provider = envelope.provider.as_str();
+    deps.metrics.processing.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
+    let prefix = log_prefix(envelope.provider);
+    let duration_ms = elapsed.as_millis() as u64;
+    let result = outcome.unwrap_or_else(|| Err(HandleError::Transient("not processed".into())));
+    let failure = result.as_ref().err().map(|e| {
+        let kind = if e.is_permanent() { Failure::Permanent } else { Failure::Transient };
+        (kind, e.to_string())
+    });
+    let disposition =
+        dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
+    let (label, order_id) = match &result {
+        Ok(Outcome::Applied { order_id, .. }) => ("applied", Some(order_id.as_str())),
+        Ok(Outcome::Ignored { order_id: Some(order_id), .. }) => ("ignored", Some(order_id.as_str())),
+        Ok(outcome) => (outcome.label(), item.order_id.as_deref()),
+        Err(_) => ("failed", item.order_id.as_deref()),
+    };
+    let _entered = item.span.enter();
+    match &result {
+        Ok(outcome) => {
+            log_outcome(prefix, outcome, order_id, duration_ms);
+            count_event_label(deps, envelope, outcome.label());
+            if matches!(outcome, Outcome::Applied { .. }) {
+                let lag = (Utc::now() - envelope.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+                deps.metrics.lag.with_label_values(&[provider]).observe(lag);
+            }
+        }
+        Err(error) => {
+            if let Disposition::Retry { tier } = &disposition {
+                tracing::warn!(outcome = label, order_id, %error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
+            }
+        }
+    }
+    match disposition {
+        Disposition::Ack => (Settlement::Ack, None),
+        Disposition::Retry { tier } => {
+            let error = failure.map(|(_, e)| e).unwrap_or_default();
+            (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
+        }
+        Disposition::DeadLetter { reason } => {
+            tracing::error!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event dead-lettered");
+            (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("dead_lettered"))
+        }
+    }
+}
+
+pub(super) fn count_event(deps: &Deps, item: &Item, label: &str) {
+    if let Ok(envelope) = &item.envelope {
+        count_event_label(deps, envelope, label);
+    }
+}
+
+fn count_event_label(deps: &Deps, envelope: &EventEnvelope, label: &str) {
+    deps.metrics
+        .events
+        .with_label_values(&[envelope.provider.as_str(), metric_event_type(&envelope.event_type), label])
+        .inc();
+}
+
+fn log_outcome(prefix: &str, outcome: &Outcome, order_id: Option<&str>, duration_ms: u64) {
+    let label = outcome.label();
+    match outcome {
+        Outcome::Applied { payment_id, to, from, notified, verification, .. } => {
+            tracing::info!(outcome = label, order_id, %payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
+            if let Some((notification_id, trainer_id)) = notified {
+                tracing::info!(order_id, %trainer_id, %notification_id, "{prefix} Notification sent to trainer");
+            }
+        }
+        Outcome::Ignored { reason, verification, .. } => {
+            tracing::info!(outcome = label, order_id, %reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
+        }
+        Outcome::Duplicate => {
+            tracing::info!(outcome = label, order_id, duration_ms, "{prefix} Duplicate event; already processed")
+        }
+    }
+}
+
+/// The guide's log prefix for a provider.
+pub fn log_prefix(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Stripe => "[Stripe Webhook]",
+        Provider::Toss => "[Toss Webhook]",
+    }
+}
+
+/// Event types known to the pipeline keep their name in metric labels; anything else (an
+/// unsigned Toss body can say anything) is counted as `other`, so labels stay bounded.
+pub fn metric_event_type(event_type: &str) -> &str {
+    const KNOWN: &[&str] = &[
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+        "payment_intent.payment_failed",
+        "PAYMENT_STATUS_CHANGED",
+        "DEPOSIT_CALLBACK",
+        "CANCEL_STATUS_CHANGED",
+        "payout.changed",
+        "seller.changed",
+    ];
+    if KNOWN.contains(&event_type) {
+        event_type
+    } else {
+        "other"
+    }
+}
