@@ -2,20 +2,19 @@
 //! filtered by `RUST_LOG` (default `info,lapin=error`: lapin's own warnings print whole
 //! returned messages, payloads included, and every connection problem is logged here anyway).
 //!
-//! Lines are formatted on the thread that logs and handed to a writer thread
-//! (`tracing-appender`'s non-blocking writer), which writes each batch it finds waiting with
-//! one `write` through a buffer: a request never waits on the disk or a slow log pipe, and a
-//! busy process makes one system call per batch of lines instead of one per line. The channel
-//! is not lossy: when it is full (a log sink stalled for a long time), logging waits rather than
-//! dropping lines. The [`LogGuard`] that [`init`] returns flushes what is left when dropped, so
-//! binaries keep it until they exit.
+//! Lines are formatted on the thread that logs and gathered in a buffer that a writer thread
+//! writes out in batches ([`writer`]): a request never waits on the disk or a slow log pipe,
+//! and a busy process makes one system call and one thread wake-up per batch of lines instead
+//! of per line. Nothing is lost: when the buffer is full (a log sink stalled for a long time),
+//! logging waits rather than dropping lines. The [`LogGuard`] that [`init`] returns writes what
+//! is left when dropped, so binaries keep it until they exit.
 //!
 //! With an OTLP endpoint configured, the same spans are also exported as traces
 //! ([`crate::traces`]); the guard then flushes those too.
 
-use std::io::BufWriter;
+pub mod json;
+pub mod writer;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -25,36 +24,26 @@ use crate::settings::LogFormat;
 /// Log filter when `RUST_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info,lapin=error";
 
-/// Buffer of the writer thread: a batch of lines up to this size goes out in one write.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Lines waiting for the writer thread before logging blocks. At a few hundred bytes a line,
-/// tens of MiB at most, reached only if the log sink stalls.
-const QUEUED_LINES: usize = 100_000;
-
 /// Keeps the log writer thread (and the trace exporter); dropping it writes out every queued
 /// line and exports every finished span.
 #[must_use = "dropping the guard stops the log writer; keep it until the process exits"]
 pub struct LogGuard {
     // Dropped first: span export may still log.
     _traces: Option<crate::traces::Exporter>,
-    _writer: WorkerGuard,
+    _writer: writer::BatchWriterGuard,
 }
 
 /// Installs the global subscriber writing to stdout, and the trace exporter when one is
 /// configured; `service` names the process in traces. A second call (tests) keeps the first
 /// subscriber. Fails only when an OTLP endpoint is set but no exporter can be built for it.
 pub fn init(format: LogFormat, service: &str) -> Result<LogGuard, String> {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(QUEUED_LINES)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stdout()));
+    let (writer, guard) =
+        writer::batch_writer(std::io::stdout()).map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let lines = fmt::layer().with_target(false).with_writer(writer);
     let lines = match format {
         LogFormat::Text => lines.boxed(),
-        LogFormat::Json => lines.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Json => lines.fmt_fields(json::JsonFields).event_format(json::JsonLines).boxed(),
     };
     let registry = tracing_subscriber::registry().with(filter).with(lines);
     let traces = match crate::traces::layer(service)? {

@@ -1,0 +1,187 @@
+//! `LOG_FORMAT=json` lines: one object per event with the timestamp, the level, the event's
+//! fields at the top level and the current span's fields under `"span"`, the shape of
+//! `tracing-subscriber`'s JSON format with `flatten_event` and `with_current_span`.
+//!
+//! Written here because that format keeps each span's fields as a JSON text which it parses
+//! and serialises again on every `Span::record` and on every event inside the span: ingest's
+//! request span records three fields, and those round trips were a sixth of its CPU per
+//! webhook. Here a span's fields are kept as the members of a JSON object (`"a":1,"b":"x"`),
+//! a recorded field is appended, and an event copies them as they are. A field recorded twice
+//! therefore appears twice (JSON readers keep the last); the services record each once.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing::{span, Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats span fields as JSON object members, appending on `record`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonFields;
+
+/// Formats events as JSON lines; use with [`JsonFields`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonLines;
+
+impl<'writer> FormatFields<'writer> for JsonFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut members = Members { writer, first: true, result: Ok(()) };
+        fields.record(&mut members);
+        members.result
+    }
+
+    fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &span::Record<'_>) -> fmt::Result {
+        let first = current.fields.is_empty();
+        let mut members = Members { writer: current.as_writer(), first, result: Ok(()) };
+        fields.record(&mut members);
+        members.result
+    }
+}
+
+impl<S> FormatEvent<S, JsonFields> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\"", event.metadata().level())?;
+        let mut members = Members { writer: writer.by_ref(), first: false, result: Ok(()) };
+        event.record(&mut members);
+        members.result?;
+        if let Some(span) = ctx.lookup_current() {
+            writer.write_str(",\"span\":{")?;
+            if let Some(fields) = span.extensions().get::<FormattedFields<JsonFields>>() {
+                if !fields.fields.is_empty() {
+                    writer.write_str(&fields.fields)?;
+                    writer.write_char(',')?;
+                }
+            }
+            writer.write_str("\"name\":")?;
+            string(&mut writer, span.name())?;
+            writer.write_char('}')?;
+        }
+        writer.write_str("}\n")
+    }
+}
+
+/// Writes visited fields as `"name":value` members separated by commas; the same JSON values
+/// as `tracing-subscriber`'s format (128-bit integers as strings, bytes as hexadecimal text).
+struct Members<'a> {
+    writer: Writer<'a>,
+    /// No member written yet (no comma before the next one).
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Members<'_> {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        let name = field.name();
+        // `log.*` fields carry a `log` record's metadata, already in the line's own members.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let comma = !std::mem::replace(&mut self.first, false);
+        self.result = (|| {
+            if comma {
+                self.writer.write_char(',')?;
+            }
+            string(&mut self.writer, name)?;
+            self.writer.write_char(':')?;
+            value(&mut self.writer)
+        })();
+    }
+}
+
+impl Visit for Members<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field, |w| string(w, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.member(field, |w| {
+            w.write_char('"')?;
+            write!(Escaping(w), "{value:?}")?;
+            w.write_char('"')
+        });
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.member(field, |w| {
+            w.write_char('"')?;
+            write!(Escaping(w), "{value}")?;
+            w.write_char('"')
+        });
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinity; serde_json writes them as null too.
+        self.member(field, |w| if value.is_finite() { write!(w, "{value}") } else { w.write_str("null") });
+    }
+}
+
+/// Writes `value` as a JSON string literal.
+fn string(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    writer.write_char('"')?;
+    escape(writer, value)?;
+    writer.write_char('"')
+}
+
+/// Writes `value` escaped for the inside of a JSON string (RFC 8259, section 7).
+fn escape(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    let mut clean = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let replacement = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every escaped byte is ASCII, so `i` is a character boundary.
+        writer.write_str(&value[clean..i])?;
+        if replacement.is_empty() {
+            write!(writer, "\\u{byte:04x}")?;
+        } else {
+            writer.write_str(replacement)?;
+        }
+        clean = i + 1;
+    }
+    writer.write_str(&value[clean..])
+}
+
+/// Escapes everything written through it (`Debug` and `Display` output of field values).
+struct Escaping<'a, W>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape(self.0, s)
+    }
+}
+
+#[cfg(test)]
+mod tests;
