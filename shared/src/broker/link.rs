@@ -16,8 +16,9 @@ pub struct Link {
     pub(super) node: usize,
     pub(super) connection: Connection,
     /// Confirm-mode channels shared round-robin. A slot is empty while the channel it held,
-    /// retired after a nack, is being replaced.
-    publishers: Box<[Mutex<Option<Channel>>]>,
+    /// retired after a nack, is being replaced. Behind an `Arc`: a lapin `Channel` is a
+    /// dozen reference-counted parts, cloned per publish otherwise.
+    publishers: Box<[Mutex<Option<Arc<Channel>>>]>,
     next: AtomicUsize,
     pub(super) confirms: Arc<ConfirmClock>,
 }
@@ -28,7 +29,7 @@ impl Link {
             generation,
             node,
             connection,
-            publishers: publishers.into_iter().map(|c| Mutex::new(Some(c))).collect(),
+            publishers: publishers.into_iter().map(|c| Mutex::new(Some(Arc::new(c)))).collect(),
             next: AtomicUsize::new(0),
             confirms: Arc::new(ConfirmClock::new()),
         }
@@ -40,7 +41,7 @@ impl Link {
     }
 
     /// The next publisher channel in turn, skipping slots being refilled.
-    pub(super) fn publisher(&self) -> Option<(usize, Channel)> {
+    pub(super) fn publisher(&self) -> Option<(usize, Arc<Channel>)> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..self.publishers.len()).find_map(|offset| {
             let slot = (start + offset) % self.publishers.len();
@@ -61,7 +62,7 @@ impl Link {
     }
 
     pub(super) fn put_publisher(&self, slot: usize, channel: Channel) {
-        *self.publishers[slot].lock().expect("publisher slot lock") = Some(channel);
+        *self.publishers[slot].lock().expect("publisher slot lock") = Some(Arc::new(channel));
     }
 
     pub(super) fn connected(&self) -> bool {
