@@ -1,6 +1,7 @@
 //! Log set-up: readable text by default, one JSON object per line with `LOG_FORMAT=json`,
-//! filtered by `RUST_LOG` (default `info,lapin=error`: lapin's own warnings print whole
-//! returned messages, payloads included, and every connection problem is logged here anyway).
+//! filtered by `RUST_LOG` (default `info,lapin=error`; `lapin=error` is added to any value that
+//! does not name lapin, see [`filter_directives`]: lapin's own warnings print whole returned
+//! messages, payloads included, and every connection problem is logged here anyway).
 //!
 //! Lines are formatted on the thread that logs and gathered in a buffer that a writer thread
 //! writes out in batches ([`writer`]): a request never waits on the disk or a slow log pipe,
@@ -24,6 +25,18 @@ use crate::settings::LogFormat;
 /// Log filter when `RUST_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info,lapin=error";
 
+/// The filter for a `RUST_LOG` value: [`DEFAULT_FILTER`] when unset, and `lapin=error` added
+/// unless the value says something about lapin itself. lapin logs every message the broker
+/// returns at `warn` with its whole body (payment payloads, customer details), so an operator
+/// who sets `RUST_LOG=warn` must not get those by accident; `lapin=warn` still asks for them.
+pub fn filter_directives(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim) {
+        None | Some("") => DEFAULT_FILTER.to_string(),
+        Some(value) if value.split(',').any(|directive| directive.trim().starts_with("lapin")) => value.to_string(),
+        Some(value) => format!("{value},lapin=error"),
+    }
+}
+
 /// Keeps the log writer thread (and the trace exporter); dropping it writes out every queued
 /// line and exports every finished span.
 #[must_use = "dropping the guard stops the log writer; keep it until the process exits"]
@@ -39,7 +52,9 @@ pub struct LogGuard {
 pub fn init(format: LogFormat, service: &str) -> Result<LogGuard, String> {
     let (writer, guard) =
         writer::batch_writer(std::io::stdout()).map_err(|e| format!("cannot start the log writer thread: {e}"))?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter =
+        EnvFilter::try_new(filter_directives(rust_log.as_deref())).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let lines = fmt::layer().with_target(false).with_writer(writer);
     let lines = match format {
         LogFormat::Text => lines.boxed(),
@@ -57,4 +72,30 @@ pub fn init(format: LogFormat, service: &str) -> Result<LogGuard, String> {
         }
     };
     Ok(LogGuard { _traces: traces, _writer: guard })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapin_stays_at_error_unless_the_filter_names_it() {
+        assert_eq!(filter_directives(None), DEFAULT_FILTER);
+        assert_eq!(filter_directives(Some(" ")), DEFAULT_FILTER);
+        assert_eq!(filter_directives(Some("warn")), "warn,lapin=error");
+        assert_eq!(filter_directives(Some("info,worker::process=debug")), "info,worker::process=debug,lapin=error");
+        assert_eq!(filter_directives(Some("debug,lapin=warn")), "debug,lapin=warn");
+        assert_eq!(filter_directives(Some("info, lapin::channel=trace")), "info, lapin::channel=trace");
+    }
+
+    #[test]
+    fn with_rust_log_at_warn_lapins_warnings_are_off_and_the_services_are_on() {
+        let filter = EnvFilter::try_new(filter_directives(Some("warn"))).unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(filter), || {
+            assert!(!tracing::enabled!(target: "lapin::returned_messages", tracing::Level::WARN));
+            assert!(tracing::enabled!(target: "lapin::io_loop", tracing::Level::ERROR));
+            assert!(tracing::enabled!(target: "ingest::webhook", tracing::Level::WARN));
+            assert!(!tracing::enabled!(target: "ingest::webhook", tracing::Level::INFO));
+        });
+    }
 }

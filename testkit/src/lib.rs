@@ -67,9 +67,10 @@ where
 }
 
 /// Installs a log subscriber once, writing through the test harness's capture so a failing
-/// test shows its logs. `RUST_LOG` filters (default `info`).
+/// test shows its logs. `RUST_LOG` filters as in the services (default `info,lapin=error`).
 pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let directives = shared::telemetry::filter_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(shared::telemetry::DEFAULT_FILTER));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
