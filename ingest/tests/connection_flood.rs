@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
+use testkit::events::stripe_session_event;
 use testkit::TestBroker;
 use tokio::net::TcpStream;
 
@@ -36,13 +36,7 @@ async fn a_flood_of_idle_connections_neither_grows_memory_nor_delays_real_events
             let body =
                 stripe_session_event(&format!("evt_flood_{i}"), "checkout.session.completed", "o", "paid", 1, "usd");
             let started = Instant::now();
-            let status = client
-                .post(format!("http://{addr}{}", ingest::STRIPE_ROUTE))
-                .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
-                .body(body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16());
+            let status = common::post_signed_stripe(&client, addr, body).await.map(|r| r.status().as_u16());
             (status, started.elapsed())
         }
     };

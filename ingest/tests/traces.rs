@@ -4,12 +4,14 @@
 //! delivery and its transaction, again for every retry of an event through a delay tier, and
 //! carries it on to the notification message. Both export to an OTLP receiver of the test's own.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use shared::envelope::header_str;
 use shared::settings::LogFormat;
-use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
+use testkit::events::{stripe_session_event, STRIPE_SECRET};
 use testkit::otlp::{OtlpReceiver, ReceivedSpan};
 use testkit::{Behavior, FakeEndpoint, LoggedProcess, TestBroker, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -76,14 +78,7 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     // retried through a delay tier first.
     for (key, order) in [("evt_now", "order-now"), ("evt_later", "order-later")] {
         let body = stripe_session_event(key, "checkout.session.completed", order, "paid", 3000, "usd");
-        let status = client
-            .post(format!("http://{addr}{}", ingest::STRIPE_ROUTE))
-            .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = common::post_signed_stripe(&client, addr, body).await.unwrap().status();
         assert_eq!(status, 200, "{key}");
     }
     let count = |sql_text: &'static str| {

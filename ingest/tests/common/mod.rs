@@ -108,6 +108,21 @@ pub async fn spawn_ingest_process(
     (process, addr)
 }
 
+/// POSTs `body` to the Stripe route of the ingest at `addr`, signed with the test secret.
+pub async fn post_signed_stripe(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    use testkit::events::{stripe_signature, STRIPE_SECRET};
+    client
+        .post(format!("http://{addr}{}", ingest::STRIPE_ROUTE))
+        .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
+        .body(body)
+        .send()
+        .await
+}
+
 /// A signed Stripe event as a raw HTTP/1.1 request, for tests that drive sockets by hand.
 pub fn raw_stripe_request(key: &str) -> (String, Vec<u8>) {
     use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
