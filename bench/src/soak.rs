@@ -171,9 +171,14 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     let mut generation = vec![0usize; options.workers];
     let mut next_kill = options.kill_every;
     let mut victim = 0;
+    // Ingest lives through the whole run: its memory each minute tells growth from a plateau.
+    let mut ingest_rss_per_minute = Vec::new();
     while started.elapsed() < options.duration {
         sample_start_rss(&mut ingest);
         workers.iter_mut().for_each(sample_start_rss);
+        if started.elapsed() >= Duration::from_secs(60 * (ingest_rss_per_minute.len() as u64 + 1)) {
+            ingest_rss_per_minute.push(rss_kb(&ingest));
+        }
         if started.elapsed() >= next_kill {
             let mut killed = std::mem::replace(&mut workers[victim], {
                 generation[victim] += 1;
@@ -244,6 +249,11 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
             r.ended_by
         );
     }
+
+    println!(
+        "  ingest at the end of each minute: {}",
+        ingest_rss_per_minute.iter().map(|sample| kb(*sample)).collect::<Vec<_>>().join(", ")
+    );
 
     println!(
         "\nlag from ingest receipt to worker commit, per minute of the run (kills at {}):",
