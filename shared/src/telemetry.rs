@@ -26,13 +26,14 @@ use crate::settings::LogFormat;
 pub const DEFAULT_FILTER: &str = "info,lapin=error";
 
 /// The filter for a `RUST_LOG` value: [`DEFAULT_FILTER`] when unset, and `lapin=error` added
-/// unless the value says something about lapin itself. lapin logs every message the broker
-/// returns at `warn` with its whole body (payment payloads, customer details), so an operator
-/// who sets `RUST_LOG=warn` must not get those by accident; `lapin=warn` still asks for them.
+/// unless a directive is for lapin as a whole. lapin logs every message the broker returns at
+/// `warn` with its whole body (payment payloads, customer details), so an operator who sets
+/// `RUST_LOG=warn` or `lapin::channel=trace` must not get those by accident (the more specific
+/// directive still wins for its module); `lapin=warn` asks for them.
 pub fn filter_directives(rust_log: Option<&str>) -> String {
     match rust_log.map(str::trim) {
         None | Some("") => DEFAULT_FILTER.to_string(),
-        Some(value) if value.split(',').any(|directive| directive.trim().starts_with("lapin")) => value.to_string(),
+        Some(value) if value.split(',').any(names_lapin) => value.to_string(),
         Some(value) => format!("{value},lapin=error"),
     }
 }
@@ -74,6 +75,11 @@ pub fn init(format: LogFormat, service: &str) -> Result<LogGuard, String> {
     Ok(LogGuard { _traces: traces, _writer: guard })
 }
 
+/// Whether a directive (`lapin`, `lapin=warn`, `lapin[span]=debug`) is for lapin as a whole.
+fn names_lapin(directive: &str) -> bool {
+    directive.split(['=', '[']).next().is_some_and(|target| target.trim() == "lapin")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +91,9 @@ mod tests {
         assert_eq!(filter_directives(Some("warn")), "warn,lapin=error");
         assert_eq!(filter_directives(Some("info,worker::process=debug")), "info,worker::process=debug,lapin=error");
         assert_eq!(filter_directives(Some("debug,lapin=warn")), "debug,lapin=warn");
-        assert_eq!(filter_directives(Some("info, lapin::channel=trace")), "info, lapin::channel=trace");
+        assert_eq!(filter_directives(Some("info,lapin[connect]=debug")), "info,lapin[connect]=debug");
+        assert_eq!(filter_directives(Some("info,lapin::channel=trace")), "info,lapin::channel=trace,lapin=error");
+        assert_eq!(filter_directives(Some("info,lapinx=debug")), "info,lapinx=debug,lapin=error");
     }
 
     #[test]
@@ -96,6 +104,11 @@ mod tests {
             assert!(tracing::enabled!(target: "lapin::io_loop", tracing::Level::ERROR));
             assert!(tracing::enabled!(target: "ingest::webhook", tracing::Level::WARN));
             assert!(!tracing::enabled!(target: "ingest::webhook", tracing::Level::INFO));
+        });
+        let filter = EnvFilter::try_new(filter_directives(Some("info,lapin::channel=trace"))).unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(filter), || {
+            assert!(!tracing::enabled!(target: "lapin::returned_messages", tracing::Level::WARN));
+            assert!(tracing::enabled!(target: "lapin::channel", tracing::Level::TRACE));
         });
     }
 }

@@ -6,8 +6,8 @@
 //! and serialises again on every `Span::record` and on every event inside the span: ingest's
 //! request span records three fields, and those round trips were a sixth of its CPU per
 //! webhook. Here a span's fields are kept as the members of a JSON object (`"a":1,"b":"x"`),
-//! a recorded field is appended, and an event copies them as they are. A field recorded twice
-//! therefore appears twice (JSON readers keep the last); the services record each once.
+//! a recorded field is appended, and an event copies them as they are. Only a field recorded a
+//! second time takes the slow way: the members are read back and written again without it.
 
 use std::fmt::{self, Write as _};
 
@@ -29,17 +29,69 @@ pub struct JsonLines;
 
 impl<'writer> FormatFields<'writer> for JsonFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut members = Members { writer, first: true, result: Ok(()) };
+        let mut members = Members { writer, first: true, result: Ok(()), of_span: true };
         fields.record(&mut members);
         members.result
     }
 
     fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &span::Record<'_>) -> fmt::Result {
-        let first = current.fields.is_empty();
-        let mut members = Members { writer: current.as_writer(), first, result: Ok(()) };
+        let mut names = Names::default();
+        fields.record(&mut names);
+        if names.0.iter().any(|name| has_member(&current.fields, name)) {
+            current.fields = without_members(&current.fields, &names.0)?;
+        }
+        let before = current.fields.len();
+        let mut members = Members { writer: current.as_writer(), first: before == 0, result: Ok(()), of_span: true };
         fields.record(&mut members);
-        members.result
+        let result = members.result;
+        if result.is_err() {
+            // A value whose `Debug` failed half-way: keep the members valid without it.
+            current.fields.truncate(before);
+        }
+        result
     }
+}
+
+/// The names of the fields a record sets.
+#[derive(Default)]
+struct Names(Vec<&'static str>);
+
+impl Visit for Names {
+    fn record_debug(&mut self, field: &Field, _: &dyn fmt::Debug) {
+        self.0.push(member_name(field.name()));
+    }
+}
+
+/// Whether `members` has a member called `name`. A `"name":` inside a string value would be
+/// escaped (`\"name\":`), so this cannot be fooled by values.
+fn has_member(members: &str, name: &str) -> bool {
+    let mut key = String::with_capacity(name.len() + 3);
+    if string(&mut key, name).is_err() {
+        return false;
+    }
+    key.push(':');
+    members.contains(&key)
+}
+
+/// `members` written again without the members called `names`.
+fn without_members(members: &str, names: &[&str]) -> Result<String, fmt::Error> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&format!("{{{members}}}")).map_err(|_| fmt::Error)?;
+    let mut kept = String::with_capacity(members.len());
+    for (name, value) in object.iter().filter(|(name, _)| !names.contains(&name.as_str())) {
+        if !kept.is_empty() {
+            kept.push(',');
+        }
+        string(&mut kept, name)?;
+        kept.push(':');
+        kept.push_str(&value.to_string());
+    }
+    Ok(kept)
+}
+
+/// A field's name as written: without the `r#` of a raw identifier.
+fn member_name(name: &'static str) -> &'static str {
+    name.strip_prefix("r#").unwrap_or(name)
 }
 
 impl<S> FormatEvent<S, JsonFields> for JsonLines
@@ -55,10 +107,11 @@ where
         writer.write_str("{\"timestamp\":\"")?;
         SystemTime.format_time(&mut writer)?;
         write!(writer, "\",\"level\":\"{}\"", event.metadata().level())?;
-        let mut members = Members { writer: writer.by_ref(), first: false, result: Ok(()) };
+        let mut members = Members { writer: writer.by_ref(), first: false, result: Ok(()), of_span: false };
         event.record(&mut members);
         members.result?;
-        if let Some(span) = ctx.lookup_current() {
+        // The event's explicit parent, else the current span (as tracing-subscriber does).
+        if let Some(span) = event.parent().and_then(|id| ctx.span(id)).or_else(|| ctx.lookup_current()) {
             writer.write_str(",\"span\":{")?;
             if let Some(fields) = span.extensions().get::<FormattedFields<JsonFields>>() {
                 if !fields.fields.is_empty() {
@@ -75,22 +128,25 @@ where
 }
 
 /// Writes visited fields as `"name":value` members separated by commas; the same JSON values
-/// as `tracing-subscriber`'s format (128-bit integers as strings, bytes as hexadecimal text).
+/// as `tracing-subscriber`'s format (128-bit integers as strings; bytes as an array in spans
+/// and as hexadecimal text in events).
 struct Members<'a> {
     writer: Writer<'a>,
     /// No member written yet (no comma before the next one).
     first: bool,
     result: fmt::Result,
+    /// Span fields, not an event's.
+    of_span: bool,
 }
 
 impl Members<'_> {
     fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         let name = field.name();
-        // `log.*` fields carry a `log` record's metadata, already in the line's own members.
-        if self.result.is_err() || name.starts_with("log.") {
+        // A span's `log.*` fields carry a `log` record's metadata; events keep theirs.
+        if self.result.is_err() || (self.of_span && name.starts_with("log.")) {
             return;
         }
-        let name = name.strip_prefix("r#").unwrap_or(name);
+        let name = member_name(name);
         let comma = !std::mem::replace(&mut self.first, false);
         self.result = (|| {
             if comma {
@@ -137,8 +193,36 @@ impl Visit for Members<'_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // JSON has no NaN or infinity; serde_json writes them as null too.
-        self.member(field, |w| if value.is_finite() { write!(w, "{value}") } else { w.write_str("null") });
+        // `Debug` keeps a float a float (`1.0`, `1e300`); JSON has no NaN or infinity, which
+        // serde_json writes as null too.
+        self.member(field, |w| if value.is_finite() { write!(w, "{value:?}") } else { w.write_str("null") });
+    }
+
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+        let of_span = self.of_span;
+        self.member(field, |w| {
+            if of_span {
+                // An array of numbers, as tracing-subscriber has a span's bytes.
+                w.write_char('[')?;
+                for (i, byte) in value.iter().enumerate() {
+                    if i > 0 {
+                        w.write_char(',')?;
+                    }
+                    write!(w, "{byte}")?;
+                }
+                w.write_char(']')
+            } else {
+                // Hexadecimal text, as it has an event's.
+                w.write_str("\"[")?;
+                for (i, byte) in value.iter().enumerate() {
+                    if i > 0 {
+                        w.write_char(' ')?;
+                    }
+                    write!(w, "{byte:02x}")?;
+                }
+                w.write_str("]\"")
+            }
+        });
     }
 }
 

@@ -101,15 +101,32 @@ pub fn batch_writer(out: impl Write + Send + 'static) -> std::io::Result<(BatchW
     Ok((BatchWriter { shared: shared.clone() }, BatchWriterGuard { shared, thread: Some(thread) }))
 }
 
+/// Marks the writer stopped when `write_batches` returns, or unwinds (a sink that panicked):
+/// loggers then write directly instead of waiting for a writer that is gone.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        // Holding the sink first keeps each thread's lines in order: a logger that finds the
+        // writer stopped writes after what is left here.
+        let mut out = self.0.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let rest = {
+            let mut state = self.0.lock();
+            state.running = false;
+            std::mem::take(&mut state.lines)
+        };
+        self.0.room.notify_all();
+        let _ = out.write_all(&rest).and_then(|()| out.flush());
+    }
+}
+
 fn write_batches(shared: &Shared) {
+    let _stopped = Stopped(shared);
     let mut batch = Vec::with_capacity(FLUSH_BYTES);
     let mut state = shared.lock();
     loop {
         if state.lines.is_empty() {
             if state.closed {
-                state.running = false;
-                drop(state);
-                shared.room.notify_all();
                 break;
             }
             state.writer = Writer::Idle;

@@ -32,6 +32,10 @@ impl<'a> MakeWriter<'a> for Captured {
 }
 
 impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
     /// Each line parsed, without its timestamp (which differs between two formatters).
     fn lines(&self) -> Vec<Value> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
@@ -73,12 +77,17 @@ fn emit() {
     tracing::warn!(code = "too_large", detail = %"tab\there", "webhook rejected");
     span.record("event_id", "evt_\u{1}\u{7f}é😀");
     span.record("status", 200u16);
+    // Recorded again: the later value replaces the earlier one.
+    span.record("status", 503u16);
+    span.record("event_id", "evt_2");
     tracing::info!(
         r#type = "checkout.session.completed",
         count = -3i64,
         size = 18_446_744_073_709_551_615u64,
         wide = 170_141_183_460_469_231_731_687_303_715_884_105_727i128,
         ratio = 0.25f64,
+        whole = 2.0f64,
+        huge = 1e300f64,
         nan = f64::NAN,
         ok = true,
         bytes = &b"\x00\xff"[..],
@@ -88,8 +97,10 @@ fn emit() {
     );
     let inner = tracing::info_span!("delivery", attempt = 2);
     inner.in_scope(|| tracing::error!("inside a span with no string field"));
-    let bare = tracing::info_span!("bare");
-    bare.in_scope(|| tracing::info!(line = "multi\r\nline", "a span without fields"));
+    let bare = tracing::info_span!("bare", bytes = &b"\x01\x80"[..]);
+    bare.in_scope(|| tracing::info!(line = "multi\r\nline", "a span with bytes"));
+    drop(_entered);
+    tracing::info!(parent: &span, "an explicit parent outside the span");
 }
 
 #[test]
@@ -110,15 +121,49 @@ fn lines_carry_the_same_json_values_as_tracing_subscribers_json_format() {
     tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
 
     let (expected, actual) = (reference.lines(), ours.lines());
-    assert_eq!(actual.len(), 5);
+    assert_eq!(actual.len(), 6);
     assert_eq!(actual, expected);
     // Spot checks, so that a change shared by both formats still shows.
-    assert_eq!(actual[2]["span"]["event_id"], "evt_\u{1}\u{7f}é😀");
-    assert_eq!(actual[2]["span"]["status"], 200);
+    assert_eq!(actual[2]["span"]["event_id"], "evt_2");
+    assert_eq!(actual[2]["span"]["status"], 503);
+    assert_eq!(actual[4]["span"]["bytes"], serde_json::json!([1, 128]));
+    assert_eq!(actual[5]["span"]["request_id"], "req \"1\"");
+    // What a parsed value hides: each member once, and floats written as floats.
+    let text = ours.text();
+    let line = text.lines().nth(2).unwrap();
+    assert_eq!(line.matches("\"status\":").count(), 1, "{line}");
+    assert_eq!(line.matches("\"event_id\":").count(), 1, "{line}");
+    assert!(line.contains("\"whole\":2.0,") && line.contains("\"huge\":1e300,"), "{line}");
     assert_eq!(actual[2]["type"], "checkout.session.completed");
     assert_eq!(actual[2]["error"], "connection \"reset\"\nby peer");
     assert_eq!(actual[1]["span"]["request_id"], "req \"1\"");
     assert!(actual[0].get("span").is_none());
+}
+
+/// A value whose `Debug` fails half-way.
+struct Failing;
+
+impl std::fmt::Debug for Failing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("half")?;
+        Err(std::fmt::Error)
+    }
+}
+
+#[test]
+fn a_value_that_fails_to_format_leaves_the_span_valid() {
+    let ours = Captured::default();
+    let layer =
+        tracing_subscriber::fmt::layer().with_writer(ours.clone()).fmt_fields(JsonFields).event_format(JsonLines);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let span = tracing::info_span!("s", good = 1, bad = tracing::field::Empty, later = tracing::field::Empty);
+        span.record("bad", tracing::field::debug(Failing));
+        span.record("later", "x");
+        span.in_scope(|| tracing::info!("after"));
+    });
+    let lines = ours.lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["span"], serde_json::json!({"good": 1, "later": "x", "name": "s"}));
 }
 
 proptest! {

@@ -127,3 +127,87 @@ fn lines_logged_after_the_guard_is_dropped_are_written_directly() {
     let text: Vec<u8> = written.try_iter().flatten().collect();
     assert_eq!(text, b"before\nafter\n");
 }
+
+#[test]
+fn stopping_while_threads_log_loses_nothing_and_keeps_each_threads_order() {
+    for _ in 0..10 {
+        let (sink, written, _) = sink(false);
+        let (writer, guard) = batch_writer(sink).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        log(&writer, &format!("{t} {i}\n"));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2));
+        drop(guard); // While the threads are still logging.
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let text = String::from_utf8(written.try_iter().flatten().collect()).unwrap();
+        let mut next = [0usize; 4];
+        for line in text.lines() {
+            let (t, i) = line.split_once(' ').unwrap();
+            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s lines in order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [5_000; 4], "every line written");
+    }
+}
+
+/// A sink whose first write panics.
+struct PanicsOnce {
+    panicked: bool,
+    writes: mpsc::Sender<usize>,
+}
+
+impl Write for PanicsOnce {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !std::mem::replace(&mut self.panicked, true) {
+            panic!("the sink broke");
+        }
+        let _ = self.writes.send(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn after_the_writer_thread_dies_logging_goes_on_directly_and_never_blocks() {
+    let (writes, written) = mpsc::channel();
+    let (writer, _guard) = batch_writer(PanicsOnce { panicked: false, writes }).unwrap();
+    log(&writer, "lost with the writer thread\n");
+    wait_until("the writer thread stopped", || !writer.shared.lock().running);
+    let line = format!("{}\n", "z".repeat(1023));
+    let lines = MAX_BUFFERED_BYTES / line.len() + 100;
+    let (done, finished) = mpsc::channel();
+    let logger = {
+        let (writer, line) = (writer.clone(), line.clone());
+        std::thread::spawn(move || {
+            for _ in 0..lines {
+                log(&writer, &line);
+            }
+            done.send(()).unwrap();
+        })
+    };
+    finished.recv_timeout(Duration::from_secs(30)).expect("logging past the buffer's size does not block");
+    logger.join().unwrap();
+    assert_eq!(written.try_iter().sum::<usize>(), lines * line.len(), "every later line written directly");
+}
+
+/// Waits up to 10 s for `condition`.
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
