@@ -75,6 +75,10 @@ enum Command {
         /// The worker's LOG_FORMAT; production runs `json`.
         #[arg(long, default_value = "json")]
         log_format: String,
+        /// Also drain with the default batch size over TLS to Postgres (`sslmode=require`; the
+        /// server must offer TLS), to compare with the drain in clear.
+        #[arg(long)]
+        tls: bool,
     },
     /// Steady signed load on ingest and worker processes for a long time, one worker killed
     /// (SIGKILL) and restarted every few minutes. Needs the release binaries: `cargo build
@@ -105,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
             let bench = ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format, ingest_env };
             ingest_bench::run(bench).await
         }
-        Command::Worker { events, batch_sizes, no_peer, lag_events, rate, log_format } => {
+        Command::Worker { events, batch_sizes, no_peer, lag_events, rate, log_format, tls } => {
             let batch_sizes = batch_sizes
                 .iter()
                 .map(|b| match b.as_str() {
@@ -113,7 +117,8 @@ async fn main() -> anyhow::Result<()> {
                     n => n.parse().map(Some).map_err(|_| anyhow::anyhow!("--batch-sizes: {n:?} is not a size")),
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let bench = worker_bench::WorkerBench { events, batch_sizes, peer: !no_peer, lag_events, rate, log_format };
+            let bench =
+                worker_bench::WorkerBench { events, batch_sizes, peer: !no_peer, lag_events, rate, log_format, tls };
             worker_bench::run(bench).await
         }
         Command::Soak { duration, rate, workers, kill_every, bin_dir } => {

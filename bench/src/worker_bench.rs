@@ -37,6 +37,8 @@ pub struct WorkerBench {
     pub rate: u32,
     /// `LOG_FORMAT` of the worker; production runs `json`.
     pub log_format: String,
+    /// Also drain over TLS to Postgres.
+    pub tls: bool,
 }
 
 /// One measured drain.
@@ -73,10 +75,26 @@ pub async fn run(bench: WorkerBench) -> anyhow::Result<()> {
     for batch in &bench.batch_sizes {
         let name = batch.map_or("default batch size".to_string(), |n| format!("batch size {n}"));
         eprintln!("draining {} events, {name}", bench.events);
-        let size = batch.map(|n| n.to_string());
-        let drain = drain(&bins.worker, &logs, &signed, &name, size.as_deref(), beam, &bench.log_format).await?;
-        drains.push(drain);
+        let how = How { name, batch_size: *batch, tls: false };
+        drains.push(drain(&bins.worker, &logs, &signed, &how, beam, &bench.log_format).await?);
     }
+    let tls = if bench.tls {
+        eprintln!("draining {} events, default batch size, Postgres over TLS", bench.events);
+        let how = How { name: "default batch size over TLS".into(), batch_size: None, tls: true };
+        Some(drain(&bins.worker, &logs, &signed, &how, beam, &bench.log_format).await?)
+    } else {
+        None
+    };
+    let plain = bench.batch_sizes.iter().position(Option::is_none).map(|i| &drains[i]);
+    let tls_vs_plain = tls.as_ref().zip(plain).map(|(tls, plain)| {
+        format!(
+            "default batch over TLS vs in clear: {:.2}x the throughput, {:.0} vs {:.0} us of worker + Postgres CPU per event",
+            tls.per_second() / plain.per_second(),
+            tls.worker_us + tls.postgres_us,
+            plain.worker_us + plain.postgres_us
+        )
+    });
+    drains.extend(tls);
 
     let peer = if bench.peer {
         eprintln!("posting {} events to the inline peer", bench.events);
@@ -130,6 +148,9 @@ pub async fn run(bench: WorkerBench) -> anyhow::Result<()> {
             println!("{} vs the inline peer: {:.2}x", d.name, d.per_second() / p.per_second);
         }
     }
+    if let Some(line) = tls_vs_plain {
+        println!("{line}");
+    }
     crate::report_latency(
         &format!("end-to-end lag at {}/s through ingest (receipt to commit)", bench.rate),
         &lag,
@@ -156,31 +177,42 @@ fn build_binaries(workspace: &Path) -> anyhow::Result<Binaries> {
     Ok(Binaries { worker: dir.join("worker"), ingest: dir.join("ingest") })
 }
 
-/// The database URL without TLS unless it asks for it: the worker and the inline peer (whose
-/// `pg` pool does not use TLS) are compared on the same plain loopback connections, not on
-/// who encrypts.
-fn without_tls(url: &str) -> String {
+/// The database URL with `sslmode` set to `mode` unless it sets one. The worker and the inline
+/// peer (whose `pg` pool does not use TLS) are compared on the same plain loopback connections
+/// (`disable`), not on who encrypts; `--tls` adds a drain with `require`.
+fn with_sslmode(url: &str, mode: &str) -> String {
     if url.contains("sslmode=") {
         return url.to_string();
     }
     let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}sslmode=disable")
+    format!("{url}{separator}sslmode={mode}")
+}
+
+/// How a drain runs: its name in the report, the batch size (`None`: the worker's default),
+/// and whether the worker talks to Postgres over TLS.
+struct How {
+    name: String,
+    batch_size: Option<usize>,
+    tls: bool,
 }
 
 async fn drain(
     bin: &Path,
     logs: &Path,
     signed: &Arc<Vec<crate::load::SignedEvent>>,
-    name: &str,
-    batch: Option<&str>,
+    how: &How,
     beam: Option<u32>,
     log_format: &str,
 ) -> anyhow::Result<Drain> {
+    let name = &how.name;
     let stage = stage(signed.len()).await?;
     fill(&stage, signed).await?;
     let log = logs.join(format!("worker-{}.log", name.replace(' ', "-")));
     let mut vars = vec![("LOG_FORMAT", log_format.to_string())];
-    if let Some(size) = batch {
+    if how.tls {
+        vars.push(("DATABASE_URL", with_sslmode(&stage.db.url, "require")));
+    }
+    if let Some(size) = how.batch_size {
         vars.push(("WORKER_BATCH_SIZE", size.to_string()));
     }
     let background = postgres_background_pids(&stage.sql).await?;
@@ -291,7 +323,7 @@ async fn start_worker(
 ) -> anyhow::Result<ServiceProcess> {
     let filter = std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into());
     let mut all = vec![
-        ("DATABASE_URL", without_tls(&stage.db.url)),
+        ("DATABASE_URL", with_sslmode(&stage.db.url, "disable")),
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", stage.broker.prefix.clone()),
         ("RUST_LOG", filter),
