@@ -199,29 +199,23 @@ impl Visit for Members<'_> {
     }
 
     fn record_bytes(&mut self, field: &Field, value: &[u8]) {
-        let of_span = self.of_span;
+        // tracing-subscriber has a span's bytes as an array of numbers and an event's as
+        // hexadecimal text.
+        let (open, separator, close, hex) =
+            if self.of_span { ("[", ",", "]", false) } else { ("\"[", " ", "]\"", true) };
         self.member(field, |w| {
-            if of_span {
-                // An array of numbers, as tracing-subscriber has a span's bytes.
-                w.write_char('[')?;
-                for (i, byte) in value.iter().enumerate() {
-                    if i > 0 {
-                        w.write_char(',')?;
-                    }
+            w.write_str(open)?;
+            for (i, byte) in value.iter().enumerate() {
+                if i > 0 {
+                    w.write_str(separator)?;
+                }
+                if hex {
+                    write!(w, "{byte:02x}")?;
+                } else {
                     write!(w, "{byte}")?;
                 }
-                w.write_char(']')
-            } else {
-                // Hexadecimal text, as it has an event's.
-                w.write_str("\"[")?;
-                for (i, byte) in value.iter().enumerate() {
-                    if i > 0 {
-                        w.write_char(' ')?;
-                    }
-                    write!(w, "{byte:02x}")?;
-                }
-                w.write_str("]\"")
             }
+            w.write_str(close)
         });
     }
 }

@@ -38,6 +38,23 @@ fn log(writer: &BatchWriter, line: &str) {
     writer.make_writer().write_all(line.as_bytes()).unwrap();
 }
 
+/// Logs `line` `lines` times on a thread of its own; the receiver hears when it is done.
+fn log_in_background(
+    writer: &BatchWriter,
+    line: &str,
+    lines: usize,
+) -> (std::thread::JoinHandle<()>, mpsc::Receiver<()>) {
+    let (done, finished) = mpsc::channel();
+    let (writer, line) = (writer.clone(), line.to_string());
+    let logger = std::thread::spawn(move || {
+        for _ in 0..lines {
+            log(&writer, &line);
+        }
+        done.send(()).unwrap();
+    });
+    (logger, finished)
+}
+
 #[test]
 fn a_line_is_written_within_the_linger_time_without_anything_else_happening() {
     let (sink, written, _) = sink(false);
@@ -52,27 +69,22 @@ fn a_line_is_written_within_the_linger_time_without_anything_else_happening() {
     }
 }
 
-#[test]
-fn lines_from_many_threads_are_all_written_whole_and_in_each_threads_order() {
-    let (sink, written, _) = sink(false);
-    let (writer, guard) = batch_writer(sink).unwrap();
-    let threads: Vec<_> = (0..4)
+/// Four threads, each logging `per_thread` lines `"{thread} {i} {i % 97 times x}"`.
+fn log_from_four_threads(writer: &BatchWriter, per_thread: usize) -> Vec<std::thread::JoinHandle<()>> {
+    (0..4)
         .map(|t| {
             let writer = writer.clone();
             std::thread::spawn(move || {
-                for i in 0..20_000 {
+                for i in 0..per_thread {
                     log(&writer, &format!("{t} {i} {}\n", "x".repeat(i % 97)));
                 }
             })
         })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
-    drop(guard);
-    let batches: Vec<Vec<u8>> = written.try_iter().collect();
-    assert!(batches.len() < 80_000 / 10, "lines are batched: {} writes for 80,000 lines", batches.len());
-    let text = String::from_utf8(batches.concat()).unwrap();
+        .collect()
+}
+
+/// All of [`log_from_four_threads`]' lines are in `text`, whole, in each thread's order.
+fn assert_all_whole_and_in_order(text: &str, per_thread: usize) {
     let mut next = [0usize; 4];
     for line in text.lines() {
         let mut parts = line.split(' ');
@@ -81,7 +93,20 @@ fn lines_from_many_threads_are_all_written_whole_and_in_each_threads_order() {
         assert_eq!(parts.next().unwrap().len(), i % 97, "line {line:?} whole");
         next[t] += 1;
     }
-    assert_eq!(next, [20_000; 4]);
+    assert_eq!(next, [per_thread; 4], "every line written");
+}
+
+#[test]
+fn lines_from_many_threads_are_all_written_whole_and_in_each_threads_order() {
+    let (sink, written, _) = sink(false);
+    let (writer, guard) = batch_writer(sink).unwrap();
+    for thread in log_from_four_threads(&writer, 20_000) {
+        thread.join().unwrap();
+    }
+    drop(guard);
+    let batches: Vec<Vec<u8>> = written.try_iter().collect();
+    assert!(batches.len() < 80_000 / 10, "lines are batched: {} writes for 80,000 lines", batches.len());
+    assert_all_whole_and_in_order(&String::from_utf8(batches.concat()).unwrap(), 20_000);
 }
 
 #[test]
@@ -91,16 +116,7 @@ fn a_stalled_sink_makes_logging_wait_for_room_and_loses_nothing() {
     let (writer, guard) = batch_writer(sink).unwrap();
     let line = format!("{}\n", "y".repeat(1023));
     let lines = MAX_BUFFERED_BYTES / line.len() * 3;
-    let (done, finished) = mpsc::channel();
-    let logger = {
-        let (writer, line) = (writer.clone(), line.clone());
-        std::thread::spawn(move || {
-            for _ in 0..lines {
-                log(&writer, &line);
-            }
-            done.send(()).unwrap();
-        })
-    };
+    let (logger, finished) = log_in_background(&writer, &line, lines);
     // The sink is stalled on its first write: the logger fills the buffer and then waits.
     let waited = finished.recv_timeout(Duration::from_millis(500));
     assert!(waited.is_err(), "logging {lines} lines into a stalled sink cannot finish");
@@ -133,30 +149,13 @@ fn stopping_while_threads_log_loses_nothing_and_keeps_each_threads_order() {
     for _ in 0..10 {
         let (sink, written, _) = sink(false);
         let (writer, guard) = batch_writer(sink).unwrap();
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let writer = writer.clone();
-                std::thread::spawn(move || {
-                    for i in 0..5_000 {
-                        log(&writer, &format!("{t} {i}\n"));
-                    }
-                })
-            })
-            .collect();
+        let threads = log_from_four_threads(&writer, 5_000);
         std::thread::sleep(Duration::from_millis(2));
         drop(guard); // While the threads are still logging.
         for thread in threads {
             thread.join().unwrap();
         }
-        let text = String::from_utf8(written.try_iter().flatten().collect()).unwrap();
-        let mut next = [0usize; 4];
-        for line in text.lines() {
-            let (t, i) = line.split_once(' ').unwrap();
-            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
-            assert_eq!(i, next[t], "thread {t}'s lines in order");
-            next[t] += 1;
-        }
-        assert_eq!(next, [5_000; 4], "every line written");
+        assert_all_whole_and_in_order(&String::from_utf8(written.try_iter().flatten().collect()).unwrap(), 5_000);
     }
 }
 
@@ -188,16 +187,7 @@ fn after_the_writer_thread_dies_logging_goes_on_directly_and_never_blocks() {
     wait_until("the writer thread stopped", || !writer.shared.lock().running);
     let line = format!("{}\n", "z".repeat(1023));
     let lines = MAX_BUFFERED_BYTES / line.len() + 100;
-    let (done, finished) = mpsc::channel();
-    let logger = {
-        let (writer, line) = (writer.clone(), line.clone());
-        std::thread::spawn(move || {
-            for _ in 0..lines {
-                log(&writer, &line);
-            }
-            done.send(()).unwrap();
-        })
-    };
+    let (logger, finished) = log_in_background(&writer, &line, lines);
     finished.recv_timeout(Duration::from_secs(30)).expect("logging past the buffer's size does not block");
     logger.join().unwrap();
     assert_eq!(written.try_iter().sum::<usize>(), lines * line.len(), "every later line written directly");
