@@ -38,6 +38,13 @@ pub fn filter_directives(rust_log: Option<&str>) -> String {
     }
 }
 
+/// The filter of `RUST_LOG` through [`filter_directives`]; [`DEFAULT_FILTER`] when it does
+/// not parse.
+pub fn env_filter() -> EnvFilter {
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    EnvFilter::try_new(filter_directives(rust_log.as_deref())).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
 /// Keeps the log writer thread (and the trace exporter); dropping it writes out every queued
 /// line and exports every finished span.
 #[must_use = "dropping the guard stops the log writer; keep it until the process exits"]
@@ -53,9 +60,7 @@ pub struct LogGuard {
 pub fn init(format: LogFormat, service: &str) -> Result<LogGuard, String> {
     let (writer, guard) =
         writer::batch_writer(std::io::stdout()).map_err(|e| format!("cannot start the log writer thread: {e}"))?;
-    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter =
-        EnvFilter::try_new(filter_directives(rust_log.as_deref())).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = env_filter();
     let lines = fmt::layer().with_target(false).with_writer(writer);
     let lines = match format {
         LogFormat::Text => lines.boxed(),

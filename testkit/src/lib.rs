@@ -69,8 +69,5 @@ where
 /// Installs a log subscriber once, writing through the test harness's capture so a failing
 /// test shows its logs. `RUST_LOG` filters as in the services (default `info,lapin=error`).
 pub fn init_logs() {
-    let directives = shared::telemetry::filter_directives(std::env::var("RUST_LOG").ok().as_deref());
-    let filter = tracing_subscriber::EnvFilter::try_new(directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(shared::telemetry::DEFAULT_FILTER));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(shared::telemetry::env_filter()).with_test_writer().try_init();
 }

@@ -35,9 +35,11 @@ impl<'writer> FormatFields<'writer> for JsonFields {
     }
 
     fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &span::Record<'_>) -> fmt::Result {
-        let mut names = Names::default();
-        fields.record(&mut names);
-        if names.0.iter().any(|name| has_member(&current.fields, name)) {
+        let mut repeats = Repeats { members: &current.fields, found: false };
+        fields.record(&mut repeats);
+        if repeats.found {
+            let mut names = Names::default();
+            fields.record(&mut names);
             current.fields = without_members(&current.fields, &names.0)?;
         }
         let before = current.fields.len();
@@ -52,6 +54,18 @@ impl<'writer> FormatFields<'writer> for JsonFields {
     }
 }
 
+/// Whether a record sets a field that `members` already has.
+struct Repeats<'a> {
+    members: &'a str,
+    found: bool,
+}
+
+impl Visit for Repeats<'_> {
+    fn record_debug(&mut self, field: &Field, _: &dyn fmt::Debug) {
+        self.found |= has_member(self.members, member_name(field.name()));
+    }
+}
+
 /// The names of the fields a record sets.
 #[derive(Default)]
 struct Names(Vec<&'static str>);
@@ -62,15 +76,17 @@ impl Visit for Names {
     }
 }
 
-/// Whether `members` has a member called `name`. A `"name":` inside a string value would be
-/// escaped (`\"name\":`), so this cannot be fooled by values.
+/// Whether `members` has a member called `name`. Inside a string value a quote is escaped, so
+/// `name":` right after a `"` can only be a member's name.
 fn has_member(members: &str, name: &str) -> bool {
-    let mut key = String::with_capacity(name.len() + 3);
-    if string(&mut key, name).is_err() {
-        return false;
+    if name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // A name that is escaped when written: look for it as written.
+        let mut key = String::with_capacity(name.len() + 8);
+        return string(&mut key, name).is_ok() && members.contains(&(key + ":"));
     }
-    key.push(':');
-    members.contains(&key)
+    members
+        .match_indices(name)
+        .any(|(at, _)| members[..at].ends_with('"') && members[at + name.len()..].starts_with("\":"))
 }
 
 /// `members` written again without the members called `names`.

@@ -61,12 +61,19 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write_out(&self, bytes: &[u8]) {
-        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A log sink that fails (a closed pipe) cannot be reported anywhere better; the lines
-        // are dropped rather than blocking the process.
-        let _ = out.write_all(bytes).and_then(|()| out.flush());
+    fn out(&self) -> MutexGuard<'_, Box<dyn Write + Send>> {
+        self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn write_out(&self, bytes: &[u8]) {
+        write_to(&mut **self.out(), bytes);
+    }
+}
+
+fn write_to(out: &mut dyn Write, bytes: &[u8]) {
+    // A log sink that fails (a closed pipe) cannot be reported anywhere better; the lines are
+    // dropped rather than blocking the process.
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
 }
 
 /// The [`MakeWriter`] handed to the formatting layer; cheap to clone.
@@ -109,14 +116,14 @@ impl Drop for Stopped<'_> {
     fn drop(&mut self) {
         // Holding the sink first keeps each thread's lines in order: a logger that finds the
         // writer stopped writes after what is left here.
-        let mut out = self.0.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = self.0.out();
         let rest = {
             let mut state = self.0.lock();
             state.running = false;
             std::mem::take(&mut state.lines)
         };
         self.0.room.notify_all();
-        let _ = out.write_all(&rest).and_then(|()| out.flush());
+        write_to(&mut **out, &rest);
     }
 }
 
@@ -218,7 +225,6 @@ impl Drop for BatchWriterGuard {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
-        self.shared.room.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

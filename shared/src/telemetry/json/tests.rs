@@ -140,6 +140,16 @@ fn lines_carry_the_same_json_values_as_tracing_subscribers_json_format() {
     assert!(actual[0].get("span").is_none());
 }
 
+#[test]
+fn a_member_is_found_by_its_name_and_never_inside_a_value_or_a_longer_name() {
+    assert!(has_member(r#""a":1,"status":2"#, "status"));
+    assert!(!has_member(r#""order_status":1"#, "status"));
+    assert!(!has_member(r#""status_code":1"#, "status"));
+    assert!(!has_member(r#""a":"x\"status\":1""#, "status"));
+    assert!(has_member(r#""say \"hi\"":1"#, "say \"hi\""));
+    assert!(!has_member(r#""a":"say \"hi\""#, "say \"hi\""));
+}
+
 /// A value whose `Debug` fails half-way.
 struct Failing;
 
