@@ -170,7 +170,16 @@ pub async fn publish_as_ingest(
         received_at: chrono::Utc::now(),
         request_id: testkit::unique("req"),
         attempt: 0,
-        delivery_headers: Default::default(),
+        // Signed as the provider signs it: the worker checks the signature again.
+        delivery_headers: match provider {
+            Provider::Stripe => [(
+                "stripe-signature".to_string(),
+                testkit::events::stripe_signature(body, testkit::events::STRIPE_SECRET),
+            )]
+            .into_iter()
+            .collect(),
+            Provider::Toss => Default::default(),
+        },
         body: body.to_vec(),
     };
     let channel = broker.channel();
