@@ -313,4 +313,6 @@ fn notification_for(
 }
 
 #[cfg(test)]
+mod permutations;
+#[cfg(test)]
 mod tests;
