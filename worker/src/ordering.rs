@@ -32,7 +32,9 @@ pub const CLOCK_SKEW: TimeDelta = TimeDelta::minutes(5);
 /// it lies more than [`CLOCK_SKEW`] after the event was received.
 pub fn believed_time(provider_time: Option<DateTime<Utc>>, received_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let time = provider_time?;
-    if time > received_at + CLOCK_SKEW {
+    // Checked: `received_at` comes from a message header, and adding to the largest date panics.
+    let latest = received_at.checked_add_signed(CLOCK_SKEW).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    if time > latest {
         tracing::warn!(%time, %received_at, "event dated after it was received; its date is not used to order it");
         return None;
     }
@@ -174,5 +176,6 @@ mod tests {
         assert_eq!(believed_time(at(60), received), at(60), "a little clock skew is fine");
         assert_eq!(believed_time(at(3600), received), None);
         assert_eq!(believed_time(None, received), None);
+        assert_eq!(believed_time(at(0), DateTime::<Utc>::MAX_UTC), at(0), "no overflow");
     }
 }
