@@ -65,7 +65,7 @@ fn stripe_envelope(event_id: &str, event_type: &str, object: Value) -> Vec<u8> {
 pub fn toss_payment_status_changed(order_id: &str, payment_key: &str, status: &str, amount: i64) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "eventType": "PAYMENT_STATUS_CHANGED",
-        "createdAt": chrono::Utc::now().naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        "createdAt": toss_created_at(),
         "data": {
             "mId": "tvivarepublica4", "version": "2022-11-16", "paymentKey": payment_key,
             "orderId": order_id, "orderName": "PT 10회", "status": status, "method": "카드",
@@ -80,10 +80,16 @@ pub fn toss_payment_status_changed(order_id: &str, payment_key: &str, status: &s
 /// The documented flat `DEPOSIT_CALLBACK`.
 pub fn toss_deposit_callback(order_id: &str, status: &str, secret: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
-        "createdAt": chrono::Utc::now().naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        "createdAt": toss_created_at(),
         "secret": secret, "status": status, "transactionKey": format!("tx_{order_id}"), "orderId": order_id
     }))
     .expect("serialisable")
+}
+
+/// `createdAt` as Toss writes it: Korean time, no offset, a fraction.
+fn toss_created_at() -> String {
+    let kst = FixedOffset::east_opt(9 * 3600).expect("valid offset");
+    Utc::now().with_timezone(&kst).format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
 }
 
 /// A `payout.changed` envelope.

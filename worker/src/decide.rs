@@ -3,7 +3,9 @@
 //! each event does, and the transaction writes exactly that.
 //!
 //! Two events for one payment in one batch go through the state machine one after the other,
-//! the second seeing the status the first left, exactly as two transactions in a row would.
+//! the second seeing the status (and the date of the last applied event) the first left,
+//! exactly as two transactions in a row would. Which event may change a status is decided by
+//! [`crate::ordering`]: the provider's dates first, then the state machine.
 
 use std::collections::HashSet;
 
@@ -16,8 +18,9 @@ use uuid::Uuid;
 
 use crate::event::{webhook_metadata, Confirmed, IncomingEvent, Intent, PaymentRef};
 use crate::notification::{booking_link, wording, NotificationMessage, PaymentSummary, MESSAGE_VERSION};
+use crate::ordering::{believed_time, decide_in_order};
 use crate::outcome::{HandleError, Outcome, Verification};
-use crate::state_machine::{decide, Transition};
+use crate::state_machine::Transition;
 
 /// An event the transaction decides.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +53,8 @@ pub struct LockedPayment {
     pub currency: Option<String>,
     pub deposit_secret: Option<String>,
     pub provider_payment_id: Option<String>,
+    /// The provider's date of the last event applied to it (`payments.last_event_at`).
+    pub last_event_at: Option<DateTime<Utc>>,
 }
 
 /// The final state of a payment the batch changed; one `UPDATE` row.
@@ -64,6 +69,8 @@ pub struct PaymentUpdate {
     pub provider: Option<String>,
     pub provider_payment_id: Option<String>,
     pub deposit_secret: Option<String>,
+    /// The provider's date of the last applied event, kept when the event had none.
+    pub last_event_at: Option<DateTime<Utc>>,
 }
 
 /// A trainer's notification and its outbox message.
@@ -133,6 +140,7 @@ pub fn decide_batch(
                 provider: w.row.provider,
                 provider_payment_id: w.row.provider_payment_id,
                 deposit_secret: w.row.deposit_secret,
+                last_event_at: w.row.last_event_at,
             })
         })
         .collect();
@@ -160,7 +168,8 @@ fn decide_one(
         Verification::for_event(envelope, event, confirmed, checks.deposit_secret_matched, checks.amount_matched);
     let from = payment.row.status;
     let order_id = payment.row.order_id.clone();
-    if let Transition::Ignore(reason) = decide(from, target) {
+    let event_at = believed_time(event.provider_time, envelope.received_at);
+    if let Transition::Ignore(reason) = decide_in_order(from, payment.row.last_event_at, target, event_at) {
         let detail = format!("{} ({from} -> {target})", reason.as_str());
         return Ok(Outcome::Ignored { reason: detail, order_id: Some(order_id), verification });
     }
@@ -171,6 +180,7 @@ fn decide_one(
         .or_else(|| event.deposit_secret.clone().filter(|_| checks.deposit_secret_matched));
     let row = &mut payment.row;
     row.status = target;
+    row.last_event_at = row.last_event_at.max(event_at);
     row.provider.get_or_insert_with(|| envelope.provider.as_str().to_string());
     if row.provider_payment_id.is_none() {
         row.provider_payment_id.clone_from(&event.provider_payment_id);
@@ -302,5 +312,7 @@ fn notification_for(
     })
 }
 
+#[cfg(test)]
+mod permutations;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! From a queued envelope to what the worker will do with it: which payment, which target
 //! status, which facts to check. Pure: no I/O, so every mapping is unit-tested.
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -64,6 +65,10 @@ pub struct IncomingEvent {
     /// True for Toss payment events, which Toss does not sign.
     pub unsigned_payment_event: bool,
     pub failure_reason: Option<String>,
+    /// When the provider says the change happened: Stripe's `created`, Toss's `createdAt`
+    /// (read as KST) or its payment's latest time; `None` when the body carries none. Orders
+    /// events that arrive out of order ([`crate::ordering`]).
+    pub provider_time: Option<DateTime<Utc>>,
     /// The provider object, without secrets, stored under `payment_metadata->'webhook'->'data'`.
     pub data: EventData,
 }
@@ -151,6 +156,7 @@ fn from_stripe(event: StripeEvent) -> IncomingEvent {
         is_deposit_callback: false,
         unsigned_payment_event: false,
         failure_reason: event.failure_reason(),
+        provider_time: event.created.and_then(|seconds| DateTime::from_timestamp(seconds, 0)),
         event_type: event.event_type,
         // Stripe objects carry no secret: stored as sent, without being parsed and rebuilt.
         data: EventData::Raw(event.raw_object),
@@ -213,6 +219,7 @@ fn from_toss(event: &TossEvent) -> Result<IncomingEvent, Unprocessable> {
             .and_then(|f| f.get("message"))
             .and_then(Value::as_str)
             .map(str::to_string),
+        provider_time: event.event_time(),
         data: EventData::Json(without_secrets(&event.payment)),
     })
 }
@@ -397,6 +404,18 @@ mod tests {
         assert!(deposit.is_deposit_callback);
         assert_eq!(deposit.deposit_secret.as_deref(), Some("ps_1"));
         assert!(!deposit.data.to_json().contains("secret"), "secrets never reach stored metadata");
+    }
+
+    #[test]
+    fn events_carry_the_providers_time() {
+        let body = br#"{"id":"e","type":"checkout.session.expired","created":1719800000,"data":{"object":{"object":"checkout.session","client_reference_id":"o"}}}"#;
+        assert_eq!(stripe(body).provider_time, DateTime::from_timestamp(1_719_800_000, 0));
+        assert_eq!(stripe(&session("checkout.session.completed", "paid")).provider_time, None);
+        let wrapped = toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","createdAt":"2026-01-02T14:46:59.65327","data":{"orderId":"o","status":"DONE"}}"#).unwrap();
+        let kst = "2026-01-02T14:46:59.65327+09:00".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(wrapped.provider_time, Some(kst));
+        let guide = toss(br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"o","status":"DONE"}"#).unwrap();
+        assert_eq!(guide.provider_time, None, "the guide's flat body carries no time");
     }
 
     #[test]

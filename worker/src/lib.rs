@@ -5,7 +5,8 @@
 //! - [`process`]: one batch end to end; [`event`]: from an envelope to an intent;
 //!   [`toss_api`]: fetch-back verification of unsigned Toss events;
 //! - [`decide`]: every event of a batch against its payment, in order (pure), with
-//!   [`state_machine`] (which status changes are allowed) and [`notification`] (their words);
+//!   [`state_machine`] (which status changes are allowed), [`ordering`] (the provider's dates
+//!   of events that arrive out of order) and [`notification`] (their words);
 //! - [`write`]: the one transaction per batch (locks, inbox, payments, notifications, outbox);
 //! - [`settle`]: ack, delay tier or dead letter, with the [`retry`] schedule; also used by
 //!   [`delivery`], the optional HTTP delivery of notifications;
@@ -28,6 +29,7 @@ pub mod health;
 pub mod metrics;
 pub mod migrate;
 pub mod notification;
+pub mod ordering;
 pub mod outbox;
 pub mod outcome;
 pub mod process;

@@ -30,6 +30,12 @@ pub enum IgnoreReason {
     Repeated,
     /// The event describes an earlier state than the payment is in (out of order, or late).
     Stale,
+    /// The provider dated the event before the last event applied to the payment
+    /// ([`crate::ordering`]).
+    OlderThanLastApplied,
+    /// The provider dated the event the same as the last applied one, and its status comes
+    /// earlier in the order that breaks such ties ([`crate::ordering`]).
+    SameTimeEarlierStatus,
 }
 
 impl IgnoreReason {
@@ -37,6 +43,8 @@ impl IgnoreReason {
         match self {
             Self::Repeated => "status already applied",
             Self::Stale => "older than the payment's current status",
+            Self::OlderThanLastApplied => "older than the last applied event",
+            Self::SameTimeEarlierStatus => "as old as the last applied event, and an earlier status",
         }
     }
 }

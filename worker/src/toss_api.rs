@@ -131,6 +131,9 @@ pub fn apply_fetched(mut event: IncomingEvent, fetched: &Value) -> Result<(Incom
     event.currency = api.currency.clone();
     event.provider_payment_id = api.payment_key.clone().or(event.provider_payment_id);
     event.data = crate::event::EventData::Json(crate::event::without_secrets(fetched));
+    // The API's state is dated by the API's payment (its approval or latest cancel), not by
+    // the webhook's unverified `createdAt`: a forged date far ahead would freeze the payment.
+    event.provider_time = api.event_time();
     Ok((event, Confirmed { fetched: true, fetched_secret: api.secret, api_behind: behind }))
 }
 
@@ -152,6 +155,7 @@ mod tests {
     use chrono::Utc;
     use serde_json::json;
     use shared::envelope::{EventEnvelope, IngestVerification};
+    use shared::providers::toss::toss_time;
     use shared::status::PaymentStatus;
     use shared::Provider;
 
@@ -201,6 +205,19 @@ mod tests {
         assert!(same.api_behind.is_none());
         let (_, api_ahead) = apply_fetched(webhook("WAITING_FOR_DEPOSIT", 1), &api("o-1", "DONE", 1)).unwrap();
         assert!(api_ahead.api_behind.is_none(), "the API being ahead is simply applied");
+    }
+
+    #[test]
+    fn the_apis_payment_dates_the_event_not_the_webhook() {
+        let mut canceled = api("o-1", "CANCELED", 1);
+        canceled["approvedAt"] = json!("2026-01-02T14:46:58+09:00");
+        canceled["cancels"] = json!([{"canceledAt": "2026-01-03T09:00:00+09:00"}]);
+        let mut far_ahead = webhook("DONE", 1);
+        far_ahead.provider_time = toss_time("2099-01-01T00:00:00");
+        let (event, _) = apply_fetched(far_ahead.clone(), &canceled).unwrap();
+        assert_eq!(event.provider_time, toss_time("2026-01-03T09:00:00+09:00"));
+        let (event, _) = apply_fetched(far_ahead, &api("o-1", "WAITING_FOR_DEPOSIT", 1)).unwrap();
+        assert_eq!(event.provider_time, None, "a payment waiting for its deposit has no time of its own");
     }
 
     #[test]

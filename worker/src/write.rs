@@ -158,7 +158,16 @@ pub async fn apply(
         let p = &payments;
         tx.execute(
             &update,
-            &[&p.id, &p.status, &p.paid, &p.metadata, &p.provider, &p.provider_payment_id, &p.deposit_secret],
+            &[
+                &p.id,
+                &p.status,
+                &p.paid,
+                &p.metadata,
+                &p.provider,
+                &p.provider_payment_id,
+                &p.deposit_secret,
+                &p.last_event_at,
+            ],
         )
         .await
     };
@@ -261,6 +270,7 @@ fn locked_payment(row: &Row) -> Result<LockedPayment, WriteError> {
         currency: row.get("currency"),
         deposit_secret: row.get("deposit_secret"),
         provider_payment_id: row.get("provider_payment_id"),
+        last_event_at: row.get("last_event_at"),
     })
 }
 
@@ -363,6 +373,7 @@ struct PaymentColumns {
     provider: Vec<Option<String>>,
     provider_payment_id: Vec<Option<String>>,
     deposit_secret: Vec<Option<String>>,
+    last_event_at: Vec<Option<DateTime<Utc>>>,
 }
 
 impl From<&Vec<crate::decide::PaymentUpdate>> for PaymentColumns {
@@ -375,6 +386,7 @@ impl From<&Vec<crate::decide::PaymentUpdate>> for PaymentColumns {
             provider: updates.iter().map(|u| u.provider.clone()).collect(),
             provider_payment_id: updates.iter().map(|u| u.provider_payment_id.clone()).collect(),
             deposit_secret: updates.iter().map(|u| u.deposit_secret.clone()).collect(),
+            last_event_at: updates.iter().map(|u| u.last_event_at).collect(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::de::MapAccess;
 use serde_json::value::RawValue;
@@ -21,6 +22,9 @@ pub struct StripeEvent {
     pub id: String,
     pub event_type: String,
     pub livemode: bool,
+    /// `created`: when Stripe created the event, in whole unix seconds. Stripe guarantees no
+    /// delivery order; this is the order its events happened in (ties within a second).
+    pub created: Option<i64>,
     /// The fields of `data.object` the pipeline reads.
     pub object: StripeObject,
     /// `data.object` exactly as sent (`null` when there is none).
@@ -29,8 +33,8 @@ pub struct StripeEvent {
 
 impl PartialEq for StripeEvent {
     fn eq(&self, other: &Self) -> bool {
-        (&self.id, &self.event_type, self.livemode, &self.object, self.raw_object.get())
-            == (&other.id, &other.event_type, other.livemode, &other.object, other.raw_object.get())
+        (&self.id, &self.event_type, self.livemode, self.created, &self.object, self.raw_object.get())
+            == (&other.id, &other.event_type, other.livemode, other.created, &other.object, other.raw_object.get())
     }
 }
 
@@ -71,6 +75,7 @@ pub fn parse_stripe_event(body: &[u8]) -> Result<StripeEvent, PayloadError> {
         id,
         event_type,
         livemode: root.livemode.unwrap_or(false),
+        created: root.created.filter(|c| c.fract().is_zero()).and_then(|c| c.to_i64()),
         object,
         raw_object: raw_object.to_owned(),
     })
@@ -132,6 +137,8 @@ struct EventFields<'a> {
     id: Text<'a>,
     event_type: Text<'a>,
     livemode: Option<bool>,
+    /// A number, read like an amount: a whole one is a time.
+    created: Option<Decimal>,
     /// `data.object` when `data` is an object that has one.
     object: Option<&'a RawValue>,
 }
@@ -142,6 +149,7 @@ impl<'de> Pick<'de> for EventFields<'de> {
             "id" => self.id = map.next_value()?,
             "type" => self.event_type = map.next_value()?,
             "livemode" => self.livemode = map.next_value::<Flag>()?.0,
+            "created" => self.created = map.next_value::<Amount>()?.0,
             "data" => self.object = map.next_value::<Lenient<DataFields>>()?.0 .0,
             _ => skip(map)?,
         }
@@ -271,6 +279,20 @@ mod tests {
         assert_eq!(e.amount(), Some(Decimal::from(3000)));
         assert_eq!(e.currency(), Some("usd"));
         assert_eq!(e.session_payment_status(), Some("paid"));
+        assert_eq!(e.created, Some(1719800000));
+    }
+
+    #[test]
+    fn created_is_a_whole_number_of_seconds_or_nothing() {
+        let created = |value: &str| {
+            let body = format!(r#"{{"id":"evt","type":"x","created":{value}}}"#);
+            parse_stripe_event(body.as_bytes()).unwrap().created
+        };
+        assert_eq!(created("1719800000"), Some(1719800000));
+        assert_eq!(created("1719800000.5"), None);
+        assert_eq!(created(r#""soon""#), None);
+        assert_eq!(created("null"), None);
+        assert_eq!(parse_stripe_event(br#"{"id":"evt","type":"x"}"#).unwrap().created, None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `payout.changed` / `seller.changed`: `{eventType, createdAt, version, eventId, entityType, entityBody}`;
 //! - the original guide's test body: flat `{eventType, orderId, status}`.
 
+use chrono::{DateTime, FixedOffset, NaiveDateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,6 +35,7 @@ pub struct TossEvent {
     /// `PAYMENT_STATUS_CHANGED`, `DEPOSIT_CALLBACK`, `payout.changed`, ...
     pub event_type: String,
     pub event_id: Option<String>,
+    /// `createdAt` as sent: no timezone, a fraction of variable length (see [`Self::event_time`]).
     pub created_at: Option<String>,
     pub order_id: Option<String>,
     pub payment_key: Option<String>,
@@ -62,6 +64,47 @@ impl TossEvent {
             _ => format!("sha256:{}", hex::encode(Sha256::digest(raw_body))),
         }
     }
+
+    /// When the change happened, as far as the body says: `createdAt`, else the payment's own
+    /// time ([`payment_time`]); `None` for bodies that carry neither (the guide's flat test
+    /// body). Toss writes `createdAt` without a timezone; Toss runs in Korea and writes its
+    /// other times with `+09:00`, so a time without an offset is read as Korean time (KST,
+    /// +09:00, no daylight saving). Times are cut to microseconds, as Postgres keeps them.
+    pub fn event_time(&self) -> Option<DateTime<Utc>> {
+        self.created_at.as_deref().and_then(toss_time).or_else(|| payment_time(&self.payment))
+    }
+}
+
+/// The time a Payment object reached its present state: the latest of `approvedAt` and its
+/// `cancels[].canceledAt`. A cancelled payment still carries the `approvedAt` of its approval,
+/// so `approvedAt` alone would date a cancel before the approval event. `None` when the
+/// payment has neither (waiting for a deposit, aborted, expired).
+pub fn payment_time(payment: &Value) -> Option<DateTime<Utc>> {
+    let approved = str_field(payment, "approvedAt").and_then(toss_time);
+    let canceled = payment
+        .get("cancels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|cancel| str_field(cancel, "canceledAt").and_then(toss_time));
+    approved.into_iter().chain(canceled).max()
+}
+
+/// Korean Standard Time, the zone of Toss's times that carry none.
+const KST_SECONDS: i32 = 9 * 3600;
+
+/// A Toss time: RFC 3339 with an offset (`2026-01-02T14:46:58+09:00`), or without one
+/// (`2026-01-02T14:46:59.65327`, read as KST); `None` for anything else.
+pub fn toss_time(text: &str) -> Option<DateTime<Utc>> {
+    let time = match DateTime::parse_from_rfc3339(text) {
+        Ok(time) => time.with_timezone(&Utc),
+        Err(_) => {
+            let local = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+            let kst = FixedOffset::east_opt(KST_SECONDS).expect("a valid offset");
+            local.and_local_timezone(kst).single()?.with_timezone(&Utc)
+        }
+    };
+    Some(time.trunc_subsecs(6))
 }
 
 /// Parses any of the documented shapes. Fails only for bodies that are not JSON objects or
@@ -206,6 +249,31 @@ mod tests {
         assert_eq!(parse_toss_event(b"[1]"), Err(PayloadError::NotJsonObject));
         assert_eq!(parse_toss_event(b"{}"), Err(PayloadError::UnrecognisedToss));
         assert_eq!(parse_toss_event(br#"{"orderId":"x"}"#), Err(PayloadError::UnrecognisedToss));
+    }
+
+    #[test]
+    fn created_at_without_a_timezone_is_korean_time() {
+        let e = parse_toss_event(WRAPPED).unwrap();
+        let expected = DateTime::parse_from_rfc3339("2026-01-02T05:46:59.653270Z").unwrap();
+        assert_eq!(e.event_time(), Some(expected.with_timezone(&Utc)));
+        assert_eq!(toss_time("2026-01-02T14:46:59"), toss_time("2026-01-02T05:46:59Z"));
+        assert_eq!(toss_time("2026-01-02T14:46:59.5+09:00"), toss_time("2026-01-02T05:46:59.500Z"));
+        assert_eq!(toss_time("2026-01-02T14:46:59.123456789"), toss_time("2026-01-02T14:46:59.123456"));
+        assert_eq!(toss_time("yesterday"), None);
+        assert_eq!(toss_time(""), None);
+    }
+
+    #[test]
+    fn without_created_at_the_payments_latest_time_counts() {
+        let canceled = br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"CANCELED",
+            "approvedAt":"2026-01-02T14:46:58+09:00",
+            "cancels":[{"canceledAt":"2026-01-03T10:00:00+09:00"},{"canceledAt":"2026-01-04T10:00:00+09:00"}]}}"#;
+        assert_eq!(parse_toss_event(canceled).unwrap().event_time(), toss_time("2026-01-04T10:00:00+09:00"));
+        let approved =
+            br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"DONE","approvedAt":"2026-01-02T14:46:58+09:00","cancels":null}}"#;
+        assert_eq!(parse_toss_event(approved).unwrap().event_time(), toss_time("2026-01-02T14:46:58+09:00"));
+        let guide = br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"test_order_id","status":"DONE"}"#;
+        assert_eq!(parse_toss_event(guide).unwrap().event_time(), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn payment(order: &str, status: PaymentStatus, provider: &str, amount: i64) -> L
         currency: Some(if provider == "toss" { "KRW" } else { "usd" }.into()),
         deposit_secret: None,
         provider_payment_id: None,
+        last_event_at: None,
     }
 }
 

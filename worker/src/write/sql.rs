@@ -9,7 +9,7 @@
 pub const LOCK_PAYMENTS: &str = "
     SELECT p.id, p.order_id, p.payment_status, p.booking_id,
            (SELECT b.trainer_id FROM bookings b WHERE b.id = p.booking_id) AS trainer_id,
-           p.provider, p.amount, p.currency, p.deposit_secret, p.provider_payment_id
+           p.provider, p.amount, p.currency, p.deposit_secret, p.provider_payment_id, p.last_event_at
       FROM payments p
      WHERE p.order_id = ANY($1::text[]) OR p.provider_payment_id = ANY($2::text[])
      ORDER BY p.id
@@ -30,7 +30,9 @@ pub const READ_FINAL: &str = "
            OFFSET 0) AS w";
 
 /// `p.id = ANY($1)` repeats the join condition as one a generic plan serves from the primary key
-/// whatever size the table had when it was planned (see [`READ_FINAL`]).
+/// whatever size the table had when it was planned (see [`READ_FINAL`]). `last_event_at` was
+/// decided against the locked row; `GREATEST` (which skips NULLs) only makes sure it never
+/// moves back.
 pub const UPDATE_PAYMENTS: &str = "
     UPDATE payments p SET
            payment_status = u.status,
@@ -39,9 +41,11 @@ pub const UPDATE_PAYMENTS: &str = "
            payment_metadata = jsonb_set(COALESCE(p.payment_metadata, '{}'::jsonb), '{webhook}', u.metadata::jsonb),
            provider = COALESCE(p.provider, u.provider),
            provider_payment_id = COALESCE(p.provider_payment_id, u.provider_payment_id),
-           deposit_secret = COALESCE(p.deposit_secret, u.deposit_secret)
-      FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[], $7::text[])
-           AS u(id, status, paid, metadata, provider, provider_payment_id, deposit_secret)
+           deposit_secret = COALESCE(p.deposit_secret, u.deposit_secret),
+           last_event_at = GREATEST(p.last_event_at, u.last_event_at)
+      FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[], $7::text[],
+                  $8::timestamptz[])
+           AS u(id, status, paid, metadata, provider, provider_payment_id, deposit_secret, last_event_at)
      WHERE p.id = u.id AND p.id = ANY($1::uuid[])";
 
 pub const INSERT_NOTIFICATIONS: &str = "
