@@ -16,7 +16,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// One row per status and age; `processed_at` is `age` days ago (NULL for rows never processed).
 async fn seed_ages(env: &Env) {
-    for status in ["applied", "ignored", "dead", "retrying", "processing"] {
+    for status in ["applied", "ignored", "dead", "unverified", "retrying", "processing"] {
         for age in [0, 1, 29, 31, 400] {
             let processed = if status == "processing" { None } else { Some(age) };
             env.sql
@@ -36,13 +36,14 @@ async fn keys(env: &Env) -> BTreeSet<String> {
     env.sql.query("SELECT event_key FROM webhook_events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
 }
 
-/// What must be left after pruning with 30 days: every row but the final ones older than that.
+/// What must be left after pruning with 30 days: every row but the final and unverified ones
+/// older than that.
 fn expected_after_30_days() -> BTreeSet<String> {
     let mut expected = BTreeSet::new();
-    for status in ["applied", "ignored", "dead", "retrying", "processing"] {
+    for status in ["applied", "ignored", "dead", "unverified", "retrying", "processing"] {
         for age in [0, 1, 29, 31, 400] {
-            let is_final = matches!(status, "applied" | "ignored" | "dead");
-            if !(is_final && age > 30) {
+            let prunable = matches!(status, "applied" | "ignored" | "dead" | "unverified");
+            if !(prunable && age > 30) {
                 expected.insert(format!("evt_{status}_{age}"));
             }
         }
@@ -110,7 +111,7 @@ async fn the_prune_query_reads_the_partial_index() {
         .map(|r| r.get(0))
         .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("webhook_events_prunable"), "the prune query uses the retention index:\n{plan}");
+    assert!(plan.contains("webhook_events_prunable_v5"), "the prune query uses the retention index:\n{plan}");
 }
 
 #[tokio::test]
