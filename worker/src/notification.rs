@@ -142,7 +142,12 @@ mod tests {
     #[test]
     fn text_from_outside_is_capped_and_has_no_control_characters() {
         let long = "x".repeat(10 * MAX_OUTSIDE_TEXT);
-        let w = wording(PaymentStatus::Failed, Some(Decimal::from(1)), Some("usd\nEVIL"), Some(&format!("declined\r\n{long}")));
+        let w = wording(
+            PaymentStatus::Failed,
+            Some(Decimal::from(1)),
+            Some("usd\nEVIL"),
+            Some(&format!("declined\r\n{long}")),
+        );
         assert!(!w.message.chars().any(char::is_control), "{}", w.message);
         assert!(w.message.chars().count() < 2 * MAX_OUTSIDE_TEXT + 100, "{} chars", w.message.chars().count());
         assert!(w.message.contains("declined  x") && w.message.contains('…'), "{}", w.message);

@@ -213,7 +213,8 @@ mod tests {
     fn the_failure_text_is_the_apis_never_the_webhooks() {
         let body = json!({"eventType": "PAYMENT_STATUS_CHANGED",
             "data": {"orderId": "o-1", "status": "ABORTED", "failure": {"code": "X", "message": "Call 010-0000 now"}}});
-        let forged = IncomingEvent::parse(&EventEnvelope { body: body.to_string().into_bytes(), ..envelope() }).unwrap();
+        let forged =
+            IncomingEvent::parse(&EventEnvelope { body: body.to_string().into_bytes(), ..envelope() }).unwrap();
         assert_eq!(forged.failure_reason.as_deref(), Some("Call 010-0000 now"));
         let mut from_api = api("o-1", "ABORTED", 1);
         from_api["failure"] = json!({"code": "REJECT_CARD_COMPANY", "message": "카드사 거절"});

@@ -52,19 +52,19 @@ fn expected_after_30_days() -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn only_final_rows_older_than_the_retention_are_pruned() {
+async fn only_final_and_unverified_rows_older_than_the_retention_are_pruned() {
     let env = Env::new().await;
     seed_ages(&env).await;
     let pool = worker::db::pool(&env.settings(&[])).unwrap();
     let pruned = prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap();
-    assert_eq!(pruned, 6, "applied, ignored and dead rows of 31 and 400 days");
+    assert_eq!(pruned, 8, "applied, ignored, dead and unverified rows of 31 and 400 days");
     assert_eq!(keys(&env).await, expected_after_30_days());
     // Nothing is left to prune: a second run deletes nothing.
     assert_eq!(prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap(), 0);
     // A longer retention keeps what a shorter one would prune.
     let client = env.db.client().await;
     assert_eq!(prune_batch(&client, 1000 * DAY, PRUNE_BATCH).await.unwrap(), 0);
-    assert_eq!(prune_batch(&client, 7 * DAY, PRUNE_BATCH).await.unwrap(), 3, "the 29-day final rows");
+    assert_eq!(prune_batch(&client, 7 * DAY, PRUNE_BATCH).await.unwrap(), 4, "the 29-day final and unverified rows");
 }
 
 #[tokio::test]

@@ -65,7 +65,7 @@ pub fn check_message(envelope: &EventEnvelope, secrets: &WebhookSecrets) -> Resu
             verify_stripe_signature_at_any_time(body, header("stripe-signature"), &secrets.stripe)
                 .map_err(|e| Unverifiable(format!("Stripe signature does not hold: {e}")))?;
             let head = parse_stripe_event_head(body)
-                .map_err(|e| Unverifiable(format!("signed body is not a Stripe event: {e}")))?;
+                .map_err(|e| Unverifiable(format!("body is not a Stripe event, so its key cannot be proven: {e}")))?;
             Checked { event_key: head.id.into_owned(), event_type: head.event_type.into_owned(), signed: true }
         }
         Provider::Toss => {

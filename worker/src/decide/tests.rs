@@ -95,8 +95,13 @@ fn nothing(_: &EventEnvelope) -> Confirmed {
 }
 
 fn deposit_callback(key: &str, order: &str, secret: &str) -> EventEnvelope {
-    let body = format!(r#"{{"createdAt":"2026-01-02T14:46:59","secret":"{secret}","status":"DONE","orderId":"{order}"}}"#);
-    EventEnvelope { event_type: "DEPOSIT_CALLBACK".into(), body: body.into_bytes(), ..toss_envelope(key, order, "DONE") }
+    let body =
+        format!(r#"{{"createdAt":"2026-01-02T14:46:59","secret":"{secret}","status":"DONE","orderId":"{order}"}}"#);
+    EventEnvelope {
+        event_type: "DEPOSIT_CALLBACK".into(),
+        body: body.into_bytes(),
+        ..toss_envelope(key, order, "DONE")
+    }
 }
 
 fn statuses(plan: &Plan) -> Vec<&'static str> {
@@ -219,7 +224,8 @@ fn an_unverified_event_for_an_order_that_does_not_exist_is_recorded_at_once_not_
 #[test]
 fn the_development_opt_in_applies_what_nothing_verified_and_says_so() {
     let trust = Trust { allow_unverified: true };
-    let plan = run_with(&[toss_envelope("a", "o1", "DONE")], &[], vec![payment("o1", Pending, "toss", 1000)], nothing, trust);
+    let plan =
+        run_with(&[toss_envelope("a", "o1", "DONE")], &[], vec![payment("o1", Pending, "toss", 1000)], nothing, trust);
     match &plan.results[0] {
         Ok(Outcome::Applied { verification, to, .. }) => assert_eq!((*verification, *to), (Verification::None, Paid)),
         other => panic!("{other:?}"),
@@ -230,7 +236,8 @@ fn the_development_opt_in_applies_what_nothing_verified_and_says_so() {
 fn a_deposit_callback_is_verified_by_the_stored_secret_only_on_a_payment_of_a_known_provider() {
     let mut p = payment("o1", WaitingForDeposit, "toss", 1000);
     p.deposit_secret = Some("ps_right".into());
-    let matching = run_with(&[deposit_callback("a", "o1", "ps_right")], &[], vec![p.clone()], nothing, Trust::default());
+    let matching =
+        run_with(&[deposit_callback("a", "o1", "ps_right")], &[], vec![p.clone()], nothing, Trust::default());
     match &matching.results[0] {
         Ok(Outcome::Applied { verification, .. }) => assert_eq!(*verification, Verification::DepositSecret),
         other => panic!("{other:?}"),
