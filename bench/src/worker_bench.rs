@@ -327,6 +327,8 @@ async fn start_worker(
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", stage.broker.prefix.clone()),
         ("RUST_LOG", filter),
+        // The worker checks every event's signature again.
+        ("STRIPE_WEBHOOK_SECRET", crate::events::SECRET.to_string()),
     ];
     all.extend_from_slice(vars);
     ServiceProcess::start(bin, "WORKER_ADDR", &all, log, "/healthz").await

@@ -233,7 +233,7 @@ fn verify_stripe<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> R
 
 fn verify_toss<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> Result<Accepted<'a>, RejectReason> {
     let event = parse_toss_event(body).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
-    let key = event.event_key(body);
+    let key = event.event_key();
     check_event_identity(&event.event_type, &key).map_err(|e| RejectReason::MalformedBody(e.to_string()))?;
     let signature = header(headers, "tosspayments-webhook-signature");
     // Toss signs only payout and seller events. A signature on anything else is still checked

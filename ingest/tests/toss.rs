@@ -12,9 +12,23 @@ use testkit::events::{
 };
 use testkit::TestBroker;
 
+/// The key of an unsigned Toss body: a SHA-256 of its content without `secret` members, keys
+/// sorted and without whitespace (computed here independently of the parser).
 fn sha_key(body: &[u8]) -> String {
     use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
+    fn strip(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+                    map.into_iter().filter(|(k, _)| k != "secret").map(|(k, v)| (k, strip(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().collect())
+            }
+            serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(strip).collect()),
+            other => other,
+        }
+    }
+    let canonical = strip(serde_json::from_slice(body).unwrap()).to_string();
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(canonical.as_bytes())))
 }
 
 #[tokio::test]

@@ -79,6 +79,9 @@ pub struct Settings {
     pub toss_api_timeout: Duration,
     /// Fetch Toss payments back before applying them. Unset: on exactly when `TOSS_SECRET_KEY` is set.
     pub toss_fetch_back: Option<bool>,
+    /// Development only: apply unsigned Toss payment events that nothing verified (the original
+    /// guide's "the order exists" check). Off by default; the worker warns loudly when it is on.
+    pub toss_allow_unverified: bool,
     /// Source networks allowed to post Toss webhooks (comma-separated CIDRs or addresses; the
     /// word `toss` stands for Toss's published addresses). Empty: no source check.
     #[serde(deserialize_with = "networks")]
@@ -198,6 +201,7 @@ impl Default for Settings {
             toss_api_base: "https://api.tosspayments.com".into(),
             toss_api_timeout: Duration::from_secs(10),
             toss_fetch_back: None,
+            toss_allow_unverified: false,
             toss_allowed_ips: Vec::new(),
             trusted_proxy_hops: 0,
             trusted_proxies: Vec::new(),

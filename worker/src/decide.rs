@@ -106,6 +106,14 @@ struct Working {
     metadata: Option<String>,
 }
 
+/// What may change a payment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// Development only (`TOSS_ALLOW_UNVERIFIED`): an event nothing verified is applied anyway,
+    /// as the original guide did, with verification `none`.
+    pub allow_unverified: bool,
+}
+
 /// Decides every candidate in order. `already_final` holds the inbox keys that were applied
 /// or ignored before (read after the payment locks were taken, so a concurrent copy of an
 /// event that changed one of these payments is seen); `payments` are the locked rows.
@@ -113,6 +121,7 @@ pub fn decide_batch(
     candidates: &[Candidate<'_>],
     already_final: &HashSet<(String, String)>,
     payments: Vec<LockedPayment>,
+    trust: Trust,
     now: DateTime<Utc>,
 ) -> Plan {
     let mut working: Vec<Working> =
@@ -125,7 +134,7 @@ pub fn decide_batch(
             if already_final.contains(&(provider.to_string(), key.to_string())) {
                 return Ok(Outcome::Duplicate);
             }
-            decide_one(c, &mut working, &mut notifications, now)
+            decide_one(c, &mut working, &mut notifications, trust, now)
         })
         .collect();
     let payments = working
@@ -151,21 +160,42 @@ fn decide_one(
     candidate: &Candidate<'_>,
     working: &mut [Working],
     notifications: &mut Vec<NewNotification>,
+    trust: Trust,
     now: DateTime<Utc>,
 ) -> Result<Outcome, HandleError> {
     let Candidate { envelope, event, confirmed, traceparent } = *candidate;
     let (payment_ref, target) = match &event.intent {
         Intent::Ignore(reason) => {
-            let verification = Verification::for_event(envelope, event, confirmed, false, false);
+            let verification = if confirmed.signature {
+                Verification::Signature
+            } else if confirmed.fetched {
+                Verification::Fetched
+            } else {
+                Verification::None
+            };
             return Ok(Outcome::Ignored { reason: reason.clone(), order_id: None, verification });
         }
         Intent::SetStatus { payment, target } => (payment, *target),
     };
+    // Only a deposit callback can still be verified by the payment it names; anything else
+    // unverified is recorded at once, whether or not its order exists (no retries for junk).
+    if !(confirmed.signature || confirmed.fetched || event.is_deposit_callback || trust.allow_unverified) {
+        let order_id = event.order_id().map(str::to_string);
+        return Ok(Outcome::Unverified { reason: NOTHING_VERIFIES.into(), order_id });
+    }
     let payment = find(working, payment_ref)
         .ok_or_else(|| HandleError::NotFoundYet(format!("no payment for {payment_ref} yet")))?;
-    let checks = check(&payment.row, envelope, event, confirmed)?;
-    let verification =
-        Verification::for_event(envelope, event, confirmed, checks.deposit_secret_matched, checks.amount_matched);
+    let deposit_secret_matched = check_deposit_secret(&payment.row, event, confirmed)?;
+    // Nothing about an event is acted on before it is verified, not even its consistency with
+    // the payment: an unverified event is recorded and changes nothing.
+    let verification = match verify(&payment.row, confirmed, deposit_secret_matched) {
+        Ok(verification) => verification,
+        Err(_) if trust.allow_unverified => Verification::None,
+        Err(reason) => {
+            return Ok(Outcome::Unverified { reason: reason.to_string(), order_id: Some(payment.row.order_id.clone()) })
+        }
+    };
+    check_consistency(&payment.row, envelope, event)?;
     let from = payment.row.status;
     let order_id = payment.row.order_id.clone();
     let event_at = believed_time(event.provider_time, envelope.received_at);
@@ -174,10 +204,8 @@ fn decide_one(
         return Ok(Outcome::Ignored { reason: detail, order_id: Some(order_id), verification });
     }
 
-    let learned_secret = confirmed
-        .fetched_secret
-        .clone()
-        .or_else(|| event.deposit_secret.clone().filter(|_| checks.deposit_secret_matched));
+    let learned_secret =
+        confirmed.fetched_secret.clone().or_else(|| event.deposit_secret.clone().filter(|_| deposit_secret_matched));
     let row = &mut payment.row;
     row.status = target;
     row.last_event_at = row.last_event_at.max(event_at);
@@ -208,18 +236,60 @@ fn find<'w>(working: &'w mut [Working], payment: &PaymentRef) -> Option<&'w mut 
     })
 }
 
-struct Checks {
-    amount_matched: bool,
+/// How an event that would change `payment` was verified; `Err` says why it was not. Amount
+/// and currency agreeing is no verification (a price can be guessed).
+fn verify(
+    payment: &LockedPayment,
+    confirmed: &Confirmed,
     deposit_secret_matched: bool,
+) -> Result<Verification, &'static str> {
+    if confirmed.signature {
+        Ok(Verification::Signature)
+    } else if confirmed.fetched {
+        Ok(Verification::Fetched)
+    } else if deposit_secret_matched && payment.provider.is_some() {
+        Ok(Verification::DepositSecret)
+    } else if deposit_secret_matched {
+        Err("the payment names no provider, so only a provider signature or the provider's API may change it")
+    } else {
+        Err("DEPOSIT_CALLBACK for a payment whose secret is not known: store it in payments.deposit_secret, or \
+             set TOSS_SECRET_KEY (fetch-back from the Toss API)")
+    }
 }
 
-/// Facts that must agree before anything is applied; a disagreement is permanent.
-fn check(
+/// Why an unsigned Toss payment event without fetch-back changes nothing.
+const NOTHING_VERIFIES: &str = "unsigned Toss payment event and nothing to verify it with: set TOSS_SECRET_KEY \
+     (fetch-back from the Toss API), then `hookctl unverified recheck`";
+
+/// Whether a `DEPOSIT_CALLBACK` carries the payment's secret (stored, or as the Toss API reported
+/// it). A wrong secret is a failed verification: permanent. No known secret: `false`.
+fn check_deposit_secret(
+    payment: &LockedPayment,
+    event: &IncomingEvent,
+    confirmed: &Confirmed,
+) -> Result<bool, HandleError> {
+    let known_secret = payment.deposit_secret.as_deref().or(confirmed.fetched_secret.as_deref());
+    match (event.is_deposit_callback, known_secret) {
+        (true, Some(known)) => {
+            let sent = event.deposit_secret.as_deref().unwrap_or("");
+            if !bool::from(known.as_bytes().ct_eq(sent.as_bytes())) {
+                return Err(HandleError::Permanent(
+                    "DEPOSIT_CALLBACK secret does not match the payment's secret".into(),
+                ));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Facts of a verified event that must agree with the payment before anything is applied; a
+/// disagreement is permanent.
+fn check_consistency(
     payment: &LockedPayment,
     envelope: &EventEnvelope,
     event: &IncomingEvent,
-    confirmed: &Confirmed,
-) -> Result<Checks, HandleError> {
+) -> Result<(), HandleError> {
     if let Some(stored) = &payment.provider {
         if stored != envelope.provider.as_str() {
             return Err(HandleError::Permanent(format!(
@@ -228,32 +298,17 @@ fn check(
             )));
         }
     }
-    let amount_matched = match (payment.amount, event.amount) {
-        (Some(stored), Some(sent)) if stored != sent => {
+    if let (Some(stored), Some(sent)) = (payment.amount, event.amount) {
+        if stored != sent {
             return Err(HandleError::Permanent(format!("amount mismatch: event says {sent}, payment is {stored}")));
         }
-        (Some(_), Some(_)) => true,
-        _ => false,
-    };
+    }
     if let (Some(stored), Some(sent)) = (&payment.currency, &event.currency) {
         if !stored.eq_ignore_ascii_case(sent) {
             return Err(HandleError::Permanent(format!("currency mismatch: event says {sent}, payment is {stored}")));
         }
     }
-    let known_secret = payment.deposit_secret.as_deref().or(confirmed.fetched_secret.as_deref());
-    let deposit_secret_matched = match (event.is_deposit_callback, known_secret) {
-        (true, Some(known)) => {
-            let sent = event.deposit_secret.as_deref().unwrap_or("");
-            if !bool::from(known.as_bytes().ct_eq(sent.as_bytes())) {
-                return Err(HandleError::Permanent(
-                    "DEPOSIT_CALLBACK secret does not match the payment's secret".into(),
-                ));
-            }
-            true
-        }
-        _ => false,
-    };
-    Ok(Checks { amount_matched, deposit_secret_matched })
+    Ok(())
 }
 
 /// The trainer's notification for a change from `from` to the payment's new status; `None`

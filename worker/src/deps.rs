@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use shared::broker::Broker;
+use shared::verify::message::WebhookSecrets;
 use shared::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,8 @@ pub struct Deps {
     pub broker: Broker,
     pub metrics: WorkerMetrics,
     pub toss_api: Option<TossApi>,
+    /// What every delivery is checked with again: the broker is not a trust boundary.
+    pub secrets: WebhookSecrets,
     /// In force while the database rejects the worker's own SQL.
     pub halt: Arc<Halt>,
     /// Fires when the worker starts stopping (a halted batch stops waiting then).

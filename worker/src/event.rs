@@ -7,9 +7,11 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use shared::envelope::EventEnvelope;
 use shared::providers::stripe::{parse_stripe_event, StripeEvent};
-use shared::providers::toss::{parse_toss_event, TossEvent, TossEventKind};
+use shared::providers::toss::{parse_toss_event, without_secrets, TossEvent, TossEventKind};
 use shared::status::PaymentStatus;
 use shared::Provider;
+
+use crate::notification::outside_text;
 
 /// How to find the payment an event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +75,12 @@ pub struct IncomingEvent {
     pub data: EventData,
 }
 
-/// Facts established before the transaction (Toss fetch-back).
+/// Facts this worker established before the transaction (nothing a message header claims).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Confirmed {
+    /// A provider signature over the body held, checked by this worker
+    /// ([`shared::verify::message::check_message`]).
+    pub signature: bool,
     /// The status and amount come from the provider's API, not from the webhook.
     pub fetched: bool,
     /// The payment's `secret` as the provider's API reported it.
@@ -155,7 +160,7 @@ fn from_stripe(event: StripeEvent) -> IncomingEvent {
         deposit_secret: None,
         is_deposit_callback: false,
         unsigned_payment_event: false,
-        failure_reason: event.failure_reason(),
+        failure_reason: event.failure_reason().map(|reason| outside_text(&reason)),
         provider_time: event.created.and_then(|seconds| DateTime::from_timestamp(seconds, 0)),
         event_type: event.event_type,
         // Stripe objects carry no secret: stored as sent, without being parsed and rebuilt.
@@ -213,26 +218,15 @@ fn from_toss(event: &TossEvent) -> Result<IncomingEvent, Unprocessable> {
         deposit_secret: event.secret.clone(),
         is_deposit_callback: event.kind == TossEventKind::DepositCallback,
         unsigned_payment_event: applies,
-        failure_reason: event
-            .payment
-            .get("failure")
-            .and_then(|f| f.get("message"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        failure_reason: toss_failure_reason(&event.payment),
         provider_time: event.event_time(),
         data: EventData::Json(without_secrets(&event.payment)),
     })
 }
 
-/// The object with `secret` fields removed, so stored metadata never carries them.
-pub fn without_secrets(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter().filter(|(k, _)| k.as_str() != "secret").map(|(k, v)| (k.clone(), without_secrets(v))).collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
-        other => other.clone(),
-    }
+/// `failure.message` of a Toss Payment, as notification text may carry it.
+pub fn toss_failure_reason(payment: &Value) -> Option<String> {
+    payment.get("failure").and_then(|f| f.get("message")).and_then(Value::as_str).map(outside_text)
 }
 
 /// The provider's object as stored with the payment.

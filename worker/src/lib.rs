@@ -46,6 +46,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use shared::broker::Broker;
 use shared::http_server::{self, ServeOptions};
+use shared::verify::message::WebhookSecrets;
 use shared::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +72,9 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(&settings)?;
         let toss_api = TossApi::from_settings(&settings)?;
-        warn_about_toss_verification(&settings);
+        // The worker checks every message's signature again, so it needs the webhook secrets.
+        let secrets = WebhookSecrets::from_settings(&settings)?;
+        announce_toss_verification(&settings);
         let listener = TcpListener::bind(settings.worker_addr)
             .await
             .with_context(|| format!("cannot listen on WORKER_ADDR={}", settings.worker_addr))?;
@@ -92,6 +95,7 @@ impl Worker {
             broker,
             metrics,
             toss_api,
+            secrets,
             halt: Default::default(),
             stopping: CancellationToken::new(),
             unrouted_warned: Default::default(),
@@ -180,14 +184,21 @@ impl Worker {
     }
 }
 
-fn warn_about_toss_verification(settings: &Settings) {
+/// Says at start how unsigned Toss payment events are verified, and shouts when they are not.
+fn announce_toss_verification(settings: &Settings) {
+    if settings.toss_allow_unverified {
+        tracing::warn!(
+            "INSECURE DEVELOPMENT MODE: TOSS_ALLOW_UNVERIFIED=true applies unsigned Toss payment events that \
+             nothing verified; anyone who can reach ingest can mark a payment paid. Never set it in production."
+        );
+    }
     if settings.toss_fetch_back_enabled() {
         tracing::info!(api = %settings.toss_api_base, "Toss payment events are fetched back from the Toss API before they are applied");
-    } else {
+    } else if !settings.toss_allow_unverified {
         tracing::warn!(
-            "INSECURE: TOSS_SECRET_KEY is not set, so Toss payment events (unsigned by Toss) are applied \
-             without fetch-back; only a DEPOSIT_CALLBACK secret or a stored amount can catch a forged event. \
-             Set TOSS_SECRET_KEY (and TOSS_ALLOWED_IPS=toss on ingest) in production."
+            "TOSS_SECRET_KEY is not set: unsigned Toss payment events are recorded as unverified and change \
+             nothing (a DEPOSIT_CALLBACK still applies when it matches the payment's stored secret); set \
+             TOSS_SECRET_KEY, then `hookctl unverified recheck --all`"
         );
     }
 }

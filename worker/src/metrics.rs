@@ -32,8 +32,10 @@ pub const KNOWN_EVENT_TYPES: &[(Provider, &[&str])] = &[
     ),
 ];
 
-/// Every `outcome` of `worker_events_total`.
-pub const EVENT_OUTCOMES: &[&str] = &["applied", "duplicate", "ignored", "retried", "dead_lettered"];
+/// Every `outcome` of `worker_events_total`. `unverified`: recorded, changed nothing, nothing
+/// could verify it; `unverifiable`: the message did not prove what it claimed (dead-lettered).
+pub const EVENT_OUTCOMES: &[&str] =
+    &["applied", "duplicate", "ignored", "unverified", "retried", "dead_lettered", "unverifiable"];
 
 /// Every `stage` of `notifications_total`.
 pub const NOTIFICATION_STAGES: &[&str] =
@@ -42,7 +44,7 @@ pub const NOTIFICATION_STAGES: &[&str] =
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Registry,
-    /// Events by provider, type and outcome: applied, duplicate, ignored, retried, dead_lettered.
+    /// Events by provider, type and outcome (see [`EVENT_OUTCOMES`]).
     pub events: IntCounterVec,
     /// Time spent on one delivery (its batch, until the commit), by provider.
     pub processing: HistogramVec,

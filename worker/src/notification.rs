@@ -60,6 +60,23 @@ pub struct Wording {
     pub kind: String,
 }
 
+/// Most characters of text from outside (a provider's failure message, a currency it names)
+/// that a notification carries: enough for any real decline message, too little for a page of
+/// text someone slipped into a body.
+pub const MAX_OUTSIDE_TEXT: usize = 200;
+
+/// Text from outside as a notification may carry it: control characters become spaces and it
+/// is cut at [`MAX_OUTSIDE_TEXT`] characters (with `…`).
+pub fn outside_text(text: &str) -> String {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(MAX_OUTSIDE_TEXT).map(clean).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Words for a booking whose payment reached `status`.
 pub fn wording(
     status: PaymentStatus,
@@ -68,7 +85,7 @@ pub fn wording(
     failure: Option<&str>,
 ) -> Wording {
     let money = match (amount, currency) {
-        (Some(a), Some(c)) => format!(" ({} {})", a.normalize(), c.to_uppercase()),
+        (Some(a), Some(c)) => format!(" ({} {})", a.normalize(), outside_text(&c.to_uppercase())),
         (Some(a), None) => format!(" ({})", a.normalize()),
         _ => String::new(),
     };
@@ -81,7 +98,7 @@ pub fn wording(
         PaymentStatus::Failed => (
             "Payment failed",
             match failure {
-                Some(reason) => format!("The payment for the booking failed{money}: {reason}."),
+                Some(reason) => format!("The payment for the booking failed{money}: {}.", outside_text(reason)),
                 None => format!("The payment for the booking failed{money}."),
             },
         ),
@@ -120,6 +137,21 @@ mod tests {
     fn failures_say_why() {
         let w = wording(PaymentStatus::Failed, None, None, Some("card_declined"));
         assert!(w.message.ends_with("failed: card_declined."), "{}", w.message);
+    }
+
+    #[test]
+    fn text_from_outside_is_capped_and_has_no_control_characters() {
+        let long = "x".repeat(10 * MAX_OUTSIDE_TEXT);
+        let w = wording(
+            PaymentStatus::Failed,
+            Some(Decimal::from(1)),
+            Some("usd\nEVIL"),
+            Some(&format!("declined\r\n{long}")),
+        );
+        assert!(!w.message.chars().any(char::is_control), "{}", w.message);
+        assert!(w.message.chars().count() < 2 * MAX_OUTSIDE_TEXT + 100, "{} chars", w.message.chars().count());
+        assert!(w.message.contains("declined  x") && w.message.contains('…'), "{}", w.message);
+        assert_eq!(outside_text("card_declined"), "card_declined");
     }
 
     #[test]

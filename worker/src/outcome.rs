@@ -1,12 +1,11 @@
 //! What processing one message produced, and how it failed. The consumer turns these into
 //! an ack, a retry or a dead letter; nothing else decides that.
 
-use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::status::PaymentStatus;
 use uuid::Uuid;
 
 use crate::db::{classify, describe_pool_error, DbErrorClass};
-use crate::event::{Confirmed, IncomingEvent};
+use crate::retry::Failure;
 
 /// A message that was handled (the caller acks it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +21,10 @@ pub enum Outcome {
     },
     /// Recorded, nothing changed (repeated or stale status, or an event type not applied).
     Ignored { reason: String, order_id: Option<String>, verification: Verification },
+    /// Recorded as `unverified`, nothing changed: nothing could verify the event (an unsigned
+    /// Toss payment event without fetch-back or a matching deposit secret). Not final: a re-check
+    /// or a later copy decides it again.
+    Unverified { reason: String, order_id: Option<String> },
     /// The same event was already applied or ignored.
     Duplicate,
 }
@@ -31,6 +34,7 @@ impl Outcome {
         match self {
             Self::Applied { .. } => "applied",
             Self::Ignored { .. } => "ignored",
+            Self::Unverified { .. } => "unverified",
             Self::Duplicate => "duplicate",
         }
     }
@@ -49,11 +53,26 @@ pub enum HandleError {
     /// Retrying cannot help: unparseable, amount mismatch, failed verification.
     #[error("{0}")]
     Permanent(String),
+    /// The message's own bytes do not prove what its headers claim (no signature that holds,
+    /// a key or type the body does not have): dead-lettered as `unverifiable`, never recorded
+    /// in the inbox under a key it did not prove.
+    #[error("{0}")]
+    Unverifiable(String),
 }
 
 impl HandleError {
+    /// Retrying cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Permanent(_))
+        matches!(self, Self::Permanent(_) | Self::Unverifiable(_))
+    }
+
+    /// How the retry schedule treats it.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Transient(_) | Self::NotFoundYet(_) => Failure::Transient,
+            Self::Permanent(_) => Failure::Permanent,
+            Self::Unverifiable(_) => Failure::Unverifiable,
+        }
     }
 }
 
@@ -81,18 +100,17 @@ impl From<deadpool_postgres::PoolError> for HandleError {
     }
 }
 
-/// How much of an event was verified before it was applied, strongest first.
+/// How an applied or ignored event was verified, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verification {
-    /// A provider signature checked at ingest.
+    /// A provider signature, checked by ingest and again by the worker.
     Signature,
-    /// Status and amount fetched from the provider's API (Toss fetch-back).
+    /// Status, amount and currency fetched from the provider's API (Toss fetch-back).
     Fetched,
-    /// `DEPOSIT_CALLBACK.secret` matched the payment's secret.
+    /// `DEPOSIT_CALLBACK.secret` matched the payment's stored secret.
     DepositSecret,
-    /// Only the amount matched the stored payment.
-    AmountOnly,
-    /// Nothing beyond the order existing (the original guide's level).
+    /// Nothing: applied only under the development opt-in `TOSS_ALLOW_UNVERIFIED`, or an event
+    /// that changed nothing (an event type that is not applied).
     None,
 }
 
@@ -102,28 +120,7 @@ impl Verification {
             Self::Signature => "signature",
             Self::Fetched => "fetched",
             Self::DepositSecret => "deposit_secret",
-            Self::AmountOnly => "amount_only",
             Self::None => "none",
-        }
-    }
-
-    pub fn for_event(
-        envelope: &EventEnvelope,
-        event: &IncomingEvent,
-        confirmed: &Confirmed,
-        deposit_secret_matched: bool,
-        amount_matched: bool,
-    ) -> Self {
-        if envelope.verification == IngestVerification::Signature {
-            Self::Signature
-        } else if confirmed.fetched {
-            Self::Fetched
-        } else if deposit_secret_matched {
-            Self::DepositSecret
-        } else if amount_matched && event.unsigned_payment_event {
-            Self::AmountOnly
-        } else {
-            Self::None
         }
     }
 }

@@ -19,10 +19,12 @@ use futures_util::future::join_all;
 use lapin::message::Delivery;
 use shared::envelope::{header_int, header_str, EnvelopeError, EventEnvelope};
 use shared::traces;
+use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Provider;
 
 use crate::consumer::Batch;
 use crate::db::{classify, describe_pool_error, DbErrorClass};
+use crate::decide::Trust;
 use crate::deps::Deps;
 use crate::event::{Confirmed, IncomingEvent};
 use crate::halt::PROBE_EVERY;
@@ -35,10 +37,6 @@ mod conclude;
 
 use conclude::{conclude, count_event};
 pub use conclude::{log_prefix, metric_event_type};
-
-/// Attempts during which a webhook claiming a later state than the Toss API shows is retried
-/// (the API catching up) before the API's state is applied.
-const API_CATCH_UP_ATTEMPTS: u32 = 3;
 
 /// How long recording a failed attempt may take after the batch failed; the database may be
 /// the reason it failed.
@@ -63,10 +61,19 @@ struct Item {
 }
 
 impl Item {
-    fn read(delivery: Delivery) -> Self {
+    /// Reads a delivery and checks what its bytes prove ([`check_message`]): nothing in its
+    /// headers is believed that the body and the configured secrets do not confirm.
+    fn read(delivery: Delivery, secrets: &WebhookSecrets) -> Self {
         let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data);
+        let mut confirmed = Confirmed::default();
         let event = match &envelope {
-            Ok(envelope) => IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0)),
+            Ok(envelope) => match check_message(envelope, secrets) {
+                Ok(checked) => {
+                    confirmed.signature = checked.signed;
+                    IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0))
+                }
+                Err(unverifiable) => Err(HandleError::Unverifiable(unverifiable.0)),
+            },
             Err(error) => Err(HandleError::Permanent(error.to_string())),
         };
         let order_id = event.as_ref().ok().and_then(|e| e.order_id().map(str::to_string));
@@ -86,12 +93,22 @@ impl Item {
             traces::continue_trace(&span, &parent);
         }
         let traceparent = traces::traceparent(&span);
-        let (confirmed, copy_of, copies) = (Confirmed::default(), None, 0);
+        let (copy_of, copies) = (None, 0);
         Self { delivery, envelope, event, confirmed, order_id, copy_of, copies, span, traceparent }
     }
 
     fn attempt(&self) -> u32 {
         self.envelope.as_ref().map_or(0, |e| e.attempt) + 1
+    }
+
+    /// The envelope of a message whose key and type its body proved; an unverifiable message
+    /// has none, so it never touches the inbox nor stands for another delivery of "its" key.
+    fn proven_envelope(&self) -> Option<&EventEnvelope> {
+        match (&self.envelope, &self.event) {
+            (Ok(_), Err(HandleError::Unverifiable(_))) => None,
+            (Ok(envelope), _) => Some(envelope),
+            (Err(_), _) => None,
+        }
     }
 }
 
@@ -100,7 +117,7 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
     let started = Instant::now();
     let Batch { deliveries, acks } = batch;
     deps.metrics.batch_size.observe(deliveries.len() as f64);
-    let mut items: Vec<Item> = deliveries.into_iter().map(Item::read).collect();
+    let mut items: Vec<Item> = deliveries.into_iter().map(|d| Item::read(d, &deps.secrets)).collect();
     record_last_chance(&deps, &items).await;
     // Test hook: a message that crashes the process before it is acknowledged (a poison message).
     fail::fail_point!("process-delivery", |_| std::process::abort());
@@ -112,7 +129,7 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
         .enumerate()
         .filter(|(_, item)| item.copy_of.is_none())
         .filter_map(|(i, item)| {
-            let envelope = item.envelope.as_ref().ok()?;
+            let envelope = item.proven_envelope()?;
             let work = match &item.event {
                 Ok(event) => Work::Decide { event, confirmed: &item.confirmed },
                 Err(error) => {
@@ -148,6 +165,9 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
                 Some(Err(error)) => Err(error.clone()),
                 None => Err(HandleError::Permanent("unreadable message".into())),
             });
+        } else if outcomes[i].is_none() {
+            // Not in the transaction: it failed before (an unverifiable message).
+            outcomes[i] = items[i].event.as_ref().err().map(|error| Err(error.clone()));
         }
     }
 
@@ -194,7 +214,7 @@ async fn record_last_chance(deps: &Deps, items: &[Item]) {
         .filter_map(|item| {
             let headers = item.delivery.properties.headers().as_ref()?;
             let count = header_int(headers, DELIVERY_COUNT)?;
-            Some((item.envelope.as_ref().ok()?, count)).filter(|_| count >= limit)
+            Some((item.proven_envelope()?, count)).filter(|_| count >= limit)
         })
         .collect();
     if last.is_empty() {
@@ -228,7 +248,7 @@ const LAST_CHANCE: &str =
 fn mark_copies(items: &mut [Item]) {
     let mut first: HashMap<(Provider, String), usize> = HashMap::new();
     for i in 0..items.len() {
-        let Ok(envelope) = &items[i].envelope else { continue };
+        let Some(envelope) = items[i].proven_envelope() else { continue };
         let key = (envelope.provider, envelope.event_key.clone());
         match first.get(&key) {
             Some(&j) => {
@@ -250,6 +270,7 @@ async fn fetch_back(deps: &Deps, items: &mut [Item]) {
         .filter(|&i| {
             let item = &items[i];
             item.copy_of.is_none()
+                && !item.confirmed.signature
                 && item.envelope.as_ref().is_ok_and(|e| e.provider == Provider::Toss)
                 && item.event.as_ref().is_ok_and(|e| e.unsigned_payment_event)
         })
@@ -279,13 +300,15 @@ async fn fetch_back(deps: &Deps, items: &mut [Item]) {
     for (i, result) in join_all(calls.collect::<Vec<_>>()).await {
         let item = &mut items[i];
         match result {
-            Ok((_, confirmed)) if confirmed.api_behind.is_some() && item.attempt() < API_CATCH_UP_ATTEMPTS => {
+            // Never finalised on stale data: retried through the delay tiers like any
+            // transient failure until the API agrees (or the attempts run out).
+            Ok((_, confirmed)) if confirmed.api_behind.is_some() => {
                 let disagreement = confirmed.api_behind.unwrap_or_default();
                 item.event = Err(HandleError::Transient(format!("{disagreement}; waiting for the API to catch up")));
             }
             Ok((event, confirmed)) => {
                 item.event = Ok(event);
-                item.confirmed = confirmed;
+                item.confirmed = Confirmed { signature: item.confirmed.signature, ..confirmed };
             }
             Err(error) => item.event = Err(error),
         }
@@ -365,7 +388,8 @@ async fn try_commit(deps: &Deps, entries: &[Entry<'_>]) -> Result<Committed, Fau
         other => Fault::Outage(describe_pool_error(other)),
     })?;
     let settings = &deps.settings;
-    let result = write::apply(&mut client, entries, settings.retry_max_attempts, settings.outbox_lease).await;
+    let trust = Trust { allow_unverified: settings.toss_allow_unverified };
+    let result = write::apply(&mut client, entries, trust, settings.retry_max_attempts, settings.outbox_lease).await;
     result.map_err(|error| match error {
         WriteError::Db(e) => fault_of(&e),
         WriteError::Conflict(reason) => Fault::Rejected(HandleError::Transient(reason)),

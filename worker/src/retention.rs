@@ -1,11 +1,13 @@
 //! Retention of the inbox: `webhook_events` rows that are final (`applied`, `ignored`, `dead`)
-//! and were processed longer than `EVENT_RETENTION` ago are deleted, in small batches, by every
-//! worker. `retrying` and `processing` rows are never touched: their events are still in flight.
+//! or `unverified`, and were processed longer than `EVENT_RETENTION` ago, are deleted, in small
+//! batches, by every worker. `retrying` and `processing` rows are never touched: their events are
+//! still in flight. Unverified rows go too: anyone can post them, so keeping them for ever would
+//! let a flood of forged events grow the table without bound.
 //!
 //! Batches are claimed with `FOR UPDATE SKIP LOCKED`, so workers pruning at the same time share
 //! the work instead of waiting on each other, and a row a delivery holds at that moment (a
 //! duplicate being counted) is simply left for the next round. The partial index of migration
-//! V3 holds exactly the prunable rows in `processed_at` order, so a batch costs an index range
+//! V5 holds exactly the prunable rows in `processed_at` order, so a batch costs an index range
 //! read, not a table scan.
 
 use std::sync::Arc;
@@ -28,12 +30,12 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// is worked off without hogging the database.
 const PAUSE_BETWEEN_BATCHES: Duration = Duration::from_millis(100);
 
-/// Deletes up to `$2` final rows processed more than `$1` seconds ago, oldest first. The
-/// status list is the predicate of the `webhook_events_prunable` index, word for word, so the
+/// Deletes up to `$2` prunable rows processed more than `$1` seconds ago, oldest first. The
+/// status list is the predicate of the `webhook_events_prunable_v5` index, word for word, so the
 /// planner can use it.
 pub const PRUNE_SQL: &str = "DELETE FROM webhook_events WHERE id IN (
     SELECT id FROM webhook_events
-     WHERE status IN ('applied', 'ignored', 'dead')
+     WHERE status IN ('applied', 'ignored', 'dead', 'unverified')
        AND processed_at < now() - make_interval(secs => $1)
      ORDER BY processed_at
      LIMIT $2

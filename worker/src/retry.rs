@@ -29,13 +29,20 @@ impl Disposition {
 pub enum Failure {
     Transient,
     Permanent,
+    /// The message does not prove what it claims; parked apart from ordinary failures.
+    Unverifiable,
 }
+
+/// The dead-letter reason's first word for a message that does not prove what it claims
+/// (`hookctl dead list` and the alert rules look for it).
+pub const UNVERIFIABLE: &str = "unverifiable";
 
 /// Decides after attempt number `attempt` (1 for the first delivery) out of `max_attempts`.
 pub fn dispose(failure: Option<(Failure, &str)>, attempt: u32, max_attempts: u32) -> Disposition {
     match failure {
         None => Disposition::Ack,
         Some((Failure::Permanent, error)) => Disposition::DeadLetter { reason: format!("permanent: {error}") },
+        Some((Failure::Unverifiable, error)) => Disposition::DeadLetter { reason: format!("{UNVERIFIABLE}: {error}") },
         Some((Failure::Transient, error)) if attempt >= max_attempts => {
             Disposition::DeadLetter { reason: format!("gave up after {attempt} attempts: {error}") }
         }
@@ -68,6 +75,14 @@ mod tests {
         assert_eq!(
             dispose(Some((Failure::Permanent, "amount mismatch")), 1, 8),
             Disposition::DeadLetter { reason: "permanent: amount mismatch".into() }
+        );
+    }
+
+    #[test]
+    fn unverifiable_messages_go_to_the_dead_letters_at_once_with_their_own_reason() {
+        assert_eq!(
+            dispose(Some((Failure::Unverifiable, "no signature")), 1, 8),
+            Disposition::DeadLetter { reason: "unverifiable: no signature".into() }
         );
     }
 

@@ -9,10 +9,10 @@ use base64::Engine;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use shared::providers::toss::parse_toss_event;
+use shared::providers::toss::{parse_toss_event, without_secrets};
 use shared::Settings;
 
-use crate::event::{toss_status, Confirmed, IncomingEvent, Intent, PaymentRef};
+use crate::event::{toss_failure_reason, toss_status, Confirmed, EventData, IncomingEvent, Intent, PaymentRef};
 use crate::outcome::HandleError;
 use crate::state_machine::{decide, Transition};
 
@@ -126,15 +126,18 @@ pub fn apply_fetched(mut event: IncomingEvent, fetched: &Value) -> Result<(Incom
         Some(target) => Intent::SetStatus { payment: PaymentRef::OrderId(api_order), target },
         None => Intent::Ignore(format!("Toss API reports status {status}, not an outcome")),
     };
+    // Everything the payment and the notification will say comes from the API, the failure
+    // text included: a forged ABORTED must not put its own words in a trainer's notification.
     event.provider_status = Some(status);
     event.amount = api.total_amount;
     event.currency = api.currency.clone();
+    event.failure_reason = toss_failure_reason(&api.payment);
     event.provider_payment_id = api.payment_key.clone().or(event.provider_payment_id);
-    event.data = crate::event::EventData::Json(crate::event::without_secrets(fetched));
+    event.data = EventData::Json(without_secrets(fetched));
     // The API's state is dated by the API's payment (its approval or latest cancel), not by
     // the webhook's unverified `createdAt`: a forged date far ahead would freeze the payment.
     event.provider_time = api.event_time();
-    Ok((event, Confirmed { fetched: true, fetched_secret: api.secret, api_behind: behind }))
+    Ok((event, Confirmed { fetched: true, fetched_secret: api.secret, api_behind: behind, ..Confirmed::default() }))
 }
 
 /// reqwest errors print the URL; it carries no secret here, but keep log lines short.
@@ -159,10 +162,8 @@ mod tests {
     use shared::status::PaymentStatus;
     use shared::Provider;
 
-    fn webhook(status: &str, amount: i64) -> IncomingEvent {
-        let body = json!({"eventType": "PAYMENT_STATUS_CHANGED",
-            "data": {"orderId": "o-1", "paymentKey": "pk", "status": status, "totalAmount": amount, "currency": "KRW"}});
-        let envelope = EventEnvelope {
+    fn envelope() -> EventEnvelope {
+        EventEnvelope {
             provider: Provider::Toss,
             event_type: "PAYMENT_STATUS_CHANGED".into(),
             event_key: "k".into(),
@@ -171,9 +172,14 @@ mod tests {
             request_id: String::new(),
             attempt: 0,
             delivery_headers: Default::default(),
-            body: body.to_string().into_bytes(),
-        };
-        IncomingEvent::parse(&envelope).unwrap()
+            body: Vec::new(),
+        }
+    }
+
+    fn webhook(status: &str, amount: i64) -> IncomingEvent {
+        let body = json!({"eventType": "PAYMENT_STATUS_CHANGED",
+            "data": {"orderId": "o-1", "paymentKey": "pk", "status": status, "totalAmount": amount, "currency": "KRW"}});
+        IncomingEvent::parse(&EventEnvelope { body: body.to_string().into_bytes(), ..envelope() }).unwrap()
     }
 
     fn api(order: &str, status: &str, amount: i64) -> Value {
@@ -218,6 +224,21 @@ mod tests {
         assert_eq!(event.provider_time, toss_time("2026-01-03T09:00:00+09:00"));
         let (event, _) = apply_fetched(far_ahead, &api("o-1", "WAITING_FOR_DEPOSIT", 1)).unwrap();
         assert_eq!(event.provider_time, None, "a payment waiting for its deposit has no time of its own");
+    }
+
+    #[test]
+    fn the_failure_text_is_the_apis_never_the_webhooks() {
+        let body = json!({"eventType": "PAYMENT_STATUS_CHANGED",
+            "data": {"orderId": "o-1", "status": "ABORTED", "failure": {"code": "X", "message": "Call 010-0000 now"}}});
+        let forged =
+            IncomingEvent::parse(&EventEnvelope { body: body.to_string().into_bytes(), ..envelope() }).unwrap();
+        assert_eq!(forged.failure_reason.as_deref(), Some("Call 010-0000 now"));
+        let mut from_api = api("o-1", "ABORTED", 1);
+        from_api["failure"] = json!({"code": "REJECT_CARD_COMPANY", "message": "카드사 거절"});
+        let (event, _) = apply_fetched(forged.clone(), &from_api).unwrap();
+        assert_eq!(event.failure_reason.as_deref(), Some("카드사 거절"));
+        let (event, _) = apply_fetched(forged, &api("o-1", "ABORTED", 1)).unwrap();
+        assert_eq!(event.failure_reason, None, "the API gave no reason, so there is none");
     }
 
     #[test]

@@ -24,10 +24,10 @@ use shared::envelope::EventEnvelope;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::decide::{decide_batch, Candidate, LockedPayment, NewNotification};
+use crate::decide::{decide_batch, Candidate, LockedPayment, NewNotification, Trust};
 use crate::event::{Confirmed, IncomingEvent, Intent, PaymentRef};
-use crate::outcome::{HandleError, Outcome};
-use crate::retry::{dispose, Failure};
+use crate::outcome::{HandleError, Outcome, Verification};
+use crate::retry::dispose;
 
 pub mod sql;
 
@@ -86,6 +86,7 @@ pub enum WriteError {
 pub async fn apply(
     client: &mut Client,
     entries: &[Entry<'_>],
+    trust: Trust,
     max_attempts: u32,
     outbox_lease: Duration,
 ) -> Result<Committed, WriteError> {
@@ -132,7 +133,7 @@ pub async fn apply(
 
     let now = Utc::now();
     let only: Vec<Candidate<'_>> = candidates.iter().map(|(_, c)| *c).collect();
-    let plan = decide_batch(&only, &already_final, locked, now);
+    let plan = decide_batch(&only, &already_final, locked, trust, now);
     let mut results: Vec<Option<Result<Outcome, HandleError>>> = vec![None; entries.len()];
     for ((i, _), result) in candidates.iter().zip(plan.results) {
         results[*i] = Some(result);
@@ -234,8 +235,10 @@ fn reconcile(
                     "event {} was finished by another worker while this one applied it",
                     entry.envelope.event_key
                 ))),
-                Ok(Outcome::Ignored { .. }) | Err(_) if status == "applied" => Ok(Ok(Outcome::Duplicate)),
-                Err(_) if status == "ignored" => Ok(Ok(Outcome::Duplicate)),
+                Ok(Outcome::Ignored { .. }) | Ok(Outcome::Unverified { .. }) | Err(_) if status == "applied" => {
+                    Ok(Ok(Outcome::Duplicate))
+                }
+                Ok(Outcome::Unverified { .. }) | Err(_) if status == "ignored" => Ok(Ok(Outcome::Duplicate)),
                 other => Ok(other),
             }
         })
@@ -319,12 +322,19 @@ impl<'a> InboxColumns<'a> {
                     order_id.as_deref().or(order_from_event),
                     entry.copies,
                 ),
+                Ok(Outcome::Unverified { reason, order_id }) => (
+                    "unverified",
+                    Some(reason.clone()),
+                    None,
+                    Some(Verification::None.as_str()),
+                    order_id.as_deref().or(order_from_event),
+                    entry.copies,
+                ),
                 // Already final: the statement keeps the row and counts this copy.
                 Ok(Outcome::Duplicate) => ("ignored", None, None, None, order_from_event, entry.copies),
                 Err(error) => {
-                    let kind = if error.is_permanent() { Failure::Permanent } else { Failure::Transient };
                     let text = error.to_string();
-                    let disposition = dispose(Some((kind, &text)), attempt, max_attempts);
+                    let disposition = dispose(Some((error.failure(), &text)), attempt, max_attempts);
                     let (status, recorded) = disposition.inbox_record(&text).expect("a failure is not acked");
                     (status, None, Some(recorded.to_string()), None, order_from_event, 0)
                 }

@@ -38,22 +38,26 @@ async fn publish_paid(env: &Env, prefix: &str, i: usize, amount: i64) {
     env.publish(Provider::Stripe, "checkout.session.completed", &key, &body).await;
 }
 
-async fn publish_toss(env: &Env, order: &str, status: &str, key: &str) {
+/// Publishes a Toss status change; returns its event key. Tests of batching run their workers
+/// with `TOSS_ALLOW_UNVERIFIED` (verification has tests of its own).
+async fn publish_toss(env: &Env, order: &str, status: &str) -> String {
     let body = toss_payment_status_changed(order, &format!("pk_{order}"), status, 1000);
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", key, &body).await;
+    env.publish_toss(&body).await
 }
+
+const UNVERIFIED_OK: (&str, &str) = ("TOSS_ALLOW_UNVERIFIED", "true");
 
 #[tokio::test]
 async fn the_same_order_twice_in_one_batch_ends_as_the_state_machine_says() {
     let env = Env::new().await;
     let paid_first = env.seed_payment("twice-a", "toss", Some(1000), Some("KRW")).await;
     let cancel_first = env.seed_payment("twice-b", "toss", Some(1000), Some("KRW")).await;
-    let settings = env.settings(&[LINGER]);
+    let settings = env.settings(&[LINGER, UNVERIFIED_OK]);
     env.declare(&settings).await;
-    publish_toss(&env, "twice-a", "DONE", "a-done").await;
-    publish_toss(&env, "twice-a", "CANCELED", "a-cancel").await;
-    publish_toss(&env, "twice-b", "CANCELED", "b-cancel").await;
-    publish_toss(&env, "twice-b", "DONE", "b-done").await;
+    let a_done = publish_toss(&env, "twice-a", "DONE").await;
+    let a_cancel = publish_toss(&env, "twice-a", "CANCELED").await;
+    let b_cancel = publish_toss(&env, "twice-b", "CANCELED").await;
+    let b_done = publish_toss(&env, "twice-b", "DONE").await;
 
     let worker = TestWorker::spawn(settings).await;
     env.wait_count(
@@ -67,8 +71,8 @@ async fn the_same_order_twice_in_one_batch_ends_as_the_state_machine_says() {
 
     // Paid, then canceled: both apply, one notification each.
     assert_eq!(env.status("twice-a").await, "canceled");
-    assert_eq!(env.inbox("a-done").await.unwrap().0, "applied");
-    assert_eq!(env.inbox("a-cancel").await.unwrap().0, "applied");
+    assert_eq!(env.inbox(&a_done).await.unwrap().0, "applied");
+    assert_eq!(env.inbox(&a_cancel).await.unwrap().0, "applied");
     assert_eq!(env.notifications_for(paid_first.trainer_id).await, 2);
     let paid_at_set: bool = env
         .sql
@@ -79,8 +83,8 @@ async fn the_same_order_twice_in_one_batch_ends_as_the_state_machine_says() {
     assert!(paid_at_set, "it was paid on the way");
     // Canceled, then a late DONE: canceled is final, the DONE is recorded and ignored.
     assert_eq!(env.status("twice-b").await, "canceled");
-    assert_eq!(env.inbox("b-cancel").await.unwrap().0, "applied");
-    assert_eq!(env.inbox("b-done").await.unwrap().0, "ignored");
+    assert_eq!(env.inbox(&b_cancel).await.unwrap().0, "applied");
+    assert_eq!(env.inbox(&b_done).await.unwrap().0, "ignored");
     assert_eq!(env.notifications_for(cancel_first.trainer_id).await, 1);
     let kinds: Vec<String> = env
         .sql
@@ -221,16 +225,8 @@ async fn two_workers_with_overlapping_batches_apply_each_change_once_without_dea
     let seeded = seed(&env, "both", 100, "toss").await;
     let settings = env.settings(&[]);
     env.declare(&settings).await;
-    // Every order gets a DONE and a CANCELED, each delivered twice, interleaved so that both
-    // workers' batches hold events of the same orders. Whatever the order, each ends canceled.
-    for _copy in 0..2 {
-        for status in ["DONE", "CANCELED"] {
-            for i in 0..100 {
-                publish_toss(&env, &format!("both-{i}"), status, &format!("both-{i}-{status}")).await;
-            }
-        }
-    }
     let vars = env.env_vars(&[
+        UNVERIFIED_OK,
         ("WORKER_BATCH_SIZE", "40"),
         ("WORKER_CONCURRENCY", "3"),
         ("LOG_FORMAT", "json"),
@@ -240,6 +236,20 @@ async fn two_workers_with_overlapping_batches_apply_each_change_once_without_dea
     let bin = env!("CARGO_BIN_EXE_worker");
     let mut a = LoggedProcess::spawn(bin, &[], &vars);
     let mut b = LoggedProcess::spawn(bin, &[], &vars);
+    // Both consume before anything is published, so neither can take it all alone.
+    testkit::eventually("both workers consuming", WAIT, || async {
+        (env.broker.consumers(&env.work_queue()).await == 2).then_some(())
+    })
+    .await;
+    // Every order gets a DONE and a CANCELED, each delivered twice, interleaved so that both
+    // workers' batches hold events of the same orders. Whatever the order, each ends canceled.
+    for _copy in 0..2 {
+        for status in ["DONE", "CANCELED"] {
+            for i in 0..100 {
+                publish_toss(&env, &format!("both-{i}"), status).await;
+            }
+        }
+    }
     env.wait_count(
         "all 400 deliveries handled",
         "SELECT (COALESCE(sum(duplicates), 0) + count(*))::bigint FROM webhook_events WHERE status IN ('applied', 'ignored')",

@@ -119,12 +119,16 @@ async fn sigterm_mid_stream_then_restart_applies_every_event_once_and_logs_no_se
     ];
     let mut vars = env.env_vars(&[("LOG_FORMAT", "json"), ("SHUTDOWN_TIMEOUT", "5s"), ("WORKER_CONCURRENCY", "2")]);
     vars.extend(secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    // Mid-rotation: the events are signed with the second secret, as ingest accepted them.
+    for (_, value) in vars.iter_mut().filter(|(name, _)| name == "STRIPE_WEBHOOK_SECRET") {
+        *value = format!("whsec_worker_never_logs_this,{}", testkit::events::STRIPE_SECRET);
+    }
     let worker_bin = env!("CARGO_BIN_EXE_worker");
     let mut first = LoggedProcess::spawn(worker_bin, &[], &vars);
     first.wait_for_line("consuming", WAIT, |l| l.contains("\"consuming\"")).await;
 
     let forged = toss_deposit_callback("term-toss", "DONE", deposit_secret);
-    env.publish(Provider::Toss, "DEPOSIT_CALLBACK", "toss-forged", &forged).await;
+    let forged_key = env.publish_toss(&forged).await;
     let stream = async {
         for i in 0..60 {
             let key = format!("evt_term_{i}");
@@ -166,7 +170,7 @@ async fn sigterm_mid_stream_then_restart_applies_every_event_once_and_logs_no_se
         60
     );
     assert_eq!(env.count("SELECT count(*) FROM notifications").await, 60, "one notification per event");
-    let (status, _, _) = env.inbox("toss-forged").await.unwrap();
+    let (status, _, _) = env.inbox(&forged_key).await.unwrap();
     assert_eq!(status, "dead", "a wrong deposit secret is parked");
     second.terminate();
     second.wait_exit(Duration::from_secs(8)).await;
@@ -178,6 +182,7 @@ async fn sigterm_mid_stream_then_restart_applies_every_event_once_and_logs_no_se
         let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(json.get("timestamp").is_some() && json.get("level").is_some(), "{line}");
         for secret in secrets.iter().map(|(_, v)| *v).chain([
+            testkit::events::STRIPE_SECRET,
             deposit_secret,
             "ps_the_real_one",
             "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",

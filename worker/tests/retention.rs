@@ -16,7 +16,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// One row per status and age; `processed_at` is `age` days ago (NULL for rows never processed).
 async fn seed_ages(env: &Env) {
-    for status in ["applied", "ignored", "dead", "retrying", "processing"] {
+    for status in ["applied", "ignored", "dead", "unverified", "retrying", "processing"] {
         for age in [0, 1, 29, 31, 400] {
             let processed = if status == "processing" { None } else { Some(age) };
             env.sql
@@ -36,13 +36,14 @@ async fn keys(env: &Env) -> BTreeSet<String> {
     env.sql.query("SELECT event_key FROM webhook_events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
 }
 
-/// What must be left after pruning with 30 days: every row but the final ones older than that.
+/// What must be left after pruning with 30 days: every row but the final and unverified ones
+/// older than that.
 fn expected_after_30_days() -> BTreeSet<String> {
     let mut expected = BTreeSet::new();
-    for status in ["applied", "ignored", "dead", "retrying", "processing"] {
+    for status in ["applied", "ignored", "dead", "unverified", "retrying", "processing"] {
         for age in [0, 1, 29, 31, 400] {
-            let is_final = matches!(status, "applied" | "ignored" | "dead");
-            if !(is_final && age > 30) {
+            let prunable = matches!(status, "applied" | "ignored" | "dead" | "unverified");
+            if !(prunable && age > 30) {
                 expected.insert(format!("evt_{status}_{age}"));
             }
         }
@@ -51,19 +52,19 @@ fn expected_after_30_days() -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn only_final_rows_older_than_the_retention_are_pruned() {
+async fn only_final_and_unverified_rows_older_than_the_retention_are_pruned() {
     let env = Env::new().await;
     seed_ages(&env).await;
     let pool = worker::db::pool(&env.settings(&[])).unwrap();
     let pruned = prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap();
-    assert_eq!(pruned, 6, "applied, ignored and dead rows of 31 and 400 days");
+    assert_eq!(pruned, 8, "applied, ignored, dead and unverified rows of 31 and 400 days");
     assert_eq!(keys(&env).await, expected_after_30_days());
     // Nothing is left to prune: a second run deletes nothing.
     assert_eq!(prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap(), 0);
     // A longer retention keeps what a shorter one would prune.
     let client = env.db.client().await;
     assert_eq!(prune_batch(&client, 1000 * DAY, PRUNE_BATCH).await.unwrap(), 0);
-    assert_eq!(prune_batch(&client, 7 * DAY, PRUNE_BATCH).await.unwrap(), 3, "the 29-day final rows");
+    assert_eq!(prune_batch(&client, 7 * DAY, PRUNE_BATCH).await.unwrap(), 4, "the 29-day final and unverified rows");
 }
 
 #[tokio::test]
@@ -110,7 +111,7 @@ async fn the_prune_query_reads_the_partial_index() {
         .map(|r| r.get(0))
         .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("webhook_events_prunable"), "the prune query uses the retention index:\n{plan}");
+    assert!(plan.contains("webhook_events_prunable_v5"), "the prune query uses the retention index:\n{plan}");
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! Toss payment events are unsigned; the worker verifies them by fetching the payment back
-//! from the Toss API (a local fake here), by the deposit secret and by the stored amount.
+//! from the Toss API (a local fake here) or by the payment's deposit secret. Nothing else (an
+//! order that exists, an amount that agrees) is verification: such an event is recorded as
+//! `unverified` and changes nothing, unless the development opt-in says otherwise.
 
 mod common;
 
@@ -9,7 +11,6 @@ use std::time::Duration;
 use base64::Engine;
 use common::{Env, TestWorker};
 use serde_json::json;
-use shared::Provider;
 use testkit::events::{toss_deposit_callback, toss_payment_status_changed};
 use testkit::fake_http::Recorded;
 use testkit::{Behavior, FakeEndpoint, LoggedProcess};
@@ -51,7 +52,7 @@ async fn verification(env: &Env, key: &str) -> (String, Option<String>) {
 }
 
 #[tokio::test]
-async fn a_forged_done_is_not_applied_and_a_genuine_one_is() {
+async fn a_forged_done_is_never_applied_on_the_apis_older_state_and_a_genuine_one_is() {
     let env = Env::new().await;
     env.seed_payment("order-forged", "toss", Some(37400), Some("KRW")).await;
     env.seed_payment("order-genuine", "toss", Some(37400), Some("KRW")).await;
@@ -62,22 +63,28 @@ async fn a_forged_done_is_not_applied_and_a_genuine_one_is() {
     .await;
     let base = api.url("");
     let mut vars = fetch_settings(&base);
-    vars.push(("RETRY_DELAYS", "100ms"));
+    vars.extend([("RETRY_DELAYS", "100ms"), ("RETRY_MAX_ATTEMPTS", "4")]);
     let worker = TestWorker::spawn(env.settings(&vars)).await;
 
     let forged = toss_payment_status_changed("order-forged", "pk_forged", "DONE", 37400);
     let genuine = toss_payment_status_changed("order-genuine", "pk_genuine", "DONE", 37400);
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-forged", &forged).await;
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-genuine", &genuine).await;
-    env.wait_count("both handled", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 2, WAIT).await;
-
-    assert_eq!(env.status("order-forged").await, "waiting_for_deposit", "the API's status, not the webhook's");
+    let forged_key = env.publish_toss(&forged).await;
+    let genuine_key = env.publish_toss(&genuine).await;
+    env.wait_count("genuine applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 1, WAIT).await;
     assert_eq!(env.status("order-genuine").await, "paid");
-    assert_eq!(verification(&env, "toss-genuine").await, ("applied".into(), Some("fetched".into())));
+    assert_eq!(verification(&env, &genuine_key).await, ("applied".into(), Some("fetched".into())));
+
+    // The API keeps showing an earlier state than the webhook claims: never finalised on it,
+    // retried through the delay tiers like any transient failure, then parked with the reason.
+    // (Apply the API's state after a few attempts again, as before, to see this fail.)
+    env.wait_count("forged parked", "SELECT count(*) FROM webhook_events WHERE status = 'dead'", 1, WAIT).await;
+    assert_eq!(env.status("order-forged").await, "pending", "neither the webhook's nor the stale API state");
+    let (status, attempts, error) = env.inbox(&forged_key).await.unwrap();
+    assert_eq!((status.as_str(), attempts), ("dead", 4));
+    assert!(error.unwrap().contains("Toss API reports WAITING_FOR_DEPOSIT while the webhook says DONE"));
     let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SECRET_KEY}:")));
     let requests = api.requests();
-    // The forged one is asked about again before the API's word is taken; the genuine once.
-    assert_eq!(requests.iter().filter(|r| r.path.ends_with("pk_forged")).count(), 3);
+    assert_eq!(requests.iter().filter(|r| r.path.ends_with("pk_forged")).count(), 4, "asked again on every attempt");
     assert_eq!(requests.iter().filter(|r| r.path.ends_with("pk_genuine")).count(), 1);
     for r in &requests {
         assert_eq!(r.method, "GET");
@@ -92,15 +99,43 @@ async fn a_forged_done_is_not_applied_and_a_genuine_one_is() {
     assert_eq!(stored["verification"], "fetched");
 
     // A copy of the genuine event is a duplicate: no second API call.
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-genuine", &genuine).await;
+    env.publish_toss(&genuine).await;
     env.wait_count(
         "duplicate",
-        "SELECT duplicates::bigint FROM webhook_events WHERE event_key = 'toss-genuine'",
+        &format!("SELECT duplicates::bigint FROM webhook_events WHERE event_key = '{genuine_key}'"),
         1,
         WAIT,
     )
     .await;
     assert_eq!(api.requests().iter().filter(|r| r.path.ends_with("pk_genuine")).count(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_aborted_cannot_put_its_own_words_in_the_trainers_notification() {
+    let env = Env::new().await;
+    let seeded = env.seed_payment("order-abort", "toss", Some(1000), Some("KRW")).await;
+    let mut from_api: serde_json::Value =
+        serde_json::from_str(&api_payment("order-abort", "pk_abort", "ABORTED", 1000, None)).unwrap();
+    from_api["failure"] = json!({"code": "REJECT_CARD_COMPANY", "message": "카드사에서 거절한 결제입니다"});
+    let api = fake_api(vec![("order-abort", "pk_abort", from_api.to_string())]).await;
+    let base = api.url("");
+    let worker = TestWorker::spawn(env.settings(&fetch_settings(&base))).await;
+    let forged = json!({"eventType": "PAYMENT_STATUS_CHANGED", "data": {"orderId": "order-abort",
+        "paymentKey": "pk_abort", "status": "ABORTED", "totalAmount": 1000, "currency": "KRW",
+        "failure": {"code": "X", "message": "Your card was stolen: call 010-1234-5678 now"}}});
+    env.publish_toss(forged.to_string().as_bytes()).await;
+    env.wait_count("applied", "SELECT count(*) FROM notifications", 1, WAIT).await;
+    assert_eq!(env.status("order-abort").await, "failed");
+    let message: String = env
+        .sql
+        .query_one("SELECT message FROM notifications WHERE user_id = $1", &[&seeded.trainer_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(message.contains("카드사에서 거절한 결제입니다"), "the API's reason: {message}");
+    assert!(!message.contains("010-1234-5678"), "never the webhook's: {message}");
+    // Take the failure text from the webhook again (toss_api::apply_fetched) to see this fail.
     worker.stop().await;
 }
 
@@ -120,7 +155,7 @@ async fn an_api_that_is_down_or_slow_means_retries_until_it_answers() {
     vars.extend([("RETRY_DELAYS", "100ms,200ms"), ("RETRY_MAX_ATTEMPTS", "10")]);
     let worker = TestWorker::spawn(env.settings(&vars)).await;
     let body = toss_payment_status_changed("order-slow", "pk_slow", "DONE", 1000);
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-slow", &body).await;
+    let key = env.publish_toss(&body).await;
     env.wait_count(
         "applied once the API answers",
         "SELECT count(*) FROM payments WHERE payment_status = 'paid'",
@@ -128,12 +163,8 @@ async fn an_api_that_is_down_or_slow_means_retries_until_it_answers() {
         WAIT,
     )
     .await;
-    let attempts: i32 = env
-        .sql
-        .query_one("SELECT attempts FROM webhook_events WHERE event_key = 'toss-slow'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let attempts: i32 =
+        env.sql.query_one("SELECT attempts FROM webhook_events WHERE event_key = $1", &[&key]).await.unwrap().get(0);
     assert_eq!(attempts, 4, "503, timeout and 429 were each retried");
     assert_eq!(api.requests().len(), 4);
     worker.stop().await;
@@ -147,12 +178,12 @@ async fn a_payment_the_api_does_not_know_is_parked_with_its_reason() {
     let base = api.url("");
     let worker = TestWorker::spawn(env.settings(&fetch_settings(&base))).await;
     let body = toss_payment_status_changed("order-unknown", "pk_unknown", "DONE", 1000);
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-unknown", &body).await;
+    let key = env.publish_toss(&body).await;
     let dead = env.broker.wait_get(&env.dead_queue(), WAIT).await;
     let reason =
         shared::envelope::header_str(dead.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap();
     assert!(reason.contains("Toss API does not know this payment"), "{reason}");
-    let (status, _, error) = env.inbox("toss-unknown").await.unwrap();
+    let (status, _, error) = env.inbox(&key).await.unwrap();
     assert_eq!(status, "dead");
     assert!(error.unwrap().contains("does not know"));
     assert_eq!(env.status("order-unknown").await, "pending");
@@ -173,16 +204,16 @@ async fn a_deposit_callback_must_carry_the_payments_secret() {
     let worker = TestWorker::spawn(env.settings(&[])).await; // no fetch-back: the secret alone decides
     let wrong = toss_deposit_callback("order-va-wrong", "DONE", "ps_guessed");
     let right = toss_deposit_callback("order-va-right", "DONE", "ps_stored_secret");
-    env.publish(Provider::Toss, "DEPOSIT_CALLBACK", "va-wrong", &wrong).await;
-    env.publish(Provider::Toss, "DEPOSIT_CALLBACK", "va-right", &right).await;
+    let wrong_key = env.publish_toss(&wrong).await;
+    let right_key = env.publish_toss(&right).await;
     env.wait_count("both handled", "SELECT count(*) FROM webhook_events WHERE status IN ('applied', 'dead')", 2, WAIT)
         .await;
     assert_eq!(env.status("order-va-wrong").await, "waiting_for_deposit");
     assert_eq!(env.status("order-va-right").await, "paid");
-    let (status, _, error) = env.inbox("va-wrong").await.unwrap();
+    let (status, _, error) = env.inbox(&wrong_key).await.unwrap();
     assert_eq!(status, "dead");
     assert!(error.unwrap().contains("DEPOSIT_CALLBACK secret does not match"));
-    assert_eq!(verification(&env, "va-right").await, ("applied".into(), Some("deposit_secret".into())));
+    assert_eq!(verification(&env, &right_key).await, ("applied".into(), Some("deposit_secret".into())));
     worker.stop().await;
 }
 
@@ -199,11 +230,11 @@ async fn a_deposit_secret_learned_from_the_api_is_checked_too() {
     let base = api.url("");
     let worker = TestWorker::spawn(env.settings(&fetch_settings(&base))).await;
     let forged = toss_deposit_callback("order-va-api", "DONE", "ps_guessed");
-    env.publish(Provider::Toss, "DEPOSIT_CALLBACK", "va-api-forged", &forged).await;
+    env.publish_toss(&forged).await;
     env.wait_count("parked", "SELECT count(*) FROM webhook_events WHERE status = 'dead'", 1, WAIT).await;
     assert_eq!(env.status("order-va-api").await, "pending");
     let genuine = toss_deposit_callback("order-va-api", "DONE", "ps_from_api");
-    env.publish(Provider::Toss, "DEPOSIT_CALLBACK", "va-api-genuine", &genuine).await;
+    env.publish_toss(&genuine).await;
     env.wait_count("applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 1, WAIT).await;
     assert_eq!(env.status("order-va-api").await, "paid");
     let stored: Option<String> = env
@@ -217,23 +248,25 @@ async fn a_deposit_secret_learned_from_the_api_is_checked_too() {
 }
 
 #[tokio::test]
-async fn a_wrong_total_amount_is_never_applied() {
+async fn an_amount_that_agrees_verifies_nothing_and_one_the_api_contradicts_is_never_applied() {
     let env = Env::new().await;
     env.seed_payment("order-amt-webhook", "toss", Some(37400), Some("KRW")).await;
     env.seed_payment("order-amt-api", "toss", Some(37400), Some("KRW")).await;
     env.seed_payment("order-amt-ok", "toss", Some(37400), Some("KRW")).await;
 
-    // Without fetch-back, the webhook's own amount is checked.
+    // Without fetch-back nothing verifies an unsigned event, whatever amount it names: an
+    // attacker can guess a price.
     let worker = TestWorker::spawn(env.settings(&[])).await;
-    let forged = toss_payment_status_changed("order-amt-webhook", "pk_a", "DONE", 100);
-    let honest = toss_payment_status_changed("order-amt-ok", "pk_ok", "DONE", 37400);
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "amt-webhook", &forged).await;
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "amt-ok", &honest).await;
-    env.wait_count("both handled", "SELECT count(*) FROM webhook_events WHERE status IN ('applied', 'dead')", 2, WAIT)
-        .await;
+    let wrong = toss_payment_status_changed("order-amt-webhook", "pk_a", "DONE", 100);
+    let guessed = toss_payment_status_changed("order-amt-ok", "pk_ok", "DONE", 37400);
+    let wrong_key = env.publish_toss(&wrong).await;
+    let guessed_key = env.publish_toss(&guessed).await;
+    env.wait_count("both recorded", "SELECT count(*) FROM webhook_events WHERE status = 'unverified'", 2, WAIT).await;
     assert_eq!(env.status("order-amt-webhook").await, "pending");
-    assert_eq!(env.status("order-amt-ok").await, "paid");
-    assert_eq!(verification(&env, "amt-ok").await, ("applied".into(), Some("amount_only".into())));
+    assert_eq!(env.status("order-amt-ok").await, "pending");
+    assert_eq!(verification(&env, &guessed_key).await, ("unverified".into(), Some("none".into())));
+    assert_eq!(verification(&env, &wrong_key).await, ("unverified".into(), Some("none".into())));
+    assert_eq!(env.broker.count(&env.dead_queue()).await, 0, "unverified is not dead-lettered");
     worker.stop().await;
 
     // With fetch-back, the API's amount is what must match.
@@ -241,31 +274,86 @@ async fn a_wrong_total_amount_is_never_applied() {
     let base = api.url("");
     let worker = TestWorker::spawn(env.settings(&fetch_settings(&base))).await;
     let body = toss_payment_status_changed("order-amt-api", "pk_b", "DONE", 37400);
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "amt-api", &body).await;
+    let key = env.publish_toss(&body).await;
     env.wait_count(
         "parked",
-        "SELECT count(*) FROM webhook_events WHERE event_key = 'amt-api' AND status = 'dead'",
+        &format!("SELECT count(*) FROM webhook_events WHERE event_key = '{key}' AND status = 'dead'"),
         1,
         WAIT,
     )
     .await;
     assert_eq!(env.status("order-amt-api").await, "pending");
-    let (_, _, error) = env.inbox("amt-api").await.unwrap();
+    let (_, _, error) = env.inbox(&key).await.unwrap();
     assert!(error.unwrap().contains("amount mismatch"));
     worker.stop().await;
 }
 
 #[tokio::test]
-async fn unverified_toss_events_are_recorded_as_such_and_the_worker_warns_at_start() {
+async fn the_guides_unsigned_event_changes_nothing_by_default_is_counted_and_can_be_rechecked() {
     let env = Env::new().await;
-    env.sql.batch_execute("INSERT INTO payments (order_id, provider) VALUES ('order-none', 'toss')").await.unwrap();
-    let mut process = LoggedProcess::spawn(env!("CARGO_BIN_EXE_worker"), &[], &env.env_vars(&[]));
-    process.wait_for_line("the warning", WAIT, |l| l.contains("INSECURE") && l.contains("TOSS_SECRET_KEY")).await;
+    let seeded = env.seed_payment("order-guide", "toss", None, None).await;
+    let vars = env.env_vars(&[("LOG_FORMAT", "json")]);
+    let mut process = LoggedProcess::spawn(env!("CARGO_BIN_EXE_worker"), &[], &vars);
+    process.wait_for_line("the start-up warning", WAIT, |l| l.contains("TOSS_SECRET_KEY is not set")).await;
+    let addr = process.logged_addr("worker health and metrics listening").await;
+    process.wait_for_line("consuming", WAIT, |l| l.contains("consuming")).await;
+
+    // The attack: the guide's own test body, for an order someone knows.
+    let guide = br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"order-guide","status":"DONE"}"#;
+    let key = env.publish_toss(guide).await;
+    env.wait_count("recorded", "SELECT count(*) FROM webhook_events WHERE status = 'unverified'", 1, WAIT).await;
+    assert_eq!(env.status("order-guide").await, "pending", "the payment is untouched");
+    assert_eq!(env.notifications_for(seeded.trainer_id).await, 0);
+    assert_eq!(env.broker.count(&env.dead_queue()).await, 0, "not dead-lettered");
+    let (_, _, _) = env.inbox(&key).await.unwrap();
+    let payload: String =
+        env.sql.query_one("SELECT payload FROM webhook_events WHERE event_key = $1", &[&key]).await.unwrap().get(0);
+    assert!(payload.contains("order-guide"), "the payload is kept");
+    let metrics = testkit::metrics::scrape(&format!("http://{addr}/metrics")).await;
+    let labels = [("provider", "toss"), ("event_type", "PAYMENT_STATUS_CHANGED"), ("outcome", "unverified")];
+    assert_eq!(metrics.value("worker_events_total", &labels), 1.0);
+    let warned = process.wait_for_line("one warning line", WAIT, |l| l.contains("recorded as unverified")).await;
+    assert!(warned.contains("WARN"), "{warned}");
+    process.terminate();
+    process.wait_exit(Duration::from_secs(10)).await;
+
+    // hookctl lists it; without a key there is nothing to re-check it with.
+    let (ok, listed) = env.hookctl(&[], &["unverified", "list"]).await;
+    assert!(ok && listed.contains(&key) && listed.contains("order-guide"), "{listed}");
+    let (ok, refused) = env.hookctl(&[], &["unverified", "recheck", "--all"]).await;
+    assert!(!ok && refused.contains("TOSS_SECRET_KEY"), "{refused}");
+
+    // Once a key is configured (workers and hookctl), a re-check applies it as the API says.
+    let api =
+        fake_api(vec![("order-guide", "pk_guide", api_payment("order-guide", "pk_guide", "DONE", 5000, None))]).await;
+    let base = api.url("");
+    let vars = fetch_settings(&base);
+    let worker = TestWorker::spawn(env.settings(&vars)).await;
+    let (ok, rechecked) = env.hookctl(&vars, &["unverified", "recheck", "--all"]).await;
+    assert!(ok && rechecked.contains("1 event(s)"), "{rechecked}");
+    env.wait_count("applied on re-check", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 1, WAIT)
+        .await;
+    assert_eq!(verification(&env, &key).await, ("applied".into(), Some("fetched".into())), "the same inbox row");
+    assert_eq!(env.status("order-guide").await, "paid");
+    assert_eq!(env.notifications_for(seeded.trainer_id).await, 1);
+    assert_eq!(api.requests().iter().filter(|r| r.path.ends_with("orders/order-guide")).count(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_development_opt_in_applies_the_guides_event_and_the_worker_says_so_loudly() {
+    let env = Env::new().await;
+    // The guide's payments know no provider.
+    env.sql.batch_execute("INSERT INTO payments (order_id) VALUES ('order-none')").await.unwrap();
+    let vars = env.env_vars(&[("TOSS_ALLOW_UNVERIFIED", "true")]);
+    let mut process = LoggedProcess::spawn(env!("CARGO_BIN_EXE_worker"), &[], &vars);
+    process.wait_for_line("the warning", WAIT, |l| l.contains("INSECURE") && l.contains("TOSS_ALLOW_UNVERIFIED")).await;
     process.wait_for_line("consuming", WAIT, |l| l.contains("consuming")).await;
     let guide = br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"order-none","status":"DONE"}"#;
-    env.publish(Provider::Toss, "PAYMENT_STATUS_CHANGED", "toss-none", guide).await;
+    let key = env.publish_toss(guide).await;
     env.wait_count("applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 1, WAIT).await;
-    assert_eq!(verification(&env, "toss-none").await, ("applied".into(), Some("none".into())));
+    assert_eq!(verification(&env, &key).await, ("applied".into(), Some("none".into())));
+    assert_eq!(env.status("order-none").await, "paid");
     process.terminate();
     process.wait_exit(Duration::from_secs(10)).await;
 }

@@ -46,6 +46,9 @@ pub struct TossEvent {
     pub secret: Option<String>,
     pub transaction_key: Option<String>,
     pub payment: Value,
+    /// The whole body without its `secret` members, canonical JSON text: what the inbox keeps
+    /// and what the event key of an unsigned event hashes.
+    pub stored_body: String,
 }
 
 impl TossEvent {
@@ -55,13 +58,15 @@ impl TossEvent {
     }
 
     /// The dedupe key: `eventId` of signed event types (whose signature covers it), else a
-    /// hash of the raw body (Toss resends the same body on retries; whether the transmission id
-    /// stays the same is not documented, so it is not relied on). An unsigned body cannot pick
-    /// its own key.
-    pub fn event_key(&self, raw_body: &[u8]) -> String {
+    /// hash of the body as it is stored ([`TossEvent::stored_body`]: Toss resends the same body
+    /// on retries; whether the transmission id stays the same is not documented, so it is not
+    /// relied on). An unsigned body cannot pick its own key. Hashing the stored form rather
+    /// than the raw bytes lets an event kept in the inbox (without its secret) be run again
+    /// under the key it first had.
+    pub fn event_key(&self) -> String {
         match &self.event_id {
             Some(id) if self.is_signed_type() => id.clone(),
-            _ => format!("sha256:{}", hex::encode(Sha256::digest(raw_body))),
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(self.stored_body.as_bytes()))),
         }
     }
 
@@ -105,6 +110,21 @@ pub fn toss_time(text: &str) -> Option<DateTime<Utc>> {
         }
     };
     Some(time.trunc_subsecs(6))
+}
+
+/// `value` as JSON text without any `secret` member (at any depth), with object keys sorted
+/// and no insignificant whitespace: the same text for the same content, whatever the bytes
+/// were, and the same again when it is parsed and stored a second time.
+pub fn without_secrets(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| k.as_str() != "secret").collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), without_secrets(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Parses any of the documented shapes. Fails only for bodies that are not JSON objects or
@@ -152,6 +172,7 @@ pub fn parse_toss_event(body: &[u8]) -> Result<TossEvent, PayloadError> {
         secret: text("secret"),
         transaction_key: text("transactionKey").or_else(|| text("lastTransactionKey")),
         payment,
+        stored_body: without_secrets(&root).to_string(),
     })
 }
 
@@ -179,7 +200,7 @@ mod tests {
         assert_eq!(e.secret, None);
         assert_eq!(e.transaction_key.as_deref(), Some("txrd_a01kq3"));
         assert_eq!(e.created_at.as_deref(), Some("2026-01-02T14:46:59.65327"));
-        assert!(e.event_key(WRAPPED).starts_with("sha256:"));
+        assert!(e.event_key().starts_with("sha256:"));
     }
 
     #[test]
@@ -212,7 +233,7 @@ mod tests {
             assert_eq!(e.kind, TossEventKind::Signed);
             assert!(e.is_signed_type());
             assert_eq!(e.event_type, t);
-            assert_eq!(e.event_key(body.as_bytes()), format!("evt-{t}"));
+            assert_eq!(e.event_key(), format!("evt-{t}"));
             assert_eq!(e.status.as_deref(), Some("COMPLETED"));
         }
     }
@@ -227,21 +248,34 @@ mod tests {
     }
 
     #[test]
-    fn other_event_types_parse_and_keys_depend_on_the_bytes() {
+    fn other_event_types_parse_and_keys_depend_on_the_content() {
         let a = br#"{"eventType":"CANCEL_STATUS_CHANGED","data":{"transactionKey":"t"}}"#;
-        let b = br#"{"eventType":"CANCEL_STATUS_CHANGED", "data":{"transactionKey":"t"}}"#;
+        let same = br#"{ "data": {"transactionKey": "t"}, "eventType": "CANCEL_STATUS_CHANGED" }"#;
+        let other = br#"{"eventType":"CANCEL_STATUS_CHANGED","data":{"transactionKey":"u"}}"#;
         let e = parse_toss_event(a).unwrap();
         assert_eq!(e.kind, TossEventKind::CancelStatusChanged);
-        assert_ne!(e.event_key(a), parse_toss_event(b).unwrap().event_key(b));
-        assert_eq!(e.event_key(a), e.event_key(a));
+        assert_eq!(e.event_key(), parse_toss_event(same).unwrap().event_key());
+        assert_ne!(e.event_key(), parse_toss_event(other).unwrap().event_key());
         assert_eq!(parse_toss_event(br#"{"eventType":"NEW_THING"}"#).unwrap().kind, TossEventKind::Other);
+    }
+
+    #[test]
+    fn the_stored_body_has_no_secret_and_keeps_the_key_when_read_again() {
+        let body = br#"{"createdAt":"2026-01-02T14:46:59","secret":"ps_abc","status":"DONE","orderId":"o-1",
+                        "data":{"secret":"ps_inner","cancels":[{"secret":"x","n":1.5}]}}"#;
+        let first = parse_toss_event(body).unwrap();
+        assert!(!first.stored_body.contains("secret"), "{}", first.stored_body);
+        assert_eq!(first.secret.as_deref(), Some("ps_abc"), "the parsed event still has it for the check");
+        let again = parse_toss_event(first.stored_body.as_bytes()).unwrap();
+        assert_eq!(again.stored_body, first.stored_body);
+        assert_eq!(again.event_key(), first.event_key());
     }
 
     #[test]
     fn an_unsigned_body_cannot_choose_its_key() {
         let body =
             br#"{"eventType":"PAYMENT_STATUS_CHANGED","eventId":"evt_chosen","data":{"orderId":"o","status":"DONE"}}"#;
-        assert!(parse_toss_event(body).unwrap().event_key(body).starts_with("sha256:"));
+        assert!(parse_toss_event(body).unwrap().event_key().starts_with("sha256:"));
     }
 
     #[test]

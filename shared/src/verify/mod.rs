@@ -1,9 +1,13 @@
 //! Signature checks over raw bytes and header values. Pure functions: no I/O, no clock
 //! (callers pass `now`), so they are unit- and property-tested directly.
 //!
+//! [`message`] checks a queued message again where it is used (the worker, a replay): the
+//! broker is not a trust boundary.
+//!
 //! Every comparison of a computed MAC with a received one goes through
 //! [`hmac::Mac::verify_slice`], which compares in constant time.
 
+pub mod message;
 pub mod stripe;
 pub mod toss;
 

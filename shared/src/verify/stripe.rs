@@ -73,6 +73,28 @@ pub fn verify_stripe_signature(
     tolerance: Duration,
     now_unix: i64,
 ) -> Result<i64, StripeSignatureError> {
+    let timestamp = verify_stripe_signature_at_any_time(body, header, secrets)?;
+    // In i128, the distance between any two i64 instants is exact: no overflow, no saturation.
+    let tolerance = i128::from(tolerance.as_secs());
+    let age = i128::from(now_unix) - i128::from(timestamp);
+    if age > tolerance {
+        return Err(StripeSignatureError::Stale);
+    }
+    if age < -tolerance {
+        return Err(StripeSignatureError::Future);
+    }
+    Ok(timestamp)
+}
+
+/// Verifies `header` for `body` like [`verify_stripe_signature`], whatever the signed time.
+/// For a message that was verified on arrival and then waited in a queue: the signature still
+/// proves Stripe sent these bytes, and the replay window was enforced when they arrived.
+/// Returns the signed timestamp.
+pub fn verify_stripe_signature_at_any_time(
+    body: &[u8],
+    header: Option<&str>,
+    secrets: &[SecretString],
+) -> Result<i64, StripeSignatureError> {
     let header = header.ok_or(StripeSignatureError::Missing)?;
     let parsed = parse_stripe_signature(header)?;
     let matched = secrets.iter().any(|secret| {
@@ -87,15 +109,6 @@ pub fn verify_stripe_signature(
     });
     if !matched {
         return Err(StripeSignatureError::NoMatch);
-    }
-    // In i128, the distance between any two i64 instants is exact: no overflow, no saturation.
-    let tolerance = i128::from(tolerance.as_secs());
-    let age = i128::from(now_unix) - i128::from(parsed.timestamp);
-    if age > tolerance {
-        return Err(StripeSignatureError::Stale);
-    }
-    if age < -tolerance {
-        return Err(StripeSignatureError::Future);
     }
     Ok(parsed.timestamp)
 }
@@ -187,6 +200,23 @@ mod tests {
         assert_eq!(verify(&future, &["whsec_a"]), Err(StripeSignatureError::Future));
         let edge = sign_stripe_payload(BODY, "whsec_a", NOW - 300);
         assert_eq!(verify(&edge, &["whsec_a"]), Ok(NOW - 300));
+    }
+
+    #[test]
+    fn a_queued_message_is_checked_without_the_time_window_but_never_without_the_mac() {
+        let body = br#"{"id":"evt_1"}"#;
+        let old = sign_stripe_payload(body, "whsec_a", 1_000);
+        let keys = secrets(&["whsec_a"]);
+        assert_eq!(verify_stripe_signature_at_any_time(body, Some(&old), &keys), Ok(1_000));
+        assert_eq!(
+            verify_stripe_signature_at_any_time(br#"{"id":"evt_2"}"#, Some(&old), &keys),
+            Err(StripeSignatureError::NoMatch)
+        );
+        assert_eq!(
+            verify_stripe_signature_at_any_time(body, Some(&old), &secrets(&["whsec_b"])),
+            Err(StripeSignatureError::NoMatch)
+        );
+        assert_eq!(verify_stripe_signature_at_any_time(body, None, &keys), Err(StripeSignatureError::Missing));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! every one that was not replayed or purged, so listing never loses anything. A replayed
 //! message is published to the work queue with a publisher confirm *before* its dead copy is
 //! acknowledged; it goes through the inbox like any delivery, so an event that was applied in
-//! the meantime is recognised as a duplicate.
+//! the meantime is recognised as a duplicate. Before that, each is checked as the worker checks
+//! every delivery (its signature, its key and type against its body): one that is unverifiable
+//! stays in the dead letters, with a line saying why.
 
 use std::time::Duration;
 
@@ -14,12 +16,16 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use shared::envelope::EventEnvelope;
 use shared::envelope::{
     header_int, header_str, long_string, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE, H_LAST_ERROR,
     H_PROVIDER,
 };
 use shared::topology::Topology;
+use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Settings;
+
+use crate::retry::UNVERIFIABLE;
 
 #[derive(Subcommand, Debug)]
 pub enum DeadCommand {
@@ -122,6 +128,11 @@ fn death_reason(headers: &FieldTable) -> String {
 }
 
 pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()> {
+    // A replay is checked as the worker checks every delivery, with the same secrets.
+    let secrets = match &command {
+        DeadCommand::Replay(args) if !args.which.notifications => Some(WebhookSecrets::from_settings(settings)?),
+        _ => None,
+    };
     let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
@@ -138,7 +149,7 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
         }
         _ => None,
     };
-    let result = execute(&connection, &topology, command, outbox.as_ref()).await;
+    let result = execute(&connection, &topology, command, outbox.as_ref(), secrets.as_ref()).await;
     let _ = connection.close(200, "done".into()).await;
     result
 }
@@ -158,6 +169,7 @@ async fn execute(
     topology: &Topology,
     command: DeadCommand,
     outbox: Option<&deadpool_postgres::Client>,
+    secrets: Option<&WebhookSecrets>,
 ) -> anyhow::Result<()> {
     use crate::cli::dead_outbox;
     let reader = connection.create_channel().await?;
@@ -187,13 +199,13 @@ async fn execute(
             let client = outbox.expect("checked");
             let revived = dead_outbox::replay(client, args.id.as_deref()).await?;
             if revived == 0 || args.all {
-                Box::pin(execute(connection, topology, DeadCommand::Replay(args), None)).await?;
+                Box::pin(execute(connection, topology, DeadCommand::Replay(args), None, None)).await?;
             }
         }
         DeadCommand::Purge { yes, which } if which.notifications && outbox.is_some() => {
             anyhow::ensure!(yes, "purging deletes every dead notification for good; add --yes");
             dead_outbox::purge(outbox.expect("checked")).await?;
-            Box::pin(execute(connection, topology, DeadCommand::Purge { yes, which }, None)).await?;
+            Box::pin(execute(connection, topology, DeadCommand::Purge { yes, which }, None, None)).await?;
         }
         DeadCommand::Replay(args) => {
             let (dead, work) = queues(topology, args.which);
@@ -221,6 +233,13 @@ async fn execute(
             publisher.confirm_select(ConfirmSelectOptions::default()).await?;
             let mut replayed = 0;
             for letter in chosen {
+                if let Some(Err(why)) = secrets.map(|secrets| check_replay(letter, secrets)) {
+                    println!(
+                        "not replayed {} ({} {}): {why}; it stays dead",
+                        letter.id, letter.provider, letter.event_type
+                    );
+                    continue;
+                }
                 replay(&publisher, &work, letter).await?;
                 letter.message.delivery.ack(BasicAckOptions::default()).await?;
                 println!("replayed {} ({} {})", letter.id, letter.provider, letter.event_type);
@@ -238,6 +257,15 @@ async fn execute(
     // Whatever was read and not replayed goes back to the dead-letter queue.
     let _ = reader.close(200, "done".into()).await;
     Ok(())
+}
+
+/// Whether a dead event may go back to work: the check the worker makes of every delivery
+/// ([`check_message`]), so a message that cannot prove what it claims is not sent round again.
+pub fn check_replay(letter: &DeadLetter, secrets: &WebhookSecrets) -> Result<(), String> {
+    let delivery = &letter.message.delivery;
+    let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data)
+        .map_err(|e| format!("not a webhook envelope: {e}"))?;
+    check_message(&envelope, secrets).map(|_| ()).map_err(|e| format!("{UNVERIFIABLE}: {e}"))
 }
 
 /// Whether `queue` exists (a passive declare on a channel of its own: a missing queue closes it).

@@ -2,7 +2,9 @@
 //!
 //! - `send stripe|toss …`: build a realistic event, sign it as the provider does, post it to a
 //!   running ingest and print the answer (the offline `stripe trigger` and the guide's curl);
-//! - `dead list|show|replay|purge`: inspect the dead-letter queue and move messages back;
+//! - `dead list|show|replay|purge`: inspect the dead-letter queue and move messages back (a
+//!   replay is checked as the worker checks it: an unverifiable message stays dead);
+//! - `unverified list|recheck`: events nothing could verify, and running them again once it can;
 //! - `events <order id>`: what the pipeline received and did for an order, newest first;
 //! - `probe <url>`: exit 0 when a URL answers 2xx (container health checks without curl).
 //!
@@ -12,6 +14,7 @@ pub mod dead;
 pub mod dead_outbox;
 pub mod events;
 pub mod send;
+pub mod unverified;
 mod worker_cli;
 
 pub use worker_cli::{WorkerCli, WorkerCommand};
@@ -33,6 +36,9 @@ pub enum Command {
     /// Inspect and replay the dead-letter queue.
     #[command(subcommand)]
     Dead(dead::DeadCommand),
+    /// Events recorded as unverified (they changed nothing), and re-checking them.
+    #[command(subcommand)]
+    Unverified(unverified::UnverifiedCommand),
     /// Show what the pipeline received and did for an order, newest first.
     Events {
         /// The order id (`payments.order_id`).
@@ -54,6 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 Command::Send(send) => send::run(&settings, send).await,
                 Command::Dead(dead) => dead::run(&settings, dead).await,
+                Command::Unverified(command) => unverified::run(&settings, command).await,
                 Command::Events { order_id, limit } => events::run(&settings, &order_id, limit).await,
                 Command::Probe { .. } => unreachable!("handled above"),
             }

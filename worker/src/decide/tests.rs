@@ -60,17 +60,49 @@ fn payment(order: &str, status: PaymentStatus, provider: &str, amount: i64) -> L
     }
 }
 
-/// Decides `envelopes` (parsed here) against `payments`.
+/// Decides `envelopes` (parsed here) against `payments`, each verified as the worker verifies
+/// it in production: Stripe events by their signature, Toss events by fetch-back.
 fn run(envelopes: &[EventEnvelope], finals: &[&str], payments: Vec<LockedPayment>) -> Plan {
+    let verified = |e: &EventEnvelope| match e.provider {
+        Provider::Stripe => Confirmed { signature: true, ..Confirmed::default() },
+        Provider::Toss => Confirmed { fetched: true, ..Confirmed::default() },
+    };
+    run_with(envelopes, finals, payments, verified, Trust::default())
+}
+
+/// Decides `envelopes` with what the worker established about each (`confirmed`) and `trust`.
+fn run_with(
+    envelopes: &[EventEnvelope],
+    finals: &[&str],
+    payments: Vec<LockedPayment>,
+    confirmed: impl Fn(&EventEnvelope) -> Confirmed,
+    trust: Trust,
+) -> Plan {
     let events: Vec<IncomingEvent> = envelopes.iter().map(|e| IncomingEvent::parse(e).unwrap()).collect();
-    let confirmed = Confirmed::default();
+    let confirmed: Vec<Confirmed> = envelopes.iter().map(confirmed).collect();
     let candidates: Vec<Candidate<'_>> = envelopes
         .iter()
         .zip(&events)
-        .map(|(envelope, event)| Candidate { envelope, event, confirmed: &confirmed, traceparent: None })
+        .zip(&confirmed)
+        .map(|((envelope, event), confirmed)| Candidate { envelope, event, confirmed, traceparent: None })
         .collect();
     let finals: HashSet<(String, String)> = finals.iter().map(|k| ("stripe".to_string(), k.to_string())).collect();
-    decide_batch(&candidates, &finals, payments, Utc::now())
+    decide_batch(&candidates, &finals, payments, trust, Utc::now())
+}
+
+/// Nothing established: an unsigned Toss event without fetch-back.
+fn nothing(_: &EventEnvelope) -> Confirmed {
+    Confirmed::default()
+}
+
+fn deposit_callback(key: &str, order: &str, secret: &str) -> EventEnvelope {
+    let body =
+        format!(r#"{{"createdAt":"2026-01-02T14:46:59","secret":"{secret}","status":"DONE","orderId":"{order}"}}"#);
+    EventEnvelope {
+        event_type: "DEPOSIT_CALLBACK".into(),
+        body: body.into_bytes(),
+        ..toss_envelope(key, order, "DONE")
+    }
 }
 
 fn statuses(plan: &Plan) -> Vec<&'static str> {
@@ -81,6 +113,7 @@ fn statuses(plan: &Plan) -> Vec<&'static str> {
             Err(HandleError::NotFoundYet(_)) => "not_found",
             Err(HandleError::Permanent(_)) => "permanent",
             Err(HandleError::Transient(_)) => "transient",
+            Err(HandleError::Unverifiable(_)) => "unverifiable",
         })
         .collect()
 }
@@ -170,4 +203,62 @@ fn a_payment_without_a_booking_changes_without_a_notification() {
         Ok(Outcome::Applied { notified, .. }) => assert!(notified.is_none()),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn an_unsigned_toss_event_nothing_verifies_changes_nothing_even_when_its_amount_matches() {
+    // The attack: the guide's body for a known order, with the right amount guessed.
+    let p = payment("o1", Pending, "toss", 1000);
+    let plan = run_with(&[toss_envelope("a", "o1", "DONE")], &[], vec![p], nothing, Trust::default());
+    assert_eq!(statuses(&plan), ["unverified"]);
+    assert!(plan.payments.is_empty(), "the payment is untouched");
+    assert!(plan.notifications.is_empty());
+    // Delete the early return for unverified events in `decide_one` to see this fail.
+}
+
+#[test]
+fn an_unverified_event_for_an_order_that_does_not_exist_is_recorded_at_once_not_retried() {
+    let plan = run_with(&[toss_envelope("a", "nowhere", "DONE")], &[], vec![], nothing, Trust::default());
+    assert_eq!(statuses(&plan), ["unverified"]);
+}
+
+#[test]
+fn the_development_opt_in_applies_what_nothing_verified_and_says_so() {
+    let trust = Trust { allow_unverified: true };
+    let plan =
+        run_with(&[toss_envelope("a", "o1", "DONE")], &[], vec![payment("o1", Pending, "toss", 1000)], nothing, trust);
+    match &plan.results[0] {
+        Ok(Outcome::Applied { verification, to, .. }) => assert_eq!((*verification, *to), (Verification::None, Paid)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_deposit_callback_is_verified_by_the_stored_secret_only_on_a_payment_of_a_known_provider() {
+    let mut p = payment("o1", WaitingForDeposit, "toss", 1000);
+    p.deposit_secret = Some("ps_right".into());
+    let matching =
+        run_with(&[deposit_callback("a", "o1", "ps_right")], &[], vec![p.clone()], nothing, Trust::default());
+    match &matching.results[0] {
+        Ok(Outcome::Applied { verification, .. }) => assert_eq!(*verification, Verification::DepositSecret),
+        other => panic!("{other:?}"),
+    }
+    let wrong = run_with(&[deposit_callback("a", "o1", "ps_guess")], &[], vec![p.clone()], nothing, Trust::default());
+    assert_eq!(statuses(&wrong), ["permanent"], "a wrong secret is a failed verification");
+    let unknown = LockedPayment { deposit_secret: None, ..p.clone() };
+    let no_secret = run_with(&[deposit_callback("a", "o1", "ps_any")], &[], vec![unknown], nothing, Trust::default());
+    assert_eq!(statuses(&no_secret), ["unverified"]);
+    let no_provider = LockedPayment { provider: None, ..p };
+    let plan = run_with(&[deposit_callback("a", "o1", "ps_right")], &[], vec![no_provider], nothing, Trust::default());
+    assert_eq!(statuses(&plan), ["unverified"], "a payment with no provider needs a signature or fetch-back");
+    assert!(plan.payments.is_empty());
+}
+
+#[test]
+fn a_payment_without_a_provider_is_changed_by_a_signed_or_fetched_event() {
+    let mut p = payment("o1", Pending, "stripe", 3000);
+    p.provider = None;
+    let plan = run(&[stripe_envelope("e", "checkout.session.completed", "o1", "paid", 3000)], &[], vec![p]);
+    assert_eq!(statuses(&plan), ["applied"]);
+    assert_eq!(plan.payments[0].provider.as_deref(), Some("stripe"), "and learns its provider");
 }

@@ -34,10 +34,7 @@ pub(super) fn conclude(
     let prefix = log_prefix(envelope.provider);
     let duration_ms = elapsed.as_millis() as u64;
     let result = outcome.unwrap_or_else(|| Err(HandleError::Transient("not processed".into())));
-    let failure = result.as_ref().err().map(|e| {
-        let kind = if e.is_permanent() { Failure::Permanent } else { Failure::Transient };
-        (kind, e.to_string())
-    });
+    let failure = result.as_ref().err().map(|e| (e.failure(), e.to_string()));
     let disposition =
         dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
     let (label, order_id) = match &result {
@@ -67,6 +64,11 @@ pub(super) fn conclude(
         Disposition::Retry { tier } => {
             let error = failure.map(|(_, e)| e).unwrap_or_default();
             (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
+        }
+        Disposition::DeadLetter { reason } if matches!(failure, Some((Failure::Unverifiable, _))) => {
+            // Its headers are unproven: the event id in the span is only what it claimed.
+            tracing::error!(outcome = "unverifiable", %reason, duration_ms, "{prefix} Message does not prove what it claims; dead-lettered");
+            (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("unverifiable"))
         }
         Disposition::DeadLetter { reason } => {
             tracing::error!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event dead-lettered");
@@ -99,6 +101,9 @@ fn log_outcome(prefix: &str, outcome: &Outcome, order_id: Option<&str>, duration
         }
         Outcome::Ignored { reason, verification, .. } => {
             tracing::info!(outcome = label, order_id, %reason, verification = verification.as_str(), duration_ms, "{prefix} Event recorded and ignored");
+        }
+        Outcome::Unverified { reason, .. } => {
+            tracing::warn!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event not verified; recorded as unverified, payment unchanged");
         }
         Outcome::Duplicate => {
             tracing::info!(outcome = label, order_id, duration_ms, "{prefix} Duplicate event; already processed")

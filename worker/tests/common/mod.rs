@@ -44,6 +44,7 @@ impl Env {
             ("AMQP_URL".to_string(), testkit::amqp_url()),
             ("AMQP_PREFIX".to_string(), self.broker.prefix.clone()),
             ("WORKER_ADDR".to_string(), "127.0.0.1:0".to_string()),
+            ("STRIPE_WEBHOOK_SECRET".to_string(), testkit::events::STRIPE_SECRET.to_string()),
             ("RETRY_DELAYS".to_string(), "100ms,300ms,1s".to_string()),
             ("RUST_LOG".to_string(), "info,lapin=error".to_string()),
         ];
@@ -126,9 +127,20 @@ impl Env {
         testkit::eventually(what, deadline, || async { (self.count(sql).await >= minimum).then_some(()) }).await
     }
 
-    /// Publishes an envelope straight to the work queue, as ingest would.
+    /// Publishes an envelope straight to the work queue, as ingest would. The worker checks
+    /// that `event_key` and `event_type` are the body's own (a Stripe event's `id` and `type`);
+    /// a test of that check passes others on purpose.
     pub async fn publish(&self, provider: Provider, event_type: &str, event_key: &str, body: &[u8]) {
         publish_as_ingest(&self.broker, provider, event_type, event_key, body).await;
+    }
+
+    /// Publishes a Toss body as ingest would, under the key and type ingest computes from it;
+    /// returns the key (the inbox row's `event_key`).
+    pub async fn publish_toss(&self, body: &[u8]) -> String {
+        let event = shared::providers::toss::parse_toss_event(body).expect("a Toss body");
+        let key = event.event_key();
+        publish_as_ingest(&self.broker, Provider::Toss, &event.event_type, &key, body).await;
+        key
     }
 
     /// Runs the `hookctl` binary, as an operator would, with this environment's settings and

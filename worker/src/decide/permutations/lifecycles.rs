@@ -146,7 +146,7 @@ pub fn envelopes(lifecycle: &Lifecycle, gaps: &[Gap]) -> Vec<EventEnvelope> {
             }
             Provider::Toss => {
                 let parsed = parse_toss_event(&body).unwrap();
-                (parsed.event_type.clone(), parsed.event_key(&body))
+                (parsed.event_type.clone(), parsed.event_key())
             }
         };
         out.push(EventEnvelope {
