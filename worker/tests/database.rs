@@ -91,6 +91,7 @@ async fn generic_plans_made_on_empty_tables_read_rows_by_key() {
         ("read_final", worker::write::sql::READ_FINAL, false),
         ("update_payments", worker::write::sql::UPDATE_PAYMENTS, true),
         ("claim_expired", worker::outbox::CLAIM_EXPIRED, false),
+        ("owned", worker::outbox::OWNED, false),
         ("delete_confirmed", worker::outbox::DELETE_CONFIRMED, false),
         ("record_refused", worker::outbox::RECORD_REFUSED, false),
         ("release", worker::outbox::RELEASE, false),

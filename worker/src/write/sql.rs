@@ -54,11 +54,15 @@ pub const INSERT_NOTIFICATIONS: &str = "
     INSERT INTO notifications (id, user_id, title, message, type, link, payment_id)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[])";
 
-/// The committing worker owns the rows for the lease and publishes them right after the
-/// commit (its first attempt); the relay of any worker takes over once the lease ran out.
+/// The committing worker owns the rows for the lease, under its claim token (`$6`), and
+/// publishes them right after the commit (its first attempt); the relay of any worker takes over
+/// once the lease ran out. The lease starts at `clock_timestamp()`, when the rows are written,
+/// not at `now()`, the start of a transaction that may have waited long on payment locks before
+/// it got here and would hand out a lease already partly spent.
 pub const INSERT_OUTBOX: &str = "
-    INSERT INTO outbox (notification_id, routing_key, payload, traceparent, claimed_until)
-    SELECT o.id, o.routing_key, o.payload, o.traceparent, now() + make_interval(secs => $5::float8)
+    INSERT INTO outbox (notification_id, routing_key, payload, traceparent, claimed_until, claim_token)
+    SELECT o.id, o.routing_key, o.payload, o.traceparent, clock_timestamp() + make_interval(secs => $5::float8),
+           $6::uuid
       FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS o(id, routing_key, payload, traceparent)";
 
 /// Every event's inbox row. A row that is already final (applied or ignored) keeps what it
