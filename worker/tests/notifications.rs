@@ -286,6 +286,30 @@ async fn delivery_sends_client_errors_to_the_dead_letters_at_once() {
     worker.stop().await;
 }
 
+/// A redirect is not followed: the address it names gets nothing, and the notification goes to
+/// the dead letters at once. Delete `.redirect(reqwest::redirect::Policy::none())` in
+/// `worker::delivery::start` to see the elsewhere endpoint receive it.
+#[tokio::test]
+async fn delivery_follows_no_redirect_and_dead_letters_the_notification() {
+    let elsewhere = FakeEndpoint::start(vec![Behavior::Status(200, "{}".into())]).await;
+    let (env, endpoint, worker) = delivery_env(vec![Behavior::Redirect(307, elsewhere.url("/stolen"))], &[]).await;
+    let dead_queue = format!("{}.notify.dead", env.broker.prefix);
+    // Whichever happens first: the dead letter, or a request that followed the redirect.
+    let dead = testkit::eventually("a dead letter or a followed redirect", WAIT, || async {
+        if !elsewhere.requests().is_empty() {
+            return Some(None);
+        }
+        env.broker.get(&dead_queue).await.map(Some)
+    })
+    .await;
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+    let dead = dead.expect("dead-lettered");
+    let reason = header_str(dead.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap();
+    assert!(reason.contains("permanent") && reason.contains("307") && reason.contains("redirect"), "{reason}");
+    assert_eq!(endpoint.requests().len(), 1, "not retried");
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn delivery_to_an_endpoint_that_never_answers_ends_in_the_dead_letters() {
     let (env, endpoint, worker) = delivery_env(vec![Behavior::Hang], &[("RETRY_MAX_ATTEMPTS", "3")]).await;
