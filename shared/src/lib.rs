@@ -7,7 +7,6 @@
 //! - [`topology`]: exchange and queue names (all derived from `AMQP_PREFIX`) and their declaration.
 //! - [`broker`]: the supervised AMQP connection and confirmed publishing.
 //! - [`status`]: payment statuses as stored in `payments.payment_status`.
-//! - [`standard_webhooks`]: signing outgoing notifications.
 //! - [`samples`]: realistic provider events for `hookctl send` and tests.
 //! - [`traces`]: OpenTelemetry export and the `traceparent` carried through the queue.
 //! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`]: process plumbing.
@@ -20,7 +19,6 @@ pub mod providers;
 pub mod samples;
 pub mod settings;
 pub mod shutdown;
-pub mod standard_webhooks;
 pub mod status;
 pub mod telemetry;
 pub mod topology;

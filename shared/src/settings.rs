@@ -157,6 +157,9 @@ pub struct Settings {
     /// Where to POST notifications. Unset: delivery is off.
     #[serde(deserialize_with = "empty_as_none")]
     pub notify_webhook_url: Option<SecretString>,
+    /// Allows a plain `http://` `NOTIFY_WEBHOOK_URL` to a host other than a loopback address.
+    /// Off: notifications (and their signatures) go only over TLS, except to this machine.
+    pub notify_allow_http: bool,
     /// Standard Webhooks signing secret (`whsec_<base64>`) for delivered notifications.
     #[serde(deserialize_with = "empty_as_none")]
     pub notify_webhook_secret: Option<SecretString>,
@@ -224,6 +227,7 @@ impl Default for Settings {
             outbox_lease: Duration::from_secs(30),
             outbox_max_attempts: 20,
             notify_webhook_url: None,
+            notify_allow_http: false,
             notify_webhook_secret: None,
             notify_connect_timeout: Duration::from_secs(5),
             notify_timeout: Duration::from_secs(10),
@@ -332,15 +336,34 @@ impl Settings {
         if let Some(url) = &self.notify_webhook_url {
             let parsed = url::Url::parse(url.expose_secret())
                 .map_err(|e| SettingsError::invalid("notify_webhook_url", e.to_string()))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(SettingsError::invalid("notify_webhook_url", "must be http or https"));
+            let loopback = match parsed.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+                None => false,
+            };
+            match parsed.scheme() {
+                "https" => {}
+                "http" if loopback || self.notify_allow_http => {}
+                "http" => {
+                    return Err(SettingsError::invalid(
+                        "notify_webhook_url",
+                        "must be https (http only to a loopback address, or with NOTIFY_ALLOW_HTTP=true)",
+                    ))
+                }
+                _ => return Err(SettingsError::invalid("notify_webhook_url", "must be https (or http)")),
             }
             let secret = self.notify_webhook_secret.as_ref().ok_or(SettingsError::Missing {
                 name: "NOTIFY_WEBHOOK_SECRET",
                 why: "notifications posted to NOTIFY_WEBHOOK_URL are signed with it",
             })?;
-            crate::standard_webhooks::SigningKey::parse(secret)
-                .map_err(|e| SettingsError::invalid("notify_webhook_secret", e.to_string()))?;
+            // Parsed as the signer parses it, so a secret accepted here signs.
+            let key = secret.expose_secret();
+            standardwebhooks::Webhook::new(key)
+                .map_err(|_| SettingsError::invalid("notify_webhook_secret", "expected whsec_ followed by base64"))?;
+            if key.strip_prefix("whsec_").unwrap_or(key).is_empty() {
+                return Err(SettingsError::invalid("notify_webhook_secret", "the key is empty"));
+            }
         }
         if self.trusted_proxy_hops > 0 && self.trusted_proxies.is_empty() {
             return Err(SettingsError::Missing {

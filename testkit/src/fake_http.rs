@@ -22,6 +22,8 @@ pub enum Behavior {
     RetryAfter(u16, u64),
     /// Never answer (until the client gives up).
     Hang,
+    /// Answer with this (redirect) status and a `Location` header.
+    Redirect(u16, String),
 }
 
 /// A request as the endpoint saw it.
@@ -136,6 +138,11 @@ async fn answer(
         Behavior::RetryAfter(code, secs) => {
             let mut response = status(code, String::new());
             response.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
+            response
+        }
+        Behavior::Redirect(code, location) => {
+            let mut response = status(code, String::new());
+            response.headers_mut().insert("location", location.parse().expect("a valid Location"));
             response
         }
         Behavior::Hang => {

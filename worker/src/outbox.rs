@@ -4,8 +4,15 @@
 //! publishes them right after the commit: every message at once, then the confirms, then one
 //! statement deletes the confirmed rows. No transaction or row lock is held while the broker
 //! confirms. The relay in every worker sweeps up rows whose lease ran out (their worker died
-//! before publishing, or the broker refused them), claiming each for a new lease first, so
-//! workers never publish the same row at the same time.
+//! before publishing, or the broker refused them), claiming each for a new lease first.
+//!
+//! Every claim, the committing worker's and each sweep's, writes a fresh token ([`Claim`]), and
+//! leases are measured on the database's clock as it runs (`clock_timestamp()`). Right before
+//! publishing, a worker reads which of its rows still carry its token with the lease not run
+//! out, and publishes only those ([`OWNED`]); its deletes and marks also name its token. So a
+//! worker slower than its lease (a long commit, a pause between commit and publish) leaves the
+//! rows to the relay that claimed them meanwhile instead of publishing them a second time, and
+//! never deletes a row another claim holds.
 //!
 //! A crash between a confirm and the delete leaves the row, so it is published again with the
 //! same message id (= `notification_id`): a duplicate consumers can drop, never a loss. A row
@@ -13,7 +20,9 @@
 //! refusals, is set aside as dead (`dead_at`), listed by `hookctl dead list --notifications`.
 //! Time without a broker connection counts as no attempt.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use lapin::types::{AMQPValue, FieldTable};
@@ -32,30 +41,64 @@ use crate::outcome::HandleError;
 /// Longest back-off between two refused publishes of one row.
 const MAX_BACKOFF_SECS: f64 = 300.0;
 
+/// Claims up to `$1` rows whose lease ran out for a new lease of `$2` seconds under the token
+/// `$3`. Expiry is judged at the statement's start (`statement_timestamp()`, which an index
+/// condition can use, unlike `clock_timestamp()`); the new lease starts when it is written.
 pub const CLAIM_EXPIRED: &str = "
-    UPDATE outbox o SET claimed_until = now() + make_interval(secs => $2::float8)
+    UPDATE outbox o SET claimed_until = clock_timestamp() + make_interval(secs => $2::float8),
+           claim_token = $3::uuid
       FROM (SELECT notification_id FROM outbox
-             WHERE claimed_until <= now() AND dead_at IS NULL
+             WHERE claimed_until <= statement_timestamp() AND dead_at IS NULL
              ORDER BY claimed_until
              LIMIT $1
                FOR UPDATE SKIP LOCKED) c
      WHERE o.notification_id = c.notification_id
     RETURNING o.notification_id, o.routing_key, o.payload, o.traceparent";
 
-pub const DELETE_CONFIRMED: &str = "DELETE FROM outbox WHERE notification_id = ANY($1::uuid[])";
+/// Which of the rows `$1` the claim `$2` still holds, with its lease not run out: read right
+/// before publishing. A row missing here was claimed by a relay after the lease ran out (or
+/// published and deleted by it already); publishing it too would send a second message.
+pub const OWNED: &str = "
+    SELECT notification_id FROM outbox
+     WHERE notification_id = ANY($1::uuid[]) AND claim_token = $2::uuid AND claimed_until > clock_timestamp()";
+
+/// Deletes the confirmed rows that still carry the claim's token. The lease is not checked
+/// here: a row with the token is one nobody claimed since, and its message is confirmed, so
+/// keeping it would only have the relay publish it again.
+pub const DELETE_CONFIRMED: &str =
+    "DELETE FROM outbox WHERE notification_id = ANY($1::uuid[]) AND claim_token = $2::uuid";
 
 /// A refused row waits 2^attempts seconds (at most five minutes) before the next try. The
 /// `ANY($1)` lets a cached generic plan use the primary key however large the outbox grew.
+/// Only rows the claim `$5` still holds are marked: another claim's attempt is its own.
 pub const RECORD_REFUSED: &str = "
     UPDATE outbox o SET attempts = o.attempts + 1,
            last_error = f.error,
-           claimed_until = now() + make_interval(secs => least($4::float8, power(2, o.attempts))),
-           dead_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END
+           claimed_until = clock_timestamp() + make_interval(secs => least($4::float8, power(2, o.attempts))),
+           dead_at = CASE WHEN o.attempts + 1 >= $3 THEN clock_timestamp() END
       FROM unnest($1::uuid[], $2::text[]) AS f(id, error)
-     WHERE o.notification_id = f.id AND o.notification_id = ANY($1::uuid[])
+     WHERE o.notification_id = f.id AND o.notification_id = ANY($1::uuid[]) AND o.claim_token = $5::uuid
     RETURNING o.dead_at IS NOT NULL";
 
-pub const RELEASE: &str = "UPDATE outbox SET claimed_until = now() WHERE notification_id = ANY($1::uuid[])";
+/// Ends the claim `$2` on rows it could not try (no broker connection), for the relay.
+pub const RELEASE: &str = "
+    UPDATE outbox SET claimed_until = clock_timestamp()
+     WHERE notification_id = ANY($1::uuid[]) AND claim_token = $2::uuid";
+
+/// A claim on outbox rows: the token written with it, and how long it lasts. A fresh one for
+/// every claim, so a worker can tell its rows from rows claimed again after its lease ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub token: Uuid,
+    pub lease: Duration,
+}
+
+impl Claim {
+    /// A new claim with a random token.
+    pub fn new(lease: Duration) -> Self {
+        Self { token: Uuid::new_v4(), lease }
+    }
+}
 
 /// One outbox row to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +120,8 @@ impl From<NewNotification> for Message {
 /// What publishing some rows did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Not published: the claim no longer held them (its lease ran out; a relay claimed them).
+    pub lost: usize,
     /// Confirmed and deleted (unrouted ones included).
     pub published: usize,
     /// Confirmed but routed to no queue: nobody subscribes.
@@ -89,8 +134,33 @@ pub struct Report {
     pub unavailable: usize,
 }
 
-/// Publishes `messages` and does the bookkeeping of their rows.
-pub async fn publish(deps: &Deps, messages: &[Message]) -> Result<Report, HandleError> {
+/// Publishes those of `messages` whose rows `claim` still holds, and does their bookkeeping.
+pub async fn publish(deps: &Deps, claim: &Claim, messages: &[Message]) -> Result<Report, HandleError> {
+    if messages.is_empty() {
+        return Ok(Report::default());
+    }
+    let owned: HashSet<Uuid> = {
+        let client = deps.pool.get().await?;
+        let owned = client.prepare_cached(OWNED).await?;
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+        client.query(&owned, &[&ids, &claim.token]).await?.iter().map(|r| r.get(0)).collect()
+    };
+    // Rows this claim lost (its lease ran out, a relay claimed them) are the relay's to publish.
+    let held: Vec<&Message> = messages.iter().filter(|m| owned.contains(&m.id)).collect();
+    let lost = messages.len() - held.len();
+    if lost > 0 {
+        tracing::warn!(
+            lost,
+            "outbox rows whose lease ran out before they were published (a slow commit or a pause); the relay that claimed them publishes them"
+        );
+    }
+    let mut report = publish_held(deps, claim, &held).await?;
+    report.lost = lost;
+    Ok(report)
+}
+
+/// Publishes rows `claim` holds and does their bookkeeping.
+async fn publish_held(deps: &Deps, claim: &Claim, messages: &[&Message]) -> Result<Report, HandleError> {
     if messages.is_empty() {
         return Ok(Report::default());
     }
@@ -126,16 +196,17 @@ pub async fn publish(deps: &Deps, messages: &[Message]) -> Result<Report, Handle
     let client = deps.pool.get().await?;
     if !done.is_empty() {
         let delete = client.prepare_cached(DELETE_CONFIRMED).await?;
-        client.execute(&delete, &[&done]).await?;
+        client.execute(&delete, &[&done, &claim.token]).await?;
     }
     if !refused.is_empty() {
         let record = client.prepare_cached(RECORD_REFUSED).await?;
-        let rows =
-            client.query(&record, &[&refused, &errors, &deps.settings.outbox_max_attempts, &MAX_BACKOFF_SECS]).await?;
+        let rows = client
+            .query(&record, &[&refused, &errors, &deps.settings.outbox_max_attempts, &MAX_BACKOFF_SECS, &claim.token])
+            .await?;
         report.dead = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
     }
     if !unavailable.is_empty() {
-        client.execute(RELEASE, &[&unavailable]).await?;
+        client.execute(RELEASE, &[&unavailable, &claim.token]).await?;
     }
     report.published = done.len();
     report.refused = refused.len();
@@ -196,18 +267,19 @@ pub async fn sweep(deps: &Deps) {
 
 /// Claims one batch of expired rows and publishes it; returns how many were claimed.
 pub async fn relay_batch(deps: &Deps) -> Result<(usize, Report), HandleError> {
+    let claim = Claim::new(deps.settings.outbox_lease);
     let messages: Vec<Message> = {
         let client = deps.pool.get().await?;
-        let claim = client.prepare_cached(CLAIM_EXPIRED).await?;
-        let lease = deps.settings.outbox_lease.as_secs_f64();
+        let claiming = client.prepare_cached(CLAIM_EXPIRED).await?;
+        let lease = claim.lease.as_secs_f64();
         client
-            .query(&claim, &[&deps.settings.outbox_batch_size, &lease])
+            .query(&claiming, &[&deps.settings.outbox_batch_size, &lease, &claim.token])
             .await?
             .iter()
             .map(|r| Message { id: r.get(0), routing_key: r.get(1), payload: r.get(2), traceparent: r.get(3) })
             .collect()
     };
-    let report = publish(deps, &messages).await?;
+    let report = publish(deps, &claim, &messages).await?;
     if report.published > report.unrouted {
         tracing::info!(published = report.published - report.unrouted, "notifications published by the relay");
     }

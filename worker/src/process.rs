@@ -28,7 +28,7 @@ use crate::decide::Trust;
 use crate::deps::Deps;
 use crate::event::{Confirmed, IncomingEvent};
 use crate::halt::PROBE_EVERY;
-use crate::outbox::{self, Message};
+use crate::outbox::{self, Claim, Message};
 use crate::outcome::{HandleError, Outcome};
 use crate::settle::settle;
 use crate::write::{self, Committed, Entry, Work, WriteError};
@@ -149,8 +149,10 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
     } else {
         Vec::new()
     };
+    // The batch's outbox rows are written under this claim, and published under it.
+    let claim = Claim::new(deps.settings.outbox_lease);
     // Halted until shutdown: the deliveries stay unsettled and return to the queue.
-    let Some(Committed { results, notifications }) = commit(&deps, &entries).await else { return };
+    let Some(Committed { results, notifications }) = commit(&deps, &entries, &claim).await else { return };
     drop(transaction);
     let elapsed = started.elapsed();
 
@@ -188,7 +190,10 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
     let settled = started.elapsed();
 
     let messages: Vec<Message> = notifications.into_iter().map(Message::from).collect();
-    if let Err(error) = outbox::publish(&deps, &messages).await {
+    if let (false, Some(pause)) = (messages.is_empty(), pause_before_publish()) {
+        tokio::time::sleep(pause).await;
+    }
+    if let Err(error) = outbox::publish(&deps, &claim, &messages).await {
         tracing::warn!(%error, "notifications not published now; the outbox relay publishes them");
     }
     tracing::debug!(
@@ -199,6 +204,16 @@ pub async fn process_batch(deps: Arc<Deps>, batch: Batch) {
         publish_us = (started.elapsed() - settled).as_micros() as u64,
         "batch done"
     );
+}
+
+/// Test hook: a pause between a batch's commit and the publish of its notifications, as long
+/// as `FAILPOINTS=batch-before-publish=return(<milliseconds>)` says (`1*return(…)`: once), to
+/// make a worker slower than its outbox lease. Without the `failpoints` feature this is `None`.
+fn pause_before_publish() -> Option<std::time::Duration> {
+    fail::fail_point!("batch-before-publish", |ms| {
+        ms.and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
+    });
+    None
 }
 
 /// A message the broker delivers for the last time before its delivery limit parks it (it
@@ -340,9 +355,9 @@ enum Fault {
 
 /// Applies the entries in one transaction; on a refusal, each on its own; while the database
 /// rejects the worker's SQL, halted (retried every few seconds). `None`: stopped while halted.
-async fn commit(deps: &Deps, entries: &[Entry<'_>]) -> Option<Committed> {
+async fn commit(deps: &Deps, entries: &[Entry<'_>], claim: &Claim) -> Option<Committed> {
     loop {
-        let fault = match try_commit(deps, entries).await {
+        let fault = match try_commit(deps, entries, claim).await {
             Ok(committed) => {
                 deps.metrics.halted.set(0);
                 deps.halt.clear();
@@ -368,7 +383,7 @@ async fn commit(deps: &Deps, entries: &[Entry<'_>]) -> Option<Committed> {
                 tracing::warn!(%error, events = entries.len(), "the database refused the batch; applying its events one by one");
                 let mut all = Committed { results: Vec::with_capacity(entries.len()), notifications: Vec::new() };
                 for entry in entries {
-                    let one = Box::pin(commit(deps, std::slice::from_ref(entry))).await?;
+                    let one = Box::pin(commit(deps, std::slice::from_ref(entry), claim)).await?;
                     all.results.extend(one.results);
                     all.notifications.extend(one.notifications);
                 }
@@ -382,14 +397,14 @@ async fn commit(deps: &Deps, entries: &[Entry<'_>]) -> Option<Committed> {
     }
 }
 
-async fn try_commit(deps: &Deps, entries: &[Entry<'_>]) -> Result<Committed, Fault> {
+async fn try_commit(deps: &Deps, entries: &[Entry<'_>], claim: &Claim) -> Result<Committed, Fault> {
     let mut client = deps.pool.get().await.map_err(|error| match &error {
         deadpool_postgres::PoolError::Backend(e) => fault_of(e),
         other => Fault::Outage(describe_pool_error(other)),
     })?;
     let settings = &deps.settings;
     let trust = Trust { allow_unverified: settings.toss_allow_unverified };
-    let result = write::apply(&mut client, entries, trust, settings.retry_max_attempts, settings.outbox_lease).await;
+    let result = write::apply(&mut client, entries, trust, settings.retry_max_attempts, claim).await;
     result.map_err(|error| match error {
         WriteError::Db(e) => fault_of(&e),
         WriteError::Conflict(reason) => Fault::Rejected(HandleError::Transient(reason)),

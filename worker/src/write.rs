@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Client, GenericClient};
@@ -26,6 +25,7 @@ use uuid::Uuid;
 
 use crate::decide::{decide_batch, Candidate, LockedPayment, NewNotification, Trust};
 use crate::event::{Confirmed, IncomingEvent, Intent, PaymentRef};
+use crate::outbox::Claim;
 use crate::outcome::{HandleError, Outcome, Verification};
 use crate::retry::dispose;
 
@@ -67,7 +67,8 @@ impl Entry<'_> {
 pub struct Committed {
     /// One per entry, in order.
     pub results: Vec<Result<Outcome, HandleError>>,
-    /// To publish now; their outbox rows are this worker's for the lease.
+    /// To publish now; their outbox rows are this worker's, under the claim the batch was
+    /// applied with, for the lease.
     pub notifications: Vec<NewNotification>,
 }
 
@@ -82,13 +83,14 @@ pub enum WriteError {
     Conflict(String),
 }
 
-/// Applies `entries` in one transaction. A failure rolls everything back.
+/// Applies `entries` in one transaction. A failure rolls everything back. The outbox rows it
+/// writes are held by `claim`.
 pub async fn apply(
     client: &mut Client,
     entries: &[Entry<'_>],
     trust: Trust,
     max_attempts: u32,
-    outbox_lease: Duration,
+    claim: &Claim,
 ) -> Result<Committed, WriteError> {
     let tx = client.transaction().await?;
     let (lock, read, update, notify, outbox, upsert) = tokio::try_join!(
@@ -151,7 +153,7 @@ pub async fn apply(
     let inbox = InboxColumns::from_results(entries, &results, max_attempts);
     let payments = PaymentColumns::from(&plan.payments);
     let notifications = NotificationColumns::from(&plan.notifications);
-    let lease = outbox_lease.as_secs_f64();
+    let lease = claim.lease.as_secs_f64();
     let writing_payments = async {
         if payments.id.is_empty() {
             return Ok(0);
@@ -184,7 +186,7 @@ pub async fn apply(
             return Ok(0);
         }
         let n = &notifications;
-        tx.execute(&outbox, &[&n.id, &n.kind, &n.payload, &n.traceparent, &lease]).await
+        tx.execute(&outbox, &[&n.id, &n.kind, &n.payload, &n.traceparent, &lease, &claim.token]).await
     };
     let writing_inbox = async { tx.query(&upsert, &inbox.params()).await };
     let (p, n, o, i) = tokio::join!(writing_payments, writing_notifications, writing_outbox, writing_inbox);

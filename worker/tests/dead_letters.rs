@@ -140,25 +140,52 @@ async fn a_dead_letter_queue_declared_without_the_limit_is_kept_with_its_message
     assert!(ok && out.contains("evt_old"), "{out}");
 }
 
+/// The delivery limit the dead-letter queues must carry, written out here rather than read from
+/// the code under test: a billion returns, a number on every RabbitMQ version. (Not RabbitMQ
+/// 4's default of 20, which the 21st look would exceed; not `-1`, which RabbitMQ 3.x takes as a
+/// limit the first return exceeds.)
+const EXPECTED_DEAD_LETTER_LIMIT: i64 = 1_000_000_000;
+
+/// Redeclares `queue` (not passively: a passive declare ignores arguments) as a durable quorum
+/// queue with `delivery_limit` (none: no `x-delivery-limit` at all), on a channel of its own
+/// since a refusal closes the channel. RabbitMQ compares the arguments with the queue's own.
+async fn redeclare_with_limit(env: &Env, queue: &str, delivery_limit: Option<i64>) -> Result<(), lapin::Error> {
+    let channel = env.broker.connection().create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if let Some(limit) = delivery_limit {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
+    }
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    let result = channel.queue_declare(queue.into(), options, args).await.map(|_| ());
+    let _ = channel.close(200, "".into()).await;
+    result
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if e.kind() == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED))
+}
+
+/// Pins the value production declares: change `DEAD_LETTER_DELIVERY_LIMIT` (or drop it from
+/// `shared::topology::dead_letter_args`) and this fails.
 #[tokio::test]
-async fn the_dead_letter_queues_carry_the_explicit_limit() {
+async fn the_dead_letter_queues_are_declared_with_a_limit_of_a_billion_returns() {
     let env = Env::new().await;
     let settings =
         env.settings(&[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
     env.declare(&settings).await;
     let topology = Topology::from_settings(&settings);
-    // RabbitMQ compares the arguments of a redeclaration with the queue's own: the same
-    // arguments succeed, none at all (what RabbitMQ 4 would fill with its default) do not.
     for queue in [topology.dead_queue(), topology.notify_dead_queue()] {
-        let channel = env.broker.connection().create_channel().await.unwrap();
-        let options = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .queue_declare(queue.as_str().into(), options, shared::topology::dead_letter_args())
+        redeclare_with_limit(&env, &queue, Some(EXPECTED_DEAD_LETTER_LIMIT))
             .await
-            .unwrap_or_else(|e| panic!("{queue} has exactly the dead-letter arguments: {e}"));
-        let mut quorum_only = FieldTable::default();
-        quorum_only.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        let refused = channel.queue_declare(queue.as_str().into(), options, quorum_only).await;
-        assert!(refused.is_err(), "{queue} was declared with an explicit x-delivery-limit");
+            .unwrap_or_else(|e| panic!("{queue} was declared with x-delivery-limit {EXPECTED_DEAD_LETTER_LIMIT}: {e}"));
+        // The control: the broker does compare the limit, so the success above says something.
+        for other in [Some(20), Some(-1), Some(EXPECTED_DEAD_LETTER_LIMIT - 1), None] {
+            let refused = redeclare_with_limit(&env, &queue, other)
+                .await
+                .expect_err(&format!("a redeclaration of {queue} with x-delivery-limit {other:?} must be refused"));
+            assert!(is_precondition_failed(&refused), "{queue}, limit {other:?}: {refused}");
+        }
     }
 }

@@ -5,12 +5,15 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{kill_hard, spawn_worker_process, Env, TestWorker};
 use shared::envelope::header_str;
 use shared::Provider;
 use testkit::events::stripe_session_event;
+use testkit::fake_http::Recorded;
 use testkit::{Behavior, FakeEndpoint};
 use uuid::Uuid;
 use worker::notification::NotificationMessage;
@@ -23,11 +26,34 @@ async fn pay(env: &Env, key: &str, order: &str) {
     env.publish(Provider::Stripe, "checkout.session.completed", key, &body).await;
 }
 
+/// Waits for the sentinel's message on `inbox` and returns the order ids of every message that
+/// arrived, the sentinel's included. With one batch at a time (`WORKER_CONCURRENCY=1`), the
+/// worker takes the sentinel's event only after every earlier batch ended, its publish
+/// included, so a message an earlier batch published is before the sentinel's.
+async fn orders_until_sentinel(env: &Env, inbox: &str, sentinel_order: &str) -> Vec<String> {
+    let seen = std::cell::RefCell::new(Vec::new());
+    testkit::eventually("the sentinel's notification", WAIT, || async {
+        let arrived = env.broker.drain(inbox).await;
+        let mut seen = seen.borrow_mut();
+        for message in arrived {
+            let body: NotificationMessage = serde_json::from_slice(&message.delivery.data).expect("documented schema");
+            seen.push(body.payment.order_id);
+        }
+        seen.iter().any(|order| order == sentinel_order).then_some(())
+    })
+    .await;
+    seen.into_inner()
+}
+
+/// The duplicate is checked with a sentinel: a later event's message (see
+/// [`orders_until_sentinel`]). Skip the `already_final` check in `decide_batch` and the
+/// same-state `Transition::Ignore` in `decide_one` to see the duplicate's message arrive.
 #[tokio::test]
 async fn a_payment_change_yields_one_row_and_one_message_with_the_same_id() {
     let env = Env::new().await;
     let seeded = env.seed_payment("order-n1", "stripe", Some(1000), Some("usd")).await;
-    let settings = env.settings(&[]);
+    env.seed_payment("order-n1-sentinel", "stripe", Some(1000), Some("usd")).await;
+    let settings = env.settings(&[("WORKER_CONCURRENCY", "1")]);
     env.declare(&settings).await;
     let inbox = env.broker.subscribe(&format!("{}.notifications", env.broker.prefix)).await;
     let worker = TestWorker::spawn(settings).await;
@@ -60,12 +86,15 @@ async fn a_payment_change_yields_one_row_and_one_message_with_the_same_id() {
         WAIT,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(env.broker.get(&inbox).await.is_none(), "exactly one message");
-    assert_eq!(env.count("SELECT count(*) FROM notifications").await, 1);
+    pay(&env, "evt_n1_sentinel", "order-n1-sentinel").await;
+    let orders = orders_until_sentinel(&env, &inbox, "order-n1-sentinel").await;
+    assert_eq!(orders, ["order-n1-sentinel"], "no second message for the duplicate");
+    assert_eq!(env.notifications_for(seeded.trainer_id).await, 1, "one notification row for the paid order");
     worker.stop().await;
 }
 
+/// A message published before the commit (say, from `process_batch` ahead of `commit`) makes
+/// this fail: each rolled-back attempt adds one before the applied change's message.
 #[tokio::test]
 async fn a_rolled_back_change_yields_neither_row_nor_message() {
     let env = Env::new().await;
@@ -81,7 +110,8 @@ async fn a_rolled_back_change_yields_neither_row_nor_message() {
         )
         .await
         .unwrap();
-    let settings = env.settings(&[("RETRY_DELAYS", "300ms"), ("RETRY_MAX_ATTEMPTS", "50")]);
+    let settings =
+        env.settings(&[("RETRY_DELAYS", "300ms"), ("RETRY_MAX_ATTEMPTS", "50"), ("WORKER_CONCURRENCY", "1")]);
     env.declare(&settings).await;
     let inbox = env.broker.subscribe(&format!("{}.notifications", env.broker.prefix)).await;
     let worker = TestWorker::spawn(settings).await;
@@ -96,14 +126,24 @@ async fn a_rolled_back_change_yields_neither_row_nor_message() {
     assert_eq!(env.count("SELECT count(*) FROM notifications").await, 0);
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 0);
     assert_eq!(env.status("order-rb").await, "pending");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // longer than the relay's poll
-    assert!(env.broker.get(&inbox).await.is_none(), "no message for a rolled-back change");
 
-    // Repair: the next retry applies it, once.
+    // Repair: the next retry applies it, once. Its message is the sentinel: the rolled-back
+    // attempts were earlier batches, so whatever they published is before it.
     env.sql.batch_execute("DROP TRIGGER sabotage ON webhook_events").await.unwrap();
-    let message = env.broker.wait_get(&inbox, WAIT).await;
-    let id: Uuid = env.sql.query_one("SELECT id FROM notifications", &[]).await.unwrap().get(0);
-    assert_eq!(message.delivery.properties.message_id().as_ref().unwrap().as_str(), id.to_string());
+    let seen = std::cell::RefCell::new(Vec::new());
+    let id: Uuid = testkit::eventually("the applied change's notification row", WAIT, || async {
+        env.sql.query_opt("SELECT id FROM notifications", &[]).await.unwrap().map(|r| r.get(0))
+    })
+    .await;
+    testkit::eventually("the applied change's message", WAIT, || async {
+        let arrived = env.broker.drain(&inbox).await;
+        let mut seen = seen.borrow_mut();
+        seen.extend(arrived.iter().map(|m| m.delivery.properties.message_id().as_ref().map(|m| m.to_string())));
+        seen.contains(&Some(id.to_string())).then_some(())
+    })
+    .await;
+    assert_eq!(seen.into_inner().len(), 1, "no message for the rolled-back attempts, one for the applied change");
+    assert_eq!(env.count("SELECT count(*) FROM notifications").await, 1);
     worker.stop().await;
 }
 
@@ -163,23 +203,68 @@ async fn delivery_env(script: Vec<Behavior>, extra: &[(&str, &str)]) -> (Env, Fa
     (env, endpoint, worker)
 }
 
+/// The sentinel is a second notification whose first attempt fails too. With one delivery at a
+/// time (`NOTIFY_CONCURRENCY=1`) its first attempt comes after the first notification's
+/// success was settled, and with one delay tier every retry waits in the same queue, first in,
+/// first out: any attempt of the first notification after its success (a retry, a requeue) would
+/// reach the endpoint before the sentinel's second attempt. Make `classify_status` retry a 2xx
+/// to see it fail.
 #[tokio::test]
 async fn delivery_retries_server_errors_and_succeeds_on_the_third_try() {
-    let (env, endpoint, worker) = delivery_env(
-        vec![
-            Behavior::Status(500, "{}".into()),
-            Behavior::Status(500, "{}".into()),
-            Behavior::Status(200, "{}".into()),
-        ],
-        &[],
-    )
+    let env = Env::new().await;
+    env.seed_payment("order-d", "stripe", Some(1000), Some("usd")).await;
+    env.seed_payment("order-sentinel", "stripe", Some(1000), Some("usd")).await;
+    // The sentinel's notification fails once, then succeeds; the first follows the script.
+    let sentinel_attempts = Arc::new(AtomicUsize::new(0));
+    let counter = sentinel_attempts.clone();
+    let router = Arc::new(move |request: &Recorded| {
+        let sentinel = String::from_utf8_lossy(&request.body).contains("\"order-sentinel\"");
+        sentinel.then(|| match counter.fetch_add(1, Ordering::SeqCst) {
+            0 => Behavior::Status(500, "{}".into()),
+            _ => Behavior::Status(200, "{}".into()),
+        })
+    });
+    let script = vec![
+        Behavior::Status(500, "{}".into()),
+        Behavior::Status(500, "{}".into()),
+        Behavior::Status(200, "{}".into()),
+    ];
+    let endpoint = FakeEndpoint::start_with(script, Some(router)).await;
+    let url = endpoint.url("/hooks/notify");
+    let worker = TestWorker::spawn(env.settings(&[
+        ("NOTIFY_WEBHOOK_URL", url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET),
+        ("RETRY_DELAYS", "200ms"),
+        ("NOTIFY_TIMEOUT", "500ms"),
+        ("NOTIFY_CONCURRENCY", "1"),
+    ]))
     .await;
-    testkit::eventually("three delivery attempts", WAIT, || async { (endpoint.requests().len() >= 3).then_some(()) })
-        .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let requests = endpoint.requests();
+    pay(&env, "evt_d", "order-d").await;
+    let for_first = |requests: &[Recorded]| {
+        requests.iter().filter(|r| String::from_utf8_lossy(&r.body).contains("\"order-d\"")).count()
+    };
+    testkit::eventually("three delivery attempts", WAIT, || async {
+        (for_first(&endpoint.requests()) >= 3).then_some(())
+    })
+    .await;
+
+    pay(&env, "evt_sentinel", "order-sentinel").await;
+    testkit::eventually("the sentinel's second attempt", WAIT, || async {
+        (sentinel_attempts.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    let requests: Vec<Recorded> =
+        endpoint.requests().into_iter().filter(|r| String::from_utf8_lossy(&r.body).contains("\"order-d\"")).collect();
     assert_eq!(requests.len(), 3, "delivered on the third try, not again");
-    let id: Uuid = env.sql.query_one("SELECT id FROM notifications", &[]).await.unwrap().get(0);
+    let id: Uuid = env
+        .sql
+        .query_one(
+            "SELECT n.id FROM notifications n JOIN payments p ON p.id = n.payment_id WHERE p.order_id = 'order-d'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     for request in &requests {
         assert_eq!(request.path, "/hooks/notify");
         assert_eq!(request.header("webhook-id"), Some(id.to_string().as_str()));
@@ -198,6 +283,30 @@ async fn delivery_sends_client_errors_to_the_dead_letters_at_once() {
     assert!(reason.contains("permanent") && reason.contains("400"), "{reason}");
     assert_eq!(endpoint.requests().len(), 1);
     verify_standard_webhook(&endpoint.requests()[0]);
+    worker.stop().await;
+}
+
+/// A redirect is not followed: the address it names gets nothing, and the notification goes to
+/// the dead letters at once. Delete `.redirect(reqwest::redirect::Policy::none())` in
+/// `worker::delivery::start` to see the elsewhere endpoint receive it.
+#[tokio::test]
+async fn delivery_follows_no_redirect_and_dead_letters_the_notification() {
+    let elsewhere = FakeEndpoint::start(vec![Behavior::Status(200, "{}".into())]).await;
+    let (env, endpoint, worker) = delivery_env(vec![Behavior::Redirect(307, elsewhere.url("/stolen"))], &[]).await;
+    let dead_queue = format!("{}.notify.dead", env.broker.prefix);
+    // Whichever happens first: the dead letter, or a request that followed the redirect.
+    let dead = testkit::eventually("a dead letter or a followed redirect", WAIT, || async {
+        if !elsewhere.requests().is_empty() {
+            return Some(None);
+        }
+        env.broker.get(&dead_queue).await.map(Some)
+    })
+    .await;
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+    let dead = dead.expect("dead-lettered");
+    let reason = header_str(dead.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap();
+    assert!(reason.contains("permanent") && reason.contains("307") && reason.contains("redirect"), "{reason}");
+    assert_eq!(endpoint.requests().len(), 1, "not retried");
     worker.stop().await;
 }
 

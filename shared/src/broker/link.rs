@@ -85,27 +85,45 @@ pub(super) async fn open_publisher(connection: &Connection) -> Result<Channel, l
 /// Whether confirms flow on a link: how many are awaited and when the last one arrived.
 /// A confirm awaited longer than the publish timeout with none arriving since means the
 /// broker or the path to it has stalled, even if the connection looks open.
-pub(super) struct ConfirmClock {
-    base: Instant,
+pub(super) struct ConfirmClock<C: Clock = Monotonic> {
+    time: C,
     outstanding: AtomicUsize,
-    /// Microseconds after `base` of the last confirm, or of the first publish after none was
+    /// Microseconds (of `time`) of the last confirm, or of the first publish after none was
     /// outstanding.
     progress_us: AtomicU64,
 }
 
+/// Where a [`ConfirmClock`] reads the time: the monotonic clock, or in unit tests a clock the
+/// test moves by hand, so that what the clock says does not depend on how busy the machine is.
+pub(super) trait Clock {
+    /// Microseconds since an arbitrary, fixed start.
+    fn now_us(&self) -> u64;
+}
+
+/// The process's monotonic clock, counted from when the link was made.
+pub(super) struct Monotonic(Instant);
+
+impl Clock for Monotonic {
+    fn now_us(&self) -> u64 {
+        self.0.elapsed().as_micros() as u64
+    }
+}
+
 impl ConfirmClock {
     fn new() -> Self {
-        Self { base: Instant::now(), outstanding: AtomicUsize::new(0), progress_us: AtomicU64::new(0) }
+        Self::with_time(Monotonic(Instant::now()))
     }
+}
 
-    fn now_us(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
+impl<C: Clock> ConfirmClock<C> {
+    fn with_time(time: C) -> Self {
+        Self { time, outstanding: AtomicUsize::new(0), progress_us: AtomicU64::new(0) }
     }
 
     /// A publish starts waiting for its confirm; the guard marks its end (whatever the outcome).
-    pub(super) fn start(self: &Arc<Self>) -> AwaitedConfirm {
+    pub(super) fn start(self: &Arc<Self>) -> AwaitedConfirm<C> {
         if self.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.progress_us.store(self.now_us(), Ordering::Release);
+            self.progress_us.store(self.time.now_us(), Ordering::Release);
         }
         AwaitedConfirm { clock: self.clone() }
     }
@@ -115,19 +133,19 @@ impl ConfirmClock {
         if self.outstanding.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let since = self.now_us().saturating_sub(self.progress_us.load(Ordering::Acquire));
+        let since = self.time.now_us().saturating_sub(self.progress_us.load(Ordering::Acquire));
         Some(Duration::from_micros(since))
     }
 }
 
 /// One awaited confirm; dropped when it arrived (or its channel or connection failed).
-pub(super) struct AwaitedConfirm {
-    clock: Arc<ConfirmClock>,
+pub(super) struct AwaitedConfirm<C: Clock = Monotonic> {
+    clock: Arc<ConfirmClock<C>>,
 }
 
-impl Drop for AwaitedConfirm {
+impl<C: Clock> Drop for AwaitedConfirm<C> {
     fn drop(&mut self) {
-        self.clock.progress_us.store(self.clock.now_us(), Ordering::Release);
+        self.clock.progress_us.store(self.clock.time.now_us(), Ordering::Release);
         self.clock.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -136,16 +154,37 @@ impl Drop for AwaitedConfirm {
 mod tests {
     use super::*;
 
+    /// A clock that moves only when the test says so.
+    #[derive(Default)]
+    struct Manual(AtomicU64);
+
+    impl Manual {
+        fn advance(&self, by: Duration) {
+            self.0.fetch_add(by.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    impl Clock for Manual {
+        fn now_us(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
     #[test]
     fn the_clock_counts_stalls_only_while_confirms_are_awaited() {
-        let clock = Arc::new(ConfirmClock::new());
+        let clock = Arc::new(ConfirmClock::with_time(Manual::default()));
         assert_eq!(clock.stalled_for(), None);
+        clock.time.advance(Duration::from_secs(7));
+        assert_eq!(clock.stalled_for(), None, "time with nothing awaited is no stall");
         let first = clock.start();
-        std::thread::sleep(Duration::from_millis(20));
+        clock.time.advance(Duration::from_millis(20));
         let second = clock.start();
-        assert!(clock.stalled_for().unwrap() >= Duration::from_millis(20), "the second publish does not reset it");
+        assert_eq!(clock.stalled_for(), Some(Duration::from_millis(20)), "the second publish does not reset it");
+        clock.time.advance(Duration::from_millis(5));
         drop(first);
-        assert!(clock.stalled_for().unwrap() < Duration::from_millis(20), "a confirm is progress");
+        assert_eq!(clock.stalled_for(), Some(Duration::ZERO), "a confirm is progress");
+        clock.time.advance(Duration::from_millis(3));
+        assert_eq!(clock.stalled_for(), Some(Duration::from_millis(3)), "counted again from that confirm");
         drop(second);
         assert_eq!(clock.stalled_for(), None);
     }

@@ -92,6 +92,39 @@ fn notification_delivery_needs_a_valid_signing_secret() {
     assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
 }
 
+/// Let every `http` URL through in `Settings::validate` (turn the arm `"http" if loopback ||
+/// self.notify_allow_http` into `"http"`) to see it fail.
+#[test]
+fn notifications_go_over_https_except_to_this_machine_or_when_allowed() {
+    let secret = ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let err =
+        Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://hooks.example/notify"), secret]).unwrap_err().to_string();
+    assert!(err.contains("NOTIFY_WEBHOOK_URL") && err.contains("NOTIFY_ALLOW_HTTP"), "{err}");
+    for url in [
+        "https://hooks.example/notify",
+        "http://127.0.0.1:9/n",
+        "http://127.8.0.1/n",
+        "http://[::1]:9/n",
+        "http://localhost:9/n",
+    ] {
+        Settings::from_vars([("NOTIFY_WEBHOOK_URL", url), secret]).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    Settings::from_vars([("NOTIFY_WEBHOOK_URL", "http://hooks.example/notify"), ("NOTIFY_ALLOW_HTTP", "true"), secret])
+        .expect("http allowed explicitly");
+    let err =
+        Settings::from_vars([("NOTIFY_WEBHOOK_URL", "ftp://hooks.example/notify"), secret]).unwrap_err().to_string();
+    assert!(err.contains("NOTIFY_WEBHOOK_URL"), "{err}");
+}
+
+#[test]
+fn an_empty_signing_key_is_refused() {
+    let err =
+        Settings::from_vars([("NOTIFY_WEBHOOK_URL", "https://hooks.example/n"), ("NOTIFY_WEBHOOK_SECRET", "whsec_")])
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
+}
+
 #[test]
 fn empty_secrets_count_as_unset() {
     let s = Settings::from_vars([("TOSS_WEBHOOK_SECRET", ""), ("TOSS_SECRET_KEY", " ")]).unwrap();

@@ -1,11 +1,15 @@
 //! The batch transaction's statements. Each is prepared once per connection and may run on a
 //! generic plan that Postgres made when the tables were small and keeps for the connection's
-//! life, so each reaches its rows by key whatever that plan thinks of the table sizes
-//! (`worker/tests/database.rs` checks every plan made on empty tables).
+//! life, so each reaches its rows by key whatever that plan thinks of the table sizes: on its
+//! own ([`READ_FINAL`]), or because the worker's connections run with `enable_seqscan=off`
+//! ([`LOCK_PAYMENTS`], [`UPDATE_PAYMENTS`]; see `crate::db`). `worker/tests/database.rs` checks
+//! every plan made on empty tables, both ways.
 
 /// The trainer is looked up per payment (a subquery served by the bookings key), not joined:
 /// a cached generic plan of the join, planned while `bookings` was small, scans all of it for
-/// every batch once it is not (see [`READ_FINAL`]).
+/// every batch once it is not (see [`READ_FINAL`]). The payments themselves are found through
+/// their keys only with `enable_seqscan=off`: a generic plan of `= ANY` over an array it
+/// cannot see reads a never-vacuumed `payments` in full otherwise.
 pub const LOCK_PAYMENTS: &str = "
     SELECT p.id, p.order_id, p.payment_status, p.booking_id,
            (SELECT b.trainer_id FROM bookings b WHERE b.id = p.booking_id) AS trainer_id,
@@ -29,10 +33,11 @@ pub const READ_FINAL: &str = "
               AND w.status IN ('applied', 'ignored')
            OFFSET 0) AS w";
 
-/// `p.id = ANY($1)` repeats the join condition as one a generic plan serves from the primary key
-/// whatever size the table had when it was planned (see [`READ_FINAL`]). `last_event_at` was
-/// decided against the locked row; `GREATEST` (which skips NULLs) only makes sure it never
-/// moves back.
+/// `p.id = ANY($1)` repeats the join condition as an index condition on the primary key. A
+/// generic plan reads the rows by key (through it, or a lookup per row) only with
+/// `enable_seqscan=off`: made on an empty `payments` without that setting, it scans the table,
+/// like [`LOCK_PAYMENTS`]. `last_event_at` was decided against the locked row; `GREATEST`
+/// (which skips NULLs) only makes sure it never moves back.
 pub const UPDATE_PAYMENTS: &str = "
     UPDATE payments p SET
            payment_status = u.status,
@@ -52,11 +57,15 @@ pub const INSERT_NOTIFICATIONS: &str = "
     INSERT INTO notifications (id, user_id, title, message, type, link, payment_id)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[])";
 
-/// The committing worker owns the rows for the lease and publishes them right after the
-/// commit (its first attempt); the relay of any worker takes over once the lease ran out.
+/// The committing worker owns the rows for the lease, under its claim token (`$6`), and
+/// publishes them right after the commit (its first attempt); the relay of any worker takes over
+/// once the lease ran out. The lease starts at `clock_timestamp()`, when the rows are written,
+/// not at `now()`, the start of a transaction that may have waited long on payment locks before
+/// it got here and would hand out a lease already partly spent.
 pub const INSERT_OUTBOX: &str = "
-    INSERT INTO outbox (notification_id, routing_key, payload, traceparent, claimed_until)
-    SELECT o.id, o.routing_key, o.payload, o.traceparent, now() + make_interval(secs => $5::float8)
+    INSERT INTO outbox (notification_id, routing_key, payload, traceparent, claimed_until, claim_token)
+    SELECT o.id, o.routing_key, o.payload, o.traceparent, clock_timestamp() + make_interval(secs => $5::float8),
+           $6::uuid
       FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS o(id, routing_key, payload, traceparent)";
 
 /// Every event's inbox row. A row that is already final (applied or ignored) keeps what it
