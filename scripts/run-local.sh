@@ -21,6 +21,6 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-echo "ingest on http://127.0.0.1:3000, worker metrics on http://127.0.0.1:9090/metrics"
+echo "ingest on http://127.0.0.1:3000 (metrics on http://127.0.0.1:9091/metrics), worker metrics on http://127.0.0.1:9090/metrics"
 echo "send a test event: WEBHOOKS_CONFIG=config/local.toml $bin/hookctl send stripe checkout.session.completed --order <order id>"
 wait -n "$ingest_pid" "$worker_pid"

@@ -247,7 +247,7 @@ fn prometheus_loads_the_repositorys_config_and_rules_and_scrapes_the_pipeline() 
         addr.rsplit(':').next().unwrap().parse().unwrap()
     };
     let expected = BTreeMap::from([
-        ("ingest".to_string(), ("ingest".to_string(), listen_port("ingest", "INGEST_ADDR"))),
+        ("ingest".to_string(), ("ingest".to_string(), listen_port("ingest", "INGEST_METRICS_ADDR"))),
         ("worker".to_string(), ("worker".to_string(), listen_port("worker", "WORKER_ADDR"))),
     ]);
     let mut jobs = BTreeMap::new();
