@@ -27,6 +27,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use shared::broker::Broker;
 use shared::http_server::{self, json_response, text_response, HttpResponse, ServeOptions, PROMETHEUS_CONTENT_TYPE};
+use shared::topology::Declaring;
 use shared::{Provider, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -87,6 +88,9 @@ impl Ingest {
             &settings,
             "ingest",
             PUBLISH_CHANNELS,
+            // Ingest publishes; the worker owns the queues. As deployed, ingest's AMQP user may
+            // not declare anything (deploy/rabbitmq/permissions).
+            Declaring::IfMissing,
             metrics.broker.clone(),
             broker_cancel.clone(),
             &tasks,
