@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline on a machine that already has PostgreSQL and RabbitMQ: builds,
 # migrates (creating the database if needed), then runs one worker and ingest until Ctrl-C.
-# Settings come from config/local.toml, overridden by environment variables.
+# Settings come from config/local.toml, overridden by environment variables. They connect as
+# the local servers' `postgres` and `guest`, with a public Stripe secret: fine on a developer
+# machine, nowhere else (docker-compose.yml shows a deployment's users and secrets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WEBHOOKS_CONFIG="${WEBHOOKS_CONFIG:-config/local.toml}"
