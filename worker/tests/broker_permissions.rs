@@ -12,7 +12,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use shared::broker::access::{refusal, Refusal};
 use shared::topology::Topology;
 use testkit::events::{stripe_session_event, STRIPE_SECRET};
@@ -24,6 +24,10 @@ const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A persistent, mandatory publish on a fresh confirm channel, as ingest publishes.
 async fn publish(connection: &Connection, exchange: &str, routing_key: &str) -> Result<Confirmation, lapin::Error> {
     let channel = connection.create_channel().await?;
+    publish_on(&channel, exchange, routing_key).await
+}
+
+async fn publish_on(channel: &Channel, exchange: &str, routing_key: &str) -> Result<Confirmation, lapin::Error> {
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let options = BasicPublishOptions { mandatory: true, immediate: false };
     let properties = BasicProperties::default().with_delivery_mode(2);
@@ -70,7 +74,9 @@ async fn each_user_may_do_its_roles_job_and_nothing_more() {
     let confirmed = publish(&ingest, &events, "stripe.checkout.session.completed").await.expect("publish");
     assert!(matches!(confirmed, Confirmation::Ack(None)), "confirmed and routed: {confirmed:?}");
     assert_eq!(broker.count(&work).await, 1);
-    assert_refused(publish(&ingest, &notifications, "payment.paid").await, "ingest publishing a notification");
+    let channel = ingest.create_channel().await.unwrap();
+    assert_refused(publish_on(&channel, &notifications, "payment.paid").await, "ingest publishing a notification");
+    assert!(!channel.status().connected(), "the broker closed the channel");
     assert_refused(publish(&ingest, "", &work).await, "ingest publishing to the work queue by name");
     assert_refused(consume(&ingest, &work).await, "ingest consuming the work queue");
     assert_refused(get(&ingest, &work).await, "ingest reading the work queue (basic.get)");
