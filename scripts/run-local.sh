@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline on a machine that already has PostgreSQL and RabbitMQ: builds,
 # migrates (creating the database if needed), then runs one worker and ingest until Ctrl-C.
-# Settings come from config/local.toml, overridden by environment variables.
+# Settings come from config/local.toml, overridden by environment variables. They connect as
+# the local servers' `postgres` and `guest`, with a public Stripe secret: fine on a developer
+# machine, nowhere else (docker-compose.yml shows a deployment's users and secrets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WEBHOOKS_CONFIG="${WEBHOOKS_CONFIG:-config/local.toml}"
@@ -21,6 +23,6 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-echo "ingest on http://127.0.0.1:3000, worker metrics on http://127.0.0.1:9090/metrics"
+echo "ingest on http://127.0.0.1:3000 (metrics on http://127.0.0.1:9091/metrics), worker metrics on http://127.0.0.1:9090/metrics"
 echo "send a test event: WEBHOOKS_CONFIG=config/local.toml $bin/hookctl send stripe checkout.session.completed --order <order id>"
 wait -n "$ingest_pid" "$worker_pid"

@@ -77,6 +77,8 @@ pub async fn start_ingest(
         ("AMQP_PREFIX", prefix.to_string()),
         ("STRIPE_WEBHOOK_SECRET", events::SECRET.to_string()),
         ("LOG_FORMAT", log_format.to_string()),
+        // Not read here; a free port keeps it clear of a developer's ingest on the default.
+        ("INGEST_METRICS_ADDR", "127.0.0.1:0".to_string()),
     ];
     vars.extend(extra_env.iter().filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k, v.to_string())));
     ServiceProcess::start(bin, "INGEST_ADDR", &vars, log, "/readyz").await

@@ -96,6 +96,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
         ("AMQP_PREFIX".into(), broker.prefix.clone()),
         ("STRIPE_WEBHOOK_SECRET".into(), testkit::events::STRIPE_SECRET.into()),
         ("INGEST_ADDR".into(), format!("127.0.0.1:{ingest_port}")),
+        ("INGEST_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ("WORKER_ADDR".into(), "127.0.0.1:0".into()),
         // Warnings only, and lapin's as in production: lapin warns about every returned
         // (unroutable) message with its whole body, and nobody subscribes to notifications here.

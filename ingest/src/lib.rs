@@ -1,8 +1,12 @@
 //! The HTTP edge of the pipeline. It verifies each webhook, stores it durably in RabbitMQ
 //! (publisher confirm) and only then answers 200; everything else happens in the worker.
 //!
-//! - [`Ingest::build`] binds the listener (port 0 in tests) and starts the broker supervisor;
+//! - [`Ingest::build`] binds the webhook listener (`INGEST_ADDR`) and the metrics listener
+//!   (`INGEST_METRICS_ADDR`, port 0 in tests) and starts the broker supervisor;
 //! - [`Ingest::run`] serves until the shutdown token fires, then drains in-flight requests.
+//!
+//! `/metrics` is not on the webhook port: that port faces the internet, and the metrics tell
+//! anyone who asks how much traffic each provider sends and how the broker is doing.
 //!
 //! Modules: [`webhook`] (the two webhook routes), [`client_ip`] (source allow-list),
 //! [`error`] (answers), [`metrics`].
@@ -23,6 +27,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use shared::broker::Broker;
 use shared::http_server::{self, json_response, text_response, HttpResponse, ServeOptions, PROMETHEUS_CONTENT_TYPE};
+use shared::topology::Declaring;
 use shared::{Provider, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -51,17 +56,22 @@ pub struct AppState {
     pub draining: CancellationToken,
 }
 
+/// Connections the metrics listener holds at once: scrapers only.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 /// A bound, not yet serving, ingest.
 pub struct Ingest {
     listener: TcpListener,
+    metrics_listener: TcpListener,
     state: Arc<AppState>,
     broker_cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Ingest {
-    /// Validates what ingest needs, binds `INGEST_ADDR` and starts connecting to the broker.
-    /// The broker may be down: ingest then answers 503 until it connects.
+    /// Validates what ingest needs, binds `INGEST_ADDR` and `INGEST_METRICS_ADDR` and starts
+    /// connecting to the broker. The broker may be down: ingest then answers 503 until it
+    /// connects.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let stripe_secrets = settings.stripe_secrets()?;
         if settings.toss_webhook_secret.is_none() {
@@ -69,6 +79,8 @@ impl Ingest {
         }
         let listener = http_server::bind(settings.ingest_addr)
             .with_context(|| format!("cannot listen on INGEST_ADDR={}", settings.ingest_addr))?;
+        let metrics_listener = http_server::bind(settings.ingest_metrics_addr)
+            .with_context(|| format!("cannot listen on INGEST_METRICS_ADDR={}", settings.ingest_metrics_addr))?;
         let metrics = IngestMetrics::new();
         let broker_cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -76,6 +88,9 @@ impl Ingest {
             &settings,
             "ingest",
             PUBLISH_CHANNELS,
+            // Ingest publishes; the worker owns the queues. As deployed, ingest's AMQP user may
+            // not declare anything (deploy/rabbitmq/permissions).
+            Declaring::IfMissing,
             metrics.broker.clone(),
             broker_cancel.clone(),
             &tasks,
@@ -89,11 +104,17 @@ impl Ingest {
             metrics,
             draining: CancellationToken::new(),
         });
-        Ok(Self { listener, state, broker_cancel, tasks })
+        Ok(Self { listener, metrics_listener, state, broker_cancel, tasks })
     }
 
+    /// Address of the webhook listener.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Address of the metrics listener.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -103,8 +124,10 @@ impl Ingest {
     /// Serves until `shutdown` fires; then stops accepting, answers every in-flight request
     /// truthfully within `SHUTDOWN_TIMEOUT`, and closes the broker connection.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { listener, state, broker_cancel, tasks } = self;
+        let Self { listener, metrics_listener, state, broker_cancel, tasks } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest listening");
+        let metrics_stop = CancellationToken::new();
+        let metrics = tokio::spawn(serve_metrics(metrics_listener, state.clone(), metrics_stop.clone()));
         let options = ServeOptions {
             header_read_timeout: state.settings.header_read_timeout,
             drain_deadline: state.settings.shutdown_timeout,
@@ -129,8 +152,39 @@ impl Ingest {
         broker_cancel.cancel();
         tasks.close();
         tasks.wait().await;
+        // Scrapes are answered until the end, so the drain itself shows on the dashboard.
+        metrics_stop.cancel();
+        let _ = metrics.await;
         tracing::info!("ingest stopped");
     }
+}
+
+/// Serves `GET /metrics` on the metrics listener until `stop` fires.
+async fn serve_metrics(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest metrics listening");
+    let options = ServeOptions {
+        header_read_timeout: state.settings.header_read_timeout,
+        drain_deadline: std::time::Duration::from_secs(1),
+        max_connections: METRICS_MAX_CONNECTIONS,
+        open_connections: None,
+    };
+    let handler = move |request: Request<Incoming>, _peer| {
+        let state = state.clone();
+        async move {
+            match (request.uri().path(), request.method()) {
+                ("/metrics", &Method::GET | &Method::HEAD) => metrics_response(&state),
+                ("/metrics", _) => error::method_not_allowed("GET"),
+                _ => error::not_found(),
+            }
+        }
+    };
+    http_server::serve(listener, handler, options, stop).await;
+}
+
+fn metrics_response(state: &AppState) -> HttpResponse {
+    let available = state.inflight.available_permits();
+    state.metrics.inflight.set((state.settings.max_inflight_requests - available) as i64);
+    text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&state.metrics.registry))
 }
 
 async fn route(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
@@ -142,7 +196,7 @@ async fn route(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -
         TOSS_ROUTE => (Some(Provider::Toss), TOSS_ROUTE),
         "/healthz" => (None, "/healthz"),
         "/readyz" => (None, "/readyz"),
-        "/metrics" => (None, "/metrics"),
+        // `/metrics` is served on INGEST_METRICS_ADDR only: here it is "other", a 404.
         _ => (None, "other"),
     };
     let mut response = match (provider, request.method()) {
@@ -151,11 +205,6 @@ async fn route(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -
         (None, &Method::GET) | (None, &Method::HEAD) => match route {
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => readiness(state),
-            "/metrics" => {
-                let available = state.inflight.available_permits();
-                state.metrics.inflight.set((state.settings.max_inflight_requests - available) as i64);
-                text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&state.metrics.registry))
-            }
             _ => error::not_found(),
         },
         (None, _) if route != "other" => error::method_not_allowed("GET"),

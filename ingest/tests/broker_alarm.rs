@@ -23,6 +23,7 @@ async fn a_memory_alarm_means_prompt_503_and_unready_until_it_clears() {
         ("AMQP_URL", url.as_str()),
         ("AMQP_PREFIX", prefix.as_str()),
         ("INGEST_ADDR", "127.0.0.1:0"),
+        ("INGEST_METRICS_ADDR", "127.0.0.1:0"),
         ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
         ("PUBLISH_TIMEOUT", "2s"),
     ])

@@ -54,7 +54,7 @@ async fn a_late_confirm_fails_only_its_own_request_and_keeps_the_connection() {
         ingest.client.get(ingest.url("/readyz")).send().await.ok()?.status().is_success().then_some(())
     })
     .await;
-    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
     assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "no reconnect for a slow confirm");
     assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "timeout")]), 1.0);
     ingest.stop().await;
@@ -88,13 +88,13 @@ async fn a_nack_retires_its_channel_and_the_next_publish_is_stored() {
             other => panic!("unexpected answer {other}"),
         }
     }
-    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
     assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "nacked")]), 1.0, "the queue refused one");
     assert_eq!(metrics.value("amqp_channels_retired_total", &[]), 1.0, "the nacking channel was retired");
     assert_eq!(broker.drain(&work).await.len(), stored, "every 200 is in the queue, nothing else");
     let (body, sig) = signed("evt_after");
     assert_eq!(ingest.post_stripe(&body, Some(&sig)).await.status(), 200);
-    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
     assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "a nack does not cost the connection");
     assert!(ingest.client.get(ingest.url("/readyz")).send().await.unwrap().status().is_success());
     ingest.stop().await;

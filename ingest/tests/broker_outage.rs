@@ -90,7 +90,7 @@ async fn an_event_the_broker_cannot_route_is_answered_503_not_200() {
     let body = stripe_session_event("evt_unroutable", "checkout.session.completed", "o", "paid", 100, "usd");
     let response = ingest.post_stripe(&body, Some(&stripe_signature(&body, STRIPE_SECRET))).await;
     assert_eq!(response.status(), 503);
-    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
     assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "unroutable")]), 1.0);
     ingest.stop().await;
 }
@@ -112,7 +112,7 @@ async fn concurrent_requests_share_one_connection() {
     for request in requests {
         assert_eq!(request.await.unwrap(), 200);
     }
-    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
     assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "one AMQP connection for every request");
     assert_eq!(metrics.value("amqp_publish_total", &[("outcome", "confirmed")]), 64.0);
     ingest.stop().await;

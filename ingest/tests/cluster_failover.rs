@@ -62,6 +62,7 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
             ("AMQP_PREFIX", prefix.as_str()),
             ("DATABASE_URL", db.url.as_str()),
             ("INGEST_ADDR", "127.0.0.1:0"),
+            ("INGEST_METRICS_ADDR", "127.0.0.1:0"),
             ("WORKER_ADDR", "127.0.0.1:0"),
             ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
             ("PUBLISH_TIMEOUT", "3s"),

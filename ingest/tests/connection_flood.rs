@@ -26,7 +26,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_flood_of_idle_connections_neither_grows_memory_nor_delays_real_events() {
     let broker = TestBroker::new().await;
-    let (process, addr) = common::spawn_ingest_process(&broker, &[("HEADER_READ_TIMEOUT", "30s")]).await;
+    let (process, addr, metrics_addr) = common::spawn_ingest_process(&broker, &[("HEADER_READ_TIMEOUT", "30s")]).await;
     let pid = process.child.id().expect("running");
     // A fresh connection per request, like a provider's delivery.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -59,7 +59,7 @@ async fn a_flood_of_idle_connections_neither_grows_memory_nor_delays_real_events
         slowest = slowest.max(took);
     }
     let during = rss_kib(pid);
-    let metrics = testkit::metrics::scrape(&format!("http://{addr}/metrics")).await;
+    let metrics = testkit::metrics::scrape(&format!("http://{metrics_addr}/metrics")).await;
     let open = metrics.value("ingest_open_connections", &[]);
 
     // Silent connections past the cap were closed by ingest (they read end-of-file).

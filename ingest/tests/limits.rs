@@ -125,7 +125,7 @@ async fn hostile_identifiers_and_headers_are_refused_without_hurting_the_connect
     let huge = ("user-agent".to_string(), "u".repeat(20_000));
     assert_eq!(ingest.post(ingest::TOSS_ROUTE, body, &[huge]).await.status(), 200);
     assert_eq!(ingest.post(ingest::TOSS_ROUTE, body, &[]).await.status(), 200);
-    let metrics = testkit::metrics::scrape(&ingest.url("/metrics")).await;
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
     assert_eq!(metrics.value("amqp_connects_total", &[]), 1.0, "the shared connection survived");
     let queued = broker.drain(&format!("{}.work", broker.prefix)).await;
     assert_eq!(queued.len(), 2);

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn metrics_parse_as_prometheus_text_and_count_each_answer() {
     let broker = TestBroker::new().await;
     let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
-    let before = scrape(&ingest.url("/metrics")).await;
+    let before = scrape(&ingest.metrics_url()).await;
     assert_eq!(before.value("amqp_connected", &[]), 1.0);
     assert_eq!(before.value("ingest_requests_total", &[("code", "200"), ("provider", "stripe")]), 0.0);
 
@@ -25,7 +25,7 @@ async fn metrics_parse_as_prometheus_text_and_count_each_answer() {
     assert_eq!(ingest.post_stripe(&body, Some("t=1,v1=00")).await.status(), 400);
     assert_eq!(ingest.client.get(ingest.url("/nowhere")).send().await.unwrap().status(), 404);
 
-    let after = scrape(&ingest.url("/metrics")).await;
+    let after = scrape(&ingest.metrics_url()).await;
     let route = ingest::STRIPE_ROUTE;
     assert_eq!(after.value("ingest_requests_total", &[("provider", "stripe"), ("route", route), ("code", "200")]), 1.0);
     assert_eq!(after.value("ingest_requests_total", &[("provider", "stripe"), ("route", route), ("code", "400")]), 1.0);
@@ -41,6 +41,32 @@ async fn metrics_parse_as_prometheus_text_and_count_each_answer() {
 }
 
 #[tokio::test]
+async fn metrics_are_served_on_their_own_listener_and_the_webhook_port_answers_404() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    assert_ne!(ingest.metrics_addr, ingest.addr);
+    // Serving `/metrics` from `route` in ingest/src/lib.rs again makes this a 200.
+    let public = ingest.client.get(ingest.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404, "the public webhook port does not serve metrics");
+    assert_eq!(common::error_code(public).await, "not_found");
+
+    let scraped = ingest.client.get(ingest.metrics_url()).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("ingest_requests_total"));
+    // The metrics listener serves nothing else: no webhooks, no probes.
+    for path in ["/healthz", ingest::STRIPE_ROUTE] {
+        let other = ingest.client.get(format!("http://{}{path}", ingest.metrics_addr)).send().await.unwrap();
+        assert_eq!(other.status(), 404, "{path} on the metrics listener");
+    }
+    let post = ingest.client.post(ingest.metrics_url()).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+    // Load balancers keep probing the webhook port.
+    assert_eq!(ingest.client.get(ingest.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(ingest.client.get(ingest.url("/readyz")).send().await.unwrap().status(), 200);
+    ingest.stop().await;
+}
+
+#[tokio::test]
 async fn sigterm_during_a_stream_answers_every_request_truthfully_and_exits_in_time() {
     let broker = TestBroker::new().await;
     let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
@@ -48,6 +74,7 @@ async fn sigterm_during_a_stream_answers_every_request_truthfully_and_exits_in_t
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),
         ("INGEST_ADDR", "127.0.0.1:0".into()),
+        ("INGEST_METRICS_ADDR", "127.0.0.1:0".into()),
         ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET.into()),
         ("TOSS_WEBHOOK_SECRET", "toss-secret-never-logged".into()),
         ("SHUTDOWN_TIMEOUT", "5s".into()),
@@ -147,7 +174,7 @@ async fn sigterm_during_a_stream_answers_every_request_truthfully_and_exits_in_t
 #[tokio::test]
 async fn after_sigterm_readyz_answers_503_while_an_in_flight_request_finishes() {
     let broker = TestBroker::new().await;
-    let (mut process, addr) = common::spawn_ingest_process(&broker, &[("SHUTDOWN_TIMEOUT", "10s")]).await;
+    let (mut process, addr, metrics_addr) = common::spawn_ingest_process(&broker, &[("SHUTDOWN_TIMEOUT", "10s")]).await;
 
     // A request whose body is still arriving when SIGTERM comes.
     let (head, body) = common::raw_stripe_request("evt_draining");
@@ -157,7 +184,7 @@ async fn after_sigterm_readyz_answers_503_while_an_in_flight_request_finishes() 
     slow.write_all(&body[..half]).await.unwrap();
     // The request has reached the handler once the in-flight gauge shows it.
     testkit::eventually("the request in flight", Duration::from_secs(10), || async {
-        let metrics = scrape(&format!("http://{addr}/metrics")).await;
+        let metrics = scrape(&format!("http://{metrics_addr}/metrics")).await;
         (metrics.value("ingest_inflight_requests", &[]) >= 1.0).then_some(())
     })
     .await;

@@ -58,6 +58,7 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),
         ("INGEST_ADDR", "127.0.0.1:0".to_string()),
+        ("INGEST_METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET.to_string()),
         ("LOG_FORMAT", "json".to_string()),
     ] {

@@ -56,6 +56,10 @@ pub struct Settings {
     pub amqp_prefix: String,
     /// Where ingest listens. Port 3000 keeps `stripe listen --forward-to localhost:3000/...` working.
     pub ingest_addr: SocketAddr,
+    /// Where ingest serves `/metrics`: a listener of its own, off the public webhook port.
+    /// Loopback by default, so only a scraper on the same host (or network namespace) reads
+    /// it; port 0 picks a free port.
+    pub ingest_metrics_addr: SocketAddr,
     /// Where a worker serves `/healthz`, `/readyz` and `/metrics`. Port 0 picks a free port.
     pub worker_addr: SocketAddr,
 
@@ -196,6 +200,7 @@ impl Default for Settings {
             amqp_url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_prefix: "webhooks".into(),
             ingest_addr: ([0, 0, 0, 0], 3000).into(),
+            ingest_metrics_addr: ([127, 0, 0, 1], 9091).into(),
             worker_addr: ([0, 0, 0, 0], 9090).into(),
             stripe_webhook_secret: None,
             stripe_tolerance: Duration::from_secs(300),

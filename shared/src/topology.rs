@@ -1,4 +1,8 @@
-//! Every exchange and queue, derived from `AMQP_PREFIX`, declared idempotently by both binaries.
+//! Every exchange and queue, derived from `AMQP_PREFIX`. The worker declares them all,
+//! idempotently, at every start ([`Declaring::Everything`]): it consumes the queues and owns
+//! them. Ingest only checks that what it publishes to exists ([`Declaring::IfMissing`]): as
+//! deployed, its AMQP user may publish to the events exchange and do nothing else
+//! (`deploy/rabbitmq/permissions`), and a publisher has no business redeclaring queues.
 //!
 //! ```text
 //! ingest ─▶ {p}.events (topic) ─#─▶ {p}.work (quorum, delivery-limit) ─▶ worker
@@ -23,8 +27,46 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
+use crate::broker::access::{self, Refusal};
 use crate::envelope::long_string;
 use crate::settings::Settings;
+
+/// What a process does with the topology when it connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declaring {
+    /// Declare every exchange, queue and binding (the worker).
+    Everything,
+    /// Check that the events exchange and the work queue exist, with passive declarations
+    /// (which need no permission); declare everything only when one is missing: a first
+    /// start on a fresh broker with a user allowed to (a developer's `guest`). Ingest.
+    IfMissing,
+}
+
+/// Why the topology is not in place.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The AMQP user may not declare or bind what this process declares.
+    #[error("cannot declare the broker topology: {error}; {}", Refusal::Permission.remedy())]
+    Refused { error: lapin::Error },
+    /// Something ingest publishes to does not exist, and its user may not declare it.
+    #[error(
+        "{name} does not exist on the broker, and this AMQP user may not declare it (as deployed, ingest's \
+         user only publishes): start a worker, which declares the topology, and ingest connects once it exists"
+    )]
+    Missing { name: String },
+    /// Anything else: the connection or the broker failed.
+    #[error(transparent)]
+    Broker(lapin::Error),
+}
+
+impl From<lapin::Error> for TopologyError {
+    fn from(error: lapin::Error) -> Self {
+        match access::refusal(&error) {
+            Some(Refusal::Permission) => Self::Refused { error },
+            _ => Self::Broker(error),
+        }
+    }
+}
 
 /// Delivery limit of the dead-letter queues (`{p}.dead`, `{p}.notify.dead`): none in practice,
 /// but stated explicitly.
@@ -132,13 +174,50 @@ impl Topology {
         queues
     }
 
+    /// Puts the topology in place as `declaring` says.
+    pub async fn ensure(&self, connection: &Connection, declaring: Declaring) -> Result<(), TopologyError> {
+        if declaring == Declaring::IfMissing {
+            let Some(missing) = self.missing_for_publishing(connection).await? else { return Ok(()) };
+            return match self.declare(connection).await {
+                Err(TopologyError::Refused { .. }) => Err(TopologyError::Missing { name: missing }),
+                other => other,
+            };
+        }
+        self.declare(connection).await
+    }
+
+    /// The first of the events exchange and the work queue that does not exist. Passive
+    /// declarations need no permission; each gets a channel of its own, since one of a missing
+    /// object closes its channel.
+    async fn missing_for_publishing(&self, connection: &Connection) -> Result<Option<String>, TopologyError> {
+        let exchange = self.events_exchange();
+        let channel = connection.create_channel().await?;
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        let found = channel
+            .exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default())
+            .await;
+        if let Some(missing) = absent(found, &exchange)? {
+            return Ok(Some(missing));
+        }
+        let _ = channel.close(200, "checked".into()).await;
+        let queue = self.work_queue();
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let found = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.map(drop);
+        if let Some(missing) = absent(found, &queue)? {
+            return Ok(Some(missing));
+        }
+        let _ = channel.close(200, "checked".into()).await;
+        Ok(None)
+    }
+
     /// Declares everything; safe to run from every process at every start.
     ///
     /// A queue that already exists with other arguments (say, another `DELIVERY_LIMIT`) is
     /// kept as it is, with a warning, instead of failing the start: RabbitMQ refuses to
     /// redeclare a queue with different arguments, and one process configured differently must
     /// not take the whole pipeline down. Change arguments of existing queues with a policy.
-    pub async fn declare(&self, connection: &Connection) -> Result<(), lapin::Error> {
+    pub async fn declare(&self, connection: &Connection) -> Result<(), TopologyError> {
         let mut declarer = Declarer { connection, channel: connection.create_channel().await? };
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for exchange in [self.events_exchange(), self.notifications_exchange()] {
@@ -167,7 +246,7 @@ impl Topology {
         queue: &str,
         dead: &str,
         retry_name: impl Fn(usize) -> String,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), TopologyError> {
         let kept = declarer.queue(dead, dead_letter_args()).await?;
         if kept {
             tracing::warn!(
@@ -216,7 +295,20 @@ impl Declarer<'_> {
 }
 
 fn is_precondition_failed(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    is_soft(error, AMQPSoftError::PRECONDITIONFAILED)
+}
+
+fn is_soft(error: &lapin::Error, kind: AMQPSoftError) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.kind() == &AMQPErrorKind::Soft(kind))
+}
+
+/// `Some(name)` when a passive declaration found nothing by that name.
+fn absent<T>(declared: Result<T, lapin::Error>, name: &str) -> Result<Option<String>, TopologyError> {
+    match declared {
+        Ok(_) => Ok(None),
+        Err(error) if is_soft(&error, AMQPSoftError::NOTFOUND) => Ok(Some(name.to_string())),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn delay_queue_name(base: &str, delay: Duration) -> String {

@@ -39,6 +39,7 @@ impl TestBroker {
             ("AMQP_URL", &amqp),
             ("AMQP_PREFIX", &self.prefix),
             ("INGEST_ADDR", "127.0.0.1:0"),
+            ("INGEST_METRICS_ADDR", "127.0.0.1:0"),
             ("WORKER_ADDR", "127.0.0.1:0"),
             ("STRIPE_WEBHOOK_SECRET", crate::events::STRIPE_SECRET),
             ("RETRY_DELAYS", "100ms,300ms,1s"),

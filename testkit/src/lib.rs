@@ -3,13 +3,15 @@
 //! sits between the code under test and a service when a test needs to take that service
 //! away without disturbing tests running in parallel; a [`PgServer`] is a PostgreSQL server
 //! of the test's own, for tests that run it with TLS or crash the database itself, and a
-//! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms.
+//! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms;
+//! [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_AMQP_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 pub mod amqp;
+pub mod broker_users;
 pub mod compose;
 pub mod db;
 pub mod events;
@@ -26,6 +28,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use amqp::TestBroker;
+pub use broker_users::RoleUsers;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
 pub use pg_server::PgServer;

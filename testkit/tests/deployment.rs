@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use compose_spec::service::volumes::{into_long_iter, Mount};
 use compose_spec::service::Condition;
 use compose_spec::ShortOrLong;
-use testkit::compose::parse_compose;
 use testkit::prometheus::promtool;
 
+#[path = "deployment/access.rs"]
+mod access;
 #[path = "deployment/files.rs"]
 mod files;
 
@@ -24,7 +25,8 @@ const TEST_COMMAND: &str = "cargo test --workspace --locked --features worker/fa
 
 /// Environment names our binaries read besides the settings struct (the OpenTelemetry
 /// exporter reads its standard variables itself).
-const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+/// `INGEST_URL` is where `hookctl send` posts (a command-line default).
+const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG", "OTEL_EXPORTER_OTLP_ENDPOINT", "INGEST_URL"];
 
 #[test]
 fn the_compose_file_follows_the_compose_specification_strictly() {
@@ -39,14 +41,25 @@ fn the_compose_file_follows_the_compose_specification_strictly() {
         ("a port that is no port", text.replacen(":-3000}:3000", ":-3000}:30000000", 1)),
     ] {
         assert_ne!(broken, text, "the mutation for {mistake} applies");
-        assert!(parse_compose(&broken, &BTreeMap::new()).is_err(), "{mistake} is refused");
+        assert!(parse_with(&broken, &operator_env()).is_err(), "{mistake} is refused");
     }
 }
 
 #[test]
 fn compose_has_every_service_with_health_checks_and_start_order() {
     let compose = compose();
-    for name in ["postgres", "rabbitmq", "migrate", "ingest", "worker", "prometheus", "grafana"] {
+    for name in [
+        "postgres",
+        "rabbitmq",
+        "rabbitmq-setup",
+        "migrate",
+        "postgres-setup",
+        "ingest",
+        "worker",
+        "hookctl",
+        "prometheus",
+        "grafana",
+    ] {
         service(&compose, name);
     }
     for name in ["postgres", "rabbitmq", "ingest", "worker", "prometheus"] {
@@ -55,13 +68,20 @@ fn compose_has_every_service_with_health_checks_and_start_order() {
     let migrate = service(&compose, "migrate");
     assert_eq!(command(migrate), ["worker", "migrate"]);
     assert_eq!(depends_on(migrate, "postgres"), Condition::ServiceHealthy);
+    // The login role is made once the migrations made its group role; the RabbitMQ users once
+    // the broker runs; the processes start once their users exist.
+    let postgres_setup = service(&compose, "postgres-setup");
+    assert_eq!(depends_on(postgres_setup, "migrate"), Condition::ServiceCompletedSuccessfully);
+    assert_eq!(depends_on(service(&compose, "rabbitmq-setup"), "rabbitmq"), Condition::ServiceHealthy);
     let worker = service(&compose, "worker");
     assert_eq!(command(worker), ["worker"]);
-    assert_eq!(depends_on(worker, "migrate"), Condition::ServiceCompletedSuccessfully);
-    assert_eq!(depends_on(worker, "rabbitmq"), Condition::ServiceHealthy);
+    assert_eq!(depends_on(worker, "postgres-setup"), Condition::ServiceCompletedSuccessfully);
+    assert_eq!(depends_on(worker, "rabbitmq-setup"), Condition::ServiceCompletedSuccessfully);
     let ingest = service(&compose, "ingest");
     assert_eq!(command(ingest), ["ingest"]);
-    assert_eq!(depends_on(ingest, "rabbitmq"), Condition::ServiceHealthy);
+    assert_eq!(depends_on(ingest, "rabbitmq-setup"), Condition::ServiceCompletedSuccessfully);
+    let hookctl = service(&compose, "hookctl");
+    assert!(!hookctl.profiles.is_empty(), "hookctl runs on demand (`docker compose run`), not with `up`");
     assert_eq!(depends_on(service(&compose, "grafana"), "prometheus"), Condition::ServiceHealthy);
     for (name, service) in services_built_here(&compose) {
         let context = match service.build.as_ref().unwrap() {
@@ -86,9 +106,9 @@ fn every_command_of_our_image_is_a_binary_it_has_and_accepts() {
         assert!(workspace.contains(binary), "the Dockerfile builds {binary}, a binary of the workspace {workspace:?}");
     }
     let built_here = services_built_here(&compose);
-    assert_eq!(built_here.len(), 3, "migrate, ingest and worker run our image");
+    assert_eq!(built_here.len(), 4, "migrate, ingest, worker and hookctl run our image");
     for (name, service) in built_here {
-        let mut commands = vec![command(service)];
+        let mut commands = vec![invocation(service)];
         commands.extend(health_command(service));
         for args in commands {
             assert!(
@@ -168,7 +188,7 @@ fn ingest_publishes_port_3000_for_the_stripe_cli() {
 #[test]
 fn every_service_environment_is_a_valid_settings_set_pointing_at_compose_services() {
     let compose = compose();
-    for name in ["migrate", "ingest", "worker"] {
+    for name in ["migrate", "ingest", "worker", "hookctl"] {
         let env = environment(service(&compose, name));
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let settings = shared::Settings::from_vars(vars).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -190,21 +210,26 @@ fn every_service_environment_is_a_valid_settings_set_pointing_at_compose_service
         }
     }
     // The services agree on the names they share.
-    let ingest = environment(service(&compose, "ingest"));
-    let worker = environment(service(&compose, "worker"));
-    assert_eq!(ingest["AMQP_PREFIX"], worker["AMQP_PREFIX"]);
-    assert_eq!(ingest["AMQP_URL"], worker["AMQP_URL"]);
-    assert_eq!(environment(service(&compose, "migrate"))["DATABASE_URL"], worker["DATABASE_URL"]);
+    let prefix = environment(service(&compose, "ingest"))["AMQP_PREFIX"].clone();
+    for name in ["worker", "hookctl", "rabbitmq-setup"] {
+        assert_eq!(environment(service(&compose, name))["AMQP_PREFIX"], prefix, "{name}'s AMQP_PREFIX");
+    }
 }
 
 #[test]
-fn postgres_credentials_match_the_database_url() {
+fn the_worker_runs_with_the_benchmarked_defaults() {
+    // Compose once set WORKER_CONCURRENCY=8 and WORKER_PREFETCH=16, from before batching: a
+    // prefetch of 16 caps every batch at 16 events.
     let compose = compose();
-    let pg = environment(service(&compose, "postgres"));
-    let url = &environment(service(&compose, "worker"))["DATABASE_URL"];
-    let expected =
-        format!("postgres://{}:{}@postgres:5432/{}", pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"]);
-    assert_eq!(url, &expected);
+    let env = environment(service(&compose, "worker"));
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let worker = shared::Settings::from_vars(vars).unwrap();
+    let defaults = shared::Settings::default();
+    assert_eq!(worker.worker_concurrency, defaults.worker_concurrency);
+    assert_eq!(worker.worker_batch_size, defaults.worker_batch_size);
+    assert_eq!(worker.worker_batch_linger, defaults.worker_batch_linger);
+    assert_eq!(worker.worker_prefetch(), defaults.worker_prefetch());
+    assert_eq!(worker.database_pool_size, defaults.database_pool_size);
 }
 
 #[test]
@@ -247,7 +272,7 @@ fn prometheus_loads_the_repositorys_config_and_rules_and_scrapes_the_pipeline() 
         addr.rsplit(':').next().unwrap().parse().unwrap()
     };
     let expected = BTreeMap::from([
-        ("ingest".to_string(), ("ingest".to_string(), listen_port("ingest", "INGEST_ADDR"))),
+        ("ingest".to_string(), ("ingest".to_string(), listen_port("ingest", "INGEST_METRICS_ADDR"))),
         ("worker".to_string(), ("worker".to_string(), listen_port("worker", "WORKER_ADDR"))),
     ]);
     let mut jobs = BTreeMap::new();

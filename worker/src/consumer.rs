@@ -64,7 +64,12 @@ pub async fn consume<H, F>(
         let (ch, deliveries) = match opened {
             Ok(pair) => pair,
             Err(error) => {
-                tracing::warn!(queue = %options.queue, %error, "cannot start consuming; reconnecting");
+                match shared::broker::access::refusal(&error) {
+                    Some(refusal) => {
+                        tracing::error!(queue = %options.queue, %error, remedy = refusal.remedy(), "the broker refused to let this AMQP user consume")
+                    }
+                    None => tracing::warn!(queue = %options.queue, %error, "cannot start consuming; reconnecting"),
+                }
                 broker.report_broken(&link);
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'connect,

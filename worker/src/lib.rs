@@ -46,6 +46,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use shared::broker::Broker;
 use shared::http_server::{self, ServeOptions};
+use shared::topology::Declaring;
 use shared::verify::message::WebhookSecrets;
 use shared::Settings;
 use tokio::net::TcpListener;
@@ -85,6 +86,8 @@ impl Worker {
             &settings,
             "worker",
             PUBLISH_CHANNELS,
+            // The worker consumes the queues and owns the topology: it declares all of it.
+            Declaring::Everything,
             metrics.broker.clone(),
             broker_stop.clone(),
             &tasks,

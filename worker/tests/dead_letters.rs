@@ -133,7 +133,7 @@ async fn a_dead_letter_queue_declared_without_the_limit_is_kept_with_its_message
         .unwrap();
     park(&env, &topology.dead_queue(), "evt_old").await;
 
-    // Every process declares at start; the old queue must neither fail that nor be replaced.
+    // The worker declares at every start; the old queue must neither fail that nor be replaced.
     topology.declare(env.broker.connection()).await.expect("declaring over the old queue succeeds");
     assert_eq!(env.broker.count(&topology.dead_queue()).await, 1);
     let (ok, out) = hookctl(&env, &["dead", "list"]).await;

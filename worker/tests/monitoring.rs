@@ -110,7 +110,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_expression_with_da
     let worker = TestWorker::spawn(settings.clone()).await;
     let ingest = TestIngest::spawn(settings).await;
 
-    let targets = BTreeMap::from([("ingest", ingest.addr.to_string()), ("worker", worker.addr.to_string())]);
+    let targets = BTreeMap::from([("ingest", ingest.metrics_addr.to_string()), ("worker", worker.addr.to_string())]);
     let prometheus =
         PrometheusServer::start(&test_config(&targets), &[("alerts.yml", read("deploy/prometheus/alerts.yml"))]).await;
 

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 /// An ingest serving on an ephemeral port inside the test process.
 pub struct TestIngest {
     pub addr: SocketAddr,
+    /// Where its `/metrics` is served (`INGEST_METRICS_ADDR`), not the webhook port.
+    pub metrics_addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
     pub client: reqwest::Client,
@@ -21,16 +23,22 @@ impl TestIngest {
         testkit::init_logs();
         let ingest = Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
+        let metrics_addr = ingest.metrics_addr();
         let state = ingest.state();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ingest.run(shutdown.clone()));
-        let me = Self { addr, shutdown, task, client: reqwest::Client::new(), state };
+        let me = Self { addr, metrics_addr, shutdown, task, client: reqwest::Client::new(), state };
         me.wait_ready().await;
         me
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `/metrics` on the metrics listener.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 
     pub async fn wait_ready(&self) {
@@ -78,17 +86,19 @@ pub fn broker_addr() -> SocketAddr {
     format!("{host}:{}", url.port().unwrap_or(5672)).parse().unwrap()
 }
 
-/// The `ingest` binary in a process of its own (to signal it, or read its memory), on a free
-/// port, with this test's prefix and `vars` added; returns once it is ready.
+/// The `ingest` binary in a process of its own (to signal it, or read its memory), on free
+/// ports, with this test's prefix and `vars` added; returns once it is ready, with the
+/// addresses of its webhook and its metrics listeners.
 pub async fn spawn_ingest_process(
     broker: &testkit::TestBroker,
     vars: &[(&str, &str)],
-) -> (testkit::LoggedProcess, SocketAddr) {
+) -> (testkit::LoggedProcess, SocketAddr, SocketAddr) {
     let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
     let mut all: Vec<(String, String)> = [
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),
         ("INGEST_ADDR", "127.0.0.1:0".into()),
+        ("INGEST_METRICS_ADDR", "127.0.0.1:0".into()),
         ("STRIPE_WEBHOOK_SECRET", testkit::events::STRIPE_SECRET.into()),
         ("LOG_FORMAT", "json".into()),
         ("RUST_LOG", "info".into()),
@@ -99,13 +109,14 @@ pub async fn spawn_ingest_process(
     all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let process = testkit::LoggedProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &[], &all);
     let addr = process.logged_addr("ingest listening").await;
+    let metrics_addr = process.logged_addr("ingest metrics listening").await;
     let client = reqwest::Client::new();
     testkit::eventually("ingest ready", std::time::Duration::from_secs(20), || async {
         let r = client.get(format!("http://{addr}/readyz")).send().await.ok()?;
         r.status().is_success().then_some(())
     })
     .await;
-    (process, addr)
+    (process, addr, metrics_addr)
 }
 
 /// POSTs `body` to the Stripe route of the ingest at `addr`, signed with the test secret.

@@ -1,7 +1,8 @@
 //! One AMQP connection per process, kept alive by a supervisor task.
 //!
 //! The supervisor ([`supervisor`]) connects to a node of `AMQP_URL` (a comma-separated list of
-//! the nodes of one cluster, see [`nodes`]), declares the [`Topology`], opens a few publisher
+//! the nodes of one cluster, see [`nodes`]), puts the [`Topology`] in place (declares it, or
+//! checks it, see [`Declaring`]), opens a few publisher
 //! channels in confirm mode and publishes the live [`Link`] on a watch channel. When the
 //! connection breaks (an error event, a failed publish, a status poll, or a link on which
 //! confirms stopped altogether) it withdraws the link, so publishers fail fast with
@@ -13,7 +14,10 @@
 //! link is replaced only when it goes silent as a whole), and a nack retires only its channel.
 //! A nack must retire the channel: after a quorum queue's leader moves, RabbitMQ 3.10 can nack
 //! every publish on a channel that published before the election, while a new channel is acked.
+//!
+//! A permission the broker refuses ([`access`]) is logged as such, with what to grant.
 
+pub mod access;
 mod link;
 pub mod nodes;
 mod supervisor;
@@ -35,7 +39,7 @@ use self::link::open_publisher;
 pub use self::link::Link;
 pub use self::nodes::{connect_first, redacted_urls, ConnectError};
 use crate::metrics::BrokerMetrics;
-use crate::topology::Topology;
+use crate::topology::{Declaring, Topology};
 
 /// How a process uses its connection.
 #[derive(Debug, Clone)]
@@ -48,6 +52,8 @@ pub struct BrokerOptions {
     pub publish_channels: usize,
     /// Longest wait for a publisher confirm.
     pub publish_timeout: Duration,
+    /// Whether this process declares the topology or only checks it.
+    pub declaring: Declaring,
 }
 
 /// Why a publish is not known to be stored. Each maps to "not stored, try again".
@@ -136,6 +142,7 @@ impl Broker {
         settings: &crate::Settings,
         connection_name: &str,
         publish_channels: usize,
+        declaring: Declaring,
         metrics: BrokerMetrics,
         cancel: CancellationToken,
         tracker: &TaskTracker,
@@ -144,6 +151,7 @@ impl Broker {
             connection_name: connection_name.to_string(),
             publish_channels,
             publish_timeout: settings.publish_timeout,
+            declaring,
         };
         Self::start(settings.amqp_url.clone(), Topology::from_settings(settings), options, metrics, cancel, tracker)
     }
@@ -228,6 +236,7 @@ impl Broker {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         // Checked here, not by `From<&str>`, which panics past 255 bytes.
+        let exchange_name = exchange;
         let exchange = ShortString::try_new(exchange).map_err(|_| PublishError::InvalidName)?;
         let routing_key = ShortString::try_new(routing_key).map_err(|_| PublishError::InvalidName)?;
         let link = self.current().ok_or(PublishError::Unavailable)?;
@@ -269,6 +278,12 @@ impl Broker {
             Ok(Confirmation::NotRequested) => {
                 // Only possible if a channel lost confirm mode.
                 self.retire(&link, slot, &channel, "it is not in confirm mode");
+                Err(PublishError::Unavailable)
+            }
+            Err(error) if access::refusal(&error).is_some() => {
+                let remedy = access::refusal(&error).map(access::Refusal::remedy).unwrap_or_default();
+                tracing::error!(%error, exchange = exchange_name, remedy, "the broker refused the publish");
+                self.retire(&link, slot, &channel, "the broker refused a publish on it");
                 Err(PublishError::Unavailable)
             }
             Err(error) if link.connected() => {

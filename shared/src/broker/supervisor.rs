@@ -1,5 +1,6 @@
-//! The task that keeps a link: connects to a node of `AMQP_URL`, declares the topology, opens
-//! the publisher channels, publishes the link, watches it, and on loss moves to the next node.
+//! The task that keeps a link: connects to a node of `AMQP_URL`, puts the topology in place
+//! (declares or checks it), opens the publisher channels, publishes the link, watches it, and
+//! on loss moves to the next node.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,9 +11,11 @@ use lapin::{Connection, ConnectionProperties, Event};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use super::access;
 use super::link::{open_publisher, Link};
 use super::nodes::{redacted_node, CONNECT_TIMEOUT};
 use super::Inner;
+use crate::topology::TopologyError;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -23,16 +26,48 @@ const STATUS_POLL: Duration = Duration::from_millis(250);
 /// confirm only fails its own request; this is the whole link going silent.
 pub(super) const STALLED_LINK_TIMEOUTS: u32 = 3;
 
-async fn connect(inner: &Inner, node: usize) -> Result<Arc<Link>, lapin::Error> {
+/// Why a connection attempt did not give a link.
+enum Failure {
+    Connect(lapin::Error),
+    Topology(TopologyError),
+}
+
+impl From<lapin::Error> for Failure {
+    fn from(error: lapin::Error) -> Self {
+        Self::Connect(error)
+    }
+}
+
+async fn connect(inner: &Inner, node: usize) -> Result<Arc<Link>, Failure> {
     let properties = ConnectionProperties::default().with_connection_name(inner.options.connection_name.clone().into());
     let connection = Connection::connect(inner.nodes[node].expose_secret(), properties).await?;
-    inner.topology.declare(&connection).await?;
+    if let Err(error) = inner.topology.ensure(&connection, inner.options.declaring).await {
+        let _ = connection.close(200, "topology not in place".into()).await;
+        return Err(Failure::Topology(error));
+    }
     let mut publishers = Vec::with_capacity(inner.options.publish_channels.max(1));
     for _ in 0..inner.options.publish_channels.max(1) {
         publishers.push(open_publisher(&connection).await?);
     }
     let generation = inner.generations.fetch_add(1, Ordering::SeqCst) + 1;
     Ok(Arc::new(Link::new(generation, node, connection, publishers)))
+}
+
+/// Logs a failed attempt once: a refusal (wrong password, missing permission, missing
+/// topology ingest may not declare) as an error that says what to do, since waiting does not
+/// fix it; anything else as the broker being away.
+fn log_failure(broker: &str, failure: &Failure) {
+    match failure {
+        Failure::Topology(error @ (TopologyError::Refused { .. } | TopologyError::Missing { .. })) => {
+            tracing::error!(broker, %error, "the broker topology is not in place")
+        }
+        Failure::Topology(TopologyError::Broker(error)) | Failure::Connect(error) => match access::refusal(error) {
+            Some(refusal) => {
+                tracing::error!(broker, %error, remedy = refusal.remedy(), "the broker refused this AMQP user")
+            }
+            None => tracing::warn!(broker, %error, "broker unreachable"),
+        },
+    }
 }
 
 /// Connects, serves and reconnects until `cancel` fires. Tries the nodes in turn, starting
@@ -50,7 +85,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
         };
         match attempt {
             Ok(Ok(link)) => {
-                tracing::info!(broker = %shown, prefix = inner.topology.prefix(), "broker connected, topology declared");
+                tracing::info!(broker = %shown, prefix = inner.topology.prefix(), declaring = ?inner.options.declaring, "broker connected, topology in place");
                 inner.metrics.connected.set(1);
                 inner.metrics.connects.inc();
                 inner.link.send_replace(Some(link.clone()));
@@ -73,7 +108,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
                 }
                 continue;
             }
-            Ok(Err(error)) => tracing::warn!(broker = %shown, %error, "broker unreachable"),
+            Ok(Err(failure)) => log_failure(&shown, &failure),
             Err(_) => tracing::warn!(broker = %shown, "broker connect timed out"),
         }
         node = (node + 1) % nodes;

@@ -7,6 +7,7 @@ fn defaults_work_on_a_developer_machine() {
     let s = Settings::from_vars([]).unwrap();
     assert_eq!(s.amqp_prefix, "webhooks");
     assert_eq!(s.ingest_addr.port(), 3000);
+    assert_eq!(s.ingest_metrics_addr, ([127, 0, 0, 1], 9091).into(), "metrics stay on loopback unless asked");
     assert_eq!(s.worker_addr.port(), 9090);
     assert_eq!(s.stripe_tolerance, Duration::from_secs(300));
     assert_eq!(s.max_body_bytes, 1 << 20);

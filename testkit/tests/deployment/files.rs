@@ -16,10 +16,36 @@ pub(super) fn repo_file(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// docker-compose.yml as it runs with nothing set in the environment.
+/// The variables .env.example lists (`NAME=` lines): what compose requires to start.
+pub(super) fn required_variables() -> Vec<(String, String)> {
+    repo_file(".env.example")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim().to_string(), value.to_string()))
+        .collect()
+}
+
+/// A value for each required variable, as an operator's .env gives them.
+pub(super) fn operator_env() -> BTreeMap<String, String> {
+    required_variables().into_iter().map(|(name, _)| (name.clone(), format!("{}-value", name.to_lowercase()))).collect()
+}
+
+/// docker-compose.yml as it runs with `env` set.
+pub(super) fn parse_with(text: &str, env: &BTreeMap<String, String>) -> Result<Compose, String> {
+    let env: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    parse_compose(text, &env)
+}
+
+/// docker-compose.yml as it runs with every required variable set and nothing else.
 pub(super) fn compose() -> Compose {
-    parse_compose(&repo_file("docker-compose.yml"), &BTreeMap::new())
+    parse_with(&repo_file("docker-compose.yml"), &operator_env())
         .unwrap_or_else(|e| panic!("docker-compose.yml does not follow the Compose specification: {e}"))
+}
+
+/// docker-compose.yml as YAML, before interpolation: what the file itself says.
+pub(super) fn raw_compose() -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(&repo_file("docker-compose.yml")).expect("docker-compose.yml is YAML")
 }
 
 pub(super) fn service<'a>(compose: &'a Compose, name: &str) -> &'a Service {
@@ -36,7 +62,18 @@ pub(super) fn services_built_here(compose: &Compose) -> Vec<(String, &Service)> 
 }
 
 pub(super) fn command(service: &Service) -> Vec<String> {
-    match &service.command {
+    list(&service.command)
+}
+
+/// What the container runs: its entrypoint, if the service sets one, then its command.
+pub(super) fn invocation(service: &Service) -> Vec<String> {
+    let mut args = list(&service.entrypoint);
+    args.extend(command(service));
+    args
+}
+
+fn list(command: &Option<Command>) -> Vec<String> {
+    match command {
         Some(Command::List(list)) => list.clone(),
         Some(Command::String(s)) => panic!("command {s:?} should be a list (no shell in the image)"),
         None => Vec::new(),
@@ -110,6 +147,26 @@ pub(super) fn published_ports(service: &Service) -> Vec<(u16, u16)> {
     compose_spec::service::ports::into_long_iter(service.ports.clone())
         .map(|port| (port.published.expect("published port").start(), port.target))
         .collect()
+}
+
+/// The host address each published port of a service listens on (`None`: every address).
+pub(super) fn published_hosts(service: &Service) -> Vec<Option<std::net::IpAddr>> {
+    compose_spec::service::ports::into_long_iter(service.ports.clone()).map(|port| port.host_ip).collect()
+}
+
+/// The `${NAME...}` references in `text`: the name and what follows it (`:?message`, `:-`, ...).
+pub(super) fn references(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let inner = &rest[start + 2..];
+        let end = inner.find('}').expect("a closed ${");
+        let body = &inner[..end];
+        let name_end = body.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(body.len());
+        found.push((body[..name_end].to_string(), body[name_end..].to_string()));
+        rest = &inner[end + 1..];
+    }
+    found
 }
 
 /// Binaries the image has: built with `--bin` and copied to /usr/local/bin by the Dockerfile.

@@ -7,6 +7,10 @@
 //! the meantime is recognised as a duplicate. Before that, each is checked as the worker checks
 //! every delivery (its signature, its key and type against its body): one that is unverifiable
 //! stays in the dead letters, with a line saying why.
+//!
+//! hookctl declares nothing: the worker owns the topology, and the operator's AMQP user as
+//! deployed may only read the dead-letter queues and publish to the default exchange
+//! (`deploy/rabbitmq/permissions`).
 
 use std::time::Duration;
 
@@ -137,7 +141,6 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
     let topology = Topology::from_settings(settings);
-    topology.declare(&connection).await?;
     let outbox = match &command {
         DeadCommand::List { which, .. }
         | DeadCommand::Show { which, .. }
@@ -151,7 +154,31 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
     };
     let result = execute(&connection, &topology, command, outbox.as_ref(), secrets.as_ref()).await;
     let _ = connection.close(200, "done".into()).await;
-    result
+    result.map_err(explain_refusal)
+}
+
+/// A refused permission, with what to grant.
+fn explain_refusal(error: anyhow::Error) -> anyhow::Error {
+    match error.downcast_ref::<lapin::Error>().and_then(shared::broker::access::refusal) {
+        Some(refusal) => error.context(refusal.remedy()),
+        None => error,
+    }
+}
+
+/// Fails unless `queue` exists, saying why it might not.
+async fn require_queue(connection: &Connection, queue: &str, which: Which) -> anyhow::Result<()> {
+    if queue_exists(connection, queue).await {
+        return Ok(());
+    }
+    anyhow::bail!("no queue {queue}: {}", why_missing(which))
+}
+
+fn why_missing(which: Which) -> &'static str {
+    if which.notifications {
+        "notification delivery is off (NOTIFY_WEBHOOK_URL), or no worker has started with it"
+    } else {
+        "no worker has started on this AMQP_PREFIX yet (the worker declares the queues)"
+    }
 }
 
 fn queues(topology: &Topology, which: Which) -> (String, String) {
@@ -180,7 +207,7 @@ async fn execute(
                 let letters = read_all(&reader, &dead, limit).await?;
                 print_list(&letters, limit);
             } else {
-                println!("no queue {dead} (notification delivery is off)");
+                println!("no queue {dead} ({})", why_missing(which));
             }
             if let Some(client) = outbox {
                 dead_outbox::list(client, limit as i64).await?;
@@ -188,6 +215,7 @@ async fn execute(
         }
         DeadCommand::Show { id, which } => {
             let (dead, _) = queues(topology, which);
+            require_queue(connection, &dead, which).await?;
             let letters = read_all(&reader, &dead, SCAN_LIMIT).await?;
             let letter = letters
                 .iter()
@@ -213,6 +241,7 @@ async fn execute(
                 args.id.is_some() || args.all || args.provider.is_some() || args.since.is_some(),
                 "say what to replay: an id, --all, --provider or --since"
             );
+            require_queue(connection, &dead, args.which).await?;
             let since =
                 args.since.as_deref().map(shared::settings::parse_duration).transpose().map_err(anyhow::Error::msg)?;
             let cutoff = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
@@ -250,6 +279,7 @@ async fn execute(
         DeadCommand::Purge { yes, which } => {
             let (dead, _) = queues(topology, which);
             anyhow::ensure!(yes, "purging deletes every message in {dead} for good; add --yes");
+            require_queue(connection, &dead, which).await?;
             let purged = reader.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await?;
             println!("purged {purged} message(s) from {dead}");
         }

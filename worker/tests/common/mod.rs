@@ -268,6 +268,8 @@ pub fn spawn_worker_process(vars: &[(String, String)]) -> Child {
 /// An ingest inside the test process.
 pub struct TestIngest {
     pub addr: SocketAddr,
+    /// Its `/metrics` listener (`INGEST_METRICS_ADDR`).
+    pub metrics_addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -276,6 +278,7 @@ impl TestIngest {
     pub async fn spawn(settings: Settings) -> Self {
         let ingest = ingest::Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
+        let metrics_addr = ingest.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ingest.run(shutdown.clone()));
         let url = format!("http://{addr}/readyz");
@@ -284,7 +287,7 @@ impl TestIngest {
             r.status().is_success().then_some(())
         })
         .await;
-        Self { addr, shutdown, task }
+        Self { addr, metrics_addr, shutdown, task }
     }
 
     pub async fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> reqwest::StatusCode {
