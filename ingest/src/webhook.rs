@@ -47,6 +47,10 @@ pub async fn handle(
         order_id = tracing::field::Empty,
         status = tracing::field::Empty
     );
+    // A trace begun before this request (a gateway, a load balancer) goes on through it.
+    if let Some(parent) = request.headers().get(TRACEPARENT).and_then(|value| value.to_str().ok()) {
+        shared::traces::continue_trace(&span, parent);
+    }
     let response = async {
         let result = receive(state, provider, request, peer, request_id).await;
         let response = match result {
@@ -102,7 +106,8 @@ async fn receive(
         span.record("order_id", &**order_id);
     }
 
-    // The worker continues this request's trace (when traces are exported).
+    // The worker continues this request's trace: this span's when traces are exported, else the
+    // one the request came with, if any.
     let traceparent = shared::traces::traceparent(&span);
     let trace_header = traceparent.as_deref().map(|value| (TRACEPARENT, value));
     let properties = EnvelopeHeaders {

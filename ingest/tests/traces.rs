@@ -3,6 +3,7 @@
 //! the message; the worker (in this test process, exporting too) continues that trace for the
 //! delivery and its transaction, again for every retry of an event through a delay tier, and
 //! carries it on to the notification message. Both export to an OTLP receiver of the test's own.
+//! A request that comes with a `traceparent` (a tracing gateway in front) joins that trace.
 
 mod common;
 
@@ -82,6 +83,20 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
         let status = common::post_signed_stripe(&client, addr, body).await.unwrap().status();
         assert_eq!(status, 200, "{key}");
     }
+    // A third event comes from a gateway that traces: ingest's request span is a child of it.
+    let gateway = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    seed(&sql, "order-gateway").await;
+    let body = stripe_session_event("evt_gateway", "checkout.session.completed", "order-gateway", "paid", 3000, "usd");
+    let status = client
+        .post(format!("http://{addr}{}", ingest::STRIPE_ROUTE))
+        .header("stripe-signature", testkit::events::stripe_signature(&body, STRIPE_SECRET))
+        .header("traceparent", format!("00-{}-{}-01", gateway.0, gateway.1))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "evt_gateway");
     let count = |sql_text: &'static str| {
         let sql = &sql;
         async move { sql.query_one(sql_text, &[]).await.ok().map(|r| r.get::<_, i64>(0)) }
@@ -93,8 +108,8 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     })
     .await;
     seed(&sql, "order-later").await;
-    testkit::eventually("both applied", WAIT, || async {
-        (count("SELECT count(*) FROM webhook_events WHERE status = 'applied'").await? == 2).then_some(())
+    testkit::eventually("all three applied", WAIT, || async {
+        (count("SELECT count(*) FROM webhook_events WHERE status = 'applied'").await? == 3).then_some(())
     })
     .await;
 
@@ -124,6 +139,14 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     })
     .await;
     assert_ne!(now_request.trace_id, later_request.trace_id, "each webhook is a trace of its own");
+    let (gateway_request, _) =
+        testkit::eventually("evt_gateway's trace", WAIT, || async { joined(&receiver.spans(), "evt_gateway", 1) })
+            .await;
+    assert_eq!(
+        (gateway_request.trace_id.as_str(), gateway_request.parent_span_id.as_str()),
+        gateway,
+        "the request continues the gateway's trace"
+    );
 
     for (request, spans, attempts) in
         [(&now_request, &now_spans, ["1"].as_slice()), (&later_request, &later_spans, &["1", "2"])]
@@ -150,14 +173,14 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     let traceparent = header_str(&headers, "traceparent").expect("the notification carries a traceparent");
     let trace_id = traceparent.split('-').nth(1).unwrap_or_default();
     assert!(
-        [&now_request.trace_id, &later_request.trace_id].contains(&&trace_id.to_string()),
+        [now_request.trace_id.as_str(), later_request.trace_id.as_str(), gateway.0].contains(&trace_id),
         "{traceparent} continues an event's trace"
     );
 
     // And the HTTP delivery of each notification, whose span joins the same trace.
-    let posted = testkit::eventually("both notifications delivered", WAIT, || async {
+    let posted = testkit::eventually("the three notifications delivered", WAIT, || async {
         let requests = endpoint.requests();
-        (requests.len() >= 2).then_some(requests)
+        (requests.len() >= 3).then_some(requests)
     })
     .await;
     let mut delivered: Vec<String> = posted
@@ -167,10 +190,10 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
         })
         .collect();
     delivered.sort();
-    let mut expected = vec![now_request.trace_id.clone(), later_request.trace_id.clone()];
+    let mut expected = vec![now_request.trace_id.clone(), later_request.trace_id.clone(), gateway.0.to_string()];
     expected.sort();
     assert_eq!(delivered, expected, "each delivered notification carries its event's trace");
-    testkit::eventually("the delivery spans in both traces", WAIT, || async {
+    testkit::eventually("the delivery spans in the three traces", WAIT, || async {
         let spans = receiver.spans();
         expected
             .iter()

@@ -1,6 +1,8 @@
 //! Prometheus metrics shared by both binaries. Each process (and each in-process test app)
 //! owns its own [`Registry`], so nothing is global and tests do not see each other's counts.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every `outcome` of `amqp_publish_total`. Each exists at 0 from the first scrape, so
@@ -50,9 +52,11 @@ impl BrokerMetrics {
 
 /// Registers what every process exposes besides its own metrics: the standard process
 /// metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
-/// `process_max_fds`, `process_start_time_seconds`, ...) and `<binary>_build_info{version}`
-/// set to 1, so dashboards can show what runs where and alerts can join on it.
+/// `process_max_fds`, `process_start_time_seconds`, ...), `log_lines_dropped_total` and
+/// `<binary>_build_info{version}` set to 1, so dashboards can show what runs where and alerts
+/// can join on it.
 pub fn register_process_metrics(registry: &Registry, binary: &str, version: &str) {
+    registry.register(Box::new(LogLinesDropped::new())).expect("log_lines_dropped_total is registered once");
     // The collector reads /proc, so it exists on Linux only (where the pipeline is deployed).
     #[cfg(target_os = "linux")]
     registry
@@ -67,6 +71,36 @@ pub fn register_process_metrics(registry: &Registry, binary: &str, version: &str
         .expect("valid metric name"),
     );
     build_info.with_label_values(&[version]).set(1);
+}
+
+/// `log_lines_dropped_total`: log lines this process dropped because its log sink did not take
+/// them (see [`crate::telemetry::writer`]). The count lives with the log writer, which knows
+/// nothing of registries; this reads it at each scrape.
+struct LogLinesDropped {
+    desc: Desc,
+}
+
+const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
+const LOG_LINES_DROPPED_HELP: &str = "Log lines dropped because the log sink (stdout) did not take them";
+
+impl LogLinesDropped {
+    fn new() -> Self {
+        let desc = Desc::new(LOG_LINES_DROPPED.into(), LOG_LINES_DROPPED_HELP.into(), Vec::new(), Default::default())
+            .expect("a valid metric name");
+        Self { desc }
+    }
+}
+
+impl Collector for LogLinesDropped {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let counter = IntCounter::new(LOG_LINES_DROPPED, LOG_LINES_DROPPED_HELP).expect("a valid metric name");
+        counter.inc_by(crate::telemetry::writer::lines_dropped());
+        counter.collect()
+    }
 }
 
 /// Latency buckets (seconds) from 1 ms to 30 s.
@@ -124,7 +158,12 @@ mod tests {
         register_process_metrics(&registry, "ingest", "1.2.3");
         let text = render(&registry);
         assert!(text.contains("ingest_build_info{version=\"1.2.3\"} 1"), "{text}");
-        for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "log_lines_dropped_total",
+        ] {
             assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} in:\n{text}");
         }
     }

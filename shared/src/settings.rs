@@ -48,6 +48,11 @@ pub struct Settings {
     /// in the URL does the same).
     #[serde(deserialize_with = "empty_path_as_none")]
     pub database_ca_file: Option<std::path::PathBuf>,
+    /// How long a worker's session may stay inside a transaction without running a statement
+    /// before Postgres ends the session (`idle_in_transaction_session_timeout`) and so releases
+    /// its row locks: a worker stalled mid-transaction cannot keep payments locked for good.
+    #[serde(deserialize_with = "duration")]
+    pub database_idle_in_transaction_timeout: Duration,
     /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`), or the URLs of a cluster's nodes,
     /// comma-separated: processes connect to the first that answers and move on to the next
     /// when their node goes away.
@@ -197,6 +202,7 @@ impl Default for Settings {
             database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/webhooks"),
             database_pool_size: 16,
             database_ca_file: None,
+            database_idle_in_transaction_timeout: Duration::from_secs(30),
             amqp_url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_prefix: "webhooks".into(),
             ingest_addr: ([0, 0, 0, 0], 3000).into(),
@@ -307,6 +313,12 @@ impl Settings {
         let db = self.database_url.expose_secret();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(SettingsError::invalid("database_url", "must start with postgres:// or postgresql://"));
+        }
+        if self.database_idle_in_transaction_timeout < Duration::from_secs(1) {
+            return Err(SettingsError::invalid(
+                "database_idle_in_transaction_timeout",
+                "at least 1s: a busy worker's transactions must not be cut",
+            ));
         }
         if self.retry_delays.is_empty() {
             return Err(SettingsError::invalid("retry_delays", "needs at least one delay"));

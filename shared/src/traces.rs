@@ -5,9 +5,15 @@
 //! Export is on when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: spans go in batches to that OTLP/HTTP
 //! (protobuf) receiver, configured by the standard `OTEL_*` variables (`OTEL_SERVICE_NAME`,
-//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...). When it is not set, nothing
-//! is exported and no `traceparent` is written: [`traceparent`] returns `None` at the cost of
-//! one atomic load.
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...).
+//!
+//! When it is not set, nothing is exported, and a received trace context is passed on as it
+//! came, as the OpenTelemetry API does without an SDK: the processes before and after this one
+//! may export to a collector of their own, and their spans still join one trace (this process's
+//! part of it is missing). [`continue_trace`] keeps the received `traceparent` with the span
+//! (in the span's extensions in the registry) and [`traceparent`] finds it on the span or the
+//! nearest ancestor that has one. Nothing received, nothing exported: no `traceparent` is
+//! invented.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,6 +24,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::registry::{LookupSpan, Registry};
 
 /// The W3C trace context header, in HTTP and (by the same name) in AMQP headers.
 pub const TRACEPARENT: &str = "traceparent";
@@ -74,24 +81,48 @@ where
     Ok(Some((tracing_opentelemetry::layer().with_tracer(tracer), Exporter { provider })))
 }
 
-/// The `traceparent` of `span`, to carry its trace on; `None` when nothing is exported.
+/// The `traceparent` of `span`, to carry its trace on: its own when spans are exported,
+/// otherwise the one it (or an ancestor) received; `None` when there is neither.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     if !exporting() {
-        return None;
+        return received(span);
     }
     let mut carrier = Carrier(None);
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
     carrier.0
 }
 
-/// Makes `span` (just created, not yet entered) continue the trace of `traceparent`. A value
-/// that is not a valid trace context is ignored: the span starts a trace of its own.
+/// Makes `span` (just created, not yet entered) continue the trace of `traceparent`; without
+/// export, keeps it to pass on. A value that is not a valid trace context is ignored: the span
+/// starts a trace of its own (or, without export, passes none on).
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
-    if !exporting() {
+    let context = TraceContextPropagator::new().extract(&Carrier(Some(traceparent.to_string())));
+    if exporting() {
+        let _ = span.set_parent(context);
         return;
     }
-    let context = TraceContextPropagator::new().extract(&Carrier(Some(traceparent.to_string())));
-    let _ = span.set_parent(context);
+    // Written again from what was parsed: a valid value, in the canonical form.
+    let mut carrier = Carrier(None);
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    let Some(valid) = carrier.0 else { return };
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(span) = dispatch.downcast_ref::<Registry>().and_then(|registry| registry.span(id)) {
+            span.extensions_mut().replace(Received(valid));
+        }
+    });
+}
+
+/// A `traceparent` a span received, passed on when nothing is exported.
+struct Received(String);
+
+/// The `traceparent` `span` or its nearest ancestor received. A span the filter turned off
+/// (or a subscriber without a registry) has none.
+fn received(span: &tracing::Span) -> Option<String> {
+    span.with_subscriber(|(id, dispatch)| {
+        let span = dispatch.downcast_ref::<Registry>()?.span(id)?;
+        span.scope().find_map(|span| span.extensions().get::<Received>().map(|r| r.0.clone()))
+    })
+    .flatten()
 }
 
 /// A carrier holding one `traceparent` value.
@@ -114,3 +145,6 @@ impl Extractor for Carrier {
         vec![TRACEPARENT]
     }
 }
+
+#[cfg(test)]
+mod tests;

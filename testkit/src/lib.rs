@@ -32,7 +32,7 @@ pub use broker_users::RoleUsers;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
 pub use pg_server::PgServer;
-pub use process::LoggedProcess;
+pub use process::{LoggedProcess, UnreadProcess};
 pub use proxy::TcpProxy;
 pub use rabbit_node::{RabbitCluster, RabbitNode};
 

@@ -84,3 +84,51 @@ impl LoggedProcess {
             .expect("wait")
     }
 }
+
+/// A binary run as its own OS process whose stdout and stderr are pipes that nobody reads once
+/// it has started (a log shipper that stopped reading): its first stdout lines are read until
+/// the one that says it is ready, then neither pipe is read again while it runs. Killed when
+/// dropped.
+pub struct UnreadProcess {
+    pub child: Child,
+    // Held open and never read: a closed pipe would fail writes instead of filling up.
+    _stdout: BufReader<tokio::process::ChildStdout>,
+    _stderr: tokio::process::ChildStderr,
+}
+
+impl UnreadProcess {
+    /// Starts `program` with `vars` added to the environment and returns once it has written a
+    /// stdout line containing `ready`, with that line.
+    pub async fn spawn(program: &str, vars: &[(String, String)], ready: &str) -> (Self, String) {
+        let mut child = Command::new(program)
+            .envs(vars.iter().cloned())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let started = async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let read = stdout.read_line(&mut line).await.expect("stdout readable");
+                assert!(read > 0, "{program} closed stdout before logging {ready:?}");
+                if line.contains(ready) {
+                    return line.trim_end().to_string();
+                }
+            }
+        };
+        let line = tokio::time::timeout(Duration::from_secs(30), started)
+            .await
+            .unwrap_or_else(|_| panic!("{program} did not log {ready:?} within 30 s"));
+        (Self { child, _stdout: stdout, _stderr: stderr }, line)
+    }
+
+    /// The `addr` field of a JSON log line.
+    pub fn addr_of(line: &str) -> std::net::SocketAddr {
+        let json: serde_json::Value = serde_json::from_str(line).expect("JSON log line (LOG_FORMAT=json)");
+        json["addr"].as_str().expect("addr field").parse().expect("socket address")
+    }
+}

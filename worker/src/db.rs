@@ -28,8 +28,10 @@ pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
     config.connect_timeout(POOL_TIMEOUT);
     config.application_name("webhooks-worker");
     // Bounded waits as session settings, not a round trip per transaction: a stuck lock or
-    // query becomes a (transient) error instead of a stalled worker.
-    config.options(SESSION_OPTIONS);
+    // query becomes a (transient) error instead of a stalled worker, and a worker stalled
+    // between two statements of a transaction loses its session and with it its row locks.
+    let idle_in_transaction = settings.database_idle_in_transaction_timeout.as_millis();
+    config.options(format!("{SESSION_OPTIONS} -c idle_in_transaction_session_timeout={idle_in_transaction}"));
     let manager = Manager::from_config(config, target.tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(settings.database_pool_size)

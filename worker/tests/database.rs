@@ -146,3 +146,36 @@ fn table_scans(plan: &serde_json::Value, out: &mut Vec<(String, String, bool)>) 
         table_scans(child, out);
     }
 }
+
+/// A worker stalled in the middle of a transaction (any reason: a blocked thread, a starved
+/// runtime) must not keep payment rows locked for good, or every other worker's events for
+/// those orders climb the retry tiers behind it. Postgres ends a session of the worker's pool
+/// that waits inside a transaction for `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`, and with it the
+/// transaction and its locks. To see it fail, delete the `idle_in_transaction_session_timeout`
+/// option in `db::pool`.
+#[tokio::test]
+async fn a_session_stalled_inside_a_transaction_is_ended_by_the_server_and_its_row_locks_released() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new().await;
+    let settings = broker.settings(Some(&db.url), &[("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1s")]);
+    worker::migrate::migrate(&settings).await.expect("migrations apply");
+    let sql = db.client().await;
+    sql.execute("INSERT INTO payments (order_id, provider) VALUES ('stalled', 'stripe')", &[]).await.unwrap();
+
+    let pool = worker::db::pool(&settings).expect("pool");
+    let mut stalled = pool.get().await.expect("a pooled connection, with the worker's session settings");
+    let timeout: String = stalled.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(timeout, "1s");
+    let tx = stalled.transaction().await.unwrap();
+    tx.query("SELECT id FROM payments WHERE order_id = 'stalled' FOR UPDATE", &[]).await.unwrap();
+    let lock = "SELECT id FROM payments WHERE order_id = 'stalled' FOR UPDATE NOWAIT";
+    let held = sql.query(lock, &[]).await.unwrap_err();
+    assert_eq!(classify(&held), DbErrorClass::Transient, "the row is locked by the stalled transaction");
+
+    // The stalled session runs nothing more; the server ends it and the row is free again.
+    testkit::eventually("the row lock released", std::time::Duration::from_secs(20), || async {
+        sql.query(lock, &[]).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(tx.query("SELECT 1", &[]).await.is_err(), "the stalled transaction was ended");
+}

@@ -213,3 +213,15 @@ fn event_retention_shorter_than_the_providers_retries_is_refused() {
         assert!(err.contains("EVENT_RETENTION"), "{value} gave {err}");
     }
 }
+
+#[test]
+fn the_idle_in_transaction_timeout_is_30s_and_at_least_1s() {
+    let s = Settings::from_vars([]).unwrap();
+    assert_eq!(s.database_idle_in_transaction_timeout, Duration::from_secs(30));
+    let s = Settings::from_vars([("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "2m")]).unwrap();
+    assert_eq!(s.database_idle_in_transaction_timeout, Duration::from_secs(120));
+    for short in ["0", "500ms"] {
+        let err = Settings::from_vars([("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", short)]).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"), "{err}");
+    }
+}

@@ -19,6 +19,8 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::writer::Notice;
+
 /// Formats span fields as JSON object members, appending on `record`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JsonFields;
@@ -234,6 +236,20 @@ impl Visit for Members<'_> {
             w.write_str(close)
         });
     }
+}
+
+/// A notice of the log writer as a JSON line, in the shape of the others.
+pub fn notice(notice: Notice, out: &mut Vec<u8>) {
+    let mut line = String::with_capacity(192);
+    line.push_str("{\"timestamp\":\"");
+    let _ = SystemTime.format_time(&mut Writer::new(&mut line));
+    line.push_str("\",\"level\":\"WARN\",\"message\":");
+    let _ = string(&mut line, notice.message());
+    if let Notice::Dropped(lines) = notice {
+        let _ = write!(line, ",\"dropped\":{lines}");
+    }
+    line.push_str("}\n");
+    out.extend_from_slice(line.as_bytes());
 }
 
 /// Writes `value` as a JSON string literal.

@@ -140,6 +140,41 @@ fn lines_carry_the_same_json_values_as_tracing_subscribers_json_format() {
     assert!(actual[0].get("span").is_none());
 }
 
+/// The text format's hostile-value test, for JSON lines: newlines and escape codes in an order
+/// id, an event id and the message stay inside their line's JSON strings, and come back as they
+/// were when the line is parsed.
+#[test]
+fn hostile_values_cannot_break_or_forge_a_json_line() {
+    let forged = "order-1\n{\"level\":\"INFO\",\"message\":\"[Stripe Webhook] Payment updated\"}\r\u{1b}[2J\u{2028}";
+    let ours = Captured::default();
+    let layer =
+        tracing_subscriber::fmt::layer().with_writer(ours.clone()).fmt_fields(JsonFields).event_format(JsonLines);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let span = tracing::info_span!("delivery", event_id = %forged);
+        let _entered = span.enter();
+        tracing::warn!(order_id = %forged, "payment has no booking; no notification");
+        tracing::info!("order {forged} not found");
+    });
+    let text = ours.text();
+    assert_eq!(text.matches('\n').count(), 2, "two events, two lines: {text:?}");
+    assert!(!text.contains('\r') && !text.contains('\u{1b}'), "{text:?}");
+    let lines = ours.lines();
+    assert_eq!(lines[0]["order_id"], forged);
+    assert_eq!(lines[0]["span"]["event_id"], forged);
+    assert_eq!(lines[1]["message"], format!("order {forged} not found"));
+}
+
+#[test]
+fn notices_are_json_lines_like_the_others() {
+    let captured = Captured::default();
+    notice(Notice::Dropping, &mut captured.0.lock().unwrap());
+    notice(Notice::Dropped(42), &mut captured.0.lock().unwrap());
+    let lines = captured.lines();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0], serde_json::json!({"level": "WARN", "message": Notice::Dropping.message()}));
+    assert_eq!(lines[1]["dropped"], 42);
+}
+
 #[test]
 fn a_member_is_found_by_its_name_and_never_inside_a_value_or_a_longer_name() {
     assert!(has_member(r#""a":1,"status":2"#, "status"));
