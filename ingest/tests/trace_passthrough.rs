@@ -52,7 +52,7 @@ async fn without_an_exporter_a_received_traceparent_reaches_the_message_and_the_
     let events = broker.subscribe(&format!("{}.events", broker.prefix)).await;
     let notifications = broker.subscribe(&format!("{}.notifications", broker.prefix)).await;
 
-    let (mut ingest, addr) = common::spawn_ingest_process(&broker, &[]).await;
+    let (mut ingest, addr, _metrics) = common::spawn_ingest_process(&broker, &[]).await;
     let stop = CancellationToken::new();
     let worker = worker::Worker::build(settings).await.expect("worker builds");
     let running = tokio::spawn(worker.run(stop.clone()));
