@@ -27,6 +27,7 @@ async fn ingest_answers_every_webhook_while_nobody_reads_its_log() {
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),
         ("INGEST_ADDR", "127.0.0.1:0".into()),
+        ("INGEST_METRICS_ADDR", "127.0.0.1:0".into()),
         ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET.into()),
         ("LOG_FORMAT", "json".into()),
         ("RUST_LOG", "trace,lapin=trace".into()),
@@ -34,8 +35,11 @@ async fn ingest_answers_every_webhook_while_nobody_reads_its_log() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let (_ingest, listening) = UnreadProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &vars, "ingest listening").await;
-    let addr = UnreadProcess::addr_of(&listening);
+    let (_ingest, listening) =
+        UnreadProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &vars, &["ingest listening", "ingest metrics listening"])
+            .await;
+    let addr = UnreadProcess::addr_of(&listening[0]);
+    let metrics_addr = UnreadProcess::addr_of(&listening[1]);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     testkit::eventually("ingest ready", WAIT, || async {
         client.get(format!("http://{addr}/readyz")).send().await.ok()?.status().is_success().then_some(())
@@ -76,7 +80,7 @@ async fn ingest_answers_every_webhook_while_nobody_reads_its_log() {
     })
     .await;
 
-    let metrics = testkit::metrics::scrape(&format!("http://{addr}/metrics")).await;
+    let metrics = testkit::metrics::scrape(&format!("http://{metrics_addr}/metrics")).await;
     let dropped = metrics.value("log_lines_dropped_total", &[]);
     println!("log lines dropped: {dropped}");
     assert!(dropped > 0.0, "more was logged than the pipe and the buffer hold: lines were dropped ({dropped})");

@@ -97,9 +97,9 @@ pub struct UnreadProcess {
 }
 
 impl UnreadProcess {
-    /// Starts `program` with `vars` added to the environment and returns once it has written a
-    /// stdout line containing `ready`, with that line.
-    pub async fn spawn(program: &str, vars: &[(String, String)], ready: &str) -> (Self, String) {
+    /// Starts `program` with `vars` added to the environment and returns once it has written,
+    /// for each of `ready`, a stdout line containing it; with those lines, in `ready`'s order.
+    pub async fn spawn(program: &str, vars: &[(String, String)], ready: &[&str]) -> (Self, Vec<String>) {
         let mut child = Command::new(program)
             .envs(vars.iter().cloned())
             .stdout(Stdio::piped())
@@ -110,20 +110,24 @@ impl UnreadProcess {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
         let started = async {
+            let mut found: Vec<Option<String>> = vec![None; ready.len()];
             let mut line = String::new();
-            loop {
+            while found.iter().any(Option::is_none) {
                 line.clear();
                 let read = stdout.read_line(&mut line).await.expect("stdout readable");
                 assert!(read > 0, "{program} closed stdout before logging {ready:?}");
-                if line.contains(ready) {
-                    return line.trim_end().to_string();
+                for (wanted, slot) in ready.iter().zip(found.iter_mut()) {
+                    if slot.is_none() && line.contains(wanted) {
+                        *slot = Some(line.trim_end().to_string());
+                    }
                 }
             }
+            found.into_iter().flatten().collect()
         };
-        let line = tokio::time::timeout(Duration::from_secs(30), started)
+        let lines = tokio::time::timeout(Duration::from_secs(30), started)
             .await
             .unwrap_or_else(|_| panic!("{program} did not log {ready:?} within 30 s"));
-        (Self { child, _stdout: stdout, _stderr: stderr }, line)
+        (Self { child, _stdout: stdout, _stderr: stderr }, lines)
     }
 
     /// The `addr` field of a JSON log line.

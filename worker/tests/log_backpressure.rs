@@ -45,8 +45,8 @@ async fn the_worker_applies_every_event_while_nobody_reads_its_log() {
         ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
     ]);
     let (_worker, listening) =
-        UnreadProcess::spawn(env!("CARGO_BIN_EXE_worker"), &vars, "worker health and metrics listening").await;
-    let addr = UnreadProcess::addr_of(&listening);
+        UnreadProcess::spawn(env!("CARGO_BIN_EXE_worker"), &vars, &["worker health and metrics listening"]).await;
+    let addr = UnreadProcess::addr_of(&listening[0]);
 
     stream::iter(1..=EVENTS)
         .for_each_concurrent(8, |i| {
