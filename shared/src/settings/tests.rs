@@ -179,3 +179,16 @@ fn event_retention_shorter_than_the_providers_retries_is_refused() {
         assert!(err.contains("EVENT_RETENTION"), "{value} gave {err}");
     }
 }
+
+#[test]
+fn toss_gets_its_own_body_cap_and_signature_tolerance() {
+    let s = Settings::from_vars([]).unwrap();
+    assert_eq!(s.toss_max_body_bytes, 64 * 1024);
+    assert_eq!(s.toss_tolerance, Duration::from_secs(300));
+    let s = Settings::from_vars([("TOSS_MAX_BODY_BYTES", "8192"), ("TOSS_TOLERANCE", "2m")]).unwrap();
+    assert_eq!((s.toss_max_body_bytes, s.toss_tolerance), (8192, Duration::from_secs(120)));
+    for (name, value) in [("TOSS_MAX_BODY_BYTES", "0"), ("TOSS_MAX_BODY_BYTES", "big"), ("TOSS_TOLERANCE", "soon")] {
+        let err = Settings::from_vars([(name, value)]).unwrap_err().to_string();
+        assert!(err.contains(name), "{name}={value} gave {err}");
+    }
+}
