@@ -28,6 +28,7 @@ use crate::event::{Confirmed, IncomingEvent};
 use crate::halt::PROBE_EVERY;
 use crate::outbox::{self, Message};
 use crate::outcome::{HandleError, Outcome};
+use crate::screen::screen;
 use crate::settle::settle;
 use crate::write::{self, Committed, Entry, Work, WriteError};
 
@@ -64,12 +65,14 @@ struct Item {
 
 impl Item {
     fn read(delivery: Delivery) -> Self {
-        let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data);
-        let event = match &envelope {
+        let mut envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data);
+        let mut event = match &envelope {
             Ok(envelope) => IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0)),
             Err(error) => Err(HandleError::Permanent(error.to_string())),
         };
-        let order_id = event.as_ref().ok().and_then(|e| e.order_id().map(str::to_string));
+        // Before anything of the delivery is used: a control character in an identifier
+        // would make Postgres refuse the whole batch.
+        let order_id = screen(&mut envelope, &mut event);
         let span = match &envelope {
             Ok(envelope) => tracing::info_span!(
                 "delivery",
