@@ -9,7 +9,8 @@
 //! Postgres refuse the batch (U+0000 above all), so the message is taken out of the batch's
 //! work: its inbox row is written with those values escaped (`\u{0}`), it is dead-lettered with
 //! the reason, and the rest of the batch commits untouched. Free text (a body, an error, a
-//! provider's object) is made storable where it is written ([`crate::write::stored`]).
+//! provider's object) is made storable where it is written ([`crate::write::stored`]); a
+//! failure reason, which also travels in notifications, has its NULs replaced here.
 
 use shared::envelope::{EnvelopeError, EventEnvelope, H_EVENT_KEY, H_EVENT_TYPE};
 use shared::providers::{escape_controls, first_control_char};
@@ -38,6 +39,11 @@ pub fn screen(
     escape_in_place(&mut envelope.request_id);
     if let Ok(incoming) = event {
         refusal = refusal.or_else(|| control_character_in(incoming));
+        // Free text, but it travels in the notification's words to other services too: the
+        // same U+FFFD the stored copy gets ([`crate::write::stored::text`]).
+        if let Some(reason) = incoming.failure_reason.as_mut().filter(|r| r.contains('\0')) {
+            *reason = reason.replace('\0', "\u{fffd}");
+        }
     }
     if let Some(reason) = refusal {
         *event = Err(HandleError::Permanent(reason));
@@ -153,6 +159,15 @@ mod tests {
             assert_eq!(event.unwrap_err(), HandleError::Permanent(field.into()));
             assert_eq!(order_id.as_deref(), Some("o-1"));
         }
+    }
+
+    #[test]
+    fn a_nul_in_a_failure_reason_is_replaced_not_refused() {
+        let mut body: serde_json::Value = serde_json::from_slice(&session("pi_1", "usd")).unwrap();
+        body["type"] = "payment_intent.payment_failed".into();
+        body["data"]["object"]["last_payment_error"] = serde_json::json!({"message": "declined\u{0}"});
+        let (_, event, _) = screened("evt_1", &serde_json::to_vec(&body).unwrap());
+        assert_eq!(event.unwrap().failure_reason.as_deref(), Some("declined\u{fffd}"));
     }
 
     #[test]
