@@ -1,9 +1,11 @@
 //! Toss bodies, raw bytes as they arrive: parsed or refused without a panic. A parsed event has
 //! a dedupe key that is stable, bounded, and chosen by the body only where Toss signs it; its
-//! stored form carries no secret and, read again, keeps the same key.
+//! stored form carries no secret and, read again, keeps the same key; and no identifier it names
+//! holds a control character.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use shared::providers::first_control_char;
 use shared::providers::toss::{parse_toss_event, TossEventKind};
 
 fuzz_target!(|body: &[u8]| {
@@ -22,6 +24,11 @@ fuzz_target!(|body: &[u8]| {
         assert_eq!(stored.event_key(), key, "a stored event keeps its key");
     }
     assert!(!event.event_type.is_empty());
+    let identifiers =
+        [&event.event_id, &event.order_id, &event.payment_key, &event.status, &event.currency, &event.secret];
+    for value in identifiers.into_iter().flatten().chain([&event.event_type]) {
+        assert_eq!(first_control_char(value), None, "{value:?}");
+    }
 });
 
 fn has_secret(value: &serde_json::Value) -> bool {

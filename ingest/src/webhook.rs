@@ -20,7 +20,7 @@ use shared::providers::toss::parse_toss_event;
 use shared::topology::Topology;
 use shared::traces::TRACEPARENT;
 use shared::verify::stripe::{verify_stripe_signature, StripeSignatureError};
-use shared::verify::toss::verify_toss_signature;
+use shared::verify::toss::{verify_toss_signature, Freshness, TossSignatureError};
 use shared::Provider;
 use tracing::Instrument;
 
@@ -94,7 +94,12 @@ async fn receive(
     }
     let (parts, body) = request.into_parts();
     // The body stays in hyper's buffer: verified, parsed and published from there.
-    let body = read_body(state, &parts.headers, body).await?;
+    let limit = match provider {
+        Provider::Stripe => state.settings.max_body_bytes,
+        // Anyone can post an unsigned Toss payment event, and Toss's objects are a few KiB.
+        Provider::Toss => state.settings.toss_max_body_bytes,
+    };
+    let body = read_body(state, limit, &parts.headers, body).await?;
     let headers = &parts.headers;
     let accepted = match provider {
         Provider::Stripe => verify_stripe(state, headers, &body)?,
@@ -176,10 +181,9 @@ fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) ->
     }
 }
 
-/// Reads the whole body: refused early when `Content-Length` is over the limit, cut off when
+/// Reads the whole body: refused early when `Content-Length` is over `limit`, cut off when
 /// the stream passes it, and abandoned when the client is slower than `BODY_READ_TIMEOUT`.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Incoming) -> Result<Bytes, RejectReason> {
-    let limit = state.settings.max_body_bytes;
+async fn read_body(state: &AppState, limit: usize, headers: &HeaderMap, body: Incoming) -> Result<Bytes, RejectReason> {
     let declared =
         headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
@@ -246,8 +250,17 @@ fn verify_toss<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> Res
     let verification = match (&state.settings.toss_webhook_secret, event.is_signed_type(), signature) {
         (None, true, _) => return Err(RejectReason::SignatureUnverifiable),
         (Some(secret), true, _) | (Some(secret), false, Some(_)) => {
-            verify_toss_signature(body, signature, header(headers, "tosspayments-webhook-transmission-time"), secret)
-                .map_err(|e| RejectReason::BadSignature(e.to_string()))?;
+            let tolerance = state.settings.toss_tolerance;
+            // A delivery must be recent; the worker's later check of the queued message is not.
+            let freshness = Freshness::Within { tolerance, now_unix: Utc::now().timestamp() };
+            let time = header(headers, "tosspayments-webhook-transmission-time");
+            verify_toss_signature(body, signature, time, secret, freshness).map_err(|e| {
+                let detail = match e {
+                    TossSignatureError::Stale | TossSignatureError::Future => format!("{e} ({tolerance:?})"),
+                    other => other.to_string(),
+                };
+                RejectReason::BadSignature(detail)
+            })?;
             IngestVerification::Signature
         }
         _ => IngestVerification::Unsigned,

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{error_code, TestIngest};
-use testkit::events::{stripe_signature, STRIPE_SECRET};
+use testkit::events::{stripe_session_event, stripe_signature, toss_payment_status_changed, STRIPE_SECRET};
 use testkit::TestBroker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,6 +33,101 @@ async fn bodies_over_the_limit_get_413_whether_declared_or_streamed() {
     let answer = read_answer(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 0);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn toss_bodies_have_a_cap_of_their_own_while_stripe_keeps_max_body_bytes() {
+    let broker = TestBroker::new().await;
+    // A body timeout far away: a body that is read to its end would end in 408, not 413.
+    let vars = [("TOSS_MAX_BODY_BYTES", "1024"), ("BODY_READ_TIMEOUT", "60s")];
+    let ingest = TestIngest::spawn(broker.settings(None, &vars)).await;
+    // A real Toss body, padded past the cap with a field nobody reads.
+    let padded = |size: usize| {
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&toss_payment_status_changed("o-cap", "pk", "DONE", 1000)).unwrap();
+        body["data"]["padding"] = serde_json::Value::from("p".repeat(size));
+        serde_json::to_vec(&body).unwrap()
+    };
+    let response = ingest.post(ingest::TOSS_ROUTE, &padded(2048), &[]).await;
+    assert_eq!(response.status(), 413);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"], "body_too_large");
+    assert_eq!(answer["detail"], "body exceeds 1024 bytes");
+    assert_eq!(ingest.post(ingest::TOSS_ROUTE, &padded(100), &[]).await.status(), 200, "under the cap");
+
+    // Streamed without Content-Length, and never finished: refused as soon as the cap is
+    // passed, without waiting for (or reading) the rest; under MAX_BODY_BYTES only, ingest would
+    // wait for the rest until BODY_READ_TIMEOUT. (Make the Toss arm of the `limit` match in
+    // ingest's `receive` read `max_body_bytes` to see the 2 KiB body above queued.)
+    let mut stream = TcpStream::connect(ingest.addr).await.unwrap();
+    let head = "POST /api/webhooks/toss HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        stream.write_all(format!("200\r\n{}\r\n", "y".repeat(512)).as_bytes()).await.unwrap();
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(20), read_answer(&mut stream)).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // Stripe bodies of the same size are Stripe's business: MAX_BODY_BYTES (1 MiB) applies.
+    let stripe = stripe_session_event("evt_big", "checkout.session.completed", &"o".repeat(2048), "paid", 1, "usd");
+    assert!(stripe.len() > 2048);
+    let signature = stripe_signature(&stripe, STRIPE_SECRET);
+    assert_eq!(ingest.post_stripe(&stripe, Some(&signature)).await.status(), 200);
+    assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 2, "the small Toss body and the Stripe one");
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn control_characters_in_identifiers_are_refused_naming_the_field() {
+    let broker = TestBroker::new().await;
+    let ingest = TestIngest::spawn(broker.settings(None, &[])).await;
+    let toss = |data: &str| format!(r#"{{"eventType":"PAYMENT_STATUS_CHANGED","data":{{{data}}}}}"#).into_bytes();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "Toss order id with NUL",
+            toss(r#""orderId":"o\u0000","status":"DONE""#),
+            "orderId contains a control character (U+0000)",
+        ),
+        (
+            "Toss payment key with ESC",
+            toss(r#""orderId":"o","paymentKey":"pk\u001b[2J","status":"DONE""#),
+            "paymentKey contains a control character (U+001B)",
+        ),
+        (
+            "Toss event type with DEL",
+            br#"{"eventType":"PAYMENT\u007f","data":{"orderId":"o","status":"DONE"}}"#.to_vec(),
+            "eventType contains a control character (U+007F)",
+        ),
+        (
+            "Toss deposit secret with C1",
+            "{\"secret\":\"ps_\u{85}\",\"status\":\"DONE\",\"orderId\":\"o\"}".into(),
+            "secret contains a control character (U+0085)",
+        ),
+        (
+            "Stripe event id with NUL",
+            stripe_session_event("evt_\0x", "checkout.session.completed", "o", "paid", 1, "usd"),
+            "id contains a control character (U+0000)",
+        ),
+        (
+            "Stripe order id with newline",
+            stripe_session_event("evt_1", "checkout.session.completed", "o\nforged log line", "paid", 1, "usd"),
+            "data.object.client_reference_id contains a control character (U+000A)",
+        ),
+    ];
+    // (Make `check_identifier` in shared/src/providers/identifier.rs always return `Ok` to see
+    // the Toss ones queued.)
+    for (case, body, detail) in cases {
+        let response = match case.starts_with("Stripe") {
+            true => ingest.post_stripe(&body, Some(&stripe_signature(&body, STRIPE_SECRET))).await,
+            false => ingest.post(ingest::TOSS_ROUTE, &body, &[]).await,
+        };
+        assert_eq!(response.status(), 400, "{case}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "malformed_body", "{case}");
+        assert_eq!(answer["detail"], detail, "{case}");
+    }
+    assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 0, "nothing queued");
     ingest.stop().await;
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{error_code, TestIngest};
 use shared::envelope::{header_str, H_EVENT_KEY, H_EVENT_TYPE, H_PROVIDER, H_VERIFICATION};
+use shared::verify::toss::sign_toss_payload;
 use testkit::events::{
     toss_deposit_callback, toss_headers, toss_payment_status_changed, toss_payout_changed, TOSS_SECRET,
 };
@@ -78,6 +79,47 @@ async fn signed_event_types_need_a_valid_signature() {
     let response = ingest.post(ingest::TOSS_ROUTE, &payment, &toss_headers(&payment, Some("not-the-key"))).await;
     assert_eq!(response.status(), 400);
     assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 0);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn a_signature_whose_transmission_time_is_not_recent_is_refused() {
+    let broker = TestBroker::new().await;
+    let ingest =
+        TestIngest::spawn(broker.settings(None, &[("TOSS_WEBHOOK_SECRET", TOSS_SECRET), ("TOSS_TOLERANCE", "300s")]))
+            .await;
+    let payout = toss_payout_changed("payout-replayed");
+    let kst = chrono::FixedOffset::east_opt(9 * 3600).unwrap();
+    // Signed genuinely, at a time of its own.
+    let sent_at = |offset: chrono::Duration| {
+        let time = (chrono::Utc::now() + offset).with_timezone(&kst).format("%Y-%m-%dT%H:%M:%S%:z").to_string();
+        let signature = sign_toss_payload(&payout, &time, TOSS_SECRET);
+        vec![
+            ("tosspayments-webhook-transmission-time".to_string(), time),
+            ("tosspayments-webhook-signature".to_string(), format!("v1:{signature}")),
+        ]
+    };
+    // (Pass `Freshness::Any` in ingest's `verify_toss` to see these two queued.)
+    for (case, offset, detail) in [
+        ("captured an hour ago", chrono::Duration::hours(-1), "transmission time is older than the tolerance (300s)"),
+        (
+            "from the future",
+            chrono::Duration::minutes(10),
+            "transmission time is in the future beyond the tolerance (300s)",
+        ),
+    ] {
+        let response = ingest.post(ingest::TOSS_ROUTE, &payout, &sent_at(offset)).await;
+        assert_eq!(response.status(), 400, "{case}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "invalid_signature", "{case}");
+        assert_eq!(answer["detail"], detail, "{case}");
+    }
+    assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 0);
+    // Within the tolerance, either way, it is queued.
+    for offset in [chrono::Duration::minutes(-4), chrono::Duration::minutes(4)] {
+        assert_eq!(ingest.post(ingest::TOSS_ROUTE, &payout, &sent_at(offset)).await.status(), 200);
+    }
+    assert_eq!(broker.count(&format!("{}.work", broker.prefix)).await, 2);
     ingest.stop().await;
 }
 

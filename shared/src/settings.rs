@@ -78,6 +78,13 @@ pub struct Settings {
     /// Toss security key for `payout.changed` / `seller.changed` signatures.
     #[serde(deserialize_with = "empty_as_none")]
     pub toss_webhook_secret: Option<SecretString>,
+    /// How far a signed Toss delivery's `tosspayments-webhook-transmission-time` may be from
+    /// now, either way: a captured delivery cannot be replayed after it. 300 s, as Stripe's.
+    #[serde(deserialize_with = "duration")]
+    pub toss_tolerance: Duration,
+    /// Largest accepted Toss body. Toss payment objects are a few KiB, and anyone can post an
+    /// unsigned payment event, so Toss gets a much smaller cap than `MAX_BODY_BYTES`.
+    pub toss_max_body_bytes: usize,
     /// Toss API secret key (`test_sk_...` / `live_sk_...`), used to fetch payments back.
     #[serde(deserialize_with = "empty_as_none")]
     pub toss_secret_key: Option<SecretString>,
@@ -211,6 +218,8 @@ impl Default for Settings {
             stripe_webhook_secret: None,
             stripe_tolerance: Duration::from_secs(300),
             toss_webhook_secret: None,
+            toss_tolerance: Duration::from_secs(300),
+            toss_max_body_bytes: 64 * 1024,
             toss_secret_key: None,
             toss_api_base: "https://api.tosspayments.com".into(),
             toss_api_timeout: Duration::from_secs(10),
@@ -334,6 +343,7 @@ impl Settings {
             ("max_inflight_requests", self.max_inflight_requests),
             ("max_connections", self.max_connections),
             ("max_body_bytes", self.max_body_bytes),
+            ("toss_max_body_bytes", self.toss_max_body_bytes),
             ("database_pool_size", self.database_pool_size),
             ("notify_concurrency", self.notify_concurrency),
             ("delivery_limit", self.delivery_limit as usize),

@@ -3,6 +3,7 @@
 //!
 //! - [`consumer`]: the reconnecting consumer loop; [`batch`]: cutting deliveries into batches;
 //! - [`process`]: one batch end to end; [`event`]: from an envelope to an intent;
+//!   [`screen`]: control characters in a delivery's identifiers, caught before they are used;
 //!   [`toss_api`]: fetch-back verification of unsigned Toss events;
 //! - [`decide`]: every event of a batch against its payment, in order (pure), with
 //!   [`state_machine`] (which status changes are allowed), [`ordering`] (the provider's dates
@@ -35,6 +36,7 @@ pub mod outcome;
 pub mod process;
 pub mod retention;
 pub mod retry;
+pub mod screen;
 pub mod settle;
 pub mod state_machine;
 pub mod toss_api;

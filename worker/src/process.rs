@@ -30,6 +30,7 @@ use crate::event::{Confirmed, IncomingEvent};
 use crate::halt::PROBE_EVERY;
 use crate::outbox::{self, Claim, Message};
 use crate::outcome::{HandleError, Outcome};
+use crate::screen::screen;
 use crate::settle::settle;
 use crate::write::{self, Committed, Entry, Work, WriteError};
 
@@ -62,11 +63,13 @@ struct Item {
 
 impl Item {
     /// Reads a delivery and checks what its bytes prove ([`check_message`]): nothing in its
-    /// headers is believed that the body and the configured secrets do not confirm.
+    /// headers is believed that the body and the configured secrets do not confirm. Then
+    /// screens it for hostile bytes ([`screen`]), which win over unverifiable: such a message is
+    /// recorded (with its values escaped) as well as dead-lettered.
     fn read(delivery: Delivery, secrets: &WebhookSecrets) -> Self {
-        let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data);
+        let mut envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data);
         let mut confirmed = Confirmed::default();
-        let event = match &envelope {
+        let mut event = match &envelope {
             Ok(envelope) => match check_message(envelope, secrets) {
                 Ok(checked) => {
                     confirmed.signature = checked.signed;
@@ -76,7 +79,9 @@ impl Item {
             },
             Err(error) => Err(HandleError::Permanent(error.to_string())),
         };
-        let order_id = event.as_ref().ok().and_then(|e| e.order_id().map(str::to_string));
+        // Before anything of the delivery is used: a control character in an identifier
+        // would make Postgres refuse the whole batch.
+        let order_id = screen(&mut envelope, &mut event);
         let span = match &envelope {
             Ok(envelope) => tracing::info_span!(
                 "delivery",

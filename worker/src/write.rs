@@ -30,6 +30,7 @@ use crate::outcome::{HandleError, Outcome, Verification};
 use crate::retry::dispose;
 
 pub mod sql;
+pub mod stored;
 
 use sql::{INSERT_NOTIFICATIONS, INSERT_OUTBOX, LOCK_PAYMENTS, READ_FINAL, UPDATE_PAYMENTS, UPSERT_INBOX};
 
@@ -346,12 +347,12 @@ impl<'a> InboxColumns<'a> {
             c.event_type.push(entry.event_type());
             c.order_id.push(order_id);
             c.status.push(status);
-            c.detail.push(detail);
+            c.detail.push(detail.map(|d| stored::text(d).into_owned()));
             c.attempts.push(i32::try_from(attempt).unwrap_or(i32::MAX));
             c.duplicates.push(duplicates);
-            c.last_error.push(last_error);
+            c.last_error.push(last_error.map(|e| stored::text(e).into_owned()));
             c.verification.push(verification);
-            c.payload.push(String::from_utf8_lossy(&envelope.body));
+            c.payload.push(stored::inbox_payload(envelope.provider, &envelope.body));
             c.request_id.push(&envelope.request_id);
             c.received_at.push(envelope.received_at);
         }
@@ -394,7 +395,7 @@ impl From<&Vec<crate::decide::PaymentUpdate>> for PaymentColumns {
             id: updates.iter().map(|u| u.id).collect(),
             status: updates.iter().map(|u| u.status.as_str()).collect(),
             paid: updates.iter().map(|u| u.paid).collect(),
-            metadata: updates.iter().map(|u| u.metadata.clone()).collect(),
+            metadata: updates.iter().map(|u| stored::jsonb(&u.metadata).into_owned()).collect(),
             provider: updates.iter().map(|u| u.provider.clone()).collect(),
             provider_payment_id: updates.iter().map(|u| u.provider_payment_id.clone()).collect(),
             deposit_secret: updates.iter().map(|u| u.deposit_secret.clone()).collect(),
@@ -406,8 +407,8 @@ impl From<&Vec<crate::decide::PaymentUpdate>> for PaymentColumns {
 struct NotificationColumns<'a> {
     id: Vec<Uuid>,
     user_id: Vec<Uuid>,
-    title: Vec<&'a str>,
-    message: Vec<&'a str>,
+    title: Vec<Cow<'a, str>>,
+    message: Vec<Cow<'a, str>>,
     kind: Vec<&'a str>,
     link: Vec<&'a str>,
     payment_id: Vec<Uuid>,
@@ -420,8 +421,8 @@ impl<'a> From<&'a Vec<NewNotification>> for NotificationColumns<'a> {
         Self {
             id: all.iter().map(|n| n.id).collect(),
             user_id: all.iter().map(|n| n.user_id).collect(),
-            title: all.iter().map(|n| n.title.as_str()).collect(),
-            message: all.iter().map(|n| n.message.as_str()).collect(),
+            title: all.iter().map(|n| stored::text(n.title.as_str())).collect(),
+            message: all.iter().map(|n| stored::text(n.message.as_str())).collect(),
             kind: all.iter().map(|n| n.kind.as_str()).collect(),
             link: all.iter().map(|n| n.link.as_str()).collect(),
             payment_id: all.iter().map(|n| n.payment_id).collect(),

@@ -1,6 +1,7 @@
 //! Parsing of provider bodies into the few fields the pipeline acts on. Pure functions over
 //! raw bytes; the original bytes always travel unchanged next to what is parsed from them.
 
+mod identifier;
 mod pick;
 pub mod stripe;
 pub mod stripe_head;
@@ -8,6 +9,8 @@ pub mod toss;
 
 use rust_decimal::Decimal;
 use serde_json::Value;
+
+pub use identifier::{check_identifier, escape_controls, first_control_char};
 
 /// Which provider sent an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -54,6 +57,9 @@ pub enum PayloadError {
     UnrecognisedToss,
     #[error("{0} must be 1 to {1} printable ASCII characters without spaces")]
     BadIdentifier(&'static str, usize),
+    /// A value the pipeline keys, routes or stores by holds a control character (C0, DEL, C1).
+    #[error("{0} contains a control character (U+{1:04X})")]
+    ControlCharacter(&'static str, u32),
 }
 
 /// Longest accepted event type. Real ones are under 60 bytes; the limit keeps routing keys
@@ -63,8 +69,11 @@ pub const MAX_EVENT_TYPE_LEN: usize = 100;
 pub const MAX_EVENT_KEY_LEN: usize = 200;
 
 /// Checks an event type and dedupe key before they become AMQP routing keys, message ids and
-/// database keys: bounded length, printable ASCII, no spaces.
+/// database keys: bounded length, printable ASCII, no spaces. A control character is named as
+/// such, the most likely sign of a hostile body.
 pub fn check_event_identity(event_type: &str, event_key: &str) -> Result<(), PayloadError> {
+    check_identifier("event type", event_type)?;
+    check_identifier("event id", event_key)?;
     let ok = |value: &str, max: usize| {
         !value.is_empty() && value.len() <= max && value.bytes().all(|b| b.is_ascii_graphic())
     };
@@ -111,5 +120,7 @@ mod tests {
         assert!(check_event_identity("has space", "k").is_err());
         assert!(check_event_identity("t", "").is_err());
         assert!(check_event_identity("결제", "k").is_err());
+        assert_eq!(check_event_identity("t\0", "k"), Err(PayloadError::ControlCharacter("event type", 0)));
+        assert_eq!(check_event_identity("t", "evt_\u{85}"), Err(PayloadError::ControlCharacter("event id", 0x85)));
     }
 }

@@ -13,7 +13,7 @@ use serde::de::MapAccess;
 use serde_json::value::RawValue;
 
 use super::pick::{skip, Amount, Flag, Lenient, Object, Pick, Reference, Text};
-use super::PayloadError;
+use super::{check_identifier, PayloadError};
 
 /// What the pipeline reads from a Stripe event.
 #[derive(Debug, Clone)]
@@ -59,7 +59,8 @@ pub struct StripeObject {
     pub payment_error: Vec<String>,
 }
 
-/// Parses an event envelope; `id` and `type` are required, everything else is optional.
+/// Parses an event envelope; `id` and `type` are required, everything else is optional. The
+/// id, the type and the order id must hold no control character.
 pub fn parse_stripe_event(body: &[u8]) -> Result<StripeEvent, PayloadError> {
     // Skipped strings are not checked by the JSON reader, so the whole body is checked first
     // (and then read as text): a body with invalid UTF-8 anywhere is not JSON.
@@ -67,10 +68,17 @@ pub fn parse_stripe_event(body: &[u8]) -> Result<StripeEvent, PayloadError> {
     let Object(root) = serde_json::from_str::<Object<EventFields>>(text).map_err(|_| PayloadError::NotJsonObject)?;
     let id = root.id.owned().ok_or(PayloadError::MissingField("id"))?;
     let event_type = root.event_type.owned().ok_or(PayloadError::MissingField("type"))?;
+    check_identifier("id", &id)?;
+    check_identifier("type", &event_type)?;
     let raw_object = root.object.unwrap_or_else(|| null());
     let object = serde_json::from_str::<Lenient<ObjectFields>>(raw_object.get())
         .map(|Lenient(fields)| fields.into_object())
         .unwrap_or_default();
+    match (&object.client_reference_id, &object.metadata_order_id) {
+        (Some(order), _) => check_identifier(CLIENT_REFERENCE_ID, order)?,
+        (None, Some(order)) => check_identifier(METADATA_ORDER_ID, order)?,
+        (None, None) => {}
+    }
     Ok(StripeEvent {
         id,
         event_type,
@@ -80,6 +88,10 @@ pub fn parse_stripe_event(body: &[u8]) -> Result<StripeEvent, PayloadError> {
         raw_object: raw_object.to_owned(),
     })
 }
+
+/// Where a Stripe object carries the app's order id, first choice first.
+pub(crate) const CLIENT_REFERENCE_ID: &str = "data.object.client_reference_id";
+pub(crate) const METADATA_ORDER_ID: &str = "data.object.metadata.order_id";
 
 fn null() -> &'static RawValue {
     serde_json::from_str("null").expect("null is JSON")
@@ -323,5 +335,26 @@ mod tests {
         assert_eq!(parse_stripe_event(br#"{"type":"x"}"#), Err(PayloadError::MissingField("id")));
         assert_eq!(parse_stripe_event(br#"{"id":"evt"}"#), Err(PayloadError::MissingField("type")));
         assert_eq!(parse_stripe_event(br#"{"id":7,"type":"x"}"#), Err(PayloadError::MissingField("id")));
+    }
+
+    #[test]
+    fn control_characters_in_the_id_type_or_order_id_are_refused_naming_the_field() {
+        let cases: [(&[u8], &str, u32); 5] = [
+            (br#"{"id":"evt\u0000","type":"x"}"#, "id", 0),
+            (br#"{"id":"evt","type":"x\u001b"}"#, "type", 0x1b),
+            (br#"{"id":"evt","type":"x","data":{"object":{"client_reference_id":"o\u0000"}}}"#, CLIENT_REFERENCE_ID, 0),
+            (
+                br#"{"id":"evt","type":"x","data":{"object":{"metadata":{"order_id":"o\u007f"}}}}"#,
+                METADATA_ORDER_ID,
+                0x7f,
+            ),
+            ("{\"id\":\"evt\u{9f}\",\"type\":\"x\"}".as_bytes(), "id", 0x9f),
+        ];
+        for (body, field, code) in cases {
+            assert_eq!(parse_stripe_event(body), Err(PayloadError::ControlCharacter(field, code)));
+        }
+        // An order id that is not the one used, and any other field, may hold anything.
+        let body = br#"{"id":"evt","type":"x","data":{"object":{"client_reference_id":"o","metadata":{"order_id":"\u0000"},"description":"\u0000"}}}"#;
+        assert_eq!(parse_stripe_event(body).unwrap().order_id(), Some("o"));
     }
 }

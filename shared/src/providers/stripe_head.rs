@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use serde::de::MapAccess;
 
 use super::pick::{skip, Lenient, Object, Pick, Text};
-use super::PayloadError;
+use super::stripe::{CLIENT_REFERENCE_ID, METADATA_ORDER_ID};
+use super::{check_identifier, PayloadError};
 
 /// What ingest needs from a Stripe event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +33,14 @@ pub fn parse_stripe_event_head(body: &[u8]) -> Result<StripeEventHead<'_>, Paylo
     let Object(root) = serde_json::from_str::<Object<EventFields>>(text).map_err(|_| PayloadError::NotJsonObject)?;
     let id = root.id.ok_or(PayloadError::MissingField("id"))?;
     let event_type = root.event_type.ok_or(PayloadError::MissingField("type"))?;
+    check_identifier("id", &id)?;
+    check_identifier("type", &event_type)?;
     let object = root.data.object;
-    let order_id = object.client_reference_id.or(object.metadata.order_id);
+    let order_id = match (object.client_reference_id, object.metadata.order_id) {
+        (Some(order), _) => check_identifier(CLIENT_REFERENCE_ID, &order).map(|()| Some(order))?,
+        (None, Some(order)) => check_identifier(METADATA_ORDER_ID, &order).map(|()| Some(order))?,
+        (None, None) => None,
+    };
     Ok(StripeEventHead { id, event_type, order_id })
 }
 
@@ -150,6 +157,11 @@ mod tests {
             br#"{"id":"a","type":"x","data":{"object":{"metadata":{"order_id":{"nested":1}}}}}"#,
             br#"{"id":"e\u0076t\n","type":"x\"y","data":{"object":{"client_reference_id":"\u00e9"}}}"#,
             br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":null}}}"#,
+            br#"{"id":"a\u0000","type":"x\u0001"}"#,
+            br#"{"id":"a","type":"x\u0001"}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":"\u001b","metadata":{"order_id":"m"}}}}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"client_reference_id":"o","metadata":{"order_id":"\u0000"}}}}"#,
+            br#"{"id":"a","type":"x","data":{"object":{"metadata":{"order_id":"\u007f"}}}}"#,
             b"{\"id\":\"a\",\"type\":\"x\",\"skipped\":\"\xff\"}",
         ];
         for body in bodies {
@@ -162,7 +174,7 @@ mod tests {
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::from),
             any::<i64>().prop_map(serde_json::Value::from),
-            "[a-z\"\\\\é]{0,4}".prop_map(serde_json::Value::from),
+            "[a-z\"\\\\é\\x00\\x1b\\x7f\\u{85}]{0,4}".prop_map(serde_json::Value::from),
         ];
         leaf.prop_recursive(4, 24, 4, |inner| {
             prop_oneof![

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{decimal_field, parse_object, str_field, PayloadError};
+use super::{check_identifier, decimal_field, parse_object, str_field, PayloadError};
 
 /// The event families the pipeline tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +127,9 @@ pub fn without_secrets(value: &Value) -> Value {
     }
 }
 
-/// Parses any of the documented shapes. Fails only for bodies that are not JSON objects or
-/// that look like no Toss event at all.
+/// Parses any of the documented shapes. Fails only for bodies that are not JSON objects, that
+/// look like no Toss event at all, or whose identifiers (event type and id, order id, payment
+/// and transaction keys, status, currency, secret) hold a control character.
 pub fn parse_toss_event(body: &[u8]) -> Result<TossEvent, PayloadError> {
     let root = Value::Object(parse_object(body)?);
     let event_type = str_field(&root, "eventType").map(str::to_string);
@@ -159,7 +160,7 @@ pub fn parse_toss_event(body: &[u8]) -> Result<TossEvent, PayloadError> {
         }
     };
     let text = |key: &str| str_field(&payment, key).map(str::to_string);
-    Ok(TossEvent {
+    let event = TossEvent {
         kind,
         event_type,
         event_id: str_field(&root, "eventId").map(str::to_string),
@@ -173,7 +174,31 @@ pub fn parse_toss_event(body: &[u8]) -> Result<TossEvent, PayloadError> {
         transaction_key: text("transactionKey").or_else(|| text("lastTransactionKey")),
         payment,
         stored_body: without_secrets(&root).to_string(),
-    })
+    };
+    event.check_identifiers()?;
+    Ok(event)
+}
+
+impl TossEvent {
+    /// Every value read out of the body that becomes a key, a routing key, an API path or a
+    /// stored identifier is free of control characters.
+    fn check_identifiers(&self) -> Result<(), PayloadError> {
+        check_identifier("eventType", &self.event_type)?;
+        for (field, value) in [
+            ("eventId", &self.event_id),
+            ("orderId", &self.order_id),
+            ("paymentKey", &self.payment_key),
+            ("status", &self.status),
+            ("currency", &self.currency),
+            ("secret", &self.secret),
+            ("transactionKey", &self.transaction_key),
+        ] {
+            if let Some(value) = value {
+                check_identifier(field, value)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +333,30 @@ mod tests {
         assert_eq!(parse_toss_event(approved).unwrap().event_time(), toss_time("2026-01-02T14:46:58+09:00"));
         let guide = br#"{"eventType":"PAYMENT_STATUS_CHANGED","orderId":"test_order_id","status":"DONE"}"#;
         assert_eq!(parse_toss_event(guide).unwrap().event_time(), None);
+    }
+
+    #[test]
+    fn control_characters_in_identifiers_are_refused_naming_the_field() {
+        let cases: [(&[u8], &str, u32); 6] = [
+            (br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o\u0000","status":"DONE"}}"#, "orderId", 0),
+            (br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","paymentKey":"k\u001b","status":"DONE"}}"#, "paymentKey", 0x1b),
+            (br#"{"eventType":"PAYMENT\u007f","data":{"orderId":"o","status":"DONE"}}"#, "eventType", 0x7f),
+            ("{\"secret\":\"ps_\u{85}\",\"status\":\"DONE\",\"orderId\":\"o\"}".as_bytes(), "secret", 0x85),
+            (br#"{"eventType":"payout.changed","eventId":"e\n","entityBody":{}}"#, "eventId", 0x0a),
+            (br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"DONE","currency":"KR\tW"}}"#, "currency", 0x09),
+        ];
+        for (body, field, code) in cases {
+            assert_eq!(
+                parse_toss_event(body),
+                Err(PayloadError::ControlCharacter(field, code)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Elsewhere in a body, control characters are just text.
+        let body =
+            br#"{"eventType":"PAYMENT_STATUS_CHANGED","data":{"orderId":"o","status":"DONE","orderName":"PT\u0000"}}"#;
+        assert!(parse_toss_event(body).is_ok());
     }
 
     #[test]

@@ -225,3 +225,16 @@ fn the_idle_in_transaction_timeout_is_30s_and_at_least_1s() {
         assert!(err.contains("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"), "{err}");
     }
 }
+
+#[test]
+fn toss_gets_its_own_body_cap_and_signature_tolerance() {
+    let s = Settings::from_vars([]).unwrap();
+    assert_eq!(s.toss_max_body_bytes, 64 * 1024);
+    assert_eq!(s.toss_tolerance, Duration::from_secs(300));
+    let s = Settings::from_vars([("TOSS_MAX_BODY_BYTES", "8192"), ("TOSS_TOLERANCE", "2m")]).unwrap();
+    assert_eq!((s.toss_max_body_bytes, s.toss_tolerance), (8192, Duration::from_secs(120)));
+    for (name, value) in [("TOSS_MAX_BODY_BYTES", "0"), ("TOSS_MAX_BODY_BYTES", "big"), ("TOSS_TOLERANCE", "soon")] {
+        let err = Settings::from_vars([(name, value)]).unwrap_err().to_string();
+        assert!(err.contains(name), "{name}={value} gave {err}");
+    }
+}

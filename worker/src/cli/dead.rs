@@ -25,6 +25,7 @@ use shared::envelope::{
     header_int, header_str, long_string, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE, H_LAST_ERROR,
     H_PROVIDER,
 };
+use shared::providers::escape_controls;
 use shared::topology::Topology;
 use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Settings;
@@ -96,18 +97,24 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Reads what `list` shows. Control characters in it are escaped (`\u{0}`) as the worker
+    /// records them: a hostile message must not write to the operator's terminal, and its id
+    /// is given to `show` and `replay` the way it is shown.
     fn from_message(message: BasicGetMessage) -> Self {
         let headers = message.delivery.properties.headers().clone().unwrap_or_default();
         let message_id = message.delivery.properties.message_id().as_ref().map(|m| m.to_string());
-        let id = header_str(&headers, H_EVENT_KEY)
-            .or_else(|| message_id.clone())
+        let text = |name| header_str(&headers, name).map(|v| escape_controls(&v).into_owned());
+        let id = text(H_EVENT_KEY)
+            .or_else(|| message_id.as_deref().map(|m| escape_controls(m).into_owned()))
             .unwrap_or_else(|| format!("#{}", message.delivery.delivery_tag));
-        let reason = header_str(&headers, H_DEAD_REASON).unwrap_or_else(|| death_reason(&headers));
+        let reason = text(H_DEAD_REASON).unwrap_or_else(|| death_reason(&headers));
         Self {
             id,
-            provider: header_str(&headers, H_PROVIDER).unwrap_or_default(),
-            event_type: header_str(&headers, H_EVENT_TYPE)
-                .or_else(|| message.delivery.properties.kind().as_ref().map(|k| k.to_string()))
+            provider: text(H_PROVIDER).unwrap_or_default(),
+            event_type: text(H_EVENT_TYPE)
+                .or_else(|| {
+                    message.delivery.properties.kind().as_ref().map(|k| escape_controls(k.as_str()).into_owned())
+                })
                 .unwrap_or_default(),
             dead_at: header_str(&headers, H_DEAD_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
@@ -119,7 +126,8 @@ impl DeadLetter {
     }
 
     fn matches_id(&self, id: &str) -> bool {
-        self.id == id || self.message.delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == id)
+        let message_id = self.message.delivery.properties.message_id();
+        self.id == id || message_id.as_ref().is_some_and(|m| m.as_str() == id || escape_controls(m.as_str()) == id)
     }
 }
 
@@ -393,16 +401,16 @@ fn print_one(letter: &DeadLetter) {
         println!("headers:");
         for (k, v) in headers.inner() {
             let shown = match v {
-                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::LongString(s) => escape_controls(&String::from_utf8_lossy(s.as_bytes())).into_owned(),
                 other => format!("{other:?}"),
             };
-            println!("  {k}: {shown}");
+            println!("  {}: {shown}", escape_controls(k.as_str()));
         }
     }
     println!("body:");
     match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
         Ok(json) => println!("{}", serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default()),
-        Err(_) => println!("{}", String::from_utf8_lossy(&delivery.data)),
+        Err(_) => println!("{}", escape_controls(&String::from_utf8_lossy(&delivery.data))),
     }
 }
 

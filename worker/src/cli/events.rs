@@ -1,5 +1,6 @@
 //! `hookctl events <order id>`: the inbox rows of an order, newest first.
 
+use shared::providers::escape_controls;
 use shared::Settings;
 
 pub async fn run(settings: &Settings, order_id: &str, limit: i64) -> anyhow::Result<()> {
@@ -24,6 +25,9 @@ pub async fn run(settings: &Settings, order_id: &str, limit: i64) -> anyhow::Res
             (row.get(1), row.get(2), row.get(3), row.get(4));
         let (attempts, duplicates): (i32, i32) = (row.get(5), row.get(6));
         let (verification, detail, error): (String, String, String) = (row.get(7), row.get(8), row.get(9));
+        // Stored text came from outside; none of it writes to the terminal.
+        let [event_type, key, detail, error] =
+            [event_type, key, detail, error].map(|v| escape_controls(&v).into_owned());
         println!(
             "{}  {provider:<6} {event_type:<40} {status:<8} attempts={attempts} duplicates={duplicates} verification={verification}",
             received.format("%Y-%m-%d %H:%M:%S%.3f")
