@@ -10,7 +10,7 @@
 //! work: its inbox row is written with those values escaped (`\u{0}`), it is dead-lettered with
 //! the reason, and the rest of the batch commits untouched. Free text (a body, an error, a
 //! provider's object) is made storable where it is written ([`crate::write::stored`]); a
-//! failure reason, which also travels in notifications, has its NULs replaced here.
+//! failure reason, which also travels in notifications, is made plain text when it is parsed.
 
 use shared::envelope::{EnvelopeError, EventEnvelope, H_EVENT_KEY, H_EVENT_TYPE};
 use shared::providers::{escape_controls, first_control_char};
@@ -37,13 +37,10 @@ pub fn screen(
     }
     // Informational, but stored with the event.
     escape_in_place(&mut envelope.request_id);
+    // A failure reason is free text that travels in notifications: the parser already made it
+    // plain text ([`crate::notification::outside_text`]).
     if let Ok(incoming) = event {
         refusal = refusal.or_else(|| control_character_in(incoming));
-        // Free text, but it travels in the notification's words to other services too: the
-        // same U+FFFD the stored copy gets ([`crate::write::stored::text`]).
-        if let Some(reason) = incoming.failure_reason.as_mut().filter(|r| r.contains('\0')) {
-            *reason = reason.replace('\0', "\u{fffd}");
-        }
     }
     if let Some(reason) = refusal {
         *event = Err(HandleError::Permanent(reason));
@@ -167,7 +164,7 @@ mod tests {
         body["type"] = "payment_intent.payment_failed".into();
         body["data"]["object"]["last_payment_error"] = serde_json::json!({"message": "declined\u{0}"});
         let (_, event, _) = screened("evt_1", &serde_json::to_vec(&body).unwrap());
-        assert_eq!(event.unwrap().failure_reason.as_deref(), Some("declined\u{fffd}"));
+        assert_eq!(event.unwrap().failure_reason.as_deref(), Some("declined "));
     }
 
     #[test]
