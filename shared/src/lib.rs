@@ -6,11 +6,13 @@
 //! - [`envelope`]: the AMQP message contract between ingest and worker.
 //! - [`topology`]: exchange and queue names (all derived from `AMQP_PREFIX`) and their declaration.
 //! - [`broker`]: the supervised AMQP connection and confirmed publishing.
+//! - [`backoff`]: jittered exponential delays for the reconnect and retry loops.
 //! - [`status`]: payment statuses as stored in `payments.payment_status`.
 //! - [`samples`]: realistic provider events for `hookctl send` and tests.
 //! - [`traces`]: OpenTelemetry export and the `traceparent` carried through the queue.
 //! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`]: process plumbing.
 
+pub mod backoff;
 pub mod broker;
 pub mod envelope;
 pub mod http_server;

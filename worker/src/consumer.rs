@@ -11,6 +11,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
+use shared::backoff::Backoff;
 use shared::broker::Broker;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,13 @@ use tokio_util::task::TaskTracker;
 use crate::batch::Batcher;
 use crate::halt::Halt;
 use crate::settle::Acks;
+
+/// The shortest wait before trying to consume again when the consuming channel could not be
+/// opened: on a fresh link it usually can be a moment later.
+const MIN_REOPEN_DELAY: Duration = Duration::from_secs(1);
+/// The longest: a refusal (a missing permission or queue) is fixed by a person, and each
+/// attempt also replaces the broker connection, so persistent failures are not retried faster.
+const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
 
 /// How one consumer runs.
 #[derive(Debug, Clone)]
@@ -59,10 +67,14 @@ pub async fn consume<H, F>(
     let permits = Arc::new(Semaphore::new(options.concurrency));
     let tasks = TaskTracker::new();
     let mut channel: Option<Channel> = None;
+    let mut reopen = Backoff::new(MIN_REOPEN_DELAY, MAX_REOPEN_DELAY);
     'connect: while let Some(link) = broker.connected(&shutdown).await {
         let opened = open(link.connection(), &options).await;
         let (ch, deliveries) = match opened {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                reopen.reset();
+                pair
+            }
             Err(error) => {
                 match shared::broker::access::refusal(&error) {
                     Some(refusal) => {
@@ -73,7 +85,7 @@ pub async fn consume<H, F>(
                 broker.report_broken(&link);
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'connect,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'connect,
+                    _ = tokio::time::sleep(reopen.next_delay()) => continue 'connect,
                 }
             }
         };

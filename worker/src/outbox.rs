@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use shared::backoff::Backoff;
 use shared::broker::PublishError;
 use shared::envelope::long_string;
 use shared::traces::TRACEPARENT;
@@ -40,6 +41,11 @@ use crate::outcome::HandleError;
 
 /// Longest back-off between two refused publishes of one row.
 const MAX_BACKOFF_SECS: f64 = 300.0;
+
+/// Longest wait between two sweeps while the database does not answer. The waits start at
+/// `OUTBOX_POLL_INTERVAL` and grow, jittered, so the relays of all workers neither hammer nor
+/// hit in step a database that is coming back.
+const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Claims up to `$1` rows whose lease ran out for a new lease of `$2` seconds under the token
 /// `$3`. Expiry is judged at the statement's start (`statement_timestamp()`, which an index
@@ -231,35 +237,43 @@ async fn publish_held(deps: &Deps, claim: &Claim, messages: &[&Message]) -> Resu
     Ok(report)
 }
 
-/// Sweeps up expired leases every `OUTBOX_POLL_INTERVAL` until `stop` fires, then once more.
+/// Sweeps up expired leases every `OUTBOX_POLL_INTERVAL` (less often while the database does
+/// not answer: [`MAX_RELAY_BACKOFF`]) until `stop` fires, then once more.
 pub async fn run_relay(deps: Arc<Deps>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(deps.settings.outbox_poll_interval);
+    let poll = deps.settings.outbox_poll_interval;
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Backoff::new(poll, MAX_RELAY_BACKOFF);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        sweep(&deps).await;
+        if sweep(&deps).await {
+            backoff.reset();
+        } else {
+            tick.reset_after(backoff.next_delay());
+        }
     }
     sweep(&deps).await;
     tracing::info!("outbox relay stopped");
 }
 
 /// Claims and publishes rows nobody holds, batch after batch, while there are full batches.
-pub async fn sweep(deps: &Deps) {
+/// False when the relay could not run (database unavailable?); it is logged here.
+pub async fn sweep(deps: &Deps) -> bool {
     loop {
         if deps.broker.current().is_none() {
-            return;
+            return true;
         }
         match relay_batch(deps).await {
             Ok((claimed, report)) if claimed as i64 == deps.settings.outbox_batch_size && report.refused == 0 => {
                 continue
             }
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(error) => {
                 tracing::warn!(%error, "outbox relay could not run (database unavailable?)");
-                return;
+                return false;
             }
         }
     }

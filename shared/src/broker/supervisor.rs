@@ -15,9 +15,12 @@ use super::access;
 use super::link::{open_publisher, Link};
 use super::nodes::{redacted_node, CONNECT_TIMEOUT};
 use super::Inner;
+use crate::backoff::Backoff;
 use crate::topology::TopologyError;
 
+/// The shortest wait before reconnecting: a lost link is retried almost at once, on the next node.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest: a broker back from an outage is found within seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Backstop for connection loss that produced no error event, and for stalled confirms.
 const STATUS_POLL: Duration = Duration::from_millis(250);
@@ -71,12 +74,14 @@ fn log_failure(broker: &str, failure: &Failure) {
 }
 
 /// Connects, serves and reconnects until `cancel` fires. Tries the nodes in turn, starting
-/// after the one that was lost; backs off once a whole round of nodes has failed.
+/// after the one that was lost; backs off (growing, jittered: every process lost the broker
+/// at the same moment, they should not all come back at the same moment) after a lost link
+/// and once a whole round of nodes has failed.
 pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
     let nodes = inner.nodes.len().max(1);
     let mut node = 0;
     let mut failed_in_a_row = 0;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let shown = redacted_node(inner.nodes[node].expose_secret());
         let attempt = tokio::select! {
@@ -90,7 +95,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
                 inner.metrics.connects.inc();
                 inner.link.send_replace(Some(link.clone()));
                 failed_in_a_row = 0;
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 let shutting_down = watch_link(&inner, &link, &cancel).await;
                 inner.link.send_replace(None);
                 inner.metrics.connected.set(0);
@@ -104,7 +109,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
                 node = (node + 1) % nodes;
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(MIN_BACKOFF) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
                 continue;
             }
@@ -114,12 +119,12 @@ pub(super) async fn supervise(inner: Arc<Inner>, cancel: CancellationToken) {
         node = (node + 1) % nodes;
         failed_in_a_row += 1;
         if failed_in_a_row % nodes == 0 {
-            tracing::warn!(retry_in = ?backoff, "no broker node answered");
+            let delay = backoff.next_delay();
+            tracing::warn!(retry_in = ?delay, "no broker node answered");
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
