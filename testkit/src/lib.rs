@@ -2,7 +2,8 @@
 //! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
 //! sits between the code under test and a service when a test needs to take that service
 //! away without disturbing tests running in parallel; a [`PgServer`] is a PostgreSQL server
-//! of the test's own, for tests that run it with TLS or crash the database itself, and a
+//! of the test's own, for tests that run it with TLS or crash the database itself ([`PgPair`]:
+//! a primary and its standby, for failover tests), and a
 //! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms;
 //! [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
 //!
@@ -18,6 +19,7 @@ pub mod events;
 pub mod fake_http;
 pub mod metrics;
 pub mod otlp;
+pub mod pg_pair;
 pub mod pg_server;
 pub mod process;
 pub mod prometheus;
@@ -31,6 +33,7 @@ pub use amqp::TestBroker;
 pub use broker_users::RoleUsers;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
+pub use pg_pair::PgPair;
 pub use pg_server::PgServer;
 pub use process::{LoggedProcess, UnreadProcess};
 pub use proxy::TcpProxy;
