@@ -3,7 +3,8 @@
 //! sits between the code under test and a service when a test needs to take that service
 //! away without disturbing tests running in parallel; a [`PgServer`] is a PostgreSQL server
 //! of the test's own, for tests that run it with TLS or crash the database itself ([`PgPair`]:
-//! a primary and its standby, for failover tests), and a
+//! a primary and its standby, for failover tests; a [`PgBouncer`] of its own goes in front of
+//! one), and a
 //! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms;
 //! [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
 //!
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod pg_pair;
 pub mod pg_server;
+pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
@@ -35,6 +37,7 @@ pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
 pub use pg_pair::PgPair;
 pub use pg_server::PgServer;
+pub use pgbouncer::PgBouncer;
 pub use process::{LoggedProcess, UnreadProcess};
 pub use proxy::TcpProxy;
 pub use rabbit_node::{RabbitCluster, RabbitNode};

@@ -249,7 +249,7 @@ fn server_bin_dir() -> PathBuf {
 
 /// uid and gid of the `postgres` account when the tests run as root (initdb and postgres
 /// refuse root); `None` otherwise. `/proc/self` belongs to the effective user of this process.
-fn server_user() -> Option<(u32, u32)> {
+pub(crate) fn server_user() -> Option<(u32, u32)> {
     let me = std::fs::metadata("/proc/self").expect("/proc/self");
     if me.uid() != 0 {
         return None;
@@ -263,7 +263,7 @@ fn server_user() -> Option<(u32, u32)> {
 /// A port nobody listens on right now. The server binds it a moment later; another process
 /// taking it in between makes that start fail (and the first start try another port), never
 /// silently share a server.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }

@@ -1,6 +1,9 @@
 //! The Postgres pool, and the one place database errors are classified. [`tls`] turns
-//! `DATABASE_URL`'s `sslmode` into the connector every connection uses.
+//! `DATABASE_URL`'s `sslmode` into the connector every connection uses; [`sessions`] checks at
+//! start that the sessions the pool opens are what the worker needs (no pooler in between that
+//! shares them or drops their settings).
 
+pub mod sessions;
 pub mod tls;
 
 use std::time::Duration;
