@@ -92,7 +92,7 @@ async fn failovers_to_a_synchronous_standby_lose_no_acknowledged_event_and_apply
     ]);
 
     let stop_load = CancellationToken::new();
-    let answers = Arc::new(Mutex::new(Vec::<(usize, u16)>::new()));
+    let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
     let load = tokio::spawn(post_load(ingest.addr, answers.clone(), stop_load.clone()));
     let applied = "SELECT count(*) FROM webhook_events WHERE status = 'applied'";
 
@@ -128,8 +128,8 @@ async fn failovers_to_a_synchronous_standby_lose_no_acknowledged_event_and_apply
     // Every 200 applied exactly once, on the final primary.
     let answers = std::mem::take(&mut *answers.lock().unwrap());
     let accepted: Vec<String> =
-        answers.iter().filter(|(_, status)| *status == 200).map(|(order, _)| format!("evt_fo_{order}")).collect();
-    let refused: Vec<&(usize, u16)> = answers.iter().filter(|(_, status)| *status != 200).collect();
+        answers.iter().filter(|a| a.status == 200).map(|a| format!("evt_fo_{}", a.order)).collect();
+    let refused: Vec<(usize, u16)> = answers.iter().filter(|a| a.status != 200).map(|a| (a.order, a.status)).collect();
     assert!(refused.is_empty(), "ingest does not depend on Postgres; it answered {refused:?}");
     let applied_of_accepted = || async {
         sql.query_one(
@@ -194,10 +194,15 @@ async fn failovers_to_a_synchronous_standby_lose_no_acknowledged_event_and_apply
             .unwrap_or_default()
     };
     let far = Utc::now() + chrono::Duration::days(1);
+    let mut answered: Vec<Instant> = answers.iter().map(|a| a.sent + a.took).collect();
+    answered.sort();
+    let no_200 = answered.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let slowest = answers.iter().map(|a| a.took).max().unwrap_or_default();
     eprintln!(
-        "Postgres failover: {} events posted at {RATE}/s, {} answered 200, {} applied once, 0 dead-lettered; \
-         longest stretch without a commit: {:?} overall, {:?} around the crash ({:?} until the promotion), \
-         {:?} around the switchover (old primary fenced, left running)",
+        "Postgres failover: {} events posted at {RATE}/s, {} answered 200 (longest stretch without one {no_200:?}, \
+         slowest answer {slowest:?}), {} applied once, 0 dead-lettered; longest stretch without a commit: {:?} \
+         overall, {:?} around the crash ({:?} until the promotion), {:?} around the switchover (old primary \
+         fenced, left running)",
         answers.len(),
         accepted.len(),
         applied_of_accepted().await,
@@ -231,9 +236,17 @@ impl Drop for Workers {
     }
 }
 
+/// One posted event and what ingest answered (0: no answer).
+struct Answer {
+    order: usize,
+    status: u16,
+    sent: Instant,
+    took: Duration,
+}
+
 /// Posts signed `checkout.session.completed` events for orders `fo-1`, `fo-2`, … to ingest at
 /// `RATE` until `stop` (or `MAX_LOAD`); records each answer.
-async fn post_load(ingest: std::net::SocketAddr, answers: Arc<Mutex<Vec<(usize, u16)>>>, stop: CancellationToken) {
+async fn post_load(ingest: std::net::SocketAddr, answers: Arc<Mutex<Vec<Answer>>>, stop: CancellationToken) {
     let client = reqwest::Client::new();
     let url = format!("http://{ingest}/api/webhooks/stripe");
     let mut pace = tokio::time::interval(Duration::from_secs(1) / RATE as u32);
@@ -253,6 +266,7 @@ async fn post_load(ingest: std::net::SocketAddr, answers: Arc<Mutex<Vec<(usize, 
                 100,
                 "usd",
             );
+            let sent = Instant::now();
             let response = client
                 .post(url)
                 .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
@@ -261,7 +275,7 @@ async fn post_load(ingest: std::net::SocketAddr, answers: Arc<Mutex<Vec<(usize, 
                 .send()
                 .await;
             let status = response.map_or(0, |r| r.status().as_u16());
-            answers.lock().unwrap().push((order, status));
+            answers.lock().unwrap().push(Answer { order, status, sent, took: sent.elapsed() });
         }));
     }
     for request in requests {
