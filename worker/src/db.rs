@@ -21,8 +21,8 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// once per connection, and Postgres may keep one generic plan of each for the connection's
 /// life, planned from the table sizes of that moment: planned while the tables are small (a new
 /// deployment, or no statistics because autovacuum is off), that plan scans whole tables and
-/// keeps doing so for every batch as they grow.
-/// (name, value as `pg_settings.setting` shows it: timeouts in milliseconds.)
+/// keeps doing so for every batch as they grow. Each is (name, value as `pg_settings.setting`
+/// shows it: timeouts in milliseconds), so that [`sessions`] can check they are in force.
 const SESSION_SETTINGS: [(&str, &str); 3] =
     [("lock_timeout", "5000"), ("statement_timeout", "30000"), ("enable_seqscan", "off")];
 
