@@ -2,10 +2,10 @@
 //! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
 //! sits between the code under test and a service when a test needs to take that service
 //! away without disturbing tests running in parallel; a [`PgServer`] is a PostgreSQL server
-//! of the test's own, for tests that run it with TLS or crash the database itself ([`PgPair`]:
-//! a primary and its standby, for failover tests; a [`PgBouncer`] of its own goes in front of
-//! one), and a
-//! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms;
+//! of the test's own, for tests that run it with TLS or crash the database itself, a
+//! [`PgPair`] a primary and its streaming standby, for failover tests, a [`PgBouncer`] a
+//! pooler in front of a Postgres, and a [`RabbitCluster`] one of RabbitMQ nodes, for tests
+//! that kill broker nodes or raise alarms;
 //! [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
