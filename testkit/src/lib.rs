@@ -2,8 +2,10 @@
 //! database ([`TestDb`]) and its own AMQP prefix ([`TestBroker`]); a [`TcpProxy`] of its own
 //! sits between the code under test and a service when a test needs to take that service
 //! away without disturbing tests running in parallel; a [`PgServer`] is a PostgreSQL server
-//! of the test's own, for tests that run it with TLS or crash the database itself, and a
-//! [`RabbitCluster`] one of RabbitMQ nodes, for tests that kill broker nodes or raise alarms;
+//! of the test's own, for tests that run it with TLS or crash the database itself, a
+//! [`PgPair`] a primary and its streaming standby, for failover tests, a [`PgBouncer`] a
+//! pooler in front of a Postgres, and a [`RabbitCluster`] one of RabbitMQ nodes, for tests
+//! that kill broker nodes or raise alarms;
 //! [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
@@ -18,7 +20,9 @@ pub mod events;
 pub mod fake_http;
 pub mod metrics;
 pub mod otlp;
+pub mod pg_pair;
 pub mod pg_server;
+pub mod pgbouncer;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
@@ -31,7 +35,9 @@ pub use amqp::TestBroker;
 pub use broker_users::RoleUsers;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
+pub use pg_pair::PgPair;
 pub use pg_server::PgServer;
+pub use pgbouncer::PgBouncer;
 pub use process::{LoggedProcess, UnreadProcess};
 pub use proxy::TcpProxy;
 pub use rabbit_node::{RabbitCluster, RabbitNode};

@@ -1,5 +1,6 @@
 //! A PostgreSQL server of a test's own, for what the shared one cannot show: TLS with a
-//! certificate the test made, or the database itself crashing. `initdb` into a temporary
+//! certificate the test made, the database itself crashing, or a standby taking over
+//! ([`crate::pg_pair`]). `initdb` into a temporary
 //! directory (trust authentication, user `postgres`), its own port on 127.0.0.1 and its own
 //! socket directory; started and stopped with `pg_ctl`, its log in a file that outlives restarts.
 //! Dropping the handle stops the server and deletes its directory, also when the test panics.
@@ -80,22 +81,56 @@ impl PgServer {
             .expect("open postgresql.conf");
         writeln!(conf, "\n# testkit::PgServer\n{}", settings.join("\n")).expect("write postgresql.conf");
 
-        // Postgres cannot listen on port 0: take a free port, and another one if it was
-        // grabbed before the server bound it.
+        server.start_on(None).await;
+        server
+    }
+
+    /// A streaming standby of `primary`: a base backup of it (`pg_basebackup -R`, which writes
+    /// `standby.signal` and the connection back to the primary), started on `port` (a failover
+    /// test rebuilding a lost server where its clients expect it) or on a free one. Read-only
+    /// until [`promote`](Self::promote)d.
+    pub async fn start_standby_of(primary: &PgServer, port: Option<u16>) -> Self {
+        let dir = tempfile::Builder::new().prefix("pg-standby-").tempdir().expect("temporary directory");
+        let mut server = Self { bin: primary.bin.clone(), port: 0, user: primary.user, dir };
+        server.own(server.dir.path());
+        let (data, primary_port) = (server.path("data"), primary.port.to_string());
+        let args = ["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", &data];
+        let options = ["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"];
+        server.run_checked("pg_basebackup", &[&args[..], &options[..]].concat()).await;
+        // The copied configuration names the primary's socket directory.
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(Path::new(&data).join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        writeln!(conf, "\n# testkit::PgServer standby\nunix_socket_directories = '{}'", server.dir.path().display())
+            .expect("write postgresql.conf");
+        server.start_on(port).await;
+        server
+    }
+
+    /// Ends recovery: the standby becomes a primary that takes writes (`pg_ctl promote`, waited for).
+    pub async fn promote(&self) {
+        self.run_checked("pg_ctl", &["promote", "-w", "-t", "60", "-D", &self.path("data")]).await;
+    }
+
+    /// Starts the server on `port`, or on a free port: Postgres cannot listen on port 0, so
+    /// take a free one, and another one if it was grabbed before the server bound it.
+    async fn start_on(&mut self, port: Option<u16>) {
         for _ in 0..PORT_TRIES {
-            server.port = free_port();
-            let log_before = server.logs().len();
-            let output = server.pg_ctl_start().await;
+            self.port = port.unwrap_or_else(free_port);
+            let log_before = self.logs().len();
+            let output = self.pg_ctl_start().await;
             if output.status.success() {
-                return server;
+                return;
             }
-            let logs = server.logs();
+            let logs = self.logs();
             let log = logs.get(log_before..).unwrap_or_default();
-            if !log.contains("could not bind") && !log.contains("could not create listen socket") {
-                panic!("{}", server.failure("pg_ctl start", &output));
+            let taken = log.contains("could not bind") || log.contains("could not create listen socket");
+            if !taken || port.is_some() {
+                panic!("{}", self.failure("pg_ctl start", &output));
             }
         }
-        panic!("no free port for postgres after {PORT_TRIES} tries:\n{}", server.logs());
+        panic!("no free port for postgres after {PORT_TRIES} tries:\n{}", self.logs());
     }
 
     /// Starts the server again after [`crash`](Self::crash) on the same port (the start runs
@@ -214,7 +249,7 @@ fn server_bin_dir() -> PathBuf {
 
 /// uid and gid of the `postgres` account when the tests run as root (initdb and postgres
 /// refuse root); `None` otherwise. `/proc/self` belongs to the effective user of this process.
-fn server_user() -> Option<(u32, u32)> {
+pub(crate) fn server_user() -> Option<(u32, u32)> {
     let me = std::fs::metadata("/proc/self").expect("/proc/self");
     if me.uid() != 0 {
         return None;
@@ -228,7 +263,7 @@ fn server_user() -> Option<(u32, u32)> {
 /// A port nobody listens on right now. The server binds it a moment later; another process
 /// taking it in between makes that start fail (and the first start try another port), never
 /// silently share a server.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }

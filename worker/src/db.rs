@@ -1,6 +1,9 @@
 //! The Postgres pool, and the one place database errors are classified. [`tls`] turns
-//! `DATABASE_URL`'s `sslmode` into the connector every connection uses.
+//! `DATABASE_URL`'s `sslmode` into the connector every connection uses; [`sessions`] checks at
+//! start that the sessions the pool opens are what the worker needs (no pooler in between that
+//! shares them or drops their settings).
 
+pub mod sessions;
 pub mod tls;
 
 use std::time::Duration;
@@ -18,21 +21,39 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// once per connection, and Postgres may keep one generic plan of each for the connection's
 /// life, planned from the table sizes of that moment: planned while the tables are small (a new
 /// deployment, or no statistics because autovacuum is off), that plan scans whole tables and
-/// keeps doing so for every batch as they grow.
-const SESSION_OPTIONS: &str = "-c lock_timeout=5s -c statement_timeout=30s -c enable_seqscan=off";
+/// keeps doing so for every batch as they grow. Each is (name, value as `pg_settings.setting`
+/// shows it: timeouts in milliseconds), so that [`sessions`] can check they are in force.
+const SESSION_SETTINGS: [(&str, &str); 3] =
+    [("lock_timeout", "5000"), ("statement_timeout", "30000"), ("enable_seqscan", "off")];
 
-/// Builds the pool; connections open lazily, so a database that is down at start only delays work.
-pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
-    let target = tls::DatabaseTarget::from_settings(settings)?;
-    let mut config = target.config;
+/// Every setting the worker's sessions run with, `idle_in_transaction_session_timeout` from
+/// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT` included, as `pg_settings.setting` shows them.
+pub fn session_settings(settings: &Settings) -> Vec<(&'static str, String)> {
+    let idle_in_transaction = settings.database_idle_in_transaction_timeout.as_millis();
+    let mut all: Vec<(&'static str, String)> = SESSION_SETTINGS.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    all.push(("idle_in_transaction_session_timeout", idle_in_transaction.to_string()));
+    all
+}
+
+/// The connection settings and TLS connector of every pooled connection.
+pub fn session_target(settings: &Settings) -> anyhow::Result<tls::DatabaseTarget> {
+    let mut target = tls::DatabaseTarget::from_settings(settings)?;
+    let config = &mut target.config;
     config.connect_timeout(POOL_TIMEOUT);
     config.application_name("webhooks-worker");
     // Bounded waits as session settings, not a round trip per transaction: a stuck lock or
     // query becomes a (transient) error instead of a stalled worker, and a worker stalled
     // between two statements of a transaction loses its session and with it its row locks.
-    let idle_in_transaction = settings.database_idle_in_transaction_timeout.as_millis();
-    config.options(format!("{SESSION_OPTIONS} -c idle_in_transaction_session_timeout={idle_in_transaction}"));
-    let manager = Manager::from_config(config, target.tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let options: Vec<String> = session_settings(settings).iter().map(|(k, v)| format!("-c {k}={v}")).collect();
+    config.options(options.join(" "));
+    Ok(target)
+}
+
+/// Builds the pool; connections open lazily, so a database that is down at start only delays work.
+pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
+    let target = session_target(settings)?;
+    let manager =
+        Manager::from_config(target.config, target.tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(settings.database_pool_size)
         .wait_timeout(Some(POOL_TIMEOUT))
@@ -54,12 +75,21 @@ pub enum DbErrorClass {
     /// retrying on the delay schedule would walk every event to the dead letters, and
     /// dead-lettering would blame them. The worker halts until a person fixes it.
     Broken,
+    /// The server takes no writes (`read_only_sql_transaction`, SQLSTATE 25006): the session
+    /// is on a standby, or on a primary that was demoted or fenced (`default_transaction_read_only`)
+    /// in a failover. Neither the event nor the SQL is at fault, and waiting on this session
+    /// cannot help: leave it ([`leave_read_only_server`]) and try again on a fresh connection,
+    /// which only a server that takes writes accepts (`target_session_attrs=read-write`).
+    ReadOnlyServer,
 }
 
 /// Classifies by SQLSTATE. Errors without one are connection-level (I/O, closed) and transient.
 pub fn classify(error: &tokio_postgres::Error) -> DbErrorClass {
     let Some(db) = error.as_db_error() else { return DbErrorClass::Transient };
     let code = db.code();
+    if code == &SqlState::READ_ONLY_SQL_TRANSACTION {
+        return DbErrorClass::ReadOnlyServer;
+    }
     let class = &code.code()[..2];
     if [
         SqlState::T_R_SERIALIZATION_FAILURE,
@@ -88,6 +118,15 @@ pub fn classify(error: &tokio_postgres::Error) -> DbErrorClass {
     }
 }
 
+/// Drops `client`'s connection for good, and every idle one of the pool: the server it is on
+/// takes no writes, and the idle ones were opened to the same server. The next connection the
+/// pool opens goes to a server that takes writes, or fails (an outage) while there is none.
+pub fn leave_read_only_server(pool: &Pool, client: deadpool_postgres::Client) {
+    drop(deadpool_postgres::Object::take(client));
+    let left = pool.retain(|_, _| false).removed.len();
+    tracing::debug!(idle_sessions_closed = left, "left a read-only server");
+}
+
 /// Pool failures are never the message's fault.
 pub fn describe_pool_error(error: &PoolError) -> String {
     match error {
@@ -110,5 +149,22 @@ mod tests {
             tokio_postgres::connect("postgres://postgres@127.0.0.1:1/x?connect_timeout=1", NoTls).await.err().unwrap()
         });
         assert_eq!(classify(&error), DbErrorClass::Transient);
+    }
+
+    #[test]
+    fn a_read_only_server_means_reconnect_elsewhere_not_a_fault_of_the_event_or_the_sql() {
+        // A write on a standby, or on a fenced primary: SQLSTATE 25006, class 25 ("invalid
+        // transaction state"), which the class rules alone would call transient (a retry tier).
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let error = runtime.block_on(async {
+            let url = testkit::admin_database_url();
+            let client = testkit::db::connect(&url).await;
+            client
+                .batch_execute("BEGIN READ ONLY; CREATE TEMPORARY TABLE read_only_probe (x int)")
+                .await
+                .expect_err("a write in a read-only transaction fails")
+        });
+        assert_eq!(error.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{error}");
+        assert_eq!(classify(&error), DbErrorClass::ReadOnlyServer);
     }
 }

@@ -74,6 +74,8 @@ pub struct Worker {
 impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(&settings)?;
+        // Through a pooler that shares sessions or drops their settings, refuse now, saying why.
+        db::sessions::check(&settings).await?;
         let toss_api = TossApi::from_settings(&settings)?;
         // The worker checks every message's signature again, so it needs the webhook secrets.
         let secrets = WebhookSecrets::from_settings(&settings)?;

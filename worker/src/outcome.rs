@@ -85,7 +85,9 @@ impl From<tokio_postgres::Error> for HandleError {
         match classify(&error) {
             // A broken schema halts the batch before it reaches an event; anywhere else it is
             // no fault of the event, so it is retried.
-            DbErrorClass::Transient | DbErrorClass::Broken => Self::Transient(text),
+            // A read-only server outside the batch's transaction (the relay, say): that session
+            // goes back to the pool, and the next batch that takes it leaves it.
+            DbErrorClass::Transient | DbErrorClass::Broken | DbErrorClass::ReadOnlyServer => Self::Transient(text),
             DbErrorClass::Permanent => Self::Permanent(text),
         }
     }

@@ -9,7 +9,9 @@
 //! error on the batch (a constraint, a trigger, a lock timeout on one payment) rolls it back and
 //! each event is then applied on its own, so a bad event costs its neighbours one retry at most.
 //! An outage (no connection) fails the whole batch into the delay tiers, as any single event
-//! would. A fault in the worker's own SQL halts the worker ([`crate::halt`]).
+//! would. A fault in the worker's own SQL halts the worker ([`crate::halt`]). A server that
+//! takes no writes (a standby, or a primary demoted in a failover) is left: the batch is
+//! applied again at once on a fresh connection, which only a server taking writes accepts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Provider;
 
 use crate::consumer::Batch;
-use crate::db::{classify, describe_pool_error, DbErrorClass};
+use crate::db::{classify, describe_pool_error, leave_read_only_server, DbErrorClass};
 use crate::decide::Trust;
 use crate::deps::Deps;
 use crate::event::{Confirmed, IncomingEvent};
@@ -348,10 +350,17 @@ async fn already_final(deps: &Deps, keys: &[String]) -> Result<HashSet<String>, 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// How often one batch is applied again on a fresh connection after landing on a server that
+/// takes no writes. New connections skip such servers, so one is normally enough; more would
+/// mean servers changing roles under the worker, which is no longer a failover but an outage.
+const READ_ONLY_RECONNECTS: u32 = 3;
+
 /// How a batch failed.
 enum Fault {
     /// No database to talk to: every event is retried later.
     Outage(String),
+    /// The session's server takes no writes (SQLSTATE 25006); the session was left.
+    ReadOnly(String),
     /// The database rejected the worker's own SQL: halt.
     Broken(String),
     /// The database refused this batch (a constraint, a trigger, a lock timeout, a conflict).
@@ -361,6 +370,7 @@ enum Fault {
 /// Applies the entries in one transaction; on a refusal, each on its own; while the database
 /// rejects the worker's SQL, halted (retried every few seconds). `None`: stopped while halted.
 async fn commit(deps: &Deps, entries: &[Entry<'_>], claim: &Claim) -> Option<Committed> {
+    let mut reconnects = 0;
     loop {
         let fault = match try_commit(deps, entries, claim).await {
             Ok(committed) => {
@@ -379,7 +389,16 @@ async fn commit(deps: &Deps, entries: &[Entry<'_>], claim: &Claim) -> Option<Com
                     _ = tokio::time::sleep(PROBE_EVERY) => {}
                 }
             }
-            Fault::Outage(reason) => {
+            Fault::ReadOnly(reason) if reconnects < READ_ONLY_RECONNECTS => {
+                reconnects += 1;
+                tracing::warn!(
+                    %reason,
+                    reconnects,
+                    "the database server takes no writes (a standby, or a primary demoted in a failover): \
+                     left its sessions; applying the batch again on a fresh connection"
+                );
+            }
+            Fault::Outage(reason) | Fault::ReadOnly(reason) => {
                 let error = HandleError::Transient(reason);
                 record_failures(deps, entries, &error).await;
                 return Some(Committed { results: vec![Err(error); entries.len()], notifications: Vec::new() });
@@ -410,10 +429,16 @@ async fn try_commit(deps: &Deps, entries: &[Entry<'_>], claim: &Claim) -> Result
     let settings = &deps.settings;
     let trust = Trust { allow_unverified: settings.toss_allow_unverified };
     let result = write::apply(&mut client, entries, trust, settings.retry_max_attempts, claim).await;
-    result.map_err(|error| match error {
-        WriteError::Db(e) => fault_of(&e),
-        WriteError::Conflict(reason) => Fault::Rejected(HandleError::Transient(reason)),
-    })
+    let fault = match result {
+        Ok(committed) => return Ok(committed),
+        Err(WriteError::Db(e)) => fault_of(&e),
+        Err(WriteError::Conflict(reason)) => Fault::Rejected(HandleError::Transient(reason)),
+    };
+    if let Fault::ReadOnly(_) = fault {
+        // Returned to the pool, this session would fail every batch that takes it.
+        leave_read_only_server(&deps.pool, client);
+    }
+    Err(fault)
 }
 
 fn fault_of(error: &tokio_postgres::Error) -> Fault {
@@ -425,6 +450,7 @@ fn fault_of(error: &tokio_postgres::Error) -> Fault {
         DbErrorClass::Broken => Fault::Broken(text),
         DbErrorClass::Permanent => Fault::Rejected(HandleError::Permanent(text)),
         DbErrorClass::Transient => Fault::Rejected(HandleError::Transient(text)),
+        DbErrorClass::ReadOnlyServer => Fault::ReadOnly(text),
     }
 }
 

@@ -14,6 +14,12 @@
 //! file), or `sslrootcert=system` for the operating system's trusted roots, which, as in
 //! libpq, needs `verify-full`: a public CA vouches for anybody's host, so only the host name
 //! check makes it mean something. `verify-*` without any CA is refused at start.
+//!
+//! `DATABASE_URL` may list several hosts (`postgres://u@db1:5432,db2:5432/webhooks`), as libpq
+//! does; each is tried in turn, and only a server that takes writes is kept
+//! (`target_session_attrs=read-write`, whatever the URL says: every connection opened here
+//! writes), so after a failover new connections find the new primary. With TLS, each host's
+//! certificate is checked against that host's name.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,7 +35,7 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use secrecy::ExposeSecret;
 use shared::Settings;
-use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::config::{SslMode as DriverSslMode, TargetSessionAttrs};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// libpq's `sslmode` values this pipeline honours (`allow` is not among them: it prefers
@@ -81,6 +87,11 @@ pub enum CaSource {
 pub enum DatabaseTlsError {
     #[error("setting DATABASE_URL is invalid: {0}")]
     InvalidUrl(String),
+    #[error(
+        "setting DATABASE_URL has target_session_attrs=read-only, but the worker, `worker migrate` and hookctl \
+         write; leave it out (read-write is used) or set read-write"
+    )]
+    ReadOnlyTarget,
     #[error("setting DATABASE_URL is invalid: sslmode={0} is not supported (use disable, prefer, require, verify-ca or verify-full)")]
     UnknownSslMode(String),
     #[error(
@@ -147,6 +158,12 @@ impl DatabaseTarget {
         }
         let mut config =
             tokio_postgres::Config::from_str(&url).map_err(|e| DatabaseTlsError::InvalidUrl(e.to_string()))?;
+        // A standby, or a primary fenced in a failover, accepts a connection and then refuses
+        // every write: skip such servers when connecting (one `SHOW transaction_read_only`).
+        if config.get_target_session_attrs() == TargetSessionAttrs::ReadOnly {
+            return Err(DatabaseTlsError::ReadOnlyTarget);
+        }
+        config.target_session_attrs(TargetSessionAttrs::ReadWrite);
         config.ssl_mode(match ssl_mode {
             SslMode::Disable => DriverSslMode::Disable,
             SslMode::Prefer => DriverSslMode::Prefer,
@@ -372,6 +389,36 @@ mod tests {
         let (url, params) = take_tls_params("postgres://db/x?sslmode=disable");
         assert_eq!(url, "postgres://db/x");
         assert_eq!(params.ssl_mode.as_deref(), Some("disable"));
+    }
+
+    #[test]
+    fn several_hosts_are_tried_in_order_and_only_a_server_that_takes_writes_is_kept() {
+        use tokio_postgres::config::Host;
+        let ca = ca_file();
+        let url = format!(
+            "postgres://u:p@db-a:5433,db-b:5434/webhooks?target_session_attrs=read-write&sslmode=verify-full&sslrootcert={}",
+            ca.path().display()
+        );
+        let listed = target(&url, None).unwrap();
+        let hosts: Vec<String> = listed
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        assert_eq!(hosts, ["db-a", "db-b"]);
+        assert_eq!(listed.config.get_ports(), [5433, 5434]);
+        assert_eq!(listed.config.get_dbname(), Some("webhooks"));
+        assert_eq!(listed.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(listed.config.get_target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        // Without the parameter, the same: every connection opened here writes.
+        let plain = target("postgres://db-a,db-b/webhooks", None).unwrap();
+        assert_eq!(plain.config.get_target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        let error = target("postgres://db-a,db-b/webhooks?target_session_attrs=read-only", None).unwrap_err();
+        assert!(error.to_string().contains("target_session_attrs=read-only"), "{error}");
     }
 
     #[test]
