@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::access;
 use super::link::{open_publisher, Link};
-use super::nodes::{redacted_node, CONNECT_TIMEOUT};
+use super::nodes::CONNECT_TIMEOUT;
 use super::Inner;
+use crate::settings::amqp_nodes::redacted_node;
 use crate::topology::TopologyError;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
