@@ -119,7 +119,7 @@ fn every_hookctl_command_in_a_runbook_is_one_hookctl_accepts() {
     let mut checked = 0;
     for (name, rule) in alerts() {
         for command in hookctl_commands(rule["annotations"]["runbook"].as_str().unwrap()) {
-            worker::cli::Cli::try_parse_from(&command).unwrap_or_else(|e| {
+            hookctl::cli::Cli::try_parse_from(&command).unwrap_or_else(|e| {
                 panic!("{name}'s runbook gives `{}`, which hookctl refuses: {e}", command.join(" "))
             });
             checked += 1;
@@ -127,5 +127,5 @@ fn every_hookctl_command_in_a_runbook_is_one_hookctl_accepts() {
     }
     assert!(checked >= alerts().len());
     // The parser is strict, so acceptance above means something.
-    assert!(worker::cli::Cli::try_parse_from(["hookctl", "dead", "lst"]).is_err());
+    assert!(hookctl::cli::Cli::try_parse_from(["hookctl", "dead", "lst"]).is_err());
 }

@@ -188,7 +188,7 @@ async fn a_worker_without_its_permissions_says_at_start_what_to_grant() {
 
     // A worker given ingest's user may not declare its queues.
     let vars = env.env_vars(&[("AMQP_URL", ingest_url.as_str()), ("LOG_FORMAT", "json")]);
-    let worker = LoggedProcess::spawn(env!("CARGO_BIN_EXE_worker"), &[], &vars);
+    let worker = LoggedProcess::spawn(env!("CARGO_BIN_EXE_e2e-worker"), &[], &vars);
     let line =
         worker.wait_for_line("the worker's refusal", WAIT, |l| l.contains("cannot declare the broker topology")).await;
     assert!(line.contains("ACCESS_REFUSED") && line.contains("deploy/rabbitmq/permissions"), "{line}");

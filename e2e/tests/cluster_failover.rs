@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestIngest;
+use common::ingest::TestIngest;
 use shared::Settings;
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::{RabbitCluster, TestDb};
@@ -73,7 +73,7 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
         vars.extend_from_slice(extra);
         Settings::from_vars(vars).expect("valid settings")
     };
-    worker::migrate::migrate(&settings_from(0, &[])).await.expect("migrations apply");
+    worker::store::migrate::migrate(&settings_from(0, &[])).await.expect("migrations apply");
     let sql = db.client().await;
     let orders = (RATE * LOAD_FOR.as_secs() + RATE) as i64;
     sql.batch_execute(&format!(

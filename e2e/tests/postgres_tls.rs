@@ -43,8 +43,8 @@ fn settings(url: &str, ca_file: Option<&Path>) -> Settings {
 
 /// Whether the pool's connection is encrypted, or the pool's error message.
 async fn pooled_connection_uses_tls(settings: &Settings) -> Result<bool, String> {
-    let pool = worker::db::pool(settings).map_err(|e| e.to_string())?;
-    let client = pool.get().await.map_err(|e| worker::db::describe_pool_error(&e))?;
+    let pool = worker::store::db::pool(settings).map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| worker::store::db::describe_pool_error(&e))?;
     let row = client
         .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
         .await
@@ -53,7 +53,7 @@ async fn pooled_connection_uses_tls(settings: &Settings) -> Result<bool, String>
 }
 
 fn hookctl(url: &str, ca_file: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_hookctl"))
+    std::process::Command::new(env!("CARGO_BIN_EXE_e2e-hookctl"))
         .args(["events", "order-tls"])
         .env("DATABASE_URL", url)
         .env("DATABASE_CA_FILE", ca_file)
@@ -89,7 +89,7 @@ async fn tls_modes_against_a_server_with_a_certificate_of_our_own() {
     // verify-full with the right CA: the migration (creating the database), the pool and hookctl.
     let full_url = server.url_with("localhost", "webhooks_tls", "sslmode=verify-full");
     let full = settings(&full_url, Some(&right_ca));
-    worker::migrate::migrate(&full).await.expect("migrates over verify-full");
+    worker::store::migrate::migrate(&full).await.expect("migrates over verify-full");
     assert_eq!(pooled_connection_uses_tls(&full).await, Ok(true));
     let out = hookctl(&full_url, &right_ca);
     assert!(out.status.success(), "hookctl over verify-full: {}", String::from_utf8_lossy(&out.stderr));
@@ -110,7 +110,7 @@ async fn tls_modes_against_a_server_with_a_certificate_of_our_own() {
     let wrong = settings(&full_url, Some(&wrong_ca));
     let error = pooled_connection_uses_tls(&wrong).await.unwrap_err();
     assert!(error.contains("not signed by a trusted CA") && error.contains("DATABASE_CA_FILE"), "{error}");
-    let error = format!("{:#}", worker::migrate::migrate(&wrong).await.unwrap_err());
+    let error = format!("{:#}", worker::store::migrate::migrate(&wrong).await.unwrap_err());
     assert!(error.contains("not signed by a trusted CA"), "{error}");
     let out = hookctl(&full_url, &wrong_ca);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -43,7 +43,7 @@ async fn without_an_exporter_a_received_traceparent_reaches_the_message_and_the_
             ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ],
     );
-    worker::migrate::migrate(&settings).await.expect("migrations apply");
+    worker::store::migrate::migrate(&settings).await.expect("migrations apply");
     shared::topology::Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
     let sql = db.client().await;
     for order in ["order-traced", "order-plain"] {
@@ -52,7 +52,7 @@ async fn without_an_exporter_a_received_traceparent_reaches_the_message_and_the_
     let events = broker.subscribe(&format!("{}.events", broker.prefix)).await;
     let notifications = broker.subscribe(&format!("{}.notifications", broker.prefix)).await;
 
-    let (mut ingest, addr, _metrics) = common::spawn_ingest_process(&broker, &[]).await;
+    let (mut ingest, addr, _metrics) = common::ingest::spawn_ingest_process(&broker, &[]).await;
     let stop = CancellationToken::new();
     let worker = worker::Worker::build(settings).await.expect("worker builds");
     let running = tokio::spawn(worker.run(stop.clone()));

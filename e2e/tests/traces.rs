@@ -48,7 +48,7 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
             ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ],
     );
-    worker::migrate::migrate(&settings).await.expect("migrations apply");
+    worker::store::migrate::migrate(&settings).await.expect("migrations apply");
     shared::topology::Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
     let sql = db.client().await;
     seed(&sql, "order-now").await;
@@ -65,7 +65,7 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     ] {
         vars.push((k.to_string(), v));
     }
-    let mut ingest = LoggedProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &[], &vars);
+    let mut ingest = LoggedProcess::spawn(env!("CARGO_BIN_EXE_e2e-ingest"), &[], &vars);
     let addr = ingest.logged_addr("ingest listening").await;
     let stop = CancellationToken::new();
     let worker = worker::Worker::build(settings).await.expect("worker builds");
@@ -80,7 +80,7 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     // retried through a delay tier first.
     for (key, order) in [("evt_now", "order-now"), ("evt_later", "order-later")] {
         let body = stripe_session_event(key, "checkout.session.completed", order, "paid", 3000, "usd");
-        let status = common::post_signed_stripe(&client, addr, body).await.unwrap().status();
+        let status = common::ingest::post_signed_stripe(&client, addr, body).await.unwrap().status();
         assert_eq!(status, 200, "{key}");
     }
     // A third event comes from a gateway that traces: ingest's request span is a child of it.

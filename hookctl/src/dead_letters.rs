@@ -1,93 +1,86 @@
-//! `hookctl dead`: inspect the dead-letter queue and move messages back to work.
+//! The dead-letter queues: list, show, replay, purge.
 //!
 //! Messages are read with `basic.get` and left unacknowledged; closing the channel returns
-//! every one that was not replayed or purged, so listing never loses anything. A replayed
+//! every one that was not replayed or purged, so reading never loses anything. A replayed
 //! message is published to the work queue with a publisher confirm *before* its dead copy is
 //! acknowledged; it goes through the inbox like any delivery, so an event that was applied in
 //! the meantime is recognised as a duplicate. Before that, each is checked as the worker checks
 //! every delivery (its signature, its key and type against its body): one that is unverifiable
-//! stays in the dead letters, with a line saying why.
+//! stays in the dead letters, and the report says why.
 //!
-//! hookctl declares nothing: the worker owns the topology, and the operator's AMQP user as
-//! deployed may only read the dead-letter queues and publish to the default exchange
+//! Nothing here declares anything: the worker owns the topology, and the operator's AMQP user
+//! as deployed may only read the dead-letter queues and publish to the default exchange
 //! (`deploy/rabbitmq/permissions`).
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use clap::{Args, Subcommand};
+use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use shared::envelope::EventEnvelope;
 use shared::envelope::{
-    header_int, header_str, long_string, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE, H_LAST_ERROR,
-    H_PROVIDER,
+    header_int, header_str, long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE,
+    H_LAST_ERROR, H_PROVIDER,
 };
 use shared::providers::escape_controls;
 use shared::topology::Topology;
 use shared::verify::message::{check_message, WebhookSecrets};
-use shared::Settings;
+use shared::Provider;
+use worker::domain::retry::UNVERIFIABLE;
 
-use crate::retry::UNVERIFIABLE;
-
-#[derive(Subcommand, Debug)]
-pub enum DeadCommand {
-    /// List dead-lettered messages (oldest first).
-    List {
-        /// Read at most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        #[command(flatten)]
-        which: Which,
-    },
-    /// Show one message: its headers and its body (secret fields masked).
-    Show {
-        /// Event key (e.g. evt_...) or message id.
-        id: String,
-        #[command(flatten)]
-        which: Which,
-    },
-    /// Move messages back to work: one by id, all, or those matching --provider / --since.
-    Replay(ReplayArgs),
-    /// Delete every dead-lettered message.
-    Purge {
-        /// Required: purging cannot be undone.
-        #[arg(long)]
-        yes: bool,
-        #[command(flatten)]
-        which: Which,
-    },
+/// Which dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Webhook events (`{prefix}.dead`).
+    Events,
+    /// Notifications whose HTTP delivery failed (`{prefix}.notify.dead`).
+    Notifications,
 }
 
-#[derive(Args, Debug, Clone, Copy)]
-pub struct Which {
-    /// The notifications' dead letters instead of the events'.
-    #[arg(long)]
-    pub notifications: bool,
+impl Queue {
+    /// The dead-letter queue and the queue its messages are replayed to.
+    pub fn names(self, topology: &Topology) -> (String, String) {
+        match self {
+            Self::Events => (topology.dead_queue(), topology.work_queue()),
+            Self::Notifications => (topology.notify_dead_queue(), topology.notify_queue()),
+        }
+    }
+
+    /// Why the queue might not exist.
+    pub fn why_missing(self) -> &'static str {
+        match self {
+            Self::Notifications => {
+                "notification delivery is off (NOTIFY_WEBHOOK_URL), or no worker has started with it"
+            }
+            Self::Events => "no worker has started on this AMQP_PREFIX yet (the worker declares the queues)",
+        }
+    }
 }
 
-#[derive(Args, Debug)]
-pub struct ReplayArgs {
-    /// Event key or message id of one message.
-    pub id: Option<String>,
-    /// Every message.
-    #[arg(long, conflicts_with = "id")]
-    pub all: bool,
-    /// Only this provider's events (stripe, toss).
-    #[arg(long, conflicts_with = "id")]
-    pub provider: Option<String>,
-    /// Only messages parked within this long (e.g. 2h, 30m, 1d).
-    #[arg(long, conflicts_with = "id")]
-    pub since: Option<String>,
-    #[command(flatten)]
-    pub which: Which,
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("no queue {queue}: {why}")]
+    NoQueue { queue: String, why: &'static str },
+    #[error("no dead letter with id {0}")]
+    NotFound(String),
+    #[error("say what to replay: an id, --all, --provider or --since")]
+    NothingSelected,
+    #[error("the broker did not store the replayed copy of {0}; it stays dead")]
+    NotStored(String),
+    #[error("the broker did not answer basic.get")]
+    NoAnswer,
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
 }
 
-/// One dead-lettered message, read but not yet acknowledged.
+/// One dead-lettered message as listed. Text from the message has its control characters
+/// escaped (`\u{0}`) as the worker records them: a hostile message must not write to an
+/// operator's terminal or page, and its id is given back to [`show`] and [`replay`] as shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    pub message: BasicGetMessage,
+    /// The event key, else the message id, else `#<delivery tag>`.
     pub id: String,
     pub provider: String,
     pub event_type: String,
@@ -96,11 +89,198 @@ pub struct DeadLetter {
     pub attempts: i64,
 }
 
-impl DeadLetter {
-    /// Reads what `list` shows. Control characters in it are escaped (`\u{0}`) as the worker
-    /// records them: a hostile message must not write to the operator's terminal, and its id
-    /// is given to `show` and `replay` the way it is shown.
-    fn from_message(message: BasicGetMessage) -> Self {
+/// One message in full: what [`show`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterDetail {
+    pub letter: DeadLetter,
+    /// Header names and values, escaped.
+    pub headers: Vec<(String, String)>,
+    /// The body: pretty JSON with Toss's payment `secret` masked, else the text, escaped.
+    pub body: String,
+}
+
+/// Which messages to replay. At least one criterion must be given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// One message, by event key or message id.
+    pub id: Option<String>,
+    /// Every message.
+    pub all: bool,
+    /// Only this provider's events.
+    pub provider: Option<Provider>,
+    /// Only messages parked within this long.
+    pub since: Option<Duration>,
+}
+
+impl Selection {
+    fn is_empty(&self) -> bool {
+        self.id.is_none() && !self.all && self.provider.is_none() && self.since.is_none()
+    }
+}
+
+/// What happened to one selected message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// Published to the work queue (confirmed) and its dead copy acknowledged.
+    Replayed(DeadLetter),
+    /// Left in the dead letters: it does not prove what it claims.
+    Refused { letter: DeadLetter, reason: String },
+}
+
+/// What [`replay`] did, in the order it did it.
+#[derive(Debug)]
+pub struct ReplayReport {
+    pub outcomes: Vec<ReplayOutcome>,
+    /// Where the replayed messages went.
+    pub work_queue: String,
+    /// Only the first [`SCAN_LIMIT`] messages were read; there may be more.
+    pub scan_truncated: bool,
+    /// The replay stopped here; what `outcomes` lists happened before.
+    pub stopped: Option<DeadLetterError>,
+}
+
+impl ReplayReport {
+    /// How many messages went back to work.
+    pub fn replayed(&self) -> usize {
+        self.outcomes.iter().filter(|o| matches!(o, ReplayOutcome::Replayed(_))).count()
+    }
+}
+
+/// Most messages `show` and `replay` read in one run (they are held in memory, unacknowledged).
+pub const SCAN_LIMIT: usize = 10_000;
+
+/// Up to `limit` dead letters, oldest first; `Ok(None)` when the queue does not exist.
+pub async fn list(
+    connection: &Connection,
+    topology: &Topology,
+    queue: Queue,
+    limit: usize,
+) -> Result<Option<Vec<DeadLetter>>, DeadLetterError> {
+    let (dead, _) = queue.names(topology);
+    if !queue_exists(connection, &dead).await {
+        return Ok(None);
+    }
+    let reader = connection.create_channel().await?;
+    let read = read_all(&reader, &dead, limit).await;
+    // Whatever was read goes back to the dead-letter queue.
+    let _ = reader.close(200, "done".into()).await;
+    Ok(Some(read?.iter().map(|m| m.letter.clone()).collect()))
+}
+
+/// One dead letter in full.
+pub async fn show(
+    connection: &Connection,
+    topology: &Topology,
+    queue: Queue,
+    id: &str,
+) -> Result<DeadLetterDetail, DeadLetterError> {
+    let (dead, _) = queue.names(topology);
+    require_queue(connection, &dead, queue).await?;
+    let reader = connection.create_channel().await?;
+    let found =
+        read_all(&reader, &dead, SCAN_LIMIT).await.map(|read| read.iter().find(|m| m.matches_id(id)).map(Read::detail));
+    let _ = reader.close(200, "done".into()).await;
+    found?.ok_or_else(|| DeadLetterError::NotFound(id.to_string()))
+}
+
+/// Moves the selected messages back to work. With `secrets` (event dead letters), each is
+/// checked first as the worker checks every delivery ([`check_replay`]); one that does not
+/// hold stays dead and is reported as refused.
+pub async fn replay(
+    connection: &Connection,
+    topology: &Topology,
+    queue: Queue,
+    selection: &Selection,
+    secrets: Option<&WebhookSecrets>,
+) -> Result<ReplayReport, DeadLetterError> {
+    if selection.is_empty() {
+        return Err(DeadLetterError::NothingSelected);
+    }
+    let (dead, work) = queue.names(topology);
+    require_queue(connection, &dead, queue).await?;
+    let reader = connection.create_channel().await?;
+    let result = replay_from(connection, &reader, &dead, work, selection, secrets).await;
+    // Whatever was read and not replayed goes back to the dead-letter queue.
+    let _ = reader.close(200, "done".into()).await;
+    result
+}
+
+async fn replay_from(
+    connection: &Connection,
+    reader: &Channel,
+    dead: &str,
+    work: String,
+    selection: &Selection,
+    secrets: Option<&WebhookSecrets>,
+) -> Result<ReplayReport, DeadLetterError> {
+    let cutoff = selection.since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+    let read = read_all(reader, dead, SCAN_LIMIT).await?;
+    let chosen: Vec<&Read> = read
+        .iter()
+        .filter(|m| selection.id.as_deref().is_none_or(|id| m.matches_id(id)))
+        .filter(|m| selection.provider.is_none_or(|p| m.letter.provider == p.as_str()))
+        .filter(|m| cutoff.is_none_or(|c| m.letter.dead_at.is_some_and(|t| t >= c)))
+        .collect();
+    if let Some(id) = &selection.id {
+        if chosen.is_empty() {
+            return Err(DeadLetterError::NotFound(id.clone()));
+        }
+    }
+    let mut report = ReplayReport {
+        outcomes: Vec::new(),
+        work_queue: work,
+        scan_truncated: read.len() == SCAN_LIMIT,
+        stopped: None,
+    };
+    let publisher = connection.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    for message in chosen {
+        if let Some(Err(reason)) = secrets.map(|secrets| check_replay(&message.message, secrets)) {
+            report.outcomes.push(ReplayOutcome::Refused { letter: message.letter.clone(), reason });
+            continue;
+        }
+        let moved = async {
+            publish_copy(&publisher, &report.work_queue, message).await?;
+            message.message.delivery.ack(BasicAckOptions::default()).await?;
+            Ok::<_, DeadLetterError>(())
+        };
+        if let Err(error) = moved.await {
+            report.stopped = Some(error);
+            break;
+        }
+        report.outcomes.push(ReplayOutcome::Replayed(message.letter.clone()));
+    }
+    let _ = publisher.close(200, "done".into()).await;
+    Ok(report)
+}
+
+/// Deletes every message of the queue; returns how many went.
+pub async fn purge(connection: &Connection, topology: &Topology, queue: Queue) -> Result<u32, DeadLetterError> {
+    let (dead, _) = queue.names(topology);
+    require_queue(connection, &dead, queue).await?;
+    let channel = connection.create_channel().await?;
+    let purged = channel.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(purged?)
+}
+
+/// Whether a dead event may go back to work: the check the worker makes of every delivery
+/// ([`check_message`]), so a message that cannot prove what it claims is not sent round again.
+pub fn check_replay(message: &BasicGetMessage, secrets: &WebhookSecrets) -> Result<(), String> {
+    let delivery = &message.delivery;
+    let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data)
+        .map_err(|e| format!("not a webhook envelope: {e}"))?;
+    check_message(&envelope, secrets).map(|_| ()).map_err(|e| format!("{UNVERIFIABLE}: {e}"))
+}
+
+/// A message read and not yet acknowledged, with what is shown of it.
+struct Read {
+    message: BasicGetMessage,
+    letter: DeadLetter,
+}
+
+impl Read {
+    fn new(message: BasicGetMessage) -> Self {
         let headers = message.delivery.properties.headers().clone().unwrap_or_default();
         let message_id = message.delivery.properties.message_id().as_ref().map(|m| m.to_string());
         let text = |name| header_str(&headers, name).map(|v| escape_controls(&v).into_owned());
@@ -108,7 +288,7 @@ impl DeadLetter {
             .or_else(|| message_id.as_deref().map(|m| escape_controls(m).into_owned()))
             .unwrap_or_else(|| format!("#{}", message.delivery.delivery_tag));
         let reason = text(H_DEAD_REASON).unwrap_or_else(|| death_reason(&headers));
-        Self {
+        let letter = DeadLetter {
             id,
             provider: text(H_PROVIDER).unwrap_or_default(),
             event_type: text(H_EVENT_TYPE)
@@ -121,13 +301,43 @@ impl DeadLetter {
                 .map(|t| t.with_timezone(&Utc)),
             attempts: header_int(&headers, H_ATTEMPT).unwrap_or(0),
             reason,
-            message,
-        }
+        };
+        Self { message, letter }
     }
 
     fn matches_id(&self, id: &str) -> bool {
         let message_id = self.message.delivery.properties.message_id();
-        self.id == id || message_id.as_ref().is_some_and(|m| m.as_str() == id || escape_controls(m.as_str()) == id)
+        self.letter.id == id
+            || message_id.as_ref().is_some_and(|m| m.as_str() == id || escape_controls(m.as_str()) == id)
+    }
+
+    fn detail(&self) -> DeadLetterDetail {
+        let delivery = &self.message.delivery;
+        let headers = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|headers| {
+                headers
+                    .inner()
+                    .iter()
+                    .map(|(k, v)| {
+                        let shown = match v {
+                            AMQPValue::LongString(s) => {
+                                escape_controls(&String::from_utf8_lossy(s.as_bytes())).into_owned()
+                            }
+                            other => format!("{other:?}"),
+                        };
+                        (escape_controls(k.as_str()).into_owned(), shown)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let body = match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
+            Ok(json) => serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default(),
+            Err(_) => escape_controls(&String::from_utf8_lossy(&delivery.data)).into_owned(),
+        };
+        DeadLetterDetail { letter: self.letter.clone(), headers, body }
     }
 }
 
@@ -139,171 +349,12 @@ fn death_reason(headers: &FieldTable) -> String {
     }
 }
 
-pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()> {
-    // A replay is checked as the worker checks every delivery, with the same secrets.
-    let secrets = match &command {
-        DeadCommand::Replay(args) if !args.which.notifications => Some(WebhookSecrets::from_settings(settings)?),
-        _ => None,
-    };
-    let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
-    let topology = Topology::from_settings(settings);
-    let outbox = match &command {
-        DeadCommand::List { which, .. }
-        | DeadCommand::Show { which, .. }
-        | DeadCommand::Purge { which, .. }
-        | DeadCommand::Replay(ReplayArgs { which, .. })
-            if which.notifications =>
-        {
-            crate::cli::dead_outbox::connect(settings).await
-        }
-        _ => None,
-    };
-    let result = execute(&connection, &topology, command, outbox.as_ref(), secrets.as_ref()).await;
-    let _ = connection.close(200, "done".into()).await;
-    result.map_err(explain_refusal)
-}
-
-/// A refused permission, with what to grant.
-fn explain_refusal(error: anyhow::Error) -> anyhow::Error {
-    match error.downcast_ref::<lapin::Error>().and_then(shared::broker::access::refusal) {
-        Some(refusal) => error.context(refusal.remedy()),
-        None => error,
-    }
-}
-
 /// Fails unless `queue` exists, saying why it might not.
-async fn require_queue(connection: &Connection, queue: &str, which: Which) -> anyhow::Result<()> {
-    if queue_exists(connection, queue).await {
+async fn require_queue(connection: &Connection, name: &str, queue: Queue) -> Result<(), DeadLetterError> {
+    if queue_exists(connection, name).await {
         return Ok(());
     }
-    anyhow::bail!("no queue {queue}: {}", why_missing(which))
-}
-
-fn why_missing(which: Which) -> &'static str {
-    if which.notifications {
-        "notification delivery is off (NOTIFY_WEBHOOK_URL), or no worker has started with it"
-    } else {
-        "no worker has started on this AMQP_PREFIX yet (the worker declares the queues)"
-    }
-}
-
-fn queues(topology: &Topology, which: Which) -> (String, String) {
-    if which.notifications {
-        (topology.notify_dead_queue(), topology.notify_queue())
-    } else {
-        (topology.dead_queue(), topology.work_queue())
-    }
-}
-
-/// Runs `command`; with `--notifications`, `outbox` also reaches the notifications the broker
-/// refused, which wait in the outbox table rather than in a queue.
-async fn execute(
-    connection: &Connection,
-    topology: &Topology,
-    command: DeadCommand,
-    outbox: Option<&deadpool_postgres::Client>,
-    secrets: Option<&WebhookSecrets>,
-) -> anyhow::Result<()> {
-    use crate::cli::dead_outbox;
-    let reader = connection.create_channel().await?;
-    match command {
-        DeadCommand::List { limit, which } => {
-            let (dead, _) = queues(topology, which);
-            if queue_exists(connection, &dead).await {
-                let letters = read_all(&reader, &dead, limit).await?;
-                print_list(&letters, limit);
-            } else {
-                println!("no queue {dead} ({})", why_missing(which));
-            }
-            if let Some(client) = outbox {
-                dead_outbox::list(client, limit as i64).await?;
-            }
-        }
-        DeadCommand::Show { id, which } => {
-            let (dead, _) = queues(topology, which);
-            require_queue(connection, &dead, which).await?;
-            let letters = read_all(&reader, &dead, SCAN_LIMIT).await?;
-            let letter = letters
-                .iter()
-                .find(|l| l.matches_id(&id))
-                .ok_or_else(|| anyhow::anyhow!("no dead letter with id {id}"))?;
-            print_one(letter);
-        }
-        DeadCommand::Replay(args) if outbox.is_some() && (args.all || args.id.is_some()) => {
-            let client = outbox.expect("checked");
-            let revived = dead_outbox::replay(client, args.id.as_deref()).await?;
-            if revived == 0 || args.all {
-                Box::pin(execute(connection, topology, DeadCommand::Replay(args), None, None)).await?;
-            }
-        }
-        DeadCommand::Purge { yes, which } if which.notifications && outbox.is_some() => {
-            anyhow::ensure!(yes, "purging deletes every dead notification for good; add --yes");
-            dead_outbox::purge(outbox.expect("checked")).await?;
-            Box::pin(execute(connection, topology, DeadCommand::Purge { yes, which }, None, None)).await?;
-        }
-        DeadCommand::Replay(args) => {
-            let (dead, work) = queues(topology, args.which);
-            anyhow::ensure!(
-                args.id.is_some() || args.all || args.provider.is_some() || args.since.is_some(),
-                "say what to replay: an id, --all, --provider or --since"
-            );
-            require_queue(connection, &dead, args.which).await?;
-            let since =
-                args.since.as_deref().map(shared::settings::parse_duration).transpose().map_err(anyhow::Error::msg)?;
-            let cutoff = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
-            let letters = read_all(&reader, &dead, SCAN_LIMIT).await?;
-            if letters.len() == SCAN_LIMIT {
-                println!("note: read the first {SCAN_LIMIT} messages only; run again for the rest");
-            }
-            let chosen: Vec<&DeadLetter> = letters
-                .iter()
-                .filter(|l| args.id.as_deref().is_none_or(|id| l.matches_id(id)))
-                .filter(|l| args.provider.as_deref().is_none_or(|p| l.provider == p))
-                .filter(|l| cutoff.is_none_or(|c| l.dead_at.is_some_and(|t| t >= c)))
-                .collect();
-            if let Some(id) = &args.id {
-                anyhow::ensure!(!chosen.is_empty(), "no dead letter with id {id}");
-            }
-            let publisher = connection.create_channel().await?;
-            publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-            let mut replayed = 0;
-            for letter in chosen {
-                if let Some(Err(why)) = secrets.map(|secrets| check_replay(letter, secrets)) {
-                    println!(
-                        "not replayed {} ({} {}): {why}; it stays dead",
-                        letter.id, letter.provider, letter.event_type
-                    );
-                    continue;
-                }
-                replay(&publisher, &work, letter).await?;
-                letter.message.delivery.ack(BasicAckOptions::default()).await?;
-                println!("replayed {} ({} {})", letter.id, letter.provider, letter.event_type);
-                replayed += 1;
-            }
-            println!("{replayed} message(s) moved back to {work}");
-        }
-        DeadCommand::Purge { yes, which } => {
-            let (dead, _) = queues(topology, which);
-            anyhow::ensure!(yes, "purging deletes every message in {dead} for good; add --yes");
-            require_queue(connection, &dead, which).await?;
-            let purged = reader.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await?;
-            println!("purged {purged} message(s) from {dead}");
-        }
-    }
-    // Whatever was read and not replayed goes back to the dead-letter queue.
-    let _ = reader.close(200, "done".into()).await;
-    Ok(())
-}
-
-/// Whether a dead event may go back to work: the check the worker makes of every delivery
-/// ([`check_message`]), so a message that cannot prove what it claims is not sent round again.
-pub fn check_replay(letter: &DeadLetter, secrets: &WebhookSecrets) -> Result<(), String> {
-    let delivery = &letter.message.delivery;
-    let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data)
-        .map_err(|e| format!("not a webhook envelope: {e}"))?;
-    check_message(&envelope, secrets).map(|_| ()).map_err(|e| format!("{UNVERIFIABLE}: {e}"))
+    Err(DeadLetterError::NoQueue { queue: name.to_string(), why: queue.why_missing() })
 }
 
 /// Whether `queue` exists (a passive declare on a channel of its own: a missing queue closes it).
@@ -315,26 +366,22 @@ async fn queue_exists(connection: &Connection, queue: &str) -> bool {
     exists
 }
 
-/// Most messages `show` and `replay` read in one run (they are held in memory, unacknowledged).
-const SCAN_LIMIT: usize = 10_000;
-
 /// Reads up to `limit` ready messages without acknowledging them.
-async fn read_all(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-    let mut letters = Vec::new();
-    while letters.len() < limit {
+async fn read_all(channel: &Channel, queue: &str, limit: usize) -> Result<Vec<Read>, DeadLetterError> {
+    let mut read = Vec::new();
+    while read.len() < limit {
         let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
-        let next = tokio::time::timeout(Duration::from_secs(10), get)
-            .await
-            .map_err(|_| anyhow::anyhow!("the broker did not answer basic.get"))??;
+        let next =
+            tokio::time::timeout(Duration::from_secs(10), get).await.map_err(|_| DeadLetterError::NoAnswer)??;
         let Some(message) = next else { break };
-        letters.push(DeadLetter::from_message(message));
+        read.push(Read::new(message));
     }
-    Ok(letters)
+    Ok(read)
 }
 
 /// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go.
-async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow::Result<()> {
-    let delivery = &letter.message.delivery;
+async fn publish_copy(publisher: &Channel, work: &str, read: &Read) -> Result<(), DeadLetterError> {
+    let delivery = &read.message.delivery;
     let old = delivery.properties.headers().clone().unwrap_or_default();
     let mut headers = FieldTable::default();
     for (k, v) in old.inner() {
@@ -355,7 +402,8 @@ async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow:
         }
     }
     headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(0));
-    headers.insert("x-replayed-at".into(), long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)));
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    headers.insert("x-replayed-at".into(), long_string(&now));
     let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
     let confirm = publisher
         .basic_publish(
@@ -367,51 +415,10 @@ async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow:
         )
         .await?
         .await?;
-    anyhow::ensure!(
-        matches!(confirm, Confirmation::Ack(None)),
-        "the broker did not store the replayed copy of {}; it stays dead",
-        letter.id
-    );
+    if !matches!(confirm, Confirmation::Ack(None)) {
+        return Err(DeadLetterError::NotStored(read.letter.id.clone()));
+    }
     Ok(())
-}
-
-fn print_list(letters: &[DeadLetter], limit: usize) {
-    if letters.is_empty() {
-        println!("no dead letters");
-        return;
-    }
-    println!("{:<44} {:<7} {:<40} {:>8}  {:<24} REASON", "ID", "PROV", "TYPE", "ATTEMPTS", "DEAD AT");
-    for l in letters {
-        let dead_at = l.dead_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default();
-        println!("{:<44} {:<7} {:<40} {:>8}  {:<24} {}", l.id, l.provider, l.event_type, l.attempts, dead_at, l.reason);
-    }
-    if letters.len() == limit {
-        println!("{} message(s) shown; there may be more (--limit)", letters.len());
-    } else {
-        println!("{} message(s)", letters.len());
-    }
-}
-
-fn print_one(letter: &DeadLetter) {
-    let delivery = &letter.message.delivery;
-    println!("id:        {}", letter.id);
-    println!("reason:    {}", letter.reason);
-    println!("attempts:  {}", letter.attempts);
-    if let Some(headers) = delivery.properties.headers() {
-        println!("headers:");
-        for (k, v) in headers.inner() {
-            let shown = match v {
-                AMQPValue::LongString(s) => escape_controls(&String::from_utf8_lossy(s.as_bytes())).into_owned(),
-                other => format!("{other:?}"),
-            };
-            println!("  {}: {shown}", escape_controls(k.as_str()));
-        }
-    }
-    println!("body:");
-    match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
-        Ok(json) => println!("{}", serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default()),
-        Err(_) => println!("{}", escape_controls(&String::from_utf8_lossy(&delivery.data))),
-    }
 }
 
 /// Toss puts a payment `secret` in bodies; it is shown masked.

@@ -1,11 +1,31 @@
-//! `hookctl events <order id>`: the inbox rows of an order, newest first.
+//! What the pipeline received and did for an order: its inbox rows, newest first.
 
-use shared::providers::escape_controls;
-use shared::Settings;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
 
-pub async fn run(settings: &Settings, order_id: &str, limit: i64) -> anyhow::Result<()> {
-    let pool = crate::db::pool(settings)?;
-    let client = pool.get().await.map_err(|e| anyhow::anyhow!(crate::db::describe_pool_error(&e)))?;
+/// One `webhook_events` row as recorded (its text as stored: control characters already
+/// escaped by the worker, but shown to a person only through [`shared::providers::escape_controls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub received_at: DateTime<Utc>,
+    pub provider: String,
+    pub event_type: String,
+    pub event_key: String,
+    pub status: String,
+    pub attempts: i32,
+    pub duplicates: i32,
+    /// Empty when none was recorded.
+    pub verification: String,
+    pub detail: String,
+    pub last_error: String,
+}
+
+/// The order's events, newest first, at most `limit`.
+pub async fn for_order(
+    client: &Client,
+    order_id: &str,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT received_at, provider, event_type, event_key, status, attempts, duplicates,
@@ -15,30 +35,19 @@ pub async fn run(settings: &Settings, order_id: &str, limit: i64) -> anyhow::Res
             &[&order_id, &limit],
         )
         .await?;
-    if rows.is_empty() {
-        println!("no events recorded for order {order_id}");
-        return Ok(());
-    }
-    for row in rows {
-        let received: chrono::DateTime<chrono::Utc> = row.get(0);
-        let (provider, event_type, key, status): (String, String, String, String) =
-            (row.get(1), row.get(2), row.get(3), row.get(4));
-        let (attempts, duplicates): (i32, i32) = (row.get(5), row.get(6));
-        let (verification, detail, error): (String, String, String) = (row.get(7), row.get(8), row.get(9));
-        // Stored text came from outside; none of it writes to the terminal.
-        let [event_type, key, detail, error] =
-            [event_type, key, detail, error].map(|v| escape_controls(&v).into_owned());
-        println!(
-            "{}  {provider:<6} {event_type:<40} {status:<8} attempts={attempts} duplicates={duplicates} verification={verification}",
-            received.format("%Y-%m-%d %H:%M:%S%.3f")
-        );
-        println!("    event {key}");
-        if !detail.is_empty() {
-            println!("    {detail}");
-        }
-        if !error.is_empty() {
-            println!("    last error: {error}");
-        }
-    }
-    Ok(())
+    Ok(rows
+        .iter()
+        .map(|row| RecordedEvent {
+            received_at: row.get(0),
+            provider: row.get(1),
+            event_type: row.get(2),
+            event_key: row.get(3),
+            status: row.get(4),
+            attempts: row.get(5),
+            duplicates: row.get(6),
+            verification: row.get(7),
+            detail: row.get(8),
+            last_error: row.get(9),
+        })
+        .collect())
 }

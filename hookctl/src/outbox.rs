@@ -1,27 +1,24 @@
 //! Notifications the broker kept refusing: outbox rows set aside as dead after
-//! `OUTBOX_MAX_ATTEMPTS` (see `crate::outbox`). They live in Postgres, not in a queue, so
-//! `hookctl dead ... --notifications` reads them from there next to the delivery's dead letters.
+//! `OUTBOX_MAX_ATTEMPTS` (see `worker::store::outbox`). They live in Postgres, not in a queue,
+//! so they are read from there next to the delivery's dead letters.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
-use shared::Settings;
 use uuid::Uuid;
 
-/// Connects for the outbox; `None` (with a note) when the database cannot be reached, so the
-/// queue's dead letters are still shown.
-pub async fn connect(settings: &Settings) -> Option<Client> {
-    let pool = crate::db::pool(settings).ok()?;
-    match pool.get().await {
-        Ok(client) => Some(client),
-        Err(e) => {
-            println!("note: outbox not read ({})", crate::db::describe_pool_error(&e));
-            None
-        }
-    }
+/// One outbox row set aside as dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadNotification {
+    pub id: Uuid,
+    /// `payment.<status>`: the notification type and routing key.
+    pub kind: String,
+    pub attempts: i32,
+    pub dead_at: DateTime<Utc>,
+    pub last_error: String,
 }
 
-/// Prints the dead outbox rows.
-pub async fn list(client: &Client, limit: i64) -> anyhow::Result<()> {
+/// Up to `limit` dead rows, oldest first.
+pub async fn list(client: &Client, limit: i64) -> Result<Vec<DeadNotification>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT notification_id, routing_key, attempts, dead_at, COALESCE(last_error, '')
@@ -29,31 +26,22 @@ pub async fn list(client: &Client, limit: i64) -> anyhow::Result<()> {
             &[&limit],
         )
         .await?;
-    if rows.is_empty() {
-        println!("no notifications set aside in the outbox");
-        return Ok(());
-    }
-    println!("notifications the broker refused (outbox):");
-    println!("{:<44} {:<28} {:>8}  {:<24} LAST ERROR", "ID", "TYPE", "ATTEMPTS", "DEAD AT");
-    for row in &rows {
-        let (id, kind, attempts): (Uuid, String, i32) = (row.get(0), row.get(1), row.get(2));
-        let dead_at: DateTime<Utc> = row.get(3);
-        let error: String = row.get(4);
-        println!(
-            "{:<44} {:<28} {:>8}  {:<24} {error}",
-            id.to_string(),
-            kind,
-            attempts,
-            dead_at.to_rfc3339_opts(SecondsFormat::Secs, true)
-        );
-    }
-    println!("{} row(s)", rows.len());
-    Ok(())
+    Ok(rows
+        .iter()
+        .map(|row| DeadNotification {
+            id: row.get(0),
+            kind: row.get(1),
+            attempts: row.get(2),
+            dead_at: row.get(3),
+            last_error: row.get(4),
+        })
+        .collect())
 }
 
-/// Gives dead rows (one by id, or all) a fresh start: the relay publishes them again.
-pub async fn replay(client: &Client, id: Option<&str>) -> anyhow::Result<u64> {
-    let revived = match id {
+/// Gives dead rows (one by id, or all) a fresh start: the relay publishes them again. Returns
+/// how many; an id that is no UUID matches nothing.
+pub async fn replay(client: &Client, id: Option<&str>) -> Result<u64, tokio_postgres::Error> {
+    match id {
         Some(id) => {
             let Ok(id) = id.parse::<Uuid>() else { return Ok(0) };
             client
@@ -62,7 +50,7 @@ pub async fn replay(client: &Client, id: Option<&str>) -> anyhow::Result<u64> {
                       WHERE notification_id = $1 AND dead_at IS NOT NULL",
                     &[&id],
                 )
-                .await?
+                .await
         }
         None => {
             client
@@ -71,18 +59,12 @@ pub async fn replay(client: &Client, id: Option<&str>) -> anyhow::Result<u64> {
                       WHERE dead_at IS NOT NULL",
                     &[],
                 )
-                .await?
+                .await
         }
-    };
-    if revived > 0 {
-        println!("{revived} notification(s) handed back to the outbox relay");
     }
-    Ok(revived)
 }
 
-/// Deletes the dead rows (the `notifications` rows stay).
-pub async fn purge(client: &Client) -> anyhow::Result<u64> {
-    let purged = client.execute("DELETE FROM outbox WHERE dead_at IS NOT NULL", &[]).await?;
-    println!("purged {purged} notification(s) set aside in the outbox");
-    Ok(purged)
+/// Deletes the dead rows (the `notifications` rows stay); returns how many went.
+pub async fn purge(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    client.execute("DELETE FROM outbox WHERE dead_at IS NOT NULL", &[]).await
 }

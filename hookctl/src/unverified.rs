@@ -1,82 +1,117 @@
-//! `hookctl unverified`: events recorded as `unverified` (an unsigned Toss payment event that
-//! nothing could verify; it changed nothing), and running them again once a verification means
-//! exists.
+//! Events recorded as `unverified` (an unsigned Toss payment event that nothing could verify;
+//! it changed nothing), and running them again once a verification means exists.
 //!
-//! `recheck` publishes each stored event to the events exchange exactly as ingest would (same
+//! [`recheck`] publishes each stored event to the events exchange exactly as ingest would (same
 //! provider, type, key, receipt time and request id; verification `unsigned`), so the worker
 //! decides it again through the one code path every event takes: fetched back from the Toss API
 //! and applied, or recorded as unverified again. The inbox keeps Toss bodies without their
 //! `secret`, and a Toss event key hashes the body in that form, so the copy is the same event.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use clap::Subcommand;
+use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
+use lapin::{Confirmation, Connection};
+use secrecy::SecretString;
 use shared::envelope::{EnvelopeHeaders, IngestVerification};
-use shared::topology::Topology;
-use shared::{Provider, Settings};
-
-#[derive(Subcommand, Debug)]
-pub enum UnverifiedCommand {
-    /// List unverified events, newest first.
-    List {
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-    },
-    /// Run unverified events through the worker again (needs TOSS_SECRET_KEY: fetch-back).
-    Recheck {
-        /// The event key of one event (as `list` shows it).
-        event_key: Option<String>,
-        /// Every unverified event.
-        #[arg(long, conflicts_with = "event_key")]
-        all: bool,
-    },
-}
+use shared::topology::{Topology, TopologyError};
+use shared::Provider;
 
 /// One `unverified` inbox row.
-struct Unverified {
-    provider: String,
-    event_key: String,
-    event_type: String,
-    order_id: Option<String>,
-    detail: Option<String>,
-    payload: String,
-    request_id: Option<String>,
-    received_at: DateTime<Utc>,
-    attempts: i32,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedEvent {
+    pub provider: String,
+    pub event_key: String,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    pub detail: Option<String>,
+    pub payload: String,
+    pub request_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub attempts: i32,
 }
 
-pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Result<()> {
-    let pool = crate::db::pool(settings)?;
-    let client = pool.get().await.map_err(|e| anyhow::anyhow!(crate::db::describe_pool_error(&e)))?;
-    match command {
-        UnverifiedCommand::List { limit } => {
-            let events = read(&client, None, limit).await?;
-            print_list(&events, limit);
-        }
-        UnverifiedCommand::Recheck { event_key, all } => {
-            anyhow::ensure!(event_key.is_some() || all, "say what to re-check: an event key, or --all");
-            anyhow::ensure!(
-                settings.toss_fetch_back_enabled(),
-                "nothing new to verify with: set TOSS_SECRET_KEY (the worker fetches each payment back from the \
-                 Toss API), on the workers and here, then run this again"
-            );
-            let events = read(&client, event_key.as_deref(), RECHECK_LIMIT).await?;
-            if let Some(key) = &event_key {
-                anyhow::ensure!(!events.is_empty(), "no unverified event with key {key}");
-            }
-            let published = publish(settings, &events).await?;
-            println!("{published} event(s) sent to the workers again; `hookctl events <order id>` shows the outcome");
-        }
+/// Which events to re-check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// The event with this key.
+    Event(String),
+    /// Every unverified event (at most [`RECHECK_LIMIT`] in one run).
+    All,
+}
+
+/// Why a re-check did not run, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecheckError {
+    #[error(
+        "nothing new to verify with: set TOSS_SECRET_KEY (the worker fetches each payment back from the Toss API), \
+         on the workers and here, then run this again"
+    )]
+    NoVerification,
+    #[error("no unverified event with key {0}")]
+    NotFound(String),
+    #[error("the broker did not take event {0}; nothing after it was sent")]
+    NotTaken(String),
+    #[error("cannot connect to AMQP_URL: {0}")]
+    Connect(#[from] shared::broker::ConnectError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// What [`recheck`] sent, in order.
+#[derive(Debug)]
+pub struct RecheckReport {
+    /// Published to the events exchange, each confirmed by the broker.
+    pub sent: Vec<UnverifiedEvent>,
+    /// Sending stopped here; what `sent` lists went out before.
+    pub stopped: Option<RecheckError>,
+}
+
+/// Most events one re-check of all publishes; run it again for the rest.
+pub const RECHECK_LIMIT: i64 = 10_000;
+
+/// Unverified events, newest first, at most `limit`.
+pub async fn list(client: &tokio_postgres::Client, limit: i64) -> Result<Vec<UnverifiedEvent>, tokio_postgres::Error> {
+    read(client, None, limit).await
+}
+
+/// Sends the chosen events through the workers again. `fetch_back` says whether the workers
+/// can verify now (`TOSS_SECRET_KEY`): without it there is nothing new to verify with.
+pub async fn recheck(
+    client: &tokio_postgres::Client,
+    amqp_url: &SecretString,
+    topology: &Topology,
+    which: &Recheck,
+    fetch_back: bool,
+) -> Result<RecheckReport, RecheckError> {
+    if !fetch_back {
+        return Err(RecheckError::NoVerification);
     }
-    Ok(())
+    let events = match which {
+        Recheck::Event(key) => {
+            let events = read(client, Some(key), RECHECK_LIMIT).await?;
+            if events.is_empty() {
+                return Err(RecheckError::NotFound(key.clone()));
+            }
+            events
+        }
+        Recheck::All => read(client, None, RECHECK_LIMIT).await?,
+    };
+    let connection = shared::broker::connect_first(amqp_url, "hookctl").await?;
+    let report = publish(&connection, topology, events).await;
+    let _ = connection.close(200, "done".into()).await;
+    report
 }
 
-/// Most events one `recheck --all` publishes; run it again for the rest.
-const RECHECK_LIMIT: i64 = 10_000;
-
-async fn read(client: &tokio_postgres::Client, key: Option<&str>, limit: i64) -> anyhow::Result<Vec<Unverified>> {
+async fn read(
+    client: &tokio_postgres::Client,
+    key: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UnverifiedEvent>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT provider, event_key, event_type, order_id, detail, payload, request_id, received_at, attempts
@@ -89,7 +124,7 @@ async fn read(client: &tokio_postgres::Client, key: Option<&str>, limit: i64) ->
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Unverified {
+        .map(|r| UnverifiedEvent {
             provider: r.get(0),
             event_key: r.get(1),
             event_type: r.get(2),
@@ -103,78 +138,57 @@ async fn read(client: &tokio_postgres::Client, key: Option<&str>, limit: i64) ->
         .collect())
 }
 
-/// Publishes each event as ingest would, each confirmed by the broker; returns how many.
-async fn publish(settings: &Settings, events: &[Unverified]) -> anyhow::Result<usize> {
-    let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
-    let topology = Topology::from_settings(settings);
-    topology.declare(&connection).await?;
+/// Publishes each event as ingest would, each confirmed by the broker.
+async fn publish(
+    connection: &Connection,
+    topology: &Topology,
+    events: Vec<UnverifiedEvent>,
+) -> Result<RecheckReport, RecheckError> {
+    topology.declare(connection).await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut published = 0;
+    let mut report = RecheckReport { sent: Vec::with_capacity(events.len()), stopped: None };
     for event in events {
-        let provider: Provider = event.provider.parse().map_err(anyhow::Error::msg)?;
-        let properties = EnvelopeHeaders {
-            provider,
-            event_type: &event.event_type,
-            event_key: &event.event_key,
-            verification: IngestVerification::Unsigned,
-            received_at: event.received_at,
-            request_id: event.request_id.as_deref().unwrap_or_default(),
-            attempt: 0,
-        }
-        .properties(std::iter::empty());
-        let routing_key = Topology::routing_key(provider.as_str(), &event.event_type);
-        let confirm = channel
-            .basic_publish(
-                topology.events_exchange().as_str().into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions { mandatory: true, immediate: false },
-                event.payload.as_bytes(),
-                properties,
-            )
-            .await?
-            .await?;
-        anyhow::ensure!(
-            matches!(confirm, Confirmation::Ack(None)),
-            "the broker did not take event {}; nothing after it was sent",
-            event.event_key
-        );
-        println!("rechecking {} ({} {}, order {})", event.event_key, event.provider, event.event_type, order(event));
-        published += 1;
-    }
-    let _ = connection.close(200, "done".into()).await;
-    Ok(published)
-}
-
-fn order(event: &Unverified) -> &str {
-    event.order_id.as_deref().unwrap_or("-")
-}
-
-fn print_list(events: &[Unverified], limit: i64) {
-    if events.is_empty() {
-        println!("no unverified events");
-        return;
-    }
-    println!("{:<24} {:<6} {:<24} {:<28} {:>8}  EVENT KEY", "RECEIVED", "PROV", "TYPE", "ORDER", "ATTEMPTS");
-    for e in events {
-        println!(
-            "{:<24} {:<6} {:<24} {:<28} {:>8}  {}",
-            e.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            e.provider,
-            e.event_type,
-            order(e),
-            e.attempts,
-            e.event_key
-        );
-        if let Some(detail) = &e.detail {
-            println!("    {detail}");
+        match publish_one(&channel, topology, &event).await {
+            Ok(()) => report.sent.push(event),
+            Err(error) => {
+                report.stopped = Some(error);
+                break;
+            }
         }
     }
-    if events.len() as i64 == limit {
-        println!("{} event(s) shown; there may be more (--limit)", events.len());
-    } else {
-        println!("{} event(s)", events.len());
+    Ok(report)
+}
+
+async fn publish_one(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    event: &UnverifiedEvent,
+) -> Result<(), RecheckError> {
+    let provider: Provider = event.provider.parse().map_err(RecheckError::Unreadable)?;
+    let properties = EnvelopeHeaders {
+        provider,
+        event_type: &event.event_type,
+        event_key: &event.event_key,
+        verification: IngestVerification::Unsigned,
+        received_at: event.received_at,
+        request_id: event.request_id.as_deref().unwrap_or_default(),
+        attempt: 0,
     }
+    .properties(std::iter::empty());
+    let routing_key = Topology::routing_key(provider.as_str(), &event.event_type);
+    let confirm = channel
+        .basic_publish(
+            topology.events_exchange().as_str().into(),
+            routing_key.as_str().into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            event.payload.as_bytes(),
+            properties,
+        )
+        .await?
+        .await?;
+    if !matches!(confirm, Confirmation::Ack(None)) {
+        return Err(RecheckError::NotTaken(event.event_key.clone()));
+    }
+    Ok(())
 }

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::consumer::{consume, Batch, ConsumerOptions};
 use crate::deps::Deps;
-use crate::retry::{dispose, Disposition, Failure};
-use crate::settle::{settle, Settlement};
+use crate::domain::retry::{dispose, Disposition, Failure};
+use crate::pipeline::consumer::{consume, Batch, ConsumerOptions};
+use crate::pipeline::settle::{settle, Settlement};
 
 /// What one POST produced.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use shared::verify::message::WebhookSecrets;
 use shared::Settings;
 use tokio_util::sync::CancellationToken;
 
-use crate::halt::Halt;
 use crate::metrics::WorkerMetrics;
-use crate::toss_api::TossApi;
+use crate::pipeline::halt::Halt;
+use crate::provider_api::toss::TossApi;
 
 /// Shared by the consumer, the batch processing, the relay, the delivery and the health listener.
 pub struct Deps {

@@ -17,30 +17,15 @@
 //! - [`deps`], [`db`], [`outcome`], [`health`], [`metrics`], [`migrate`]: plumbing;
 //!   [`cli`]: the `hookctl` tool.
 
-pub mod batch;
 pub mod cli;
-pub mod consumer;
-pub mod db;
-pub mod decide;
 pub mod delivery;
 pub mod deps;
-pub mod event;
-pub mod halt;
+pub mod domain;
 pub mod health;
 pub mod metrics;
-pub mod migrate;
-pub mod notification;
-pub mod ordering;
-pub mod outbox;
-pub mod outcome;
-pub mod process;
-pub mod retention;
-pub mod retry;
-pub mod screen;
-pub mod settle;
-pub mod state_machine;
-pub mod toss_api;
-pub mod write;
+pub mod pipeline;
+pub mod provider_api;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,10 +40,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::consumer::{consume, ConsumerOptions};
 use crate::deps::Deps;
 use crate::metrics::WorkerMetrics;
-use crate::toss_api::TossApi;
+use crate::pipeline::consumer::{consume, ConsumerOptions};
+use crate::pipeline::process;
+use crate::provider_api::toss::TossApi;
+use crate::store::{db, outbox, retention};
 
 /// Publisher channels for retries, dead letters and the outbox relay.
 const PUBLISH_CHANNELS: usize = 2;

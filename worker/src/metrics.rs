@@ -158,8 +158,8 @@ impl Default for WorkerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{Outcome, Verification};
-    use crate::process::metric_event_type;
+    use crate::domain::outcome::{Outcome, Verification};
+    use crate::pipeline::conclude::metric_event_type;
     use shared::status::PaymentStatus;
 
     #[test]

@@ -107,7 +107,7 @@ pub async fn spawn_ingest_process(
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let process = testkit::LoggedProcess::spawn(env!("CARGO_BIN_EXE_ingest"), &[], &all);
+    let process = testkit::LoggedProcess::spawn(env!("CARGO_BIN_EXE_e2e-ingest"), &[], &all);
     let addr = process.logged_addr("ingest listening").await;
     let metrics_addr = process.logged_addr("ingest metrics listening").await;
     let client = reqwest::Client::new();

@@ -1,5 +1,11 @@
 #![allow(dead_code)]
 
+//! Support for the end-to-end tests: a migrated database and a broker prefix per test, the
+//! worker and ingest inside the test process or as processes of their own, hookctl as an
+//! operator runs it. [`ingest`] has the helpers of the ingest-side tests.
+
+pub mod ingest;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,7 +33,7 @@ impl Env {
         let db = TestDb::create().await;
         let broker = TestBroker::new().await;
         let settings = broker.settings(Some(&db.url), &[]);
-        worker::migrate::migrate(&settings).await.expect("migrations apply");
+        worker::store::migrate::migrate(&settings).await.expect("migrations apply");
         let sql = db.client().await;
         Self { db, broker, sql }
     }
@@ -146,7 +152,7 @@ impl Env {
     /// Runs the `hookctl` binary, as an operator would, with this environment's settings and
     /// `vars` on top; returns whether it succeeded and its stdout followed by its stderr.
     pub async fn hookctl(&self, vars: &[(&str, &str)], args: &[&str]) -> (bool, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_hookctl"))
+        let output = Command::new(env!("CARGO_BIN_EXE_e2e-hookctl"))
             .args(args)
             .envs(self.env_vars(vars))
             .output()
@@ -256,7 +262,7 @@ pub fn spawn_worker_process(vars: &[(String, String)]) -> Child {
     let log = std::env::temp_dir().join(format!("{}.log", testkit::unique("worker")));
     println!("worker process log: {}", log.display());
     let file = std::fs::File::create(&log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_worker"))
+    Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
         .envs(vars.iter().cloned())
         .stdout(Stdio::from(file.try_clone().expect("log file")))
         .stderr(Stdio::from(file))
@@ -276,7 +282,7 @@ pub struct TestIngest {
 
 impl TestIngest {
     pub async fn spawn(settings: Settings) -> Self {
-        let ingest = ingest::Ingest::build(settings).await.expect("ingest builds");
+        let ingest = ::ingest::Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
         let metrics_addr = ingest.metrics_addr();
         let shutdown = CancellationToken::new();

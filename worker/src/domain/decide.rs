@@ -1,11 +1,11 @@
 //! Deciding a batch: every event, in delivery order, against the payments the transaction
-//! locked and the inbox as it stood. Pure: [`crate::write`] reads the rows, this decides what
+//! locked and the inbox as it stood. Pure: [`crate::store::write`] reads the rows, this decides what
 //! each event does, and the transaction writes exactly that.
 //!
 //! Two events for one payment in one batch go through the state machine one after the other,
 //! the second seeing the status (and the date of the last applied event) the first left,
 //! exactly as two transactions in a row would. Which event may change a status is decided by
-//! [`crate::ordering`]: the provider's dates first, then the state machine.
+//! [`crate::domain::ordering`]: the provider's dates first, then the state machine.
 
 use std::collections::HashSet;
 
@@ -16,11 +16,11 @@ use shared::status::PaymentStatus;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::event::{webhook_metadata, Confirmed, IncomingEvent, Intent, PaymentRef};
-use crate::notification::{booking_link, wording, NotificationMessage, PaymentSummary, MESSAGE_VERSION};
-use crate::ordering::{believed_time, decide_in_order};
-use crate::outcome::{HandleError, Outcome, Verification};
-use crate::state_machine::Transition;
+use crate::domain::event::{webhook_metadata, Confirmed, IncomingEvent, Intent, PaymentRef};
+use crate::domain::notification::{booking_link, wording, NotificationMessage, PaymentSummary, MESSAGE_VERSION};
+use crate::domain::ordering::{believed_time, decide_in_order};
+use crate::domain::outcome::{HandleError, Outcome, Verification};
+use crate::domain::state_machine::Transition;
 
 /// An event the transaction decides.
 #[derive(Debug, Clone, Copy)]

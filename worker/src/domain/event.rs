@@ -11,7 +11,7 @@ use shared::providers::toss::{parse_toss_event, without_secrets, TossEvent, Toss
 use shared::status::PaymentStatus;
 use shared::Provider;
 
-use crate::notification::outside_text;
+use crate::domain::notification::outside_text;
 
 /// How to find the payment an event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub struct IncomingEvent {
     pub failure_reason: Option<String>,
     /// When the provider says the change happened: Stripe's `created`, Toss's `createdAt`
     /// (read as KST) or its payment's latest time; `None` when the body carries none. Orders
-    /// events that arrive out of order ([`crate::ordering`]).
+    /// events that arrive out of order ([`crate::domain::ordering`]).
     pub provider_time: Option<DateTime<Utc>>,
     /// The provider object, without secrets, stored under `payment_metadata->'webhook'->'data'`.
     pub data: EventData,

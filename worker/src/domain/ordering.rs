@@ -1,7 +1,7 @@
 //! Events for one payment arrive in any order: Stripe guarantees none, Toss retries for days,
 //! and an event retried because its payment did not exist yet lands behind later ones. So that
 //! a payment's final status does not depend on that order, each event is dated by its provider
-//! ([`IncomingEvent::provider_time`](crate::event::IncomingEvent::provider_time)), the payment
+//! ([`IncomingEvent::provider_time`](crate::domain::event::IncomingEvent::provider_time)), the payment
 //! keeps the date of the last event applied to it (`payments.last_event_at`), and:
 //!
 //! - an event dated **before** the last applied one changes nothing ("older than the last
@@ -21,7 +21,7 @@ use std::cmp::Ordering;
 use chrono::{DateTime, TimeDelta, Utc};
 use shared::status::PaymentStatus;
 
-use crate::state_machine::{decide, IgnoreReason, Transition};
+use crate::domain::state_machine::{decide, IgnoreReason, Transition};
 
 /// How far ahead of its receipt an event may be dated and still be believed: clocks differ a
 /// little. A date further ahead is not used (the event is decided as one without a date):

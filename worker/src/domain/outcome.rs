@@ -4,8 +4,7 @@
 use shared::status::PaymentStatus;
 use uuid::Uuid;
 
-use crate::db::{classify, describe_pool_error, DbErrorClass};
-use crate::retry::Failure;
+use crate::domain::retry::Failure;
 
 /// A message that was handled (the caller acks it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,30 +71,6 @@ impl HandleError {
             Self::Transient(_) | Self::NotFoundYet(_) => Failure::Transient,
             Self::Permanent(_) => Failure::Permanent,
             Self::Unverifiable(_) => Failure::Unverifiable,
-        }
-    }
-}
-
-impl From<tokio_postgres::Error> for HandleError {
-    fn from(error: tokio_postgres::Error) -> Self {
-        let text = match error.as_db_error() {
-            Some(db) => format!("database error {}: {}", db.code().code(), db.message()),
-            None => format!("database unavailable: {error}"),
-        };
-        match classify(&error) {
-            // A broken schema halts the batch before it reaches an event; anywhere else it is
-            // no fault of the event, so it is retried.
-            DbErrorClass::Transient | DbErrorClass::Broken => Self::Transient(text),
-            DbErrorClass::Permanent => Self::Permanent(text),
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for HandleError {
-    fn from(error: deadpool_postgres::PoolError) -> Self {
-        match error {
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => Self::Transient(describe_pool_error(&other)),
         }
     }
 }

@@ -9,14 +9,14 @@
 //! Postgres refuse the batch (U+0000 above all), so the message is taken out of the batch's
 //! work: its inbox row is written with those values escaped (`\u{0}`), it is dead-lettered with
 //! the reason, and the rest of the batch commits untouched. Free text (a body, an error, a
-//! provider's object) is made storable where it is written ([`crate::write::stored`]); a
+//! provider's object) is made storable where it is written ([`crate::store::stored`]); a
 //! failure reason, which also travels in notifications, is made plain text when it is parsed.
 
 use shared::envelope::{EnvelopeError, EventEnvelope, H_EVENT_KEY, H_EVENT_TYPE};
 use shared::providers::{escape_controls, first_control_char};
 
-use crate::event::{IncomingEvent, Intent, PaymentRef};
-use crate::outcome::HandleError;
+use crate::domain::event::{IncomingEvent, Intent, PaymentRef};
+use crate::domain::outcome::HandleError;
 
 /// Screens one delivery in place: escapes control characters in the envelope's key, type and
 /// request id, and turns an event that carries one in an identifier into a permanent failure.
@@ -38,7 +38,7 @@ pub fn screen(
     // Informational, but stored with the event.
     escape_in_place(&mut envelope.request_id);
     // A failure reason is free text that travels in notifications: the parser already made it
-    // plain text ([`crate::notification::outside_text`]).
+    // plain text ([`crate::domain::notification::outside_text`]).
     if let Ok(incoming) = event {
         refusal = refusal.or_else(|| control_character_in(incoming));
     }

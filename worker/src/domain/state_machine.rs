@@ -31,10 +31,10 @@ pub enum IgnoreReason {
     /// The event describes an earlier state than the payment is in (out of order, or late).
     Stale,
     /// The provider dated the event before the last event applied to the payment
-    /// ([`crate::ordering`]).
+    /// ([`crate::domain::ordering`]).
     OlderThanLastApplied,
     /// The provider dated the event the same as the last applied one, and its status comes
-    /// earlier in the order that breaks such ties ([`crate::ordering`]).
+    /// earlier in the order that breaks such ties ([`crate::domain::ordering`]).
     SameTimeEarlierStatus,
 }
 

@@ -1,15 +1,15 @@
 //! How one event of a batch ends: its log line (the guide's lines among them), its metrics,
-//! and its settlement (ack, delay tier or dead letter) as [`crate::retry::dispose`] decides.
+//! and its settlement (ack, delay tier or dead letter) as [`crate::domain::retry::dispose`] decides.
 
 use chrono::Utc;
 use shared::envelope::EventEnvelope;
 use shared::Provider;
 
-use super::Item;
+use super::process::Item;
 use crate::deps::Deps;
-use crate::outcome::{HandleError, Outcome};
-use crate::retry::{dispose, Disposition, Failure};
-use crate::settle::Settlement;
+use crate::domain::outcome::{HandleError, Outcome};
+use crate::domain::retry::{dispose, Disposition, Failure};
+use crate::pipeline::settle::Settlement;
 
 /// Logs an event's outcome and decides its settlement; returns the outcome label to count
 /// once the settlement is done.

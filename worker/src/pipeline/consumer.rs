@@ -1,5 +1,5 @@
 //! A queue consumer that survives broker reconnects: manual acks, per-consumer prefetch,
-//! deliveries handed out in batches ([`crate::batch`]), at most `concurrency` batches in flight,
+//! deliveries handed out in batches ([`crate::pipeline::batch`]), at most `concurrency` batches in flight,
 //! and a graceful stop that lets in-flight batches finish before the channel closes (closing
 //! returns every unacknowledged delivery to the queue, so nothing prefetched is lost).
 
@@ -16,9 +16,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::batch::Batcher;
-use crate::halt::Halt;
-use crate::settle::Acks;
+use crate::pipeline::batch::Batcher;
+use crate::pipeline::halt::Halt;
+use crate::pipeline::settle::Acks;
 
 /// How one consumer runs.
 #[derive(Debug, Clone)]

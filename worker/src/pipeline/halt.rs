@@ -1,7 +1,7 @@
 //! Halting when the fault is ours, not the events'.
 //!
 //! When Postgres rejects the worker's own SQL (an undefined table or column after a bad
-//! migration, missing privileges, a wrong database: [`crate::db::DbErrorClass::Broken`]),
+//! migration, missing privileges, a wrong database: [`crate::store::db::DbErrorClass::Broken`]),
 //! every event would fail the same way. Retrying them on the delay schedule would walk each
 //! one through every tier for hours and finally into the dead letters, blaming the events. So
 //! the worker halts instead: it logs the cause once, takes no new batches, turns `/readyz` 503

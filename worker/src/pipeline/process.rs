@@ -1,7 +1,7 @@
 //! A batch from the work queue, end to end: read every delivery, confirm unsigned Toss events
-//! with the Toss API where configured, apply the batch in one transaction ([`crate::write`]),
-//! settle every delivery ([`crate::settle`]: ack, delay tier or dead letter), then publish the
-//! batch's notifications ([`crate::outbox`]). Every event's outcome is logged and counted
+//! with the Toss API where configured, apply the batch in one transaction ([`crate::store::write`]),
+//! settle every delivery ([`crate::pipeline::settle`]: ack, delay tier or dead letter), then publish the
+//! batch's notifications ([`crate::store::outbox`]). Every event's outcome is logged and counted
 //! once, in the `conclude` submodule.
 //!
 //! Failures stay with their event. An unparseable body, an amount mismatch or a refused
@@ -9,7 +9,7 @@
 //! error on the batch (a constraint, a trigger, a lock timeout on one payment) rolls it back and
 //! each event is then applied on its own, so a bad event costs its neighbours one retry at most.
 //! An outage (no connection) fails the whole batch into the delay tiers, as any single event
-//! would. A fault in the worker's own SQL halts the worker ([`crate::halt`]).
+//! would. A fault in the worker's own SQL halts the worker ([`crate::pipeline::halt`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,43 +22,40 @@ use shared::traces;
 use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Provider;
 
-use crate::consumer::Batch;
-use crate::db::{classify, describe_pool_error, DbErrorClass};
-use crate::decide::Trust;
 use crate::deps::Deps;
-use crate::event::{Confirmed, IncomingEvent};
-use crate::halt::PROBE_EVERY;
-use crate::outbox::{self, Claim, Message};
-use crate::outcome::{HandleError, Outcome};
-use crate::screen::screen;
-use crate::settle::settle;
-use crate::write::{self, Committed, Entry, Work, WriteError};
+use crate::domain::decide::Trust;
+use crate::domain::event::{Confirmed, IncomingEvent};
+use crate::domain::outcome::{HandleError, Outcome};
+use crate::domain::screen::screen;
+use crate::pipeline::consumer::Batch;
+use crate::pipeline::halt::PROBE_EVERY;
+use crate::pipeline::settle::settle;
+use crate::store::db::{classify, describe_pool_error, DbErrorClass};
+use crate::store::outbox::{self, Claim, Message};
+use crate::store::write::{self, Committed, Entry, Work, WriteError};
 
-mod conclude;
-
-use conclude::{conclude, count_event};
-pub use conclude::{log_prefix, metric_event_type};
+use super::conclude::{conclude, count_event};
 
 /// How long recording a failed attempt may take after the batch failed; the database may be
 /// the reason it failed.
 const RECORD_FAILURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One delivery of the batch.
-struct Item {
-    delivery: Delivery,
+pub(super) struct Item {
+    pub(super) delivery: Delivery,
     /// `Err`: the headers do not describe a webhook; it is dead-lettered, nothing is recorded.
-    envelope: Result<EventEnvelope, EnvelopeError>,
-    event: Result<IncomingEvent, HandleError>,
-    confirmed: Confirmed,
+    pub(super) envelope: Result<EventEnvelope, EnvelopeError>,
+    pub(super) event: Result<IncomingEvent, HandleError>,
+    pub(super) confirmed: Confirmed,
     /// The order the event names, kept when confirming it failed.
-    order_id: Option<String>,
+    pub(super) order_id: Option<String>,
     /// An earlier delivery of the same event in this batch; this one follows its outcome.
-    copy_of: Option<usize>,
-    copies: i32,
+    pub(super) copy_of: Option<usize>,
+    pub(super) copies: i32,
     /// The delivery's span: its log lines, and its part of the trace ingest started.
-    span: tracing::Span,
+    pub(super) span: tracing::Span,
     /// That trace, to carry on to the notification it causes (when traces are exported).
-    traceparent: Option<String>,
+    pub(super) traceparent: Option<String>,
 }
 
 impl Item {
@@ -102,7 +99,7 @@ impl Item {
         Self { delivery, envelope, event, confirmed, order_id, copy_of, copies, span, traceparent }
     }
 
-    fn attempt(&self) -> u32 {
+    pub(super) fn attempt(&self) -> u32 {
         self.envelope.as_ref().map_or(0, |e| e.attempt) + 1
     }
 

@@ -12,9 +12,9 @@ use serde_json::Value;
 use shared::providers::toss::{parse_toss_event, without_secrets};
 use shared::Settings;
 
-use crate::event::{toss_failure_reason, toss_status, Confirmed, EventData, IncomingEvent, Intent, PaymentRef};
-use crate::outcome::HandleError;
-use crate::state_machine::{decide, Transition};
+use crate::domain::event::{toss_failure_reason, toss_status, Confirmed, EventData, IncomingEvent, Intent, PaymentRef};
+use crate::domain::outcome::HandleError;
+use crate::domain::state_machine::{decide, Transition};
 
 /// A Toss API client with its own connection pool and deadlines.
 pub struct TossApi {

@@ -1,13 +1,15 @@
 //! The Postgres pool, and the one place database errors are classified. [`tls`] turns
 //! `DATABASE_URL`'s `sslmode` into the connector every connection uses.
 
-pub mod tls;
+use super::tls;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use shared::Settings;
 use tokio_postgres::error::SqlState;
+
+use crate::domain::outcome::HandleError;
 
 /// How long to wait for a pooled connection, or to open one, before calling the database
 /// unavailable (a transient failure: the message is retried later).
@@ -94,6 +96,31 @@ pub fn describe_pool_error(error: &PoolError) -> String {
         PoolError::Timeout(_) => "database pool timed out (database unreachable or saturated)".into(),
         PoolError::Backend(e) => format!("database connection failed: {}", tls::describe_connect_error(e)),
         other => format!("database pool error: {other}"),
+    }
+}
+
+/// A database failure met while handling an event, as the event's outcome.
+impl From<tokio_postgres::Error> for HandleError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let text = match error.as_db_error() {
+            Some(db) => format!("database error {}: {}", db.code().code(), db.message()),
+            None => format!("database unavailable: {error}"),
+        };
+        match classify(&error) {
+            // A broken schema halts the batch before it reaches an event; anywhere else it is
+            // no fault of the event, so it is retried.
+            DbErrorClass::Transient | DbErrorClass::Broken => Self::Transient(text),
+            DbErrorClass::Permanent => Self::Permanent(text),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for HandleError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Self::Transient(describe_pool_error(&other)),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context;
 use shared::Settings;
 use tokio_postgres::error::SqlState;
 
-use crate::db::tls::{describe_connect_error, DatabaseTarget};
+use crate::store::tls::{describe_connect_error, DatabaseTarget};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");

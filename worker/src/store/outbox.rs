@@ -33,10 +33,10 @@ use shared::traces::TRACEPARENT;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::decide::NewNotification;
 use crate::deps::Deps;
-use crate::notification::MESSAGE_VERSION;
-use crate::outcome::HandleError;
+use crate::domain::decide::NewNotification;
+use crate::domain::notification::MESSAGE_VERSION;
+use crate::domain::outcome::HandleError;
 
 /// Longest back-off between two refused publishes of one row.
 const MAX_BACKOFF_SECS: f64 = 300.0;

@@ -2,7 +2,7 @@
 //! generic plan that Postgres made when the tables were small and keeps for the connection's
 //! life, so each reaches its rows by key whatever that plan thinks of the table sizes: on its
 //! own ([`READ_FINAL`]), or because the worker's connections run with `enable_seqscan=off`
-//! ([`LOCK_PAYMENTS`], [`UPDATE_PAYMENTS`]; see `crate::db`). `worker/tests/database.rs` checks
+//! ([`LOCK_PAYMENTS`], [`UPDATE_PAYMENTS`]; see `crate::store::db`). `worker/tests/database.rs` checks
 //! every plan made on empty tables, both ways.
 
 /// The trainer is looked up per payment (a subquery served by the bookings key), not joined:

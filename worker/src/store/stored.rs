@@ -2,7 +2,7 @@
 //! from. Postgres refuses U+0000 in `text`, and in `jsonb` also the escape `\u0000` and an
 //! unpaired surrogate escape (`\ud800`): one such value would fail the statement that carries
 //! the whole batch. Identifiers with control characters never get this far
-//! ([`crate::screen`]); this is for what is kept as a record: a webhook's body, an error text,
+//! ([`crate::domain::screen`]); this is for what is kept as a record: a webhook's body, an error text,
 //! a provider's object, a notification's words. What is replaced becomes U+FFFD, as invalid
 //! UTF-8 already does.
 

@@ -5,14 +5,14 @@
 //! 2. read which events of the batch the inbox already holds as applied or ignored. This runs
 //!    after the locks, in a snapshot of its own: a concurrent copy of an event that changed one
 //!    of these payments has committed by now and is seen, so it is not applied twice;
-//! 3. decide every event in delivery order ([`crate::decide`]);
+//! 3. decide every event in delivery order ([`crate::domain::decide`]);
 //! 4. update the payments, insert the notifications and their outbox rows, and write every
 //!    event's inbox row (in key order, again so concurrent batches cannot deadlock), one
 //!    statement each, pipelined; commit.
 //!
 //! Four round trips per batch, whatever its size. Statements are prepared once per
 //! connection (deadpool's statement cache); lock and statement timeouts are session settings
-//! of the pool ([`crate::db`]). The caller acks only after [`apply`] returned.
+//! of the pool ([`crate::store::db`]). The caller acks only after [`apply`] returned.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -23,16 +23,14 @@ use shared::envelope::EventEnvelope;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::decide::{decide_batch, Candidate, LockedPayment, NewNotification, Trust};
-use crate::event::{Confirmed, IncomingEvent, Intent, PaymentRef};
-use crate::outbox::Claim;
-use crate::outcome::{HandleError, Outcome, Verification};
-use crate::retry::dispose;
+use crate::domain::decide::{decide_batch, Candidate, LockedPayment, NewNotification, Trust};
+use crate::domain::event::{Confirmed, IncomingEvent, Intent, PaymentRef};
+use crate::domain::outcome::{HandleError, Outcome, Verification};
+use crate::domain::retry::dispose;
+use crate::store::outbox::Claim;
 
-pub mod sql;
-pub mod stored;
-
-use sql::{INSERT_NOTIFICATIONS, INSERT_OUTBOX, LOCK_PAYMENTS, READ_FINAL, UPDATE_PAYMENTS, UPSERT_INBOX};
+use super::sql::{INSERT_NOTIFICATIONS, INSERT_OUTBOX, LOCK_PAYMENTS, READ_FINAL, UPDATE_PAYMENTS, UPSERT_INBOX};
+use super::stored;
 
 /// One delivery's part in the transaction.
 #[derive(Debug, Clone, Copy)]
@@ -389,8 +387,8 @@ struct PaymentColumns {
     last_event_at: Vec<Option<DateTime<Utc>>>,
 }
 
-impl From<&Vec<crate::decide::PaymentUpdate>> for PaymentColumns {
-    fn from(updates: &Vec<crate::decide::PaymentUpdate>) -> Self {
+impl From<&Vec<crate::domain::decide::PaymentUpdate>> for PaymentColumns {
+    fn from(updates: &Vec<crate::domain::decide::PaymentUpdate>) -> Self {
         Self {
             id: updates.iter().map(|u| u.id).collect(),
             status: updates.iter().map(|u| u.status.as_str()).collect(),

@@ -11,7 +11,7 @@
 //!
 //! To see it fail, decide with the state machine alone: in `decide_one` (decide.rs), replace
 //! `decide_in_order(from, payment.row.last_event_at, target, event_at)` with
-//! `crate::state_machine::decide(from, target)`; "async method, failed" then ends in
+//! `crate::domain::state_machine::decide(from, target)`; "async method, failed" then ends in
 //! `waiting_for_deposit` when `completed(unpaid)` arrives last.
 
 use std::collections::{HashSet, VecDeque};
@@ -26,7 +26,7 @@ use shared::Provider;
 use uuid::Uuid;
 
 use super::*;
-use crate::event::{Confirmed, IncomingEvent};
+use crate::domain::event::{Confirmed, IncomingEvent};
 
 mod lifecycles;
 

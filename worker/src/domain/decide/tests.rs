@@ -10,7 +10,7 @@ use shared::Provider;
 use uuid::Uuid;
 
 use super::*;
-use crate::event::{Confirmed, IncomingEvent};
+use crate::domain::event::{Confirmed, IncomingEvent};
 
 fn stripe_envelope(key: &str, event_type: &str, order: &str, payment_status: &str, amount: i64) -> EventEnvelope {
     let body = shared::samples::stripe_session_event(key, event_type, order, payment_status, amount, "usd");
