@@ -149,6 +149,52 @@ impl WorkerMetrics {
     }
 }
 
+impl WorkerMetrics {
+    /// What the batch pipeline counts.
+    pub fn for_events(&self) -> EventMetrics {
+        EventMetrics {
+            events: self.events.clone(),
+            processing: self.processing.clone(),
+            batch_size: self.batch_size.clone(),
+            lag: self.lag.clone(),
+            halted: self.halted.clone(),
+        }
+    }
+
+    /// What the outbox and the notification delivery count.
+    pub fn for_notifications(&self) -> NotificationMetrics {
+        NotificationMetrics { stages: self.notifications.clone() }
+    }
+}
+
+/// The batch pipeline's metrics (handles onto the worker's registry).
+#[derive(Clone)]
+pub struct EventMetrics {
+    /// Events by provider, type and outcome.
+    pub events: IntCounterVec,
+    /// Time spent on one delivery, by provider.
+    pub processing: HistogramVec,
+    /// Deliveries per batch.
+    pub batch_size: Histogram,
+    /// From ingest receiving an event to the worker applying it, by provider.
+    pub lag: HistogramVec,
+    /// 1 while the worker is halted.
+    pub halted: IntGauge,
+}
+
+/// `notifications_total`, by stage (see [`NOTIFICATION_STAGES`]).
+#[derive(Clone)]
+pub struct NotificationMetrics {
+    stages: IntCounterVec,
+}
+
+impl NotificationMetrics {
+    /// Counts `n` notifications at `stage`.
+    pub fn count(&self, stage: &str, n: u64) {
+        self.stages.with_label_values(&[stage]).inc_by(n);
+    }
+}
+
 impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()

@@ -9,5 +9,6 @@ pub mod batch;
 pub mod conclude;
 pub mod consumer;
 pub mod halt;
+pub mod item;
 pub mod process;
 pub mod settle;

@@ -1,90 +1,100 @@
 //! How one event of a batch ends: its log line (the guide's lines among them), its metrics,
-//! and its settlement (ack, delay tier or dead letter) as [`crate::domain::retry::dispose`] decides.
+//! and its settlement (ack, delay tier or dead letter) as [`dispose`] decides.
 
 use chrono::Utc;
 use shared::envelope::EventEnvelope;
 use shared::Provider;
 
-use super::process::Item;
-use crate::deps::Deps;
+use super::item::Item;
+use super::process::Processor;
+use super::settle::Settlement;
 use crate::domain::outcome::{HandleError, Outcome};
 use crate::domain::retry::{dispose, Disposition, Failure};
-use crate::pipeline::settle::Settlement;
+use crate::metrics::EventMetrics;
 
-/// Logs an event's outcome and decides its settlement; returns the outcome label to count
-/// once the settlement is done.
-pub(super) fn conclude(
-    deps: &Deps,
-    item: &Item,
-    outcome: Option<Result<Outcome, HandleError>>,
-    elapsed: std::time::Duration,
-) -> (Settlement, Option<&'static str>) {
-    let topology = deps.broker.topology();
-    let attempt = item.attempt();
-    let envelope = match &item.envelope {
-        Ok(envelope) => envelope,
-        Err(error) => {
-            tracing::error!(%error, "message is not a webhook envelope; dead-lettering it");
-            let reason = format!("permanent: {error}");
-            return (Settlement::dead(&item.delivery, topology.dead_queue(), 1, &reason), None);
-        }
-    };
-    let provider = envelope.provider.as_str();
-    deps.metrics.processing.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
-    let prefix = log_prefix(envelope.provider);
-    let duration_ms = elapsed.as_millis() as u64;
-    let result = outcome.unwrap_or_else(|| Err(HandleError::Transient("not processed".into())));
-    let failure = result.as_ref().err().map(|e| (e.failure(), e.to_string()));
-    let disposition =
-        dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, deps.settings.retry_max_attempts);
-    let (label, order_id) = match &result {
-        Ok(Outcome::Applied { order_id, .. }) => ("applied", Some(order_id.as_str())),
-        Ok(Outcome::Ignored { order_id: Some(order_id), .. }) => ("ignored", Some(order_id.as_str())),
-        Ok(outcome) => (outcome.label(), item.order_id.as_deref()),
-        Err(_) => ("failed", item.order_id.as_deref()),
-    };
-    let _entered = item.span.enter();
-    match &result {
-        Ok(outcome) => {
-            log_outcome(prefix, outcome, order_id, duration_ms);
-            count_event_label(deps, envelope, outcome.label());
-            if matches!(outcome, Outcome::Applied { .. }) {
-                let lag = (Utc::now() - envelope.received_at).num_milliseconds().max(0) as f64 / 1000.0;
-                deps.metrics.lag.with_label_values(&[provider]).observe(lag);
-            }
-        }
-        Err(error) => {
-            if let Disposition::Retry { tier } = &disposition {
-                tracing::warn!(outcome = label, order_id, %error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
-            }
+/// The `worker_events_total` outcome an event is counted under once its delivery is settled.
+pub type Counted = &'static str;
+
+impl Item {
+    /// Logs the event's outcome, counts what is known now and decides its settlement; keeps
+    /// the label to count once the settlement is done.
+    pub fn conclude(&mut self, processor: &Processor, elapsed: std::time::Duration) {
+        let (settlement, counted) = self.decide_settlement(processor, elapsed);
+        self.settlement = Some(settlement);
+        self.counted = counted;
+    }
+
+    /// Counts the event under its label, once its delivery was settled as asked.
+    pub fn count_settled(&self, metrics: &EventMetrics) {
+        if let (Some(label), Ok(envelope)) = (self.counted, &self.envelope) {
+            count_event_label(metrics, envelope, label);
         }
     }
-    match disposition {
-        Disposition::Ack => (Settlement::Ack, None),
-        Disposition::Retry { tier } => {
-            let error = failure.map(|(_, e)| e).unwrap_or_default();
-            (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
+
+    fn decide_settlement(&self, processor: &Processor, elapsed: std::time::Duration) -> (Settlement, Option<Counted>) {
+        let item = self;
+        let metrics = &processor.metrics;
+        let topology = processor.settler.topology();
+        let attempt = item.attempt();
+        let envelope = match &item.envelope {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(%error, "message is not a webhook envelope; dead-lettering it");
+                let reason = format!("permanent: {error}");
+                return (Settlement::dead(&item.delivery, topology.dead_queue(), 1, &reason), None);
+            }
+        };
+        let provider = envelope.provider.as_str();
+        metrics.processing.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
+        let prefix = log_prefix(envelope.provider);
+        let duration_ms = elapsed.as_millis() as u64;
+        let result = item.outcome.clone().unwrap_or_else(|| Err(HandleError::Transient("not processed".into())));
+        let failure = result.as_ref().err().map(|e| (e.failure(), e.to_string()));
+        let disposition =
+            dispose(failure.as_ref().map(|(k, e)| (*k, e.as_str())), attempt, processor.rules.max_attempts);
+        let (label, order_id) = match &result {
+            Ok(Outcome::Applied { order_id, .. }) => ("applied", Some(order_id.as_str())),
+            Ok(Outcome::Ignored { order_id: Some(order_id), .. }) => ("ignored", Some(order_id.as_str())),
+            Ok(outcome) => (outcome.label(), item.order_id.as_deref()),
+            Err(_) => ("failed", item.order_id.as_deref()),
+        };
+        let _entered = item.span.enter();
+        match &result {
+            Ok(outcome) => {
+                log_outcome(prefix, outcome, order_id, duration_ms);
+                count_event_label(metrics, envelope, outcome.label());
+                if matches!(outcome, Outcome::Applied { .. }) {
+                    let lag = (Utc::now() - envelope.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics.lag.with_label_values(&[provider]).observe(lag);
+                }
+            }
+            Err(error) => {
+                if let Disposition::Retry { tier } = &disposition {
+                    tracing::warn!(outcome = label, order_id, %error, retry_in = ?topology.delay(*tier), duration_ms, "{prefix} Processing failed; will retry");
+                }
+            }
         }
-        Disposition::DeadLetter { reason } if matches!(failure, Some((Failure::Unverifiable, _))) => {
-            // Its headers are unproven: the event id in the span is only what it claimed.
-            tracing::error!(outcome = "unverifiable", %reason, duration_ms, "{prefix} Message does not prove what it claims; dead-lettered");
-            (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("unverifiable"))
-        }
-        Disposition::DeadLetter { reason } => {
-            tracing::error!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event dead-lettered");
-            (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("dead_lettered"))
+        match disposition {
+            Disposition::Ack => (Settlement::Ack, None),
+            Disposition::Retry { tier } => {
+                let error = failure.map(|(_, e)| e).unwrap_or_default();
+                (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
+            }
+            Disposition::DeadLetter { reason } if matches!(failure, Some((Failure::Unverifiable, _))) => {
+                // Its headers are unproven: the event id in the span is only what it claimed.
+                tracing::error!(outcome = "unverifiable", %reason, duration_ms, "{prefix} Message does not prove what it claims; dead-lettered");
+                (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("unverifiable"))
+            }
+            Disposition::DeadLetter { reason } => {
+                tracing::error!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event dead-lettered");
+                (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("dead_lettered"))
+            }
         }
     }
 }
 
-pub(super) fn count_event(deps: &Deps, item: &Item, label: &str) {
-    if let Ok(envelope) = &item.envelope {
-        count_event_label(deps, envelope, label);
-    }
-}
-
-fn count_event_label(deps: &Deps, envelope: &EventEnvelope, label: &str) {
-    deps.metrics
+fn count_event_label(metrics: &EventMetrics, envelope: &EventEnvelope, label: &str) {
+    metrics
         .events
         .with_label_values(&[envelope.provider.as_str(), metric_event_type(&envelope.event_type), label])
         .inc();

@@ -17,6 +17,7 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 use shared::broker::Broker;
 use shared::envelope::{long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::topology::Topology;
 use tokio::sync::Mutex;
 
 /// How long a delivery whose copy the broker would not take waits before it returns to the
@@ -65,9 +66,31 @@ impl Settlement {
     }
 }
 
-/// Settles every delivery; returns, per delivery, whether it was settled as asked (`false`:
-/// its copy was not confirmed and it went back to its queue instead).
-pub async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
+/// Settles deliveries with the broker: the handle the event pipeline and the notification
+/// delivery settle through.
+#[derive(Clone)]
+pub struct Settler {
+    broker: Broker,
+}
+
+impl Settler {
+    pub fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+
+    /// The queues a settlement may send a copy to.
+    pub fn topology(&self) -> &Topology {
+        self.broker.topology()
+    }
+
+    /// Settles every delivery; returns, per delivery, whether it was settled as asked (`false`:
+    /// its copy was not confirmed and it went back to its queue instead).
+    pub async fn settle(&self, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
+        settle(&self.broker, acks, work).await
+    }
+}
+
+async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
     // Every copy is published at once (lapin pipelines them on the channel), then the confirms
     // are awaited together.
     let published = join_all(work.iter().map(|(delivery, settlement)| async move {

@@ -21,22 +21,24 @@
 //! Time without a broker connection counts as no attempt.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use shared::broker::PublishError;
+use shared::broker::{Broker, PublishError};
 use shared::envelope::long_string;
 use shared::traces::TRACEPARENT;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::deps::Deps;
+use super::Store;
 use crate::domain::decide::NewNotification;
 use crate::domain::notification::MESSAGE_VERSION;
 use crate::domain::outcome::HandleError;
+use crate::metrics::NotificationMetrics;
 
 /// Longest back-off between two refused publishes of one row.
 const MAX_BACKOFF_SECS: f64 = 300.0;
@@ -134,156 +136,191 @@ pub struct Report {
     pub unavailable: usize,
 }
 
-/// Publishes those of `messages` whose rows `claim` still holds, and does their bookkeeping.
-pub async fn publish(deps: &Deps, claim: &Claim, messages: &[Message]) -> Result<Report, HandleError> {
-    if messages.is_empty() {
-        return Ok(Report::default());
-    }
-    let owned: HashSet<Uuid> = {
-        let client = deps.pool.get().await?;
-        let owned = client.prepare_cached(OWNED).await?;
-        let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
-        client.query(&owned, &[&ids, &claim.token]).await?.iter().map(|r| r.get(0)).collect()
-    };
-    // Rows this claim lost (its lease ran out, a relay claimed them) are the relay's to publish.
-    let held: Vec<&Message> = messages.iter().filter(|m| owned.contains(&m.id)).collect();
-    let lost = messages.len() - held.len();
-    if lost > 0 {
-        tracing::warn!(
-            lost,
-            "outbox rows whose lease ran out before they were published (a slow commit or a pause); the relay that claimed them publishes them"
-        );
-    }
-    let mut report = publish_held(deps, claim, &held).await?;
-    report.lost = lost;
-    Ok(report)
+/// The outbox as the worker's stages use it: the batch publishes what it committed, the relay
+/// sweeps up what nobody holds.
+#[derive(Clone)]
+pub struct Outbox {
+    pub store: Store,
+    pub broker: Broker,
+    pub metrics: NotificationMetrics,
+    pub options: OutboxOptions,
+    /// The "nobody subscribes to notifications" warning is logged once per process.
+    unrouted_warned: Arc<AtomicBool>,
 }
 
-/// Publishes rows `claim` holds and does their bookkeeping.
-async fn publish_held(deps: &Deps, claim: &Claim, messages: &[&Message]) -> Result<Report, HandleError> {
-    if messages.is_empty() {
-        return Ok(Report::default());
-    }
-    let exchange = deps.broker.topology().notifications_exchange();
-    let results = join_all(
-        messages.iter().map(|m| deps.broker.publish(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m))),
-    )
-    .await;
-
-    let mut report = Report::default();
-    let mut done = Vec::new();
-    let (mut refused, mut errors) = (Vec::new(), Vec::new());
-    let mut unavailable = Vec::new();
-    for (message, result) in messages.iter().zip(results) {
-        match result {
-            Ok(()) => done.push(message.id),
-            // Stored nowhere because nobody subscribed: there is no one to deliver to.
-            Err(PublishError::Unroutable(_)) => {
-                report.unrouted += 1;
-                done.push(message.id);
-            }
-            // Not tried: no connection, or the broker blocks publishers (a resource alarm).
-            Err(PublishError::Unavailable | PublishError::Blocked) => unavailable.push(message.id),
-            Err(error) => {
-                refused.push(message.id);
-                errors.push(error.to_string());
-            }
-        }
-    }
-    // Test hook: the process dies after the broker confirmed and before the rows are deleted.
-    fail::fail_point!("outbox-after-publish", |_| { std::process::abort() });
-
-    let client = deps.pool.get().await?;
-    if !done.is_empty() {
-        let delete = client.prepare_cached(DELETE_CONFIRMED).await?;
-        client.execute(&delete, &[&done, &claim.token]).await?;
-    }
-    if !refused.is_empty() {
-        let record = client.prepare_cached(RECORD_REFUSED).await?;
-        let rows = client
-            .query(&record, &[&refused, &errors, &deps.settings.outbox_max_attempts, &MAX_BACKOFF_SECS, &claim.token])
-            .await?;
-        report.dead = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
-    }
-    if !unavailable.is_empty() {
-        client.execute(RELEASE, &[&unavailable, &claim.token]).await?;
-    }
-    report.published = done.len();
-    report.refused = refused.len();
-    report.unavailable = unavailable.len();
-
-    let metrics = &deps.metrics.notifications;
-    metrics.with_label_values(&["published"]).inc_by((report.published - report.unrouted) as u64);
-    metrics.with_label_values(&["unrouted"]).inc_by(report.unrouted as u64);
-    metrics.with_label_values(&["outbox_dead"]).inc_by(report.dead as u64);
-    if report.unrouted > 0 && !deps.unrouted_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(exchange = %exchange, "no queue is bound to the notifications exchange: notifications are kept in the notifications table only (counted as notifications_total{{stage=\"unrouted\"}})");
-    }
-    if !errors.is_empty() {
-        tracing::warn!(refused = report.refused, first_error = %errors[0], "notifications not confirmed; they stay in the outbox");
-    }
-    if report.dead > 0 {
-        tracing::error!(
-            dead = report.dead,
-            "notifications refused too often; set aside (hookctl dead list --notifications)"
-        );
-    }
-    Ok(report)
+/// The outbox settings (`OUTBOX_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxOptions {
+    /// How long a claim holds its rows.
+    pub lease: Duration,
+    /// Rows the relay claims at once.
+    pub batch_size: i64,
+    /// Refused publishes before a row is set aside as dead.
+    pub max_attempts: i32,
+    /// How often the relay looks for rows nobody holds.
+    pub poll_interval: Duration,
 }
 
-/// Sweeps up expired leases every `OUTBOX_POLL_INTERVAL` until `stop` fires, then once more.
-pub async fn run_relay(deps: Arc<Deps>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(deps.settings.outbox_poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        sweep(&deps).await;
+impl Outbox {
+    pub fn new(store: Store, broker: Broker, metrics: NotificationMetrics, options: OutboxOptions) -> Self {
+        Self { store, broker, metrics, options, unrouted_warned: Arc::default() }
     }
-    sweep(&deps).await;
-    tracing::info!("outbox relay stopped");
-}
 
-/// Claims and publishes rows nobody holds, batch after batch, while there are full batches.
-pub async fn sweep(deps: &Deps) {
-    loop {
-        if deps.broker.current().is_none() {
-            return;
+    /// A fresh claim for the lease.
+    pub fn claim(&self) -> Claim {
+        Claim::new(self.options.lease)
+    }
+
+    /// Publishes those of `messages` whose rows `claim` still holds, and does their bookkeeping.
+    pub async fn publish(&self, claim: &Claim, messages: &[Message]) -> Result<Report, HandleError> {
+        if messages.is_empty() {
+            return Ok(Report::default());
         }
-        match relay_batch(deps).await {
-            Ok((claimed, report)) if claimed as i64 == deps.settings.outbox_batch_size && report.refused == 0 => {
-                continue
+        let owned: HashSet<Uuid> = {
+            let client = self.store.client().await?;
+            let owned = client.prepare_cached(OWNED).await?;
+            let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+            client.query(&owned, &[&ids, &claim.token]).await?.iter().map(|r| r.get(0)).collect()
+        };
+        // Rows this claim lost (its lease ran out, a relay claimed them) are the relay's to publish.
+        let held: Vec<&Message> = messages.iter().filter(|m| owned.contains(&m.id)).collect();
+        let lost = messages.len() - held.len();
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "outbox rows whose lease ran out before they were published (a slow commit or a pause); the relay that claimed them publishes them"
+            );
+        }
+        let mut report = self.publish_held(claim, &held).await?;
+        report.lost = lost;
+        Ok(report)
+    }
+
+    /// Publishes rows `claim` holds and does their bookkeeping.
+    async fn publish_held(&self, claim: &Claim, messages: &[&Message]) -> Result<Report, HandleError> {
+        if messages.is_empty() {
+            return Ok(Report::default());
+        }
+        let exchange = self.broker.topology().notifications_exchange();
+        let results = join_all(
+            messages
+                .iter()
+                .map(|m| self.broker.publish(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m))),
+        )
+        .await;
+
+        let mut report = Report::default();
+        let mut done = Vec::new();
+        let (mut refused, mut errors) = (Vec::new(), Vec::new());
+        let mut unavailable = Vec::new();
+        for (message, result) in messages.iter().zip(results) {
+            match result {
+                Ok(()) => done.push(message.id),
+                // Stored nowhere because nobody subscribed: there is no one to deliver to.
+                Err(PublishError::Unroutable(_)) => {
+                    report.unrouted += 1;
+                    done.push(message.id);
+                }
+                // Not tried: no connection, or the broker blocks publishers (a resource alarm).
+                Err(PublishError::Unavailable | PublishError::Blocked) => unavailable.push(message.id),
+                Err(error) => {
+                    refused.push(message.id);
+                    errors.push(error.to_string());
+                }
             }
-            Ok(_) => return,
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay could not run (database unavailable?)");
+        }
+        // Test hook: the process dies after the broker confirmed and before the rows are deleted.
+        fail::fail_point!("outbox-after-publish", |_| { std::process::abort() });
+
+        let client = self.store.client().await?;
+        if !done.is_empty() {
+            let delete = client.prepare_cached(DELETE_CONFIRMED).await?;
+            client.execute(&delete, &[&done, &claim.token]).await?;
+        }
+        if !refused.is_empty() {
+            let record = client.prepare_cached(RECORD_REFUSED).await?;
+            let rows = client
+                .query(&record, &[&refused, &errors, &self.options.max_attempts, &MAX_BACKOFF_SECS, &claim.token])
+                .await?;
+            report.dead = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+        }
+        if !unavailable.is_empty() {
+            client.execute(RELEASE, &[&unavailable, &claim.token]).await?;
+        }
+        report.published = done.len();
+        report.refused = refused.len();
+        report.unavailable = unavailable.len();
+
+        self.metrics.count("published", (report.published - report.unrouted) as u64);
+        self.metrics.count("unrouted", report.unrouted as u64);
+        self.metrics.count("outbox_dead", report.dead as u64);
+        if report.unrouted > 0 && !self.unrouted_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(exchange = %exchange, "no queue is bound to the notifications exchange: notifications are kept in the notifications table only (counted as notifications_total{{stage=\"unrouted\"}})");
+        }
+        if !errors.is_empty() {
+            tracing::warn!(refused = report.refused, first_error = %errors[0], "notifications not confirmed; they stay in the outbox");
+        }
+        if report.dead > 0 {
+            tracing::error!(
+                dead = report.dead,
+                "notifications refused too often; set aside (hookctl dead list --notifications)"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Sweeps up expired leases every `OUTBOX_POLL_INTERVAL` until `stop` fires, then once more.
+    pub async fn run_relay(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.options.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.sweep().await;
+        }
+        self.sweep().await;
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Claims and publishes rows nobody holds, batch after batch, while there are full batches.
+    pub async fn sweep(&self) {
+        loop {
+            if self.broker.current().is_none() {
                 return;
             }
+            match self.relay_batch().await {
+                Ok((claimed, report)) if claimed as i64 == self.options.batch_size && report.refused == 0 => continue,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay could not run (database unavailable?)");
+                    return;
+                }
+            }
         }
     }
-}
 
-/// Claims one batch of expired rows and publishes it; returns how many were claimed.
-pub async fn relay_batch(deps: &Deps) -> Result<(usize, Report), HandleError> {
-    let claim = Claim::new(deps.settings.outbox_lease);
-    let messages: Vec<Message> = {
-        let client = deps.pool.get().await?;
-        let claiming = client.prepare_cached(CLAIM_EXPIRED).await?;
-        let lease = claim.lease.as_secs_f64();
-        client
-            .query(&claiming, &[&deps.settings.outbox_batch_size, &lease, &claim.token])
-            .await?
-            .iter()
-            .map(|r| Message { id: r.get(0), routing_key: r.get(1), payload: r.get(2), traceparent: r.get(3) })
-            .collect()
-    };
-    let report = publish(deps, &claim, &messages).await?;
-    if report.published > report.unrouted {
-        tracing::info!(published = report.published - report.unrouted, "notifications published by the relay");
+    /// Claims one batch of expired rows and publishes it; returns how many were claimed.
+    pub async fn relay_batch(&self) -> Result<(usize, Report), HandleError> {
+        let claim = self.claim();
+        let messages: Vec<Message> = {
+            let client = self.store.client().await?;
+            let claiming = client.prepare_cached(CLAIM_EXPIRED).await?;
+            let lease = claim.lease.as_secs_f64();
+            client
+                .query(&claiming, &[&self.options.batch_size, &lease, &claim.token])
+                .await?
+                .iter()
+                .map(|r| Message { id: r.get(0), routing_key: r.get(1), payload: r.get(2), traceparent: r.get(3) })
+                .collect()
+        };
+        let report = self.publish(&claim, &messages).await?;
+        if report.published > report.unrouted {
+            tracing::info!(published = report.published - report.unrouted, "notifications published by the relay");
+        }
+        Ok((messages.len(), report))
     }
-    Ok((messages.len(), report))
 }
 
 fn properties(message: &Message) -> BasicProperties {

@@ -10,13 +10,11 @@
 //! V5 holds exactly the prunable rows in `processed_at` order, so a batch costs an index range
 //! read, not a table scan.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::deps::Deps;
+use super::Store;
 
 /// Rows deleted per statement: small enough that a batch holds its row locks and writes its
 /// WAL for milliseconds, not long enough to get in the way of deliveries.
@@ -52,10 +50,10 @@ pub async fn prune_batch(
 
 /// Deletes batch after batch until fewer than a full batch are left or `stop` fires;
 /// returns how many rows went in all.
-pub async fn prune_expired(pool: &Pool, retention: Duration, stop: &CancellationToken) -> anyhow::Result<u64> {
+pub async fn prune_expired(store: &Store, retention: Duration, stop: &CancellationToken) -> anyhow::Result<u64> {
     let mut total = 0;
     loop {
-        let client = pool.get().await?;
+        let client = store.client().await?;
         let deleted = prune_batch(&client, retention, PRUNE_BATCH).await?;
         drop(client);
         total += deleted;
@@ -69,17 +67,25 @@ pub async fn prune_expired(pool: &Pool, retention: Duration, stop: &Cancellation
     }
 }
 
+/// The pruner of one worker: its store and `EVENT_RETENTION`.
+#[derive(Clone)]
+pub struct Pruner {
+    pub store: Store,
+    /// `0`: keep everything.
+    pub retention: Duration,
+}
+
 /// Prunes at start and then every [`PRUNE_EVERY`] until `stop` fires. Does nothing when
 /// `EVENT_RETENTION` is 0 (keep everything).
-pub async fn run_pruner(deps: Arc<Deps>, stop: CancellationToken) {
-    let retention = deps.settings.event_retention;
+pub async fn run_pruner(pruner: Pruner, stop: CancellationToken) {
+    let Pruner { store, retention } = pruner;
     if retention.is_zero() {
         tracing::info!("EVENT_RETENTION is 0: webhook events are kept forever");
         return;
     }
     let days = retention.as_secs_f64() / 86_400.0;
     loop {
-        match prune_expired(&deps.pool, retention, &stop).await {
+        match prune_expired(&store, retention, &stop).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, retention_days = days, "expired webhook events pruned"),
             // Logged and tried again next round: pruning is never urgent.
