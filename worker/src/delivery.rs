@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::domain::notification::NotificationStage;
 use crate::domain::retry::{dispose, Disposition, Failure};
 use crate::metrics::NotificationMetrics;
 use crate::pipeline::consumer::{consume, Batch, ConsumerOptions};
@@ -157,19 +158,19 @@ async fn attempt_delivery(stage: &Stage, sender: &Sender, delivery: &Delivery, i
     match dispose(failure, attempt, stage.max_attempts) {
         Disposition::Ack => {
             tracing::info!("notification delivered");
-            metrics.count("delivered", 1);
+            metrics.count(NotificationStage::Delivered, 1);
             Settlement::Ack
         }
         Disposition::Retry { tier } => {
             let tier = retry_after.map_or(tier, |wanted| tier_for(topology.retry_delays(), wanted, tier));
             let error = failure.map(|(_, e)| e).unwrap_or_default();
             tracing::warn!(%error, retry_in = ?topology.delay(tier), "notification not delivered; will retry");
-            metrics.count("retried", 1);
+            metrics.count(NotificationStage::Retried, 1);
             Settlement::retry(delivery, topology.notify_retry_queue(tier), attempt, error)
         }
         Disposition::DeadLetter { reason } => {
             tracing::error!(%reason, "notification dead-lettered");
-            metrics.count("dead_lettered", 1);
+            metrics.count(NotificationStage::DeadLettered, 1);
             Settlement::dead(delivery, topology.notify_dead_queue(), attempt, &reason)
         }
     }

@@ -2,9 +2,11 @@
 
 use clap::{Args, Subcommand};
 use secrecy::ExposeSecret;
+use shared::providers::{StripeEventType, TossEventType};
 use shared::samples;
 use shared::verify::stripe::sign_stripe_payload;
 use shared::Settings;
+use strum::IntoEnumIterator;
 
 #[derive(Subcommand, Debug)]
 pub enum SendCommand {
@@ -25,7 +27,8 @@ pub struct Target {
 pub struct StripeArgs {
     /// checkout.session.completed, checkout.session.async_payment_succeeded,
     /// checkout.session.async_payment_failed, checkout.session.expired, payment_intent.payment_failed
-    pub event_type: String,
+    #[arg(value_parser = stripe_event_type)]
+    pub event_type: StripeEventType,
     /// The app's order id (client_reference_id and metadata.order_id).
     #[arg(long)]
     pub order: String,
@@ -65,30 +68,25 @@ pub struct TossArgs {
     pub target: Target,
 }
 
-pub const STRIPE_TYPES: [&str; 5] = [
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "checkout.session.expired",
-    "payment_intent.payment_failed",
-];
+/// A Stripe event type the pipeline handles, or an error that lists them.
+fn stripe_event_type(name: &str) -> Result<StripeEventType, String> {
+    name.parse().map_err(|_| {
+        let known: Vec<&str> = StripeEventType::iter().map(<&str>::from).collect();
+        format!("unsupported Stripe event type {name:?}; use one of {}", known.join(", "))
+    })
+}
 
 pub async fn run(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
     let (url, body, headers) = match command {
         SendCommand::Stripe(args) => {
-            anyhow::ensure!(
-                STRIPE_TYPES.contains(&args.event_type.as_str()),
-                "unsupported Stripe event type {:?}; use one of {}",
-                args.event_type,
-                STRIPE_TYPES.join(", ")
-            );
             let event_id = args.event_id.unwrap_or_else(|| format!("evt_cli_{}", uuid::Uuid::new_v4().simple()));
-            let body = if args.event_type == "payment_intent.payment_failed" {
+            let event_type = args.event_type.to_string();
+            let body = if args.event_type == StripeEventType::PaymentIntentPaymentFailed {
                 samples::stripe_payment_failed(&event_id, &args.order, args.amount, &args.currency)
             } else {
                 samples::stripe_session_event(
                     &event_id,
-                    &args.event_type,
+                    &event_type,
                     &args.order,
                     &args.payment_status,
                     args.amount,
@@ -108,7 +106,7 @@ pub async fn run(settings: &Settings, command: SendCommand) -> anyhow::Result<()
             let body = match (&args.deposit_secret, args.flat) {
                 (Some(secret), _) => samples::toss_deposit_callback(&args.order, &args.status, secret),
                 (None, true) => serde_json::to_vec(&serde_json::json!({
-                    "eventType": "PAYMENT_STATUS_CHANGED", "orderId": args.order, "status": args.status
+                    "eventType": TossEventType::PaymentStatusChanged.to_string(), "orderId": args.order, "status": args.status
                 }))?,
                 (None, false) => {
                     let key = args

@@ -8,6 +8,7 @@ use serde_json::Value;
 use shared::envelope::EventEnvelope;
 use shared::providers::stripe::{parse_stripe_event, StripeEvent};
 use shared::providers::toss::{parse_toss_event, without_secrets, TossEvent, TossEventKind};
+use shared::providers::StripeEventType;
 use shared::status::PaymentStatus;
 use shared::Provider;
 
@@ -120,18 +121,20 @@ impl IncomingEvent {
 
 fn from_stripe(event: StripeEvent) -> IncomingEvent {
     use PaymentStatus::*;
-    let target = match event.event_type.as_str() {
-        "checkout.session.completed" => match event.session_payment_status() {
+    use StripeEventType::*;
+    let known = event.event_type.parse::<StripeEventType>().ok();
+    let target = match known {
+        Some(CheckoutSessionCompleted) => match event.session_payment_status() {
             Some("paid") | Some("no_payment_required") => Some(Paid),
             // Async methods (bank transfers, vouchers): the money has not arrived yet.
             Some("unpaid") => Some(WaitingForDeposit),
             _ => None,
         },
-        "checkout.session.async_payment_succeeded" => Some(Paid),
-        "checkout.session.async_payment_failed" => Some(Failed),
-        "checkout.session.expired" => Some(Expired),
-        "payment_intent.payment_failed" => Some(Failed),
-        _ => None,
+        Some(CheckoutSessionAsyncPaymentSucceeded) => Some(Paid),
+        Some(CheckoutSessionAsyncPaymentFailed) => Some(Failed),
+        Some(CheckoutSessionExpired) => Some(Expired),
+        Some(PaymentIntentPaymentFailed) => Some(Failed),
+        None => None,
     };
     let payment = match (event.order_id(), event.payment_intent_id()) {
         (Some(order), _) => Some(PaymentRef::OrderId(order.to_string())),
@@ -145,7 +148,8 @@ fn from_stripe(event: StripeEvent) -> IncomingEvent {
         (Some(_), None) => {
             Intent::Ignore("event names no order (client_reference_id, metadata.order_id) or payment intent".into())
         }
-        (None, _) if is_handled_stripe_type(&event.event_type) => {
+        // The only type whose target depends on more than its name.
+        (None, _) if known == Some(CheckoutSessionCompleted) => {
             Intent::Ignore(format!("session payment_status {:?} is not handled", event.session_payment_status()))
         }
         (None, _) => Intent::Ignore(format!("event type {} is not applied to payments", event.event_type)),
@@ -166,10 +170,6 @@ fn from_stripe(event: StripeEvent) -> IncomingEvent {
         // Stripe objects carry no secret: stored as sent, without being parsed and rebuilt.
         data: EventData::Raw(event.raw_object),
     }
-}
-
-fn is_handled_stripe_type(event_type: &str) -> bool {
-    event_type == "checkout.session.completed"
 }
 
 /// Maps a Toss status to a payment status; `Ok(None)` for states that are not an outcome.

@@ -119,13 +119,30 @@ pub fn booking_link(booking_id: Uuid) -> String {
     format!("/bookings/{booking_id}")
 }
 
+/// Every `stage` of `notifications_total`: published (confirmed by the broker), unrouted
+/// (confirmed, but no queue is bound), outbox_dead (refused too often, set aside), and the HTTP
+/// delivery's delivered, retried and dead_lettered.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::EnumIter, strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum NotificationStage {
+    Published,
+    Unrouted,
+    OutboxDead,
+    Delivered,
+    Retried,
+    DeadLettered,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
 
     #[test]
     fn every_status_has_words_and_a_type() {
-        for status in PaymentStatus::ALL {
+        for status in PaymentStatus::iter() {
             let w = wording(status, Some(Decimal::from(3000)), Some("usd"), None);
             assert_eq!(w.kind, format!("payment.{status}"));
             assert!(!w.title.is_empty());

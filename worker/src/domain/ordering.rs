@@ -84,6 +84,7 @@ pub fn tie_rank(status: PaymentStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
     use PaymentStatus::*;
 
     const A: Transition = Transition::Apply;
@@ -122,8 +123,8 @@ mod tests {
 
     #[test]
     fn without_both_dates_the_state_machine_alone_decides() {
-        for current in PaymentStatus::ALL {
-            for target in PaymentStatus::ALL {
+        for current in PaymentStatus::iter() {
+            for target in PaymentStatus::iter() {
                 let expected = decide(current, target);
                 assert_eq!(decide_in_order(current, None, target, at(0)), expected);
                 assert_eq!(decide_in_order(current, at(0), target, None), expected);
@@ -145,8 +146,8 @@ mod tests {
     /// left only for a cancel and `canceled` stays final whatever the dates.
     #[test]
     fn ordering_never_allows_what_the_state_machine_refuses() {
-        for current in PaymentStatus::ALL {
-            for target in PaymentStatus::ALL {
+        for current in PaymentStatus::iter() {
+            for target in PaymentStatus::iter() {
                 for (last, event) in [(at(0), at(0)), (at(0), at(1)), (at(1), at(0)), (None, at(0))] {
                     if decide_in_order(current, last, target, event) == A {
                         assert_eq!(decide(current, target), A, "{current} -> {target} ({last:?}, {event:?})");
@@ -160,8 +161,8 @@ mod tests {
     /// refuses nothing else.
     #[test]
     fn the_tie_order_follows_the_state_machine_but_for_failed_to_waiting() {
-        for current in PaymentStatus::ALL {
-            for target in PaymentStatus::ALL {
+        for current in PaymentStatus::iter() {
+            for target in PaymentStatus::iter() {
                 if decide(current, target) == A && (current, target) != (Failed, WaitingForDeposit) {
                     assert!(tie_rank(target) > tie_rank(current), "{current} -> {target}");
                 }

@@ -29,14 +29,32 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(&self) -> &'static str {
+    /// What the event is counted as.
+    pub fn label(&self) -> EventOutcome {
         match self {
-            Self::Applied { .. } => "applied",
-            Self::Ignored { .. } => "ignored",
-            Self::Unverified { .. } => "unverified",
-            Self::Duplicate => "duplicate",
+            Self::Applied { .. } => EventOutcome::Applied,
+            Self::Ignored { .. } => EventOutcome::Ignored,
+            Self::Unverified { .. } => EventOutcome::Unverified,
+            Self::Duplicate => EventOutcome::Duplicate,
         }
     }
+}
+
+/// Every `outcome` of `worker_events_total`: the handled outcomes, and what became of a failed
+/// attempt. `unverified`: recorded, changed nothing, nothing could verify it; `unverifiable`: the
+/// message did not prove what it claimed (dead-lettered).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::EnumIter, strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum EventOutcome {
+    Applied,
+    Duplicate,
+    Ignored,
+    Unverified,
+    Retried,
+    DeadLettered,
+    Unverifiable,
 }
 
 /// Why a message was not handled.
@@ -75,8 +93,10 @@ impl HandleError {
     }
 }
 
-/// How an applied or ignored event was verified, strongest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an applied or ignored event was verified, strongest first. The names are
+/// `webhook_events.verification`'s and the metadata's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
 pub enum Verification {
     /// A provider signature, checked by ingest and again by the worker.
     Signature,
@@ -91,11 +111,23 @@ pub enum Verification {
 
 impl Verification {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Signature => "signature",
-            Self::Fetched => "fetched",
-            Self::DepositSecret => "deposit_secret",
-            Self::None => "none",
-        }
+        self.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::IntoEnumIterator;
+
+    #[test]
+    fn stored_and_counted_names_stay_as_they_are() {
+        let verifications: Vec<&str> = Verification::iter().map(Verification::as_str).collect();
+        assert_eq!(verifications, ["signature", "fetched", "deposit_secret", "none"]);
+        let outcomes: Vec<&str> = EventOutcome::iter().map(<&str>::from).collect();
+        assert_eq!(
+            outcomes,
+            ["applied", "duplicate", "ignored", "unverified", "retried", "dead_lettered", "unverifiable"]
+        );
     }
 }

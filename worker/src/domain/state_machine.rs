@@ -75,6 +75,7 @@ pub fn decide(current: PaymentStatus, target: PaymentStatus) -> Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
     use PaymentStatus::*;
 
     const A: Transition = Transition::Apply;
@@ -96,7 +97,7 @@ mod tests {
     #[test]
     fn every_transition_matches_the_table() {
         for (current, row) in TABLE {
-            for (target, expected) in PaymentStatus::ALL.into_iter().zip(row) {
+            for (target, expected) in PaymentStatus::iter().zip(row) {
                 assert_eq!(decide(current, target), expected, "{current} -> {target}");
             }
         }
@@ -105,7 +106,7 @@ mod tests {
 
     #[test]
     fn paid_is_left_only_for_a_cancel() {
-        for target in PaymentStatus::ALL {
+        for target in PaymentStatus::iter() {
             let leaves = decide(Paid, target) == A;
             assert_eq!(leaves, matches!(target, Canceled | PartiallyCanceled), "paid -> {target}");
         }
@@ -130,7 +131,7 @@ mod tests {
 
     #[test]
     fn nothing_leaves_canceled() {
-        for target in PaymentStatus::ALL {
+        for target in PaymentStatus::iter() {
             assert_ne!(decide(Canceled, target), A, "canceled -> {target}");
         }
     }

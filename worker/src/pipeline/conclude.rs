@@ -3,17 +3,18 @@
 
 use chrono::Utc;
 use shared::envelope::EventEnvelope;
+use shared::providers::EventType;
 use shared::Provider;
 
 use super::item::Item;
 use super::process::Processor;
 use super::settle::Settlement;
-use crate::domain::outcome::{HandleError, Outcome};
+use crate::domain::outcome::{EventOutcome, HandleError, Outcome};
 use crate::domain::retry::{dispose, Disposition, Failure};
 use crate::metrics::EventMetrics;
 
 /// The `worker_events_total` outcome an event is counted under once its delivery is settled.
-pub type Counted = &'static str;
+pub type Counted = EventOutcome;
 
 impl Item {
     /// Logs the event's outcome, counts what is known now and decides its settlement; keeps
@@ -55,7 +56,7 @@ impl Item {
         let (label, order_id) = match &result {
             Ok(Outcome::Applied { order_id, .. }) => ("applied", Some(order_id.as_str())),
             Ok(Outcome::Ignored { order_id: Some(order_id), .. }) => ("ignored", Some(order_id.as_str())),
-            Ok(outcome) => (outcome.label(), item.order_id.as_deref()),
+            Ok(outcome) => (outcome.label().into(), item.order_id.as_deref()),
             Err(_) => ("failed", item.order_id.as_deref()),
         };
         let _entered = item.span.enter();
@@ -78,30 +79,37 @@ impl Item {
             Disposition::Ack => (Settlement::Ack, None),
             Disposition::Retry { tier } => {
                 let error = failure.map(|(_, e)| e).unwrap_or_default();
-                (Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error), Some("retried"))
+                (
+                    Settlement::retry(&item.delivery, topology.retry_queue(tier), attempt, &error),
+                    Some(EventOutcome::Retried),
+                )
             }
             Disposition::DeadLetter { reason } if matches!(failure, Some((Failure::Unverifiable, _))) => {
                 // Its headers are unproven: the event id in the span is only what it claimed.
                 tracing::error!(outcome = "unverifiable", %reason, duration_ms, "{prefix} Message does not prove what it claims; dead-lettered");
-                (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("unverifiable"))
+                (
+                    Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason),
+                    Some(EventOutcome::Unverifiable),
+                )
             }
             Disposition::DeadLetter { reason } => {
                 tracing::error!(outcome = label, order_id, %reason, duration_ms, "{prefix} Event dead-lettered");
-                (Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason), Some("dead_lettered"))
+                (
+                    Settlement::dead(&item.delivery, topology.dead_queue(), attempt, &reason),
+                    Some(EventOutcome::DeadLettered),
+                )
             }
         }
     }
 }
 
-fn count_event_label(metrics: &EventMetrics, envelope: &EventEnvelope, label: &str) {
-    metrics
-        .events
-        .with_label_values(&[envelope.provider.as_str(), metric_event_type(&envelope.event_type), label])
-        .inc();
+fn count_event_label(metrics: &EventMetrics, envelope: &EventEnvelope, outcome: EventOutcome) {
+    let event_type = EventType::of(envelope.provider, &envelope.event_type);
+    metrics.events.with_label_values(&[envelope.provider.as_str(), event_type.label(), outcome.into()]).inc();
 }
 
 fn log_outcome(prefix: &str, outcome: &Outcome, order_id: Option<&str>, duration_ms: u64) {
-    let label = outcome.label();
+    let label: &str = outcome.label().into();
     match outcome {
         Outcome::Applied { payment_id, to, from, notified, verification, .. } => {
             tracing::info!(outcome = label, order_id, %payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
@@ -126,27 +134,5 @@ pub fn log_prefix(provider: Provider) -> &'static str {
     match provider {
         Provider::Stripe => "[Stripe Webhook]",
         Provider::Toss => "[Toss Webhook]",
-    }
-}
-
-/// Event types known to the pipeline keep their name in metric labels; anything else (an
-/// unsigned Toss body can say anything) is counted as `other`, so labels stay bounded.
-pub fn metric_event_type(event_type: &str) -> &str {
-    const KNOWN: &[&str] = &[
-        "checkout.session.completed",
-        "checkout.session.async_payment_succeeded",
-        "checkout.session.async_payment_failed",
-        "checkout.session.expired",
-        "payment_intent.payment_failed",
-        "PAYMENT_STATUS_CHANGED",
-        "DEPOSIT_CALLBACK",
-        "CANCEL_STATUS_CHANGED",
-        "payout.changed",
-        "seller.changed",
-    ];
-    if KNOWN.contains(&event_type) {
-        event_type
-    } else {
-        "other"
     }
 }

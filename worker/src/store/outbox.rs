@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::domain::decide::NewNotification;
-use crate::domain::notification::MESSAGE_VERSION;
+use crate::domain::notification::{NotificationStage, MESSAGE_VERSION};
 use crate::domain::outcome::HandleError;
 use crate::metrics::NotificationMetrics;
 
@@ -251,9 +251,9 @@ impl Outbox {
         report.refused = refused.len();
         report.unavailable = unavailable.len();
 
-        self.metrics.count("published", (report.published - report.unrouted) as u64);
-        self.metrics.count("unrouted", report.unrouted as u64);
-        self.metrics.count("outbox_dead", report.dead as u64);
+        self.metrics.count(NotificationStage::Published, (report.published - report.unrouted) as u64);
+        self.metrics.count(NotificationStage::Unrouted, report.unrouted as u64);
+        self.metrics.count(NotificationStage::OutboxDead, report.dead as u64);
         if report.unrouted > 0 && !self.unrouted_warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(exchange = %exchange, "no queue is bound to the notifications exchange: notifications are kept in the notifications table only (counted as notifications_total{{stage=\"unrouted\"}})");
         }

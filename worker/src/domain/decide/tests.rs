@@ -109,7 +109,7 @@ fn statuses(plan: &Plan) -> Vec<&'static str> {
     plan.results
         .iter()
         .map(|r| match r {
-            Ok(o) => o.label(),
+            Ok(o) => o.label().into(),
             Err(HandleError::NotFoundYet(_)) => "not_found",
             Err(HandleError::Permanent(_)) => "permanent",
             Err(HandleError::Transient(_)) => "transient",
