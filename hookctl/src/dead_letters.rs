@@ -18,12 +18,12 @@ use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
+
+mod read;
+
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use shared::envelope::{
-    header_int, header_str, long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE,
-    H_LAST_ERROR, H_PROVIDER,
-};
-use shared::providers::escape_controls;
+use read::Read;
+use shared::envelope::{long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
 use shared::topology::Topology;
 use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Provider;
@@ -273,82 +273,6 @@ pub fn check_replay(message: &BasicGetMessage, secrets: &WebhookSecrets) -> Resu
     check_message(&envelope, secrets).map(|_| ()).map_err(|e| format!("{UNVERIFIABLE}: {e}"))
 }
 
-/// A message read and not yet acknowledged, with what is shown of it.
-struct Read {
-    message: BasicGetMessage,
-    letter: DeadLetter,
-}
-
-impl Read {
-    fn new(message: BasicGetMessage) -> Self {
-        let headers = message.delivery.properties.headers().clone().unwrap_or_default();
-        let message_id = message.delivery.properties.message_id().as_ref().map(|m| m.to_string());
-        let text = |name| header_str(&headers, name).map(|v| escape_controls(&v).into_owned());
-        let id = text(H_EVENT_KEY)
-            .or_else(|| message_id.as_deref().map(|m| escape_controls(m).into_owned()))
-            .unwrap_or_else(|| format!("#{}", message.delivery.delivery_tag));
-        let reason = text(H_DEAD_REASON).unwrap_or_else(|| death_reason(&headers));
-        let letter = DeadLetter {
-            id,
-            provider: text(H_PROVIDER).unwrap_or_default(),
-            event_type: text(H_EVENT_TYPE)
-                .or_else(|| {
-                    message.delivery.properties.kind().as_ref().map(|k| escape_controls(k.as_str()).into_owned())
-                })
-                .unwrap_or_default(),
-            dead_at: header_str(&headers, H_DEAD_AT)
-                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                .map(|t| t.with_timezone(&Utc)),
-            attempts: header_int(&headers, H_ATTEMPT).unwrap_or(0),
-            reason,
-        };
-        Self { message, letter }
-    }
-
-    fn matches_id(&self, id: &str) -> bool {
-        let message_id = self.message.delivery.properties.message_id();
-        self.letter.id == id
-            || message_id.as_ref().is_some_and(|m| m.as_str() == id || escape_controls(m.as_str()) == id)
-    }
-
-    fn detail(&self) -> DeadLetterDetail {
-        let delivery = &self.message.delivery;
-        let headers = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .map(|headers| {
-                headers
-                    .inner()
-                    .iter()
-                    .map(|(k, v)| {
-                        let shown = match v {
-                            AMQPValue::LongString(s) => {
-                                escape_controls(&String::from_utf8_lossy(s.as_bytes())).into_owned()
-                            }
-                            other => format!("{other:?}"),
-                        };
-                        (escape_controls(k.as_str()).into_owned(), shown)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let body = match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
-            Ok(json) => serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default(),
-            Err(_) => escape_controls(&String::from_utf8_lossy(&delivery.data)).into_owned(),
-        };
-        DeadLetterDetail { letter: self.letter.clone(), headers, body }
-    }
-}
-
-/// Messages parked by the broker itself (delivery limit) carry `x-death`, not our reason.
-fn death_reason(headers: &FieldTable) -> String {
-    match headers.inner().get("x-death") {
-        Some(_) => "delivery limit exceeded (the message crashed or stalled every worker)".into(),
-        None => "unknown".into(),
-    }
-}
-
 /// Fails unless `queue` exists, saying why it might not.
 async fn require_queue(connection: &Connection, name: &str, queue: Queue) -> Result<(), DeadLetterError> {
     if queue_exists(connection, name).await {
@@ -419,24 +343,4 @@ async fn publish_copy(publisher: &Channel, work: &str, read: &Read) -> Result<()
         return Err(DeadLetterError::NotStored(read.letter.id.clone()));
     }
     Ok(())
-}
-
-/// Toss puts a payment `secret` in bodies; it is shown masked.
-fn mask_secrets(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| {
-                    if k == "secret" && !v.is_null() {
-                        (k, Value::String("***".into()))
-                    } else {
-                        (k, mask_secrets(v))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(mask_secrets).collect()),
-        other => other,
-    }
 }

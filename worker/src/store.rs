@@ -4,6 +4,7 @@
 //! inbox ([`retention`]) and the schema ([`migrate`]). Imports the [`crate::domain`], never the
 //! pipeline.
 
+mod columns;
 pub mod db;
 pub mod migrate;
 pub mod outbox;

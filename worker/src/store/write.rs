@@ -14,23 +14,20 @@
 //! connection (deadpool's statement cache); lock and statement timeouts are session settings
 //! of the pool ([`crate::store::db`]). The caller acks only after [`apply`] returned.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use deadpool_postgres::{Client, GenericClient};
 use shared::envelope::EventEnvelope;
 use tokio_postgres::Row;
-use uuid::Uuid;
 
 use crate::domain::decide::{decide_batch, Candidate, LockedPayment, NewNotification, Trust};
 use crate::domain::event::{Confirmed, IncomingEvent, Intent, PaymentRef};
-use crate::domain::outcome::{HandleError, Outcome, Verification};
-use crate::domain::retry::dispose;
+use crate::domain::outcome::{HandleError, Outcome};
 use crate::store::outbox::Claim;
 
+use super::columns::{InboxColumns, NotificationColumns, PaymentColumns};
 use super::sql::{INSERT_NOTIFICATIONS, INSERT_OUTBOX, LOCK_PAYMENTS, READ_FINAL, UPDATE_PAYMENTS, UPSERT_INBOX};
-use super::stored;
 
 /// One delivery's part in the transaction.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +50,7 @@ pub enum Work<'a> {
 }
 
 impl Entry<'_> {
-    fn event_type(&self) -> &str {
+    pub(super) fn event_type(&self) -> &str {
         match self.work {
             Work::Decide { event, .. } => &event.event_type,
             Work::Failed { event_type, .. } => event_type,
@@ -276,156 +273,4 @@ fn locked_payment(row: &Row) -> Result<LockedPayment, WriteError> {
         provider_payment_id: row.get("provider_payment_id"),
         last_event_at: row.get("last_event_at"),
     })
-}
-
-/// The inbox rows of a batch, column by column (the statement `unnest`s them).
-#[derive(Default)]
-struct InboxColumns<'a> {
-    provider: Vec<&'a str>,
-    event_key: Vec<&'a str>,
-    event_type: Vec<&'a str>,
-    order_id: Vec<Option<&'a str>>,
-    status: Vec<&'static str>,
-    detail: Vec<Option<String>>,
-    attempts: Vec<i32>,
-    duplicates: Vec<i32>,
-    last_error: Vec<Option<String>>,
-    verification: Vec<Option<&'static str>>,
-    payload: Vec<Cow<'a, str>>,
-    request_id: Vec<&'a str>,
-    received_at: Vec<DateTime<Utc>>,
-}
-
-impl<'a> InboxColumns<'a> {
-    fn from_results(entries: &'a [Entry<'a>], results: &'a [Result<Outcome, HandleError>], max_attempts: u32) -> Self {
-        let mut c = Self::default();
-        for (entry, result) in entries.iter().zip(results) {
-            let envelope = entry.envelope;
-            let attempt = envelope.attempt + 1;
-            let order_from_event = match entry.work {
-                Work::Decide { event, .. } => event.order_id(),
-                Work::Failed { order_id, .. } => order_id,
-            };
-            let (status, detail, last_error, verification, order_id, duplicates) = match result {
-                Ok(Outcome::Applied { from, to, order_id, verification, .. }) => (
-                    "applied",
-                    Some(format!("{from} -> {to}")),
-                    None,
-                    Some(verification.as_str()),
-                    Some(order_id.as_str()),
-                    entry.copies,
-                ),
-                Ok(Outcome::Ignored { reason, order_id, verification }) => (
-                    "ignored",
-                    Some(reason.clone()),
-                    None,
-                    Some(verification.as_str()),
-                    order_id.as_deref().or(order_from_event),
-                    entry.copies,
-                ),
-                Ok(Outcome::Unverified { reason, order_id }) => (
-                    "unverified",
-                    Some(reason.clone()),
-                    None,
-                    Some(Verification::None.as_str()),
-                    order_id.as_deref().or(order_from_event),
-                    entry.copies,
-                ),
-                // Already final: the statement keeps the row and counts this copy.
-                Ok(Outcome::Duplicate) => ("ignored", None, None, None, order_from_event, entry.copies),
-                Err(error) => {
-                    let text = error.to_string();
-                    let disposition = dispose(Some((error.failure(), &text)), attempt, max_attempts);
-                    let (status, recorded) = disposition.inbox_record(&text).expect("a failure is not acked");
-                    (status, None, Some(recorded.to_string()), None, order_from_event, 0)
-                }
-            };
-            c.provider.push(envelope.provider.as_str());
-            c.event_key.push(&envelope.event_key);
-            c.event_type.push(entry.event_type());
-            c.order_id.push(order_id);
-            c.status.push(status);
-            c.detail.push(detail.map(|d| stored::text(d).into_owned()));
-            c.attempts.push(i32::try_from(attempt).unwrap_or(i32::MAX));
-            c.duplicates.push(duplicates);
-            c.last_error.push(last_error.map(|e| stored::text(e).into_owned()));
-            c.verification.push(verification);
-            c.payload.push(stored::inbox_payload(envelope.provider, &envelope.body));
-            c.request_id.push(&envelope.request_id);
-            c.received_at.push(envelope.received_at);
-        }
-        c
-    }
-
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
-        [
-            &self.provider,
-            &self.event_key,
-            &self.event_type,
-            &self.order_id,
-            &self.status,
-            &self.detail,
-            &self.attempts,
-            &self.duplicates,
-            &self.last_error,
-            &self.verification,
-            &self.payload,
-            &self.request_id,
-            &self.received_at,
-        ]
-    }
-}
-
-struct PaymentColumns {
-    id: Vec<Uuid>,
-    status: Vec<&'static str>,
-    paid: Vec<bool>,
-    metadata: Vec<String>,
-    provider: Vec<Option<String>>,
-    provider_payment_id: Vec<Option<String>>,
-    deposit_secret: Vec<Option<String>>,
-    last_event_at: Vec<Option<DateTime<Utc>>>,
-}
-
-impl From<&Vec<crate::domain::decide::PaymentUpdate>> for PaymentColumns {
-    fn from(updates: &Vec<crate::domain::decide::PaymentUpdate>) -> Self {
-        Self {
-            id: updates.iter().map(|u| u.id).collect(),
-            status: updates.iter().map(|u| u.status.as_str()).collect(),
-            paid: updates.iter().map(|u| u.paid).collect(),
-            metadata: updates.iter().map(|u| stored::jsonb(&u.metadata).into_owned()).collect(),
-            provider: updates.iter().map(|u| u.provider.clone()).collect(),
-            provider_payment_id: updates.iter().map(|u| u.provider_payment_id.clone()).collect(),
-            deposit_secret: updates.iter().map(|u| u.deposit_secret.clone()).collect(),
-            last_event_at: updates.iter().map(|u| u.last_event_at).collect(),
-        }
-    }
-}
-
-struct NotificationColumns<'a> {
-    id: Vec<Uuid>,
-    user_id: Vec<Uuid>,
-    title: Vec<Cow<'a, str>>,
-    message: Vec<Cow<'a, str>>,
-    kind: Vec<&'a str>,
-    link: Vec<&'a str>,
-    payment_id: Vec<Uuid>,
-    payload: Vec<&'a str>,
-    traceparent: Vec<Option<&'a str>>,
-}
-
-impl<'a> From<&'a Vec<NewNotification>> for NotificationColumns<'a> {
-    fn from(all: &'a Vec<NewNotification>) -> Self {
-        Self {
-            id: all.iter().map(|n| n.id).collect(),
-            user_id: all.iter().map(|n| n.user_id).collect(),
-            title: all.iter().map(|n| stored::text(n.title.as_str())).collect(),
-            message: all.iter().map(|n| stored::text(n.message.as_str())).collect(),
-            kind: all.iter().map(|n| n.kind.as_str()).collect(),
-            link: all.iter().map(|n| n.link.as_str()).collect(),
-            payment_id: all.iter().map(|n| n.payment_id).collect(),
-            payload: all.iter().map(|n| n.payload.as_str()).collect(),
-            traceparent: all.iter().map(|n| n.traceparent.as_deref()).collect(),
-        }
-    }
 }
