@@ -70,7 +70,7 @@ async fn a_nul_in_one_key_among_a_hundred_valid_events_costs_the_others_nothing(
     let worker = TestWorker::spawn(settings.clone()).await;
     env.wait_count("100 applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 100, WAIT).await;
     assert_eq!(batches(&worker).await, (1.0, 101.0), "one batch of 101");
-    // (Replace the `screen` call in `Item::read` (worker/src/process.rs) with the order id of
+    // (Replace the `screen` call in `Item::read` (worker/src/pipeline/item.rs) with the order id of
     // the event to see the database refuse the batch: the hundred are then applied one
     // transaction each, and the bad one goes unrecorded.)
     assert_eq!(inbox_transactions(env).await, 1, "the hundred and the bad one's record in one transaction");
@@ -147,7 +147,7 @@ async fn every_kind_of_hostile_bytes_is_isolated_and_nul_in_free_text_is_stored_
     let worker = TestWorker::spawn(settings.clone()).await;
     env.wait_count("all six recorded", "SELECT count(*) FROM webhook_events WHERE status <> 'retrying'", 6, WAIT).await;
     assert_eq!(batches(&worker).await, (1.0, 8.0), "one batch of eight");
-    // (Make `stored::text`, `stored::jsonb` or `stored::inbox_payload` in worker/src/write.rs
+    // (Make `stored::text`, `stored::jsonb` or `stored::inbox_payload` in worker/src/store/columns.rs
     // return their input as it is to see the batch refused and split.)
     assert_eq!(inbox_transactions(env).await, 1, "one transaction for all six records");
     assert_nothing_retried(env, &settings).await;
@@ -234,7 +234,7 @@ async fn the_inbox_keeps_toss_bodies_without_their_secret_and_the_message_keeps_
         let row = env.sql.query_one("SELECT payload FROM webhook_events WHERE event_key = $1", &[&key]).await.unwrap();
         row.get::<_, String>(0)
     };
-    // (Make `stored::inbox_payload` in worker/src/write/stored.rs treat Toss as Stripe to see
+    // (Make `stored::inbox_payload` in worker/src/store/stored.rs treat Toss as Stripe to see
     // the secrets stored.)
     let first = payload(first_key).await;
     assert!(!first.contains("ps_deposit_secret_1") && !first.contains("\"secret\""), "{first}");

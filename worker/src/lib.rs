@@ -1,21 +1,21 @@
 //! The worker consumes what ingest queued and applies it to Postgres exactly once in effect.
-//! The modules read as the data flows:
+//! Its folders are its layers (`docs/architecture.md` has the rules, `e2e/tests/architecture.rs`
+//! checks them); each imports only the ones listed before it:
 //!
-//! - [`consumer`]: the reconnecting consumer loop; [`batch`]: cutting deliveries into batches;
-//! - [`process`]: one batch end to end; [`event`]: from an envelope to an intent;
-//!   [`screen`]: control characters in a delivery's identifiers, caught before they are used;
-//!   [`toss_api`]: fetch-back verification of unsigned Toss events;
-//! - [`decide`]: every event of a batch against its payment, in order (pure), with
-//!   [`state_machine`] (which status changes are allowed), [`ordering`] (the provider's dates
-//!   of events that arrive out of order) and [`notification`] (their words);
-//! - [`write`]: the one transaction per batch (locks, inbox, payments, notifications, outbox);
-//! - [`settle`]: ack, delay tier or dead letter, with the [`retry`] schedule; also used by
-//!   [`delivery`], the optional HTTP delivery of notifications;
-//! - [`outbox`]: publishing committed notifications, and the relay for rows left behind;
-//! - [`halt`]: stopping when the database rejects the worker's own SQL;
-//! - [`retention`]: pruning processed events from the inbox after `EVENT_RETENTION`;
-//! - [`deps`], [`db`], [`outcome`], [`health`], [`metrics`], [`migrate`]: plumbing;
-//!   [`cli`]: the `hookctl` tool.
+//! - [`domain`]: what is decided, without I/O: from an envelope to an intent, every event of
+//!   a batch against its payment (state machine, the provider's ordering), the trainer's
+//!   notification, outcomes and the retry schedule.
+//! - [`provider_api`]: the providers' own APIs, called with our keys (Toss fetch-back).
+//! - [`metrics`]: the registry, and the handles each stage counts with.
+//! - [`store`]: Postgres: the pool and its statements ([`store::Store`]), the one batch
+//!   transaction, the outbox and its relay ([`store::outbox::Outbox`]), inbox retention,
+//!   migrations, TLS.
+//! - [`pipeline`]: moving deliveries: the reconnecting consumer, batches, a batch end to end
+//!   ([`pipeline::process::Processor`]), each delivery's conclusion and settlement, halting.
+//! - [`delivery`]: the optional HTTP delivery of notifications, a consumer of its own.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`, and the gauges.
+//! - [`cli`]: the `worker` binary's command line; [`Worker`] wires the stages together, each
+//!   with the handles it needs.
 
 pub mod cli;
 pub mod delivery;

@@ -65,7 +65,7 @@ async fn database_errors_are_classified_by_sqlstate() {
 /// batch once the tables have grown. Two defences, checked apart:
 ///
 /// 1. Every statement, planned on a connection of the worker's pool (whose session settings
-///    include `enable_seqscan=off`, see `worker::db`), reaches its rows through an index
+///    include `enable_seqscan=off`, see `worker::store::db`), reaches its rows through an index
 ///    condition.
 /// 2. The same without `enable_seqscan=off`, for every statement but the two marked as needing
 ///    it: `LOCK_PAYMENTS` and `UPDATE_PAYMENTS` look up an array of keys with `= ANY`, which a
@@ -74,7 +74,7 @@ async fn database_errors_are_classified_by_sqlstate() {
 ///    They are served by key only because the setting is in force on every worker connection,
 ///    which part 1 checks first.
 ///
-/// Delete `-c enable_seqscan=off` from `SESSION_OPTIONS` in `worker/src/db.rs` to see part 1
+/// Delete `-c enable_seqscan=off` from `SESSION_OPTIONS` in `worker/src/store/db.rs` to see part 1
 /// fail; part 2 fails for a statement that needs the setting but is not marked so.
 #[tokio::test]
 async fn generic_plans_made_on_empty_tables_read_rows_by_key() {
