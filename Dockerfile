@@ -8,7 +8,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY shared shared
 COPY ingest ingest
 COPY worker worker
+COPY hookctl hookctl
 COPY testkit testkit
+COPY e2e e2e
 COPY bench bench
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -310,7 +310,7 @@ fn metric_sum(text: &str, prefix: &str, label: Option<&str>) -> f64 {
 }
 
 /// The worker's log filter, as in production; `BENCH_WORKER_LOG` overrides it (e.g.
-/// `info,worker::process=debug` for the timing of every batch).
+/// `info,worker::pipeline::process=debug` for the timing of every batch).
 const DEFAULT_FILTER: &str = shared::telemetry::DEFAULT_FILTER;
 
 /// The worker binary on the stage's database and prefix, with `vars` on top, logging to `log`;

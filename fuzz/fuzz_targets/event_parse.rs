@@ -12,9 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::providers::first_control_char;
 use shared::Provider;
-use worker::event::{IncomingEvent, Intent, PaymentRef};
-use worker::outcome::HandleError;
-use worker::screen::screen;
+use worker::domain::event::{IncomingEvent, Intent, PaymentRef};
+use worker::domain::outcome::HandleError;
+use worker::domain::screen::screen;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else { return };

@@ -10,8 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use shared::Provider;
-use worker::event::without_secrets;
-use worker::write::stored::{inbox_payload, jsonb};
+use worker::domain::event::without_secrets;
+use worker::store::stored::{inbox_payload, jsonb};
 
 fn has_nul(value: &Value) -> bool {
     match value {

@@ -159,6 +159,16 @@ impl Ingest {
     }
 }
 
+/// The `ingest` binary: reads the settings, starts the logs and serves until SIGTERM / Ctrl-C.
+/// In the library so the end-to-end tests run the same program under a name of their own.
+pub async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let _logs = shared::telemetry::init(settings.log_format, "ingest").map_err(anyhow::Error::msg)?;
+    let ingest = Ingest::build(settings).await?;
+    ingest.run(shared::shutdown::token_on_signal()).await;
+    Ok(())
+}
+
 /// Serves `GET /metrics` on the metrics listener until `stop` fires.
 async fn serve_metrics(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest metrics listening");

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub mod amqp_nodes;
 mod values;
 
 use values::{duration, duration_list, empty_as_none, empty_path_as_none, networks, split_list};
@@ -307,7 +308,7 @@ impl Settings {
         if !prefix_ok {
             return Err(SettingsError::invalid("amqp_prefix", "use 1 to 100 of A-Z a-z 0-9 . - _"));
         }
-        let nodes = crate::broker::nodes::node_urls(&self.amqp_url);
+        let nodes = amqp_nodes::node_urls(&self.amqp_url);
         if nodes.is_empty() {
             return Err(SettingsError::invalid("amqp_url", "names no broker"));
         }
@@ -452,7 +453,7 @@ impl Settings {
 /// A URL with its password replaced, safe for log lines; for a comma-separated list
 /// (`AMQP_URL` naming several nodes), every password in it.
 pub fn redacted_url(url: &SecretString) -> String {
-    crate::broker::nodes::redacted_urls(url)
+    amqp_nodes::redacted_urls(url)
 }
 
 fn from_config_error(error: config::ConfigError) -> SettingsError {

@@ -2,8 +2,24 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The same names in JSON, in SQL and in notification types (`payment.<status>`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case", parse_err_ty = String, parse_err_fn = unknown_status)]
 pub enum PaymentStatus {
     Pending,
     WaitingForDeposit,
@@ -15,51 +31,33 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 7] = [
-        Self::Pending,
-        Self::WaitingForDeposit,
-        Self::Paid,
-        Self::Failed,
-        Self::Expired,
-        Self::Canceled,
-        Self::PartiallyCanceled,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::WaitingForDeposit => "waiting_for_deposit",
-            Self::Paid => "paid",
-            Self::Failed => "failed",
-            Self::Expired => "expired",
-            Self::Canceled => "canceled",
-            Self::PartiallyCanceled => "partially_canceled",
-        }
+        self.into()
     }
 }
 
-impl std::fmt::Display for PaymentStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for PaymentStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| format!("unknown payment status {s:?}"))
-    }
+fn unknown_status(s: &str) -> String {
+    format!("unknown payment status {s:?}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
 
     #[test]
     fn names_round_trip() {
-        for status in PaymentStatus::ALL {
+        for status in PaymentStatus::iter() {
             assert_eq!(status.as_str().parse::<PaymentStatus>(), Ok(status));
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{status}\""), "serde and SQL say the same");
         }
+        let names: Vec<&str> = PaymentStatus::iter().map(PaymentStatus::as_str).collect();
+        assert_eq!(
+            names,
+            ["pending", "waiting_for_deposit", "paid", "failed", "expired", "canceled", "partially_canceled"],
+            "the names in payments.payment_status"
+        );
         assert!("PAID".parse::<PaymentStatus>().is_err());
     }
 }

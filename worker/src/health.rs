@@ -10,17 +10,31 @@ use hyper::Request;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::json;
+use shared::broker::Broker;
 use shared::http_server::{json_response, text_response, HttpResponse, PROMETHEUS_CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 
-use crate::deps::Deps;
+use crate::metrics::WorkerMetrics;
+use crate::pipeline::halt::Halt;
+use crate::store::Store;
 
 /// How often queue depths and the outbox backlog are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// `/readyz` answers within this even when the database hangs.
 const DB_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn route(deps: &Deps, draining: &CancellationToken, request: Request<Incoming>) -> HttpResponse {
+/// What the listener and the sampler read.
+#[derive(Clone)]
+pub struct Health {
+    pub broker: Broker,
+    pub store: Store,
+    pub halt: Arc<Halt>,
+    pub metrics: WorkerMetrics,
+    /// An outbox backlog this large is logged (`OUTBOX_BATCH_SIZE`: a full relay batch).
+    pub backlog_warning: i64,
+}
+
+pub async fn route(deps: &Health, draining: &CancellationToken, request: Request<Incoming>) -> HttpResponse {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -48,16 +62,12 @@ pub async fn route(deps: &Deps, draining: &CancellationToken, request: Request<I
     }
 }
 
-async fn database_reachable(deps: &Deps) -> bool {
-    let ping = async {
-        let client = deps.pool.get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
-    };
-    matches!(tokio::time::timeout(DB_PING_TIMEOUT, ping).await, Ok(Some(_)))
+async fn database_reachable(deps: &Health) -> bool {
+    matches!(tokio::time::timeout(DB_PING_TIMEOUT, deps.store.answers()).await, Ok(true))
 }
 
 /// Samples queue depths and the outbox backlog until `stop` fires.
-pub async fn sample_gauges(deps: Arc<Deps>, stop: CancellationToken) {
+pub async fn sample_gauges(deps: Health, stop: CancellationToken) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tokio::select! {
@@ -75,13 +85,10 @@ pub async fn sample_gauges(deps: Arc<Deps>, stop: CancellationToken) {
                 let _ = channel.close(200, "".into()).await;
             }
         }
-        if let Ok(client) = deps.pool.get().await {
-            if let Ok(row) = client.query_one("SELECT count(*) FROM outbox", &[]).await {
-                let pending: i64 = row.get(0);
-                deps.metrics.outbox_pending.set(pending);
-                if pending >= deps.settings.outbox_batch_size {
-                    tracing::warn!(pending, "outbox backlog: notifications are waiting for the broker");
-                }
+        if let Some(pending) = deps.store.outbox_backlog().await {
+            deps.metrics.outbox_pending.set(pending);
+            if pending >= deps.backlog_warning {
+                tracing::warn!(pending, "outbox backlog: notifications are waiting for the broker");
             }
         }
     }

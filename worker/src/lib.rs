@@ -1,46 +1,30 @@
 //! The worker consumes what ingest queued and applies it to Postgres exactly once in effect.
-//! The modules read as the data flows:
+//! Its folders are its layers (`docs/architecture.md` has the rules, `e2e/tests/architecture.rs`
+//! checks them); each imports only the ones listed before it:
 //!
-//! - [`consumer`]: the reconnecting consumer loop; [`batch`]: cutting deliveries into batches;
-//! - [`process`]: one batch end to end; [`event`]: from an envelope to an intent;
-//!   [`screen`]: control characters in a delivery's identifiers, caught before they are used;
-//!   [`toss_api`]: fetch-back verification of unsigned Toss events;
-//! - [`decide`]: every event of a batch against its payment, in order (pure), with
-//!   [`state_machine`] (which status changes are allowed), [`ordering`] (the provider's dates
-//!   of events that arrive out of order) and [`notification`] (their words);
-//! - [`write`]: the one transaction per batch (locks, inbox, payments, notifications, outbox);
-//! - [`settle`]: ack, delay tier or dead letter, with the [`retry`] schedule; also used by
-//!   [`delivery`], the optional HTTP delivery of notifications;
-//! - [`outbox`]: publishing committed notifications, and the relay for rows left behind;
-//! - [`halt`]: stopping when the database rejects the worker's own SQL;
-//! - [`retention`]: pruning processed events from the inbox after `EVENT_RETENTION`;
-//! - [`deps`], [`db`], [`outcome`], [`health`], [`metrics`], [`migrate`]: plumbing;
-//!   [`cli`]: the `hookctl` tool.
+//! - [`domain`]: what is decided, without I/O: from an envelope to an intent, every event of
+//!   a batch against its payment (state machine, the provider's ordering), the trainer's
+//!   notification, outcomes and the retry schedule.
+//! - [`provider_api`]: the providers' own APIs, called with our keys (Toss fetch-back).
+//! - [`metrics`]: the registry, and the handles each stage counts with.
+//! - [`store`]: Postgres: the pool and its statements ([`store::Store`]), the one batch
+//!   transaction, the outbox and its relay ([`store::outbox::Outbox`]), inbox retention,
+//!   migrations, TLS.
+//! - [`pipeline`]: moving deliveries: the reconnecting consumer, batches, a batch end to end
+//!   ([`pipeline::process::Processor`]), each delivery's conclusion and settlement, halting.
+//! - [`delivery`]: the optional HTTP delivery of notifications, a consumer of its own.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`, and the gauges.
+//! - [`cli`]: the `worker` binary's command line; [`Worker`] wires the stages together, each
+//!   with the handles it needs.
 
-pub mod batch;
 pub mod cli;
-pub mod consumer;
-pub mod db;
-pub mod decide;
 pub mod delivery;
-pub mod deps;
-pub mod event;
-pub mod halt;
+pub mod domain;
 pub mod health;
 pub mod metrics;
-pub mod migrate;
-pub mod notification;
-pub mod ordering;
-pub mod outbox;
-pub mod outcome;
-pub mod process;
-pub mod retention;
-pub mod retry;
-pub mod screen;
-pub mod settle;
-pub mod state_machine;
-pub mod toss_api;
-pub mod write;
+pub mod pipeline;
+pub mod provider_api;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,17 +39,28 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::consumer::{consume, ConsumerOptions};
-use crate::deps::Deps;
+use crate::domain::decide::Trust;
+use crate::health::Health;
 use crate::metrics::WorkerMetrics;
-use crate::toss_api::TossApi;
+use crate::pipeline::consumer::{consume, ConsumerOptions};
+use crate::pipeline::halt::Halt;
+use crate::pipeline::process::{Processor, Rules};
+use crate::pipeline::settle::Settler;
+use crate::provider_api::toss::TossApi;
+use crate::store::outbox::{Outbox, OutboxOptions};
+use crate::store::retention::{self, Pruner};
+use crate::store::{db, Store};
 
 /// Publisher channels for retries, dead letters and the outbox relay.
 const PUBLISH_CHANNELS: usize = 2;
 
-/// A worker with its health listener bound, not yet consuming.
+/// A worker with its health listener bound, not yet consuming: each stage built with the
+/// handles it needs, and nothing else.
 pub struct Worker {
-    deps: Arc<Deps>,
+    settings: Settings,
+    broker: Broker,
+    metrics: WorkerMetrics,
+    processor: Arc<Processor>,
     listener: TcpListener,
     broker_stop: CancellationToken,
     tasks: TaskTracker,
@@ -73,9 +68,9 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::pool(&settings)?;
+        let store = Store::new(db::pool(&settings)?);
         // Through a pooler that shares sessions or drops their settings, refuse now, saying why.
-        db::sessions::check(&settings).await?;
+        store::sessions::check(&settings).await?;
         let toss_api = TossApi::from_settings(&settings)?;
         // The worker checks every message's signature again, so it needs the webhook secrets.
         let secrets = WebhookSecrets::from_settings(&settings)?;
@@ -96,18 +91,33 @@ impl Worker {
             broker_stop.clone(),
             &tasks,
         );
-        let deps = Arc::new(Deps {
-            settings,
-            pool,
-            broker,
-            metrics,
+        let outbox = Outbox::new(
+            store.clone(),
+            broker.clone(),
+            metrics.for_notifications(),
+            OutboxOptions {
+                lease: settings.outbox_lease,
+                batch_size: settings.outbox_batch_size,
+                max_attempts: settings.outbox_max_attempts,
+                poll_interval: settings.outbox_poll_interval,
+            },
+        );
+        let processor = Arc::new(Processor {
+            store,
+            outbox,
+            settler: Settler::new(broker.clone()),
             toss_api,
             secrets,
-            halt: Default::default(),
+            halt: Arc::new(Halt::default()),
             stopping: CancellationToken::new(),
-            unrouted_warned: Default::default(),
+            metrics: metrics.for_events(),
+            rules: Rules {
+                trust: Trust { allow_unverified: settings.toss_allow_unverified },
+                max_attempts: settings.retry_max_attempts,
+                delivery_limit: settings.delivery_limit,
+            },
         });
-        Ok(Self { deps, listener, broker_stop, tasks })
+        Ok(Self { settings, broker, metrics, processor, listener, broker_stop, tasks })
     }
 
     /// Address of the health and metrics listener (useful with port 0).
@@ -115,26 +125,38 @@ impl Worker {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub fn deps(&self) -> Arc<Deps> {
-        self.deps.clone()
+    /// The inbox pruner this worker runs (`EVENT_RETENTION`).
+    pub fn pruner(&self) -> Pruner {
+        Pruner { store: self.processor.store.clone(), retention: self.settings.event_retention }
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            broker: self.broker.clone(),
+            store: self.processor.store.clone(),
+            halt: self.processor.halt.clone(),
+            metrics: self.metrics.clone(),
+            backlog_warning: self.settings.outbox_batch_size,
+        }
     }
 
     /// Runs until `shutdown`: then stops consuming, lets in-flight deliveries finish (the rest
     /// return to the queue), flushes the outbox, closes the broker connection and the pool.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { deps, listener, broker_stop, tasks } = self;
-        let settings = &deps.settings;
+        let health = self.health();
+        let pruner = self.pruner();
+        let Self { settings, broker, metrics, processor, listener, broker_stop, tasks } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "worker health and metrics listening");
 
         let http_stop = CancellationToken::new();
-        let http_deps = deps.clone();
+        let http_health = health.clone();
         let draining = shutdown.clone();
         let http = tokio::spawn(http_server::serve(
             listener,
             move |request, _peer| {
-                let deps = http_deps.clone();
+                let health = http_health.clone();
                 let draining = draining.clone();
-                async move { health::route(&deps, &draining, request).await }
+                async move { health::route(&health, &draining, request).await }
             },
             ServeOptions {
                 header_read_timeout: settings.header_read_timeout,
@@ -148,9 +170,9 @@ impl Worker {
 
         let tag = format!("worker-{}", uuid::Uuid::new_v4().simple());
         let work = tasks.spawn(consume(
-            deps.broker.clone(),
+            broker.clone(),
             ConsumerOptions {
-                queue: deps.broker.topology().work_queue(),
+                queue: broker.topology().work_queue(),
                 tag: tag.clone(),
                 prefetch: settings.worker_prefetch(),
                 concurrency: settings.worker_concurrency,
@@ -159,20 +181,21 @@ impl Worker {
                 drain_deadline: settings.shutdown_timeout,
             },
             shutdown.clone(),
-            Some(deps.halt.clone()),
+            Some(processor.halt.clone()),
             {
-                let deps = deps.clone();
-                move |batch| process::process_batch(deps.clone(), batch)
+                let processor = processor.clone();
+                move |batch| processor.clone().process_batch(batch)
             },
         ));
-        let delivering = delivery::start(&deps, &tasks, &tag, shutdown.clone());
+        let delivering =
+            delivery::start(&settings, &broker, metrics.for_notifications(), &tasks, &tag, shutdown.clone());
         let relay_stop = CancellationToken::new();
-        let relay = tasks.spawn(outbox::run_relay(deps.clone(), relay_stop.clone()));
-        let gauges = tasks.spawn(health::sample_gauges(deps.clone(), relay_stop.clone()));
-        tasks.spawn(retention::run_pruner(deps.clone(), shutdown.clone()));
+        let relay = tasks.spawn(processor.outbox.clone().run_relay(relay_stop.clone()));
+        let gauges = tasks.spawn(health::sample_gauges(health, relay_stop.clone()));
+        tasks.spawn(retention::run_pruner(pruner, shutdown.clone()));
 
         shutdown.cancelled().await;
-        deps.stopping.cancel();
+        processor.stopping.cancel();
         tracing::info!("worker stopping: finishing in-flight deliveries");
         let _ = work.await;
         if let Some(handle) = delivering {
@@ -184,7 +207,7 @@ impl Worker {
         broker_stop.cancel();
         tasks.close();
         tasks.wait().await;
-        deps.pool.close();
+        processor.store.close();
         http_stop.cancel();
         let _ = http.await;
         tracing::info!("worker stopped");

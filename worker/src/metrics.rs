@@ -2,49 +2,17 @@
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use shared::metrics::{register, register_process_metrics, BrokerMetrics, LAG_BUCKETS, LATENCY_BUCKETS};
+use shared::providers::EventType;
 use shared::Provider;
+use strum::IntoEnumIterator;
 
-/// Event types that keep their name in `worker_events_total` (everything else is `other`, see
-/// `process::metric_event_type`), by provider. With [`EVENT_OUTCOMES`] they make the label
-/// combinations that exist at 0 from the first scrape.
-pub const KNOWN_EVENT_TYPES: &[(Provider, &[&str])] = &[
-    (
-        Provider::Stripe,
-        &[
-            "checkout.session.completed",
-            "checkout.session.async_payment_succeeded",
-            "checkout.session.async_payment_failed",
-            "checkout.session.expired",
-            "payment_intent.payment_failed",
-            "other",
-        ],
-    ),
-    (
-        Provider::Toss,
-        &[
-            "PAYMENT_STATUS_CHANGED",
-            "DEPOSIT_CALLBACK",
-            "CANCEL_STATUS_CHANGED",
-            "payout.changed",
-            "seller.changed",
-            "other",
-        ],
-    ),
-];
-
-/// Every `outcome` of `worker_events_total`. `unverified`: recorded, changed nothing, nothing
-/// could verify it; `unverifiable`: the message did not prove what it claimed (dead-lettered).
-pub const EVENT_OUTCOMES: &[&str] =
-    &["applied", "duplicate", "ignored", "unverified", "retried", "dead_lettered", "unverifiable"];
-
-/// Every `stage` of `notifications_total`.
-pub const NOTIFICATION_STAGES: &[&str] =
-    &["published", "unrouted", "outbox_dead", "delivered", "retried", "dead_lettered"];
+use crate::domain::notification::NotificationStage;
+use crate::domain::outcome::EventOutcome;
 
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Registry,
-    /// Events by provider, type and outcome (see [`EVENT_OUTCOMES`]).
+    /// Events by provider, type ([`EventType::label`]) and outcome ([`EventOutcome`]).
     pub events: IntCounterVec,
     /// Time spent on one delivery (its batch, until the commit), by provider.
     pub processing: HistogramVec,
@@ -120,17 +88,18 @@ impl WorkerMetrics {
             &registry,
             IntCounterVec::new(Opts::new("notifications_total", "Notifications by stage"), &["stage"]).unwrap(),
         );
-        for (provider, event_types) in KNOWN_EVENT_TYPES {
-            for event_type in *event_types {
-                for outcome in EVENT_OUTCOMES {
-                    events.with_label_values(&[provider.as_str(), event_type, outcome]);
+        // Every label combination exists at 0 from the first scrape.
+        for provider in Provider::iter() {
+            for event_type in EventType::labels(provider) {
+                for outcome in EventOutcome::iter() {
+                    events.with_label_values(&[provider.as_str(), event_type, outcome.into()]);
                 }
             }
             processing.with_label_values(&[provider.as_str()]);
             lag.with_label_values(&[provider.as_str()]);
         }
-        for stage in NOTIFICATION_STAGES {
-            notifications.with_label_values(&[stage]);
+        for stage in NotificationStage::iter() {
+            notifications.with_label_values(&[<&str>::from(stage)]);
         }
         let broker = BrokerMetrics::register(&registry);
         register_process_metrics(&registry, "worker", env!("CARGO_PKG_VERSION"));
@@ -149,6 +118,52 @@ impl WorkerMetrics {
     }
 }
 
+impl WorkerMetrics {
+    /// What the batch pipeline counts.
+    pub fn for_events(&self) -> EventMetrics {
+        EventMetrics {
+            events: self.events.clone(),
+            processing: self.processing.clone(),
+            batch_size: self.batch_size.clone(),
+            lag: self.lag.clone(),
+            halted: self.halted.clone(),
+        }
+    }
+
+    /// What the outbox and the notification delivery count.
+    pub fn for_notifications(&self) -> NotificationMetrics {
+        NotificationMetrics { stages: self.notifications.clone() }
+    }
+}
+
+/// The batch pipeline's metrics (handles onto the worker's registry).
+#[derive(Clone)]
+pub struct EventMetrics {
+    /// Events by provider, type and outcome.
+    pub events: IntCounterVec,
+    /// Time spent on one delivery, by provider.
+    pub processing: HistogramVec,
+    /// Deliveries per batch.
+    pub batch_size: Histogram,
+    /// From ingest receiving an event to the worker applying it, by provider.
+    pub lag: HistogramVec,
+    /// 1 while the worker is halted.
+    pub halted: IntGauge,
+}
+
+/// `notifications_total`, by [`NotificationStage`].
+#[derive(Clone)]
+pub struct NotificationMetrics {
+    stages: IntCounterVec,
+}
+
+impl NotificationMetrics {
+    /// Counts `n` notifications at `stage`.
+    pub fn count(&self, stage: NotificationStage, n: u64) {
+        self.stages.with_label_values(&[<&str>::from(stage)]).inc_by(n);
+    }
+}
+
 impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
@@ -158,37 +173,27 @@ impl Default for WorkerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{Outcome, Verification};
-    use crate::process::metric_event_type;
-    use shared::status::PaymentStatus;
+    use shared::providers::{StripeEventType, TossEventType};
 
+    /// What used to be two hand-kept lists (the label names and the pre-created ones) is one
+    /// vocabulary now; this keeps what the tests of those lists checked: every type the pipeline
+    /// keeps in labels, `other`, and every outcome exist at 0, and nothing else is kept.
     #[test]
-    fn pre_created_event_types_are_exactly_the_ones_kept_in_labels() {
-        for (_, event_types) in KNOWN_EVENT_TYPES {
-            for event_type in *event_types {
-                assert_eq!(metric_event_type(event_type), *event_type);
+    fn every_label_an_event_can_be_counted_under_exists_from_the_first_scrape() {
+        let text = shared::metrics::render(&WorkerMetrics::new().registry);
+        let stripe = StripeEventType::iter().map(|t| EventType::Stripe(t).label());
+        let toss = TossEventType::iter().map(|t| EventType::Toss(t).label());
+        for (provider, event_type) in stripe.map(|t| ("stripe", t)).chain(toss.map(|t| ("toss", t))) {
+            for outcome in EventOutcome::iter() {
+                let line = format!(
+                    r#"worker_events_total{{event_type="{event_type}",outcome="{outcome}",provider="{provider}"}} 0"#
+                );
+                assert!(text.lines().any(|l| l == line), "{line}");
             }
         }
-        assert_eq!(metric_event_type("something.new"), "other");
-    }
-
-    #[test]
-    fn pre_created_outcomes_cover_every_handled_outcome() {
-        let outcomes = [
-            Outcome::Applied {
-                payment_id: uuid::Uuid::nil(),
-                order_id: String::new(),
-                from: PaymentStatus::Pending,
-                to: PaymentStatus::Paid,
-                notified: None,
-                verification: Verification::Signature,
-            },
-            Outcome::Ignored { reason: String::new(), order_id: None, verification: Verification::Signature },
-            Outcome::Duplicate,
-        ];
-        for outcome in outcomes {
-            assert!(EVENT_OUTCOMES.contains(&outcome.label()), "{}", outcome.label());
-        }
+        assert_eq!(EventType::of(Provider::Toss, "something.new").label(), "other");
+        let series = text.lines().filter(|l| l.starts_with("worker_events_total{")).count();
+        assert_eq!(series, (StripeEventType::iter().count() + TossEventType::iter().count() + 2) * 7);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Migrations and database error classification against the real Postgres.
 
 use testkit::{TestBroker, TestDb};
-use worker::db::{classify, DbErrorClass};
+use worker::store::db::{classify, DbErrorClass};
 
 #[tokio::test]
 async fn two_concurrent_migrations_create_the_database_and_apply_once() {
     let db = TestDb::reserve();
     let broker = TestBroker::new().await;
     let settings = broker.settings(Some(&db.url), &[]);
-    let (a, b) = tokio::join!(worker::migrate::migrate(&settings), worker::migrate::migrate(&settings));
+    let (a, b) = tokio::join!(worker::store::migrate::migrate(&settings), worker::store::migrate::migrate(&settings));
     a.expect("first migration run");
     b.expect("second migration run");
     let sql = db.client().await;
@@ -20,7 +20,7 @@ async fn two_concurrent_migrations_create_the_database_and_apply_once() {
         assert!(exists, "{table}");
     }
     // And again: idempotent.
-    worker::migrate::migrate(&settings).await.expect("re-run is a no-op");
+    worker::store::migrate::migrate(&settings).await.expect("re-run is a no-op");
 }
 
 #[tokio::test]
@@ -65,7 +65,7 @@ async fn database_errors_are_classified_by_sqlstate() {
 /// batch once the tables have grown. Two defences, checked apart:
 ///
 /// 1. Every statement, planned on a connection of the worker's pool (whose session settings
-///    include `enable_seqscan=off`, see `worker::db`), reaches its rows through an index
+///    include `enable_seqscan=off`, see `worker::store::db`), reaches its rows through an index
 ///    condition.
 /// 2. The same without `enable_seqscan=off`, for every statement but the two marked as needing
 ///    it: `LOCK_PAYMENTS` and `UPDATE_PAYMENTS` look up an array of keys with `= ANY`, which a
@@ -74,28 +74,28 @@ async fn database_errors_are_classified_by_sqlstate() {
 ///    They are served by key only because the setting is in force on every worker connection,
 ///    which part 1 checks first.
 ///
-/// Delete `-c enable_seqscan=off` from `SESSION_OPTIONS` in `worker/src/db.rs` to see part 1
+/// Delete `-c enable_seqscan=off` from `SESSION_OPTIONS` in `worker/src/store/db.rs` to see part 1
 /// fail; part 2 fails for a statement that needs the setting but is not marked so.
 #[tokio::test]
 async fn generic_plans_made_on_empty_tables_read_rows_by_key() {
     let db = TestDb::create().await;
     let broker = TestBroker::new().await;
     let settings = broker.settings(Some(&db.url), &[]);
-    worker::migrate::migrate(&settings).await.expect("migrations apply");
-    let pool = worker::db::pool(&settings).expect("pool");
+    worker::store::migrate::migrate(&settings).await.expect("migrations apply");
+    let pool = worker::store::db::pool(&settings).expect("pool");
     let sql = pool.get().await.expect("a pooled connection, with the worker's session settings");
     sql.batch_execute("SET plan_cache_mode = force_generic_plan").await.expect("set plan cache mode");
     // (name, statement, whether it reads by key only with `enable_seqscan=off`)
     let statements = [
-        ("lock_payments", worker::write::sql::LOCK_PAYMENTS, true),
-        ("read_final", worker::write::sql::READ_FINAL, false),
-        ("update_payments", worker::write::sql::UPDATE_PAYMENTS, true),
-        ("claim_expired", worker::outbox::CLAIM_EXPIRED, false),
-        ("owned", worker::outbox::OWNED, false),
-        ("delete_confirmed", worker::outbox::DELETE_CONFIRMED, false),
-        ("record_refused", worker::outbox::RECORD_REFUSED, false),
-        ("release", worker::outbox::RELEASE, false),
-        ("prune", worker::retention::PRUNE_SQL, false),
+        ("lock_payments", worker::store::sql::LOCK_PAYMENTS, true),
+        ("read_final", worker::store::sql::READ_FINAL, false),
+        ("update_payments", worker::store::sql::UPDATE_PAYMENTS, true),
+        ("claim_expired", worker::store::outbox::CLAIM_EXPIRED, false),
+        ("owned", worker::store::outbox::OWNED, false),
+        ("delete_confirmed", worker::store::outbox::DELETE_CONFIRMED, false),
+        ("record_refused", worker::store::outbox::RECORD_REFUSED, false),
+        ("release", worker::store::outbox::RELEASE, false),
+        ("prune", worker::store::retention::PRUNE_SQL, false),
     ];
 
     let seqscan: String = sql.query_one("SHOW enable_seqscan", &[]).await.unwrap().get(0);
@@ -158,11 +158,11 @@ async fn a_session_stalled_inside_a_transaction_is_ended_by_the_server_and_its_r
     let db = TestDb::create().await;
     let broker = TestBroker::new().await;
     let settings = broker.settings(Some(&db.url), &[("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1s")]);
-    worker::migrate::migrate(&settings).await.expect("migrations apply");
+    worker::store::migrate::migrate(&settings).await.expect("migrations apply");
     let sql = db.client().await;
     sql.execute("INSERT INTO payments (order_id, provider) VALUES ('stalled', 'stripe')", &[]).await.unwrap();
 
-    let pool = worker::db::pool(&settings).expect("pool");
+    let pool = worker::store::db::pool(&settings).expect("pool");
     let mut stalled = pool.get().await.expect("a pooled connection, with the worker's session settings");
     let timeout: String = stalled.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.unwrap().get(0);
     assert_eq!(timeout, "1s");

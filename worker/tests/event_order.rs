@@ -2,7 +2,7 @@
 //! RabbitMQ: the provider's dates decide, not the order of arrival.
 //!
 //! To see these fail, delete the `Ordering::Less => ...OlderThanLastApplied` arm of
-//! `decide_in_order` (worker/src/ordering.rs): the earlier `completed(unpaid)` then moves the
+//! `decide_in_order` (worker/src/domain/ordering.rs): the earlier `completed(unpaid)` then moves the
 //! failed payment back to `waiting_for_deposit`.
 
 mod common;

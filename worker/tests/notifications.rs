@@ -16,7 +16,7 @@ use testkit::events::stripe_session_event;
 use testkit::fake_http::Recorded;
 use testkit::{Behavior, FakeEndpoint};
 use uuid::Uuid;
-use worker::notification::NotificationMessage;
+use worker::domain::notification::NotificationMessage;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -11,8 +11,8 @@ use common::{kill_hard, spawn_worker_process, Env};
 use shared::Provider;
 use testkit::events::stripe_session_event;
 use uuid::Uuid;
-use worker::notification::NotificationMessage;
-use worker::outbox::Claim;
+use worker::domain::notification::NotificationMessage;
+use worker::store::outbox::Claim;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -33,7 +33,7 @@ fn order_of(message: &lapin::message::BasicGetMessage) -> String {
 /// publish included, so once the second event's notification is on the queue, a second copy of
 /// the first would be before it.
 ///
-/// Delete the `.filter(|m| owned.contains(&m.id))` in `worker::outbox::publish` to see it fail.
+/// Delete the `.filter(|m| owned.contains(&m.id))` in `worker::store::outbox::publish` to see it fail.
 #[tokio::test]
 #[cfg_attr(not(feature = "failpoints"), ignore = "needs the test hooks: --features worker/failpoints")]
 async fn a_worker_slower_than_its_lease_leaves_the_notification_to_the_relay_and_it_is_published_once() {
@@ -93,7 +93,7 @@ async fn a_lease_runs_from_when_the_outbox_row_is_written_not_from_when_its_tran
     let claim = Claim::new(lease);
     let id = Uuid::new_v4();
     tx.execute(
-        worker::write::sql::INSERT_OUTBOX,
+        worker::store::sql::INSERT_OUTBOX,
         &[&vec![id], &vec!["payment.paid"], &vec!["{}"], &vec![None::<&str>], &lease.as_secs_f64(), &claim.token],
     )
     .await
@@ -107,11 +107,16 @@ async fn a_lease_runs_from_when_the_outbox_row_is_written_not_from_when_its_tran
         .unwrap();
     assert!(row.get::<_, bool>(0), "the lease had run out before the row was written");
     assert_eq!(row.get::<_, Uuid>(1), claim.token, "the row carries the claim's token");
-    let owned: Vec<Uuid> =
-        tx.query(worker::outbox::OWNED, &[&vec![id], &claim.token]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let owned: Vec<Uuid> = tx
+        .query(worker::store::outbox::OWNED, &[&vec![id], &claim.token])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(owned, [id], "the claim holds the row");
     let other = Claim::new(lease);
-    let owned = tx.query(worker::outbox::OWNED, &[&vec![id], &other.token]).await.unwrap();
+    let owned = tx.query(worker::store::outbox::OWNED, &[&vec![id], &other.token]).await.unwrap();
     assert!(owned.is_empty(), "another claim's token does not hold it");
     tx.rollback().await.unwrap();
 }

@@ -55,7 +55,7 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
             ("RETRY_MAX_ATTEMPTS", "40"),
         ],
     );
-    worker::migrate::migrate(&settings).await.expect("migrations apply on the test's own server");
+    worker::store::migrate::migrate(&settings).await.expect("migrations apply on the test's own server");
     let sql = testkit::db::connect(&url).await;
     sql.batch_execute(&format!(
         "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, {EVENTS}) RETURNING id)

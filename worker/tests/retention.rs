@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Env, TestWorker};
 use tokio_util::sync::CancellationToken;
-use worker::retention::{prune_batch, prune_expired, run_pruner, PRUNE_BATCH, PRUNE_SQL};
+use worker::store::retention::{prune_batch, prune_expired, run_pruner, PRUNE_BATCH, PRUNE_SQL};
 
 const WAIT: Duration = Duration::from_secs(30);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -55,7 +55,7 @@ fn expected_after_30_days() -> BTreeSet<String> {
 async fn only_final_and_unverified_rows_older_than_the_retention_are_pruned() {
     let env = Env::new().await;
     seed_ages(&env).await;
-    let pool = worker::db::pool(&env.settings(&[])).unwrap();
+    let pool = worker::store::Store::new(worker::store::db::pool(&env.settings(&[])).unwrap());
     let pruned = prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap();
     assert_eq!(pruned, 8, "applied, ignored, dead and unverified rows of 31 and 400 days");
     assert_eq!(keys(&env).await, expected_after_30_days());
@@ -91,7 +91,7 @@ async fn a_backlog_goes_in_batches_of_the_batch_size() {
         .unwrap()
         .get(0);
     assert_eq!(oldest_left, format!("old_{}", PRUNE_BATCH + 1));
-    let pool = worker::db::pool(&env.settings(&[])).unwrap();
+    let pool = worker::store::Store::new(worker::store::db::pool(&env.settings(&[])).unwrap());
     let rest = prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap();
     assert_eq!(rest, (backlog - PRUNE_BATCH) as u64);
     assert_eq!(env.count("SELECT count(*) FROM webhook_events").await, 0);
@@ -135,7 +135,7 @@ async fn a_retention_of_zero_keeps_everything() {
     let stop = CancellationToken::new();
     // With 0 the pruner has nothing to do and returns at once, without touching a row; with
     // any retention it would run until stopped.
-    tokio::time::timeout(WAIT, run_pruner(worker.deps(), stop.clone()))
+    tokio::time::timeout(WAIT, run_pruner(worker.pruner(), stop.clone()))
         .await
         .expect("the pruner returns at once with EVENT_RETENTION=0");
     assert_eq!(keys(&env).await, before);
@@ -143,7 +143,7 @@ async fn a_retention_of_zero_keeps_everything() {
 
     // The same rows with the default retention: the pruner removes the expired ones.
     let worker = worker::Worker::build(env.settings(&[])).await.unwrap();
-    let pruner = tokio::spawn(run_pruner(worker.deps(), stop.clone()));
+    let pruner = tokio::spawn(run_pruner(worker.pruner(), stop.clone()));
     testkit::eventually("expired rows pruned", WAIT, || async {
         (keys(&env).await == expected_after_30_days()).then_some(())
     })

@@ -26,7 +26,7 @@ pub(super) async fn stage(events: usize) -> anyhow::Result<Stage> {
     let db = testkit::TestDb::create().await;
     let broker = testkit::TestBroker::new().await;
     let settings = broker.settings(Some(&db.url), &[]);
-    worker::migrate::migrate(&settings).await?;
+    worker::store::migrate::migrate(&settings).await?;
     let sql = db.client().await;
     sql.execute(
         "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, $1::int) RETURNING id),

@@ -37,8 +37,9 @@ use tokio_util::task::TaskTracker;
 
 use self::link::open_publisher;
 pub use self::link::Link;
-pub use self::nodes::{connect_first, redacted_urls, ConnectError};
+pub use self::nodes::{connect_first, ConnectError};
 use crate::metrics::BrokerMetrics;
+pub use crate::settings::amqp_nodes::redacted_urls;
 use crate::topology::{Declaring, Topology};
 
 /// How a process uses its connection.
@@ -118,7 +119,7 @@ impl Broker {
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Self {
-        let mut nodes = nodes::node_urls(&url);
+        let mut nodes = crate::settings::amqp_nodes::node_urls(&url);
         if nodes.is_empty() {
             nodes.push(url);
         }

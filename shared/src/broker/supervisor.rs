@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::access;
 use super::link::{open_publisher, Link};
-use super::nodes::{redacted_node, CONNECT_TIMEOUT};
+use super::nodes::CONNECT_TIMEOUT;
 use super::Inner;
 use crate::backoff::Backoff;
+use crate::settings::amqp_nodes::redacted_node;
 use crate::topology::TopologyError;
 
 /// The shortest wait before reconnecting: a lost link is retried almost at once, on the next node.

@@ -1,6 +1,7 @@
 //! Parsing of provider bodies into the few fields the pipeline acts on. Pure functions over
 //! raw bytes; the original bytes always travel unchanged next to what is parsed from them.
 
+pub mod event_type;
 mod identifier;
 mod pick;
 pub mod stripe;
@@ -10,11 +11,29 @@ pub mod toss;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+pub use event_type::{EventType, StripeEventType, TossEventType};
 pub use identifier::{check_identifier, escape_controls, first_control_char};
 
-/// Which provider sent an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// Which provider sent an event. Its name (`stripe`, `toss`) is the same in JSON, in SQL
+/// (`webhook_events.provider`, `payments.provider`), in AMQP headers and routing keys, and in
+/// metric labels.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", parse_err_ty = String, parse_err_fn = unknown_provider)]
 pub enum Provider {
     Stripe,
     Toss,
@@ -22,28 +41,12 @@ pub enum Provider {
 
 impl Provider {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Stripe => "stripe",
-            Provider::Toss => "toss",
-        }
+        self.into()
     }
 }
 
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Provider {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "stripe" => Ok(Provider::Stripe),
-            "toss" => Ok(Provider::Toss),
-            other => Err(format!("unknown provider {other:?}")),
-        }
-    }
+fn unknown_provider(other: &str) -> String {
+    format!("unknown provider {other:?}")
 }
 
 /// Why a body could not be understood. The text is safe to show to the sender.

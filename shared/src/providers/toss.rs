@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{check_identifier, decimal_field, parse_object, str_field, PayloadError};
+use super::{check_identifier, decimal_field, parse_object, str_field, PayloadError, TossEventType};
 
 /// The event families the pipeline tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +23,6 @@ pub enum TossEventKind {
     /// Any other `eventType`: acknowledged and recorded, not applied.
     Other,
 }
-
-/// Event types that Toss signs; for them a valid signature is required.
-pub const SIGNED_EVENT_TYPES: [&str; 2] = ["payout.changed", "seller.changed"];
 
 /// What the pipeline reads from a Toss body. `payment` is the object the fields came from
 /// (`data` when wrapped, the body itself when flat, `entityBody` for signed events).
@@ -141,14 +138,14 @@ pub fn parse_toss_event(body: &[u8]) -> Result<TossEvent, PayloadError> {
             if !deposit_like {
                 return Err(PayloadError::UnrecognisedToss);
             }
-            (TossEventKind::DepositCallback, "DEPOSIT_CALLBACK".to_string(), root.clone())
+            (TossEventKind::DepositCallback, TossEventType::DepositCallback.to_string(), root.clone())
         }
         Some(t) => {
-            let kind = match t.as_str() {
-                "PAYMENT_STATUS_CHANGED" => TossEventKind::PaymentStatusChanged,
-                "DEPOSIT_CALLBACK" => TossEventKind::DepositCallback,
-                "CANCEL_STATUS_CHANGED" => TossEventKind::CancelStatusChanged,
-                s if SIGNED_EVENT_TYPES.contains(&s) => TossEventKind::Signed,
+            let kind = match t.parse::<TossEventType>() {
+                Ok(TossEventType::PaymentStatusChanged) => TossEventKind::PaymentStatusChanged,
+                Ok(TossEventType::DepositCallback) => TossEventKind::DepositCallback,
+                Ok(TossEventType::CancelStatusChanged) => TossEventKind::CancelStatusChanged,
+                Ok(signed) if signed.is_signed() => TossEventKind::Signed,
                 _ => TossEventKind::Other,
             };
             let inner = if kind == TossEventKind::Signed { "entityBody" } else { "data" };
@@ -250,7 +247,7 @@ mod tests {
 
     #[test]
     fn payout_and_seller_envelopes_use_their_event_id() {
-        for t in SIGNED_EVENT_TYPES {
+        for t in ["payout.changed", "seller.changed"] {
             let body = format!(
                 r#"{{"eventType":"{t}","createdAt":"2026-01-02T14:46:59","version":"2022-11-16","eventId":"evt-{t}","entityType":"payout","entityBody":{{"status":"COMPLETED"}}}}"#
             );

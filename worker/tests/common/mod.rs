@@ -27,7 +27,7 @@ impl Env {
         let db = TestDb::create().await;
         let broker = TestBroker::new().await;
         let settings = broker.settings(Some(&db.url), &[]);
-        worker::migrate::migrate(&settings).await.expect("migrations apply");
+        worker::store::migrate::migrate(&settings).await.expect("migrations apply");
         let sql = db.client().await;
         Self { db, broker, sql }
     }
@@ -143,19 +143,6 @@ impl Env {
         key
     }
 
-    /// Runs the `hookctl` binary, as an operator would, with this environment's settings and
-    /// `vars` on top; returns whether it succeeded and its stdout followed by its stderr.
-    pub async fn hookctl(&self, vars: &[(&str, &str)], args: &[&str]) -> (bool, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_hookctl"))
-            .args(args)
-            .envs(self.env_vars(vars))
-            .output()
-            .await
-            .expect("hookctl runs");
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
-    }
-
     /// Declares the topology (a worker does this on start; tests that publish first need it).
     pub async fn declare(&self, settings: &Settings) {
         shared::topology::Topology::from_settings(settings).declare(self.broker.connection()).await.unwrap();
@@ -263,45 +250,6 @@ pub fn spawn_worker_process(vars: &[(String, String)]) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("worker binary starts")
-}
-
-/// An ingest inside the test process.
-pub struct TestIngest {
-    pub addr: SocketAddr,
-    /// Its `/metrics` listener (`INGEST_METRICS_ADDR`).
-    pub metrics_addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<()>,
-}
-
-impl TestIngest {
-    pub async fn spawn(settings: Settings) -> Self {
-        let ingest = ingest::Ingest::build(settings).await.expect("ingest builds");
-        let addr = ingest.local_addr();
-        let metrics_addr = ingest.metrics_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(ingest.run(shutdown.clone()));
-        let url = format!("http://{addr}/readyz");
-        testkit::eventually("ingest ready", Duration::from_secs(20), || async {
-            let r = reqwest::get(&url).await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
-        Self { addr, metrics_addr, shutdown, task }
-    }
-
-    pub async fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> reqwest::StatusCode {
-        let mut request = reqwest::Client::new().post(format!("http://{}{path}", self.addr)).body(body.to_vec());
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        request.send().await.unwrap().status()
-    }
-
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.task.await;
-    }
 }
 
 /// Sends SIGKILL: the process gets no chance to ack, nack or close anything.

@@ -1,0 +1,21 @@
+//! `hookctl`: the operator's tools, as a library the web console calls and as the `hookctl`
+//! command line.
+//!
+//! The library takes typed arguments and returns typed results; it prints nothing:
+//!
+//! - [`dead_letters`]: the dead-letter queues: list, show, purge, and [`dead_letters::replay`],
+//!   which checks each message as the worker checks every delivery (an unverifiable one stays
+//!   dead, and the report says why) before it moves it back to work;
+//! - [`outbox`]: notifications the broker kept refusing, set aside in the outbox table;
+//! - [`unverified`]: events nothing could verify, and [`unverified::recheck`], which sends them
+//!   through the workers again once a verification means exists;
+//! - [`events`]: what the pipeline received and did for an order.
+//!
+//! [`cli`] is the command line over it (`send`, `dead`, `unverified`, `events`, `probe`): it
+//! parses, calls the library and prints.
+
+pub mod cli;
+pub mod dead_letters;
+pub mod events;
+pub mod outbox;
+pub mod unverified;

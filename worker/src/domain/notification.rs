@@ -1,0 +1,207 @@
+//! Notifications for a trainer whose booking's payment changed, and the versioned message the
+//! outbox relay publishes for other services (push, email, chat).
+//!
+//! Message (`version` 1), routing key `payment.<status>` on `{prefix}.notifications`,
+//! AMQP `message_id` = `notification_id`:
+//!
+//! ```json
+//! {"type": "payment.paid", "version": 1, "notification_id": "…uuid…", "user_id": "…trainer uuid…",
+//!  "title": "Payment received", "message": "…", "link": "/bookings/<booking id>",
+//!  "payment": {"id": "…", "order_id": "…", "booking_id": "…", "provider": "stripe",
+//!              "status": "paid", "previous_status": "pending", "amount": "3000", "currency": "usd"},
+//!  "occurred_at": "2026-01-02T05:46:59.123Z"}
+//! ```
+//! Consumers dedupe by `notification_id`: a relay crash between publish and bookkeeping
+//! republishes the same id, never a new one.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use shared::status::PaymentStatus;
+use uuid::Uuid;
+
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// The published notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationMessage {
+    /// `payment.<status>`, also the routing key.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub notification_id: Uuid,
+    pub user_id: Uuid,
+    pub title: String,
+    pub message: String,
+    pub link: String,
+    pub payment: PaymentSummary,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentSummary {
+    pub id: Uuid,
+    pub order_id: String,
+    pub booking_id: Uuid,
+    pub provider: String,
+    pub status: PaymentStatus,
+    pub previous_status: PaymentStatus,
+    /// Decimal as text, in the provider's unit (Stripe minor units, Toss totalAmount).
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+}
+
+/// Title, message and type of the `notifications` row for a status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wording {
+    pub title: String,
+    pub message: String,
+    /// `notifications.type` and the message `type`: `payment.<status>`.
+    pub kind: String,
+}
+
+/// Most characters of text from outside (a provider's failure message, a currency it names)
+/// that a notification carries: enough for any real decline message, too little for a page of
+/// text someone slipped into a body.
+pub const MAX_OUTSIDE_TEXT: usize = 200;
+
+/// Text from outside as a notification may carry it: control characters become spaces and it
+/// is cut at [`MAX_OUTSIDE_TEXT`] characters (with `…`).
+pub fn outside_text(text: &str) -> String {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(MAX_OUTSIDE_TEXT).map(clean).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Words for a booking whose payment reached `status`.
+pub fn wording(
+    status: PaymentStatus,
+    amount: Option<Decimal>,
+    currency: Option<&str>,
+    failure: Option<&str>,
+) -> Wording {
+    let money = match (amount, currency) {
+        (Some(a), Some(c)) => format!(" ({} {})", a.normalize(), outside_text(&c.to_uppercase())),
+        (Some(a), None) => format!(" ({})", a.normalize()),
+        _ => String::new(),
+    };
+    let (title, message) = match status {
+        PaymentStatus::Paid => ("Payment received", format!("The booking has been paid{money}.")),
+        PaymentStatus::WaitingForDeposit => (
+            "Waiting for deposit",
+            format!("The customer chose a deferred payment{money}; the booking is paid once the deposit arrives."),
+        ),
+        PaymentStatus::Failed => (
+            "Payment failed",
+            match failure {
+                Some(reason) => format!("The payment for the booking failed{money}: {}.", outside_text(reason)),
+                None => format!("The payment for the booking failed{money}."),
+            },
+        ),
+        PaymentStatus::Expired => {
+            ("Payment expired", format!("The payment for the booking expired before it was completed{money}."))
+        }
+        PaymentStatus::Canceled => ("Payment canceled", format!("The payment for the booking was canceled{money}.")),
+        PaymentStatus::PartiallyCanceled => {
+            ("Payment partially canceled", format!("Part of the payment for the booking was canceled{money}."))
+        }
+        PaymentStatus::Pending => ("Payment pending", format!("The payment for the booking is pending{money}.")),
+    };
+    Wording { title: title.to_string(), message, kind: format!("payment.{status}") }
+}
+
+/// `/bookings/<id>`, the link the app's notification list opens.
+pub fn booking_link(booking_id: Uuid) -> String {
+    format!("/bookings/{booking_id}")
+}
+
+/// Every `stage` of `notifications_total`: published (confirmed by the broker), unrouted
+/// (confirmed, but no queue is bound), outbox_dead (refused too often, set aside), and the HTTP
+/// delivery's delivered, retried and dead_lettered.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::EnumIter, strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum NotificationStage {
+    Published,
+    Unrouted,
+    OutboxDead,
+    Delivered,
+    Retried,
+    DeadLettered,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::IntoEnumIterator;
+
+    #[test]
+    fn every_status_has_words_and_a_type() {
+        for status in PaymentStatus::iter() {
+            let w = wording(status, Some(Decimal::from(3000)), Some("usd"), None);
+            assert_eq!(w.kind, format!("payment.{status}"));
+            assert!(!w.title.is_empty());
+            assert!(w.message.contains("3000 USD"), "{}", w.message);
+        }
+    }
+
+    #[test]
+    fn failures_say_why() {
+        let w = wording(PaymentStatus::Failed, None, None, Some("card_declined"));
+        assert!(w.message.ends_with("failed: card_declined."), "{}", w.message);
+    }
+
+    #[test]
+    fn text_from_outside_is_capped_and_has_no_control_characters() {
+        let long = "x".repeat(10 * MAX_OUTSIDE_TEXT);
+        let w = wording(
+            PaymentStatus::Failed,
+            Some(Decimal::from(1)),
+            Some("usd\nEVIL"),
+            Some(&format!("declined\r\n{long}")),
+        );
+        assert!(!w.message.chars().any(char::is_control), "{}", w.message);
+        assert!(w.message.chars().count() < 2 * MAX_OUTSIDE_TEXT + 100, "{} chars", w.message.chars().count());
+        assert!(w.message.contains("declined  x") && w.message.contains('…'), "{}", w.message);
+        assert_eq!(outside_text("card_declined"), "card_declined");
+    }
+
+    #[test]
+    fn the_message_serialises_with_the_documented_field_names() {
+        let id = Uuid::nil();
+        let m = NotificationMessage {
+            kind: "payment.paid".into(),
+            version: MESSAGE_VERSION,
+            notification_id: id,
+            user_id: id,
+            title: "t".into(),
+            message: "m".into(),
+            link: booking_link(id),
+            payment: PaymentSummary {
+                id,
+                order_id: "o".into(),
+                booking_id: id,
+                provider: "stripe".into(),
+                status: PaymentStatus::Paid,
+                previous_status: PaymentStatus::Pending,
+                amount: Some("3000".into()),
+                currency: Some("usd".into()),
+            },
+            occurred_at: DateTime::parse_from_rfc3339("2026-01-02T05:46:59Z").unwrap().with_timezone(&Utc),
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        for field in
+            ["type", "version", "notification_id", "user_id", "title", "message", "link", "payment", "occurred_at"]
+        {
+            assert!(v.get(field).is_some(), "{field}");
+        }
+        assert_eq!(v["payment"]["status"], "paid");
+        assert_eq!(v["payment"]["previous_status"], "pending");
+        assert_eq!(v["link"], format!("/bookings/{id}"));
+    }
+}

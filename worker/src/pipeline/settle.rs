@@ -1,0 +1,312 @@
+//! Settling deliveries with the broker, for events and notifications alike: acknowledge, or
+//! republish a copy to a delay tier or a dead-letter queue (with a publisher confirm) and then
+//! acknowledge, or, when the broker would not take the copy, return the delivery to its queue.
+//!
+//! Acknowledgements go through the channel's [`Acks`], which covers as many deliveries as it
+//! safely can with one `multiple` ack: never one that another batch is still working on.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use futures_util::future::join_all;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel};
+use shared::broker::Broker;
+use shared::envelope::{long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::topology::Topology;
+use tokio::sync::Mutex;
+
+/// How long a delivery whose copy the broker would not take waits before it returns to the
+/// queue, so a broker in trouble is not hammered.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Longest error text carried in a header.
+const MAX_ERROR_HEADER: usize = 1000;
+/// Longest dead-letter reason carried in a header.
+const MAX_REASON_HEADER: usize = 2000;
+
+/// What to do with one delivery.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// Handled: acknowledge.
+    Ack,
+    /// Publish a copy to `queue` (through the default exchange) with these properties, then
+    /// acknowledge.
+    Republish { queue: String, properties: Box<BasicProperties> },
+}
+
+impl Settlement {
+    /// A copy for a delay tier: attempt counted, last error carried.
+    pub fn retry(delivery: &Delivery, queue: String, attempt: u32, error: &str) -> Self {
+        let properties = with_headers(
+            &delivery.properties,
+            [
+                (H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+                (H_LAST_ERROR, long_string(&truncate(error, MAX_ERROR_HEADER))),
+            ],
+        );
+        Self::Republish { queue, properties: Box::new(properties) }
+    }
+
+    /// A copy for a dead-letter queue, with its reason and time.
+    pub fn dead(delivery: &Delivery, queue: String, attempt: u32, reason: &str) -> Self {
+        let properties = with_headers(
+            &delivery.properties,
+            [
+                (H_DEAD_REASON, long_string(&truncate(reason, MAX_REASON_HEADER))),
+                (H_DEAD_AT, long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))),
+                (H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+            ],
+        );
+        Self::Republish { queue, properties: Box::new(properties) }
+    }
+}
+
+/// Settles deliveries with the broker: the handle the event pipeline and the notification
+/// delivery settle through.
+#[derive(Clone)]
+pub struct Settler {
+    broker: Broker,
+}
+
+impl Settler {
+    pub fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+
+    /// The queues a settlement may send a copy to.
+    pub fn topology(&self) -> &Topology {
+        self.broker.topology()
+    }
+
+    /// Settles every delivery; returns, per delivery, whether it was settled as asked (`false`:
+    /// its copy was not confirmed and it went back to its queue instead).
+    pub async fn settle(&self, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
+        settle(&self.broker, acks, work).await
+    }
+}
+
+async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
+    // Every copy is published at once (lapin pipelines them on the channel), then the confirms
+    // are awaited together.
+    let published = join_all(work.iter().map(|(delivery, settlement)| async move {
+        match settlement {
+            Settlement::Ack => Ok(()),
+            Settlement::Republish { queue, properties } => {
+                broker.publish("", queue, &delivery.data, (**properties).clone()).await
+            }
+        }
+    }))
+    .await;
+    let mut done = Vec::with_capacity(work.len());
+    let mut to_ack = Vec::new();
+    let mut to_requeue = Vec::new();
+    for ((delivery, _), result) in work.iter().zip(published) {
+        done.push(result.is_ok());
+        match result {
+            Ok(()) => to_ack.push(delivery.delivery_tag),
+            Err(error) => {
+                tracing::warn!(%error, "could not republish; returning the message to the queue");
+                to_requeue.push(delivery.delivery_tag);
+            }
+        }
+    }
+    acks.ack(&to_ack).await;
+    if !to_requeue.is_empty() {
+        tokio::time::sleep(REQUEUE_PAUSE).await;
+        acks.requeue(&to_requeue).await;
+    }
+    done
+}
+
+/// Acknowledgements of one consumer channel. Every delivery is registered when it is handed
+/// out; settling removes it. A `multiple` ack up to tag `t` would also acknowledge every
+/// earlier delivery still being processed, so one is sent only when no registered delivery
+/// is below `t`; the rest are acknowledged one by one. Frames are sent under the lock, in the
+/// order decided, so no delivery is ever acknowledged twice.
+pub struct Acks {
+    channel: Channel,
+    book: Mutex<AckBook>,
+}
+
+impl Acks {
+    pub fn new(channel: Channel) -> Arc<Self> {
+        Arc::new(Self { channel, book: Mutex::new(AckBook::default()) })
+    }
+
+    /// Registers deliveries just received.
+    pub async fn register(&self, tags: impl IntoIterator<Item = u64>) {
+        self.book.lock().await.register(tags);
+    }
+
+    /// Acknowledges the deliveries `tags` (those still outstanding).
+    pub async fn ack(&self, tags: &[u64]) {
+        let mut book = self.book.lock().await;
+        let plan = book.settle(tags);
+        if let Some(up_to) = plan.multiple_up_to {
+            self.send_ack(up_to, true).await;
+        }
+        for tag in plan.single {
+            self.send_ack(tag, false).await;
+        }
+    }
+
+    /// Returns the deliveries `tags` (those still outstanding) to the queue.
+    pub async fn requeue(&self, tags: &[u64]) {
+        let mut book = self.book.lock().await;
+        let plan = book.settle(tags);
+        for tag in plan.multiple_covered.into_iter().chain(plan.single) {
+            let options = BasicNackOptions { multiple: false, requeue: true };
+            if let Err(error) = self.channel.basic_nack(tag, options).await {
+                tracing::warn!(%error, "could not return a message to the queue; the broker redelivers it when the channel closes");
+            }
+        }
+    }
+
+    /// Deliveries of `tags` nobody settled (their handler failed): back to the queue.
+    pub async fn requeue_unsettled(&self, tags: &[u64]) {
+        let unsettled: Vec<u64> = {
+            let book = self.book.lock().await;
+            tags.iter().copied().filter(|t| book.outstanding.contains(t)).collect()
+        };
+        if !unsettled.is_empty() {
+            tracing::warn!(count = unsettled.len(), "deliveries left unsettled; returning them to the queue");
+            self.requeue(&unsettled).await;
+        }
+    }
+
+    async fn send_ack(&self, tag: u64, multiple: bool) {
+        if let Err(error) = self.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+            // The channel is gone; the broker redelivers and the inbox recognises the duplicate.
+            tracing::warn!(%error, "ack failed; the message will be redelivered");
+        }
+    }
+}
+
+/// Which deliveries of a channel are still outstanding. Pure bookkeeping.
+#[derive(Debug, Default)]
+pub struct AckBook {
+    outstanding: BTreeSet<u64>,
+}
+
+/// The frames that settle a set of deliveries.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AckPlan {
+    /// One `multiple` frame up to this tag covers `multiple_covered`.
+    pub multiple_up_to: Option<u64>,
+    pub multiple_covered: Vec<u64>,
+    /// One frame each.
+    pub single: Vec<u64>,
+}
+
+impl AckBook {
+    pub fn register(&mut self, tags: impl IntoIterator<Item = u64>) {
+        self.outstanding.extend(tags);
+    }
+
+    /// Removes `tags` from the outstanding set and plans their frames: every settled tag below
+    /// the lowest delivery still outstanding goes into one `multiple` frame (all earlier tags
+    /// were settled by frames already sent), the others one by one. Tags not outstanding (never
+    /// registered, or settled already) get no frame.
+    pub fn settle(&mut self, tags: &[u64]) -> AckPlan {
+        let mut mine: Vec<u64> = tags.iter().copied().filter(|t| self.outstanding.remove(t)).collect();
+        mine.sort_unstable();
+        let frontier = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let split = mine.partition_point(|t| *t < frontier);
+        let single = mine.split_off(split);
+        AckPlan { multiple_up_to: mine.last().copied(), multiple_covered: mine, single }
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_batch_below_every_outstanding_delivery_is_one_multiple_ack() {
+        let mut book = AckBook::default();
+        book.register(1..=10);
+        let plan = book.settle(&[1, 2, 3, 4, 5]);
+        assert_eq!(plan.multiple_up_to, Some(5));
+        assert!(plan.single.is_empty());
+    }
+
+    #[test]
+    fn a_batch_above_an_outstanding_delivery_is_acked_one_by_one() {
+        let mut book = AckBook::default();
+        book.register(1..=10);
+        let plan = book.settle(&[6, 7, 8]);
+        assert_eq!(plan, AckPlan { multiple_up_to: None, multiple_covered: vec![], single: vec![6, 7, 8] });
+        // The earlier batch then finishes: its frame may cover everything up to it.
+        let plan = book.settle(&[1, 2, 3, 4, 5]);
+        assert_eq!(plan.multiple_up_to, Some(5));
+        assert_eq!(book.outstanding(), 2);
+    }
+
+    #[test]
+    fn settling_twice_sends_nothing_the_second_time() {
+        let mut book = AckBook::default();
+        book.register([1, 2]);
+        book.settle(&[1]);
+        assert_eq!(book.settle(&[1]), AckPlan::default());
+    }
+
+    proptest! {
+        /// Whatever the order batches finish in, every delivery is covered by exactly one frame
+        /// and a `multiple` frame never covers a delivery that was still outstanding.
+        #[test]
+        fn every_delivery_is_acknowledged_exactly_once(
+            sizes in proptest::collection::vec(1usize..8, 1..12),
+            order in proptest::collection::vec(any::<u32>(), 12),
+        ) {
+            let mut book = AckBook::default();
+            let mut batches = Vec::new();
+            let mut next = 1u64;
+            for size in &sizes {
+                let tags: Vec<u64> = (next..next + *size as u64).collect();
+                next += *size as u64;
+                book.register(tags.clone());
+                batches.push(tags);
+            }
+            let mut finishing: Vec<usize> = (0..batches.len()).collect();
+            finishing.sort_by_key(|i| order[*i % order.len()]);
+            let mut acked: BTreeSet<u64> = BTreeSet::new();
+            for i in finishing {
+                let still_outstanding: BTreeSet<u64> =
+                    book.outstanding.iter().copied().filter(|t| !batches[i].contains(t)).collect();
+                let plan = book.settle(&batches[i]);
+                let mut covered = plan.single.clone();
+                if let Some(up_to) = plan.multiple_up_to {
+                    // The broker acknowledges every unacknowledged tag up to `up_to`.
+                    let by_broker: Vec<u64> = (1..=up_to).filter(|t| !acked.contains(t)).collect();
+                    prop_assert!(by_broker.iter().all(|t| !still_outstanding.contains(t)));
+                    covered.extend(by_broker);
+                }
+                for tag in covered {
+                    prop_assert!(acked.insert(tag), "tag {} acknowledged twice", tag);
+                }
+            }
+            prop_assert_eq!(acked.len() as u64, next - 1);
+        }
+    }
+}
