@@ -9,8 +9,8 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use shared::providers::toss::without_secrets;
 use shared::Provider;
-use worker::domain::event::without_secrets;
 use worker::store::stored::{inbox_payload, jsonb};
 
 fn has_nul(value: &Value) -> bool {
