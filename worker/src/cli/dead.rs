@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shared::envelope::EventEnvelope;
@@ -30,6 +30,7 @@ use shared::topology::Topology;
 use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Settings;
 
+use crate::cli::dead_api::{purge_queue, replay_selected, Selection};
 use crate::retry::UNVERIFIABLE;
 
 #[derive(Subcommand, Debug)]
@@ -125,7 +126,7 @@ impl DeadLetter {
         }
     }
 
-    fn matches_id(&self, id: &str) -> bool {
+    pub fn matches_id(&self, id: &str) -> bool {
         let message_id = self.message.delivery.properties.message_id();
         self.id == id || message_id.as_ref().is_some_and(|m| m.as_str() == id || escape_controls(m.as_str()) == id)
     }
@@ -174,7 +175,7 @@ fn explain_refusal(error: anyhow::Error) -> anyhow::Error {
 }
 
 /// Fails unless `queue` exists, saying why it might not.
-async fn require_queue(connection: &Connection, queue: &str, which: Which) -> anyhow::Result<()> {
+pub(crate) async fn require_queue(connection: &Connection, queue: &str, which: Which) -> anyhow::Result<()> {
     if queue_exists(connection, queue).await {
         return Ok(());
     }
@@ -189,7 +190,7 @@ fn why_missing(which: Which) -> &'static str {
     }
 }
 
-fn queues(topology: &Topology, which: Which) -> (String, String) {
+pub fn queues(topology: &Topology, which: Which) -> (String, String) {
     if which.notifications {
         (topology.notify_dead_queue(), topology.notify_queue())
     } else {
@@ -244,51 +245,32 @@ async fn execute(
             Box::pin(execute(connection, topology, DeadCommand::Purge { yes, which }, None, None)).await?;
         }
         DeadCommand::Replay(args) => {
-            let (dead, work) = queues(topology, args.which);
             anyhow::ensure!(
                 args.id.is_some() || args.all || args.provider.is_some() || args.since.is_some(),
                 "say what to replay: an id, --all, --provider or --since"
             );
-            require_queue(connection, &dead, args.which).await?;
             let since =
                 args.since.as_deref().map(shared::settings::parse_duration).transpose().map_err(anyhow::Error::msg)?;
-            let cutoff = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
-            let letters = read_all(&reader, &dead, SCAN_LIMIT).await?;
-            if letters.len() == SCAN_LIMIT {
+            let selection = Selection { ids: args.id.map(|id| vec![id]), provider: args.provider, since };
+            let report = replay_selected(connection, topology, args.which, &selection, secrets).await?;
+            if report.scanned == SCAN_LIMIT {
                 println!("note: read the first {SCAN_LIMIT} messages only; run again for the rest");
             }
-            let chosen: Vec<&DeadLetter> = letters
-                .iter()
-                .filter(|l| args.id.as_deref().is_none_or(|id| l.matches_id(id)))
-                .filter(|l| args.provider.as_deref().is_none_or(|p| l.provider == p))
-                .filter(|l| cutoff.is_none_or(|c| l.dead_at.is_some_and(|t| t >= c)))
-                .collect();
-            if let Some(id) = &args.id {
-                anyhow::ensure!(!chosen.is_empty(), "no dead letter with id {id}");
-            }
-            let publisher = connection.create_channel().await?;
-            publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-            let mut replayed = 0;
-            for letter in chosen {
-                if let Some(Err(why)) = secrets.map(|secrets| check_replay(letter, secrets)) {
-                    println!(
-                        "not replayed {} ({} {}): {why}; it stays dead",
-                        letter.id, letter.provider, letter.event_type
-                    );
-                    continue;
-                }
-                replay(&publisher, &work, letter).await?;
-                letter.message.delivery.ack(BasicAckOptions::default()).await?;
+            for letter in &report.replayed {
                 println!("replayed {} ({} {})", letter.id, letter.provider, letter.event_type);
-                replayed += 1;
             }
-            println!("{replayed} message(s) moved back to {work}");
+            for (letter, why) in &report.refused {
+                println!("not replayed {} ({} {}): {why}; it stays dead", letter.id, letter.provider, letter.event_type);
+            }
+            if let Some(id) = report.missing.first() {
+                anyhow::bail!("no dead letter with id {id}");
+            }
+            println!("{} message(s) moved back to {}", report.replayed.len(), queues(topology, args.which).1);
         }
         DeadCommand::Purge { yes, which } => {
             let (dead, _) = queues(topology, which);
             anyhow::ensure!(yes, "purging deletes every message in {dead} for good; add --yes");
-            require_queue(connection, &dead, which).await?;
-            let purged = reader.queue_purge(dead.as_str().into(), QueuePurgeOptions::default()).await?;
+            let purged = purge_queue(connection, topology, which).await?;
             println!("purged {purged} message(s) from {dead}");
         }
     }
@@ -307,7 +289,7 @@ pub fn check_replay(letter: &DeadLetter, secrets: &WebhookSecrets) -> Result<(),
 }
 
 /// Whether `queue` exists (a passive declare on a channel of its own: a missing queue closes it).
-async fn queue_exists(connection: &Connection, queue: &str) -> bool {
+pub async fn queue_exists(connection: &Connection, queue: &str) -> bool {
     let Ok(channel) = connection.create_channel().await else { return false };
     let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
     let exists = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.is_ok();
@@ -316,10 +298,10 @@ async fn queue_exists(connection: &Connection, queue: &str) -> bool {
 }
 
 /// Most messages `show` and `replay` read in one run (they are held in memory, unacknowledged).
-const SCAN_LIMIT: usize = 10_000;
+pub const SCAN_LIMIT: usize = 10_000;
 
 /// Reads up to `limit` ready messages without acknowledging them.
-async fn read_all(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+pub(crate) async fn read_all(channel: &Channel, queue: &str, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
     let mut letters = Vec::new();
     while letters.len() < limit {
         let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
@@ -333,7 +315,7 @@ async fn read_all(channel: &Channel, queue: &str, limit: usize) -> anyhow::Resul
 }
 
 /// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go.
-async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow::Result<()> {
+pub(crate) async fn replay(publisher: &Channel, work: &str, letter: &DeadLetter) -> anyhow::Result<()> {
     let delivery = &letter.message.delivery;
     let old = delivery.properties.headers().clone().unwrap_or_default();
     let mut headers = FieldTable::default();
@@ -415,7 +397,7 @@ fn print_one(letter: &DeadLetter) {
 }
 
 /// Toss puts a payment `secret` in bodies; it is shown masked.
-fn mask_secrets(value: serde_json::Value) -> serde_json::Value {
+pub fn mask_secrets(value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Value::Object(map) => Value::Object(

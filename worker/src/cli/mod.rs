@@ -11,6 +11,7 @@
 //! [`WorkerCli`] is the `worker` binary's own (smaller) command line.
 
 pub mod dead;
+pub mod dead_api;
 pub mod dead_outbox;
 pub mod events;
 pub mod send;

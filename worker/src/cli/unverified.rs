@@ -2,7 +2,7 @@
 //! nothing could verify; it changed nothing), and running them again once a verification means
 //! exists.
 //!
-//! `recheck` publishes each stored event to the events exchange exactly as ingest would (same
+//! `recheck` publishes each stored event to the work queue exactly as ingest would (same
 //! provider, type, key, receipt time and request id; verification `unsigned`), so the worker
 //! decides it again through the one code path every event takes: fetched back from the Toss API
 //! and applied, or recorded as unverified again. The inbox keeps Toss bodies without their
@@ -35,16 +35,17 @@ pub enum UnverifiedCommand {
 }
 
 /// One `unverified` inbox row.
-struct Unverified {
-    provider: String,
-    event_key: String,
-    event_type: String,
-    order_id: Option<String>,
-    detail: Option<String>,
-    payload: String,
-    request_id: Option<String>,
-    received_at: DateTime<Utc>,
-    attempts: i32,
+#[derive(Debug, Clone)]
+pub struct Unverified {
+    pub provider: String,
+    pub event_key: String,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    pub detail: Option<String>,
+    pub payload: String,
+    pub request_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub attempts: i32,
 }
 
 pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Result<()> {
@@ -57,26 +58,45 @@ pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Res
         }
         UnverifiedCommand::Recheck { event_key, all } => {
             anyhow::ensure!(event_key.is_some() || all, "say what to re-check: an event key, or --all");
-            anyhow::ensure!(
-                settings.toss_fetch_back_enabled(),
-                "nothing new to verify with: set TOSS_SECRET_KEY (the worker fetches each payment back from the \
-                 Toss API), on the workers and here, then run this again"
-            );
+            ensure_recheck_possible(settings)?;
             let events = read(&client, event_key.as_deref(), RECHECK_LIMIT).await?;
             if let Some(key) = &event_key {
                 anyhow::ensure!(!events.is_empty(), "no unverified event with key {key}");
             }
             let published = publish(settings, &events).await?;
-            println!("{published} event(s) sent to the workers again; `hookctl events <order id>` shows the outcome");
+            for event in &published {
+                println!(
+                    "rechecking {} ({} {}, order {})",
+                    event.event_key,
+                    event.provider,
+                    event.event_type,
+                    order(event)
+                );
+            }
+            println!(
+                "{} event(s) sent to the workers again; `hookctl events <order id>` shows the outcome",
+                published.len()
+            );
         }
     }
     Ok(())
 }
 
-/// Most events one `recheck --all` publishes; run it again for the rest.
-const RECHECK_LIMIT: i64 = 10_000;
+/// Re-checking only makes sense once the workers have a means to verify (fetch-back).
+pub fn ensure_recheck_possible(settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.toss_fetch_back_enabled(),
+        "nothing new to verify with: set TOSS_SECRET_KEY (the worker fetches each payment back from the \
+         Toss API), on the workers and here, then run this again"
+    );
+    Ok(())
+}
 
-async fn read(client: &tokio_postgres::Client, key: Option<&str>, limit: i64) -> anyhow::Result<Vec<Unverified>> {
+/// Most events one `recheck --all` publishes; run it again for the rest.
+pub const RECHECK_LIMIT: i64 = 10_000;
+
+/// The unverified events, newest first: one by key, or up to `limit`.
+pub async fn read(client: &tokio_postgres::Client, key: Option<&str>, limit: i64) -> anyhow::Result<Vec<Unverified>> {
     let rows = client
         .query(
             "SELECT provider, event_key, event_type, order_id, detail, payload, request_id, received_at, attempts
@@ -103,16 +123,30 @@ async fn read(client: &tokio_postgres::Client, key: Option<&str>, limit: i64) ->
         .collect())
 }
 
-/// Publishes each event as ingest would, each confirmed by the broker; returns how many.
-async fn publish(settings: &Settings, events: &[Unverified]) -> anyhow::Result<usize> {
+/// Publishes each event as ingest would, each confirmed by the broker; returns those sent,
+/// in order (an error stops at the first the broker did not take).
+pub async fn publish<'e>(settings: &Settings, events: &'e [Unverified]) -> anyhow::Result<Vec<&'e Unverified>> {
     let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
-    let topology = Topology::from_settings(settings);
-    topology.declare(&connection).await?;
+    let result = publish_on(&connection, &Topology::from_settings(settings), events).await;
+    let _ = connection.close(200, "done".into()).await;
+    result
+}
+
+/// [`publish`] on an open connection. Each copy goes to the work queue by name, through the
+/// default exchange, as a replay does: the operator's broker user may publish only there
+/// (`deploy/rabbitmq/permissions`), and the work queue is all the events exchange routes to.
+/// A missing work queue (no worker started yet) fails the mandatory publish.
+pub async fn publish_on<'e>(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    events: &'e [Unverified],
+) -> anyhow::Result<Vec<&'e Unverified>> {
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut published = 0;
+    let work = topology.work_queue();
+    let mut published = Vec::new();
     for event in events {
         let provider: Provider = event.provider.parse().map_err(anyhow::Error::msg)?;
         let properties = EnvelopeHeaders {
@@ -125,11 +159,10 @@ async fn publish(settings: &Settings, events: &[Unverified]) -> anyhow::Result<u
             attempt: 0,
         }
         .properties(std::iter::empty());
-        let routing_key = Topology::routing_key(provider.as_str(), &event.event_type);
         let confirm = channel
             .basic_publish(
-                topology.events_exchange().as_str().into(),
-                routing_key.as_str().into(),
+                "".into(),
+                work.as_str().into(),
                 BasicPublishOptions { mandatory: true, immediate: false },
                 event.payload.as_bytes(),
                 properties,
@@ -138,13 +171,12 @@ async fn publish(settings: &Settings, events: &[Unverified]) -> anyhow::Result<u
             .await?;
         anyhow::ensure!(
             matches!(confirm, Confirmation::Ack(None)),
-            "the broker did not take event {}; nothing after it was sent",
+            "the broker did not take event {} (is {work} declared? a worker declares it); nothing after it was sent",
             event.event_key
         );
-        println!("rechecking {} ({} {}, order {})", event.event_key, event.provider, event.event_type, order(event));
-        published += 1;
+        published.push(event);
     }
-    let _ = connection.close(200, "done".into()).await;
+    let _ = channel.close(200, "done".into()).await;
     Ok(published)
 }
 
