@@ -115,7 +115,11 @@ pub fn pretty_masked(body: &[u8]) -> String {
 }
 
 /// The dead letters of `kind` (up to [`PEEK_LIMIT`]); `None` when the queue does not exist.
-pub async fn dead_letters(broker: &BrokerHandle, topology: &Topology, kind: Kind) -> anyhow::Result<Option<Vec<Letter>>> {
+pub async fn dead_letters(
+    broker: &BrokerHandle,
+    topology: &Topology,
+    kind: Kind,
+) -> anyhow::Result<Option<Vec<Letter>>> {
     broker
         .with(async |connection| {
             let letters = dead_api::peek_letters(connection, topology, kind.which(), PEEK_LIMIT).await?;
@@ -150,7 +154,9 @@ pub async fn replay(
         None
     };
     broker
-        .with(async |connection| dead_api::replay_selected(connection, topology, kind.which(), &selection, secrets).await)
+        .with(async |connection| {
+            dead_api::replay_selected(connection, topology, kind.which(), &selection, secrets).await
+        })
         .await
 }
 

@@ -80,7 +80,9 @@ impl Console {
         let pool = crate::db::pool(&settings)?;
         let secrets = WebhookSecrets::from_settings(&settings).ok();
         if secrets.is_none() {
-            tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: the console cannot check, so will not replay, dead events");
+            tracing::warn!(
+                "STRIPE_WEBHOOK_SECRET is not set: the console cannot check, so will not replay, dead events"
+            );
         }
         if console.console_users.is_empty() && console.console_trusted_proxies.is_empty() {
             tracing::warn!("no CONSOLE_USERS and no CONSOLE_TRUSTED_PROXIES: nobody can log in");

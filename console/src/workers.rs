@@ -51,9 +51,8 @@ pub fn client() -> reqwest::Client {
 
 /// Probes every address at once.
 pub async fn probe_all(client: &reqwest::Client, addrs: &[String]) -> Vec<WorkerHealth> {
-    let probes = addrs.iter().map(|addr| async move {
-        WorkerHealth { addr: addr.clone(), state: probe(client, addr).await }
-    });
+    let probes =
+        addrs.iter().map(|addr| async move { WorkerHealth { addr: addr.clone(), state: probe(client, addr).await } });
     futures_util::future::join_all(probes).await
 }
 
@@ -65,7 +64,9 @@ async fn probe(client: &reqwest::Client, addr: &str) -> WorkerState {
     };
     let response = match client.get(&url).send().await {
         Ok(response) => response,
-        Err(e) => return WorkerState::Unreachable(if e.is_timeout() { "timed out".into() } else { "no answer".into() }),
+        Err(e) => {
+            return WorkerState::Unreachable(if e.is_timeout() { "timed out".into() } else { "no answer".into() })
+        }
     };
     let status = response.status();
     let Ok(body) = response.json::<Readyz>().await else {

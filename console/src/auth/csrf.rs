@@ -24,11 +24,9 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
     }
     let (parts, body) = request.into_parts();
     let visitor = parts.extensions.get::<Visitor>().cloned();
-    let form = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
+    let form = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
     let refuse = async |status: StatusCode, why: &'static str| {
         let (actor, role) = match visitor.as_ref().and_then(Visitor::identity) {
             Some(identity) => (identity.user.clone(), identity.role.as_str()),

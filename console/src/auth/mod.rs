@@ -76,11 +76,8 @@ fn session_token(parts: &Parts, secure: bool) -> Option<String> {
 /// in the request. A proxy identity header from anywhere but a trusted proxy is refused.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let peer =
+        parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let from_proxy = state.console.console_trusted_proxies.iter().any(|net| net.contains(&peer));
     let address = if from_proxy { forwarded_for(&parts).unwrap_or(peer) } else { peer };
     let secure = state.cookie_secure;
@@ -175,7 +172,8 @@ impl<S: Send + Sync> FromRequestParts<S> for LoggedIn {
                 Ok(Self { identity: identity.clone(), session: session.clone(), address: visitor.address })
             }
             _ => {
-                let next = if parts.method == Method::GET { parts.uri.path_and_query().map(|p| p.as_str()) } else { None };
+                let next =
+                    if parts.method == Method::GET { parts.uri.path_and_query().map(|p| p.as_str()) } else { None };
                 let target = match next {
                     Some(next) if next != "/" => format!("/login?next={}", urlencode(next)),
                     _ => "/login".to_string(),
@@ -212,7 +210,12 @@ impl FromRequestParts<AppState> for Operator {
             },
         )
         .await;
-        Err(crate::pages::error_page(StatusCode::FORBIDDEN, "Operators only", "Your role may look, not act.", Some(&user)))
+        Err(crate::pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Operators only",
+            "Your role may look, not act.",
+            Some(&user),
+        ))
     }
 }
 

@@ -71,8 +71,9 @@ pub fn parse_users(raw: &str) -> Result<Vec<User>, String> {
             return Err(format!("user name {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ @ - +"));
         }
         let role = Role::parse(role).ok_or_else(|| format!("user {name}: role must be viewer or operator"))?;
-        let parsed = PasswordHash::new(hash)
-            .map_err(|_| format!("user {name}: the hash is not a PHC string (make one with `console hash-password`)"))?;
+        let parsed = PasswordHash::new(hash).map_err(|_| {
+            format!("user {name}: the hash is not a PHC string (make one with `console hash-password`)")
+        })?;
         if !parsed.algorithm.as_str().starts_with("argon2") {
             return Err(format!("user {name}: the hash must be Argon2 (`console hash-password`)"));
         }
@@ -107,9 +108,10 @@ pub struct Directory {
 impl Directory {
     /// Builds the directory; the stand-in is hashed with the first user's parameters.
     pub fn new(users: Vec<User>) -> Self {
-        let params = users.first().and_then(|u| PasswordHash::new(&u.hash).ok()).and_then(|h| {
-            argon2::Params::try_from(&h).ok().map(|p| (p, h.algorithm.as_str().to_string()))
-        });
+        let params = users
+            .first()
+            .and_then(|u| PasswordHash::new(&u.hash).ok())
+            .and_then(|h| argon2::Params::try_from(&h).ok().map(|p| (p, h.algorithm.as_str().to_string())));
         let argon = match params {
             Some((params, _)) => Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params),
             None => Argon2::default(),

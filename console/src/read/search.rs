@@ -39,10 +39,7 @@ pub async fn search(client: &Client, query: &str) -> anyhow::Result<Found> {
         add_order(&mut found, query.to_string(), "order id");
     }
     // payments_provider_payment_id.
-    for row in client
-        .query("SELECT order_id FROM payments WHERE provider_payment_id = $1 LIMIT 20", &[&query])
-        .await?
-    {
+    for row in client.query("SELECT order_id FROM payments WHERE provider_payment_id = $1 LIMIT 20", &[&query]).await? {
         add_order(&mut found, row.get(0), "payment key");
     }
     // webhook_events_provider_event_key (provider, event_key): one probe per provider.

@@ -92,9 +92,16 @@ pub async fn show(State(state): State<AppState>, user: LoggedIn, Query(query): Q
     match actions::dead_letters(&state.broker, &state.topology, kind).await {
         Ok(Some(letters)) => match letters.iter().find(|l| l.id == query.id) {
             Some(letter) => pages::dead::one(&user, kind, letter).into_response(),
-            None => pages::error_page(StatusCode::NOT_FOUND, "No such dead letter", "It may have been replayed or purged.", Some(&user)),
+            None => pages::error_page(
+                StatusCode::NOT_FOUND,
+                "No such dead letter",
+                "It may have been replayed or purged.",
+                Some(&user),
+            ),
         },
-        Ok(None) => pages::error_page(StatusCode::NOT_FOUND, "No such queue", "No worker has declared it yet.", Some(&user)),
+        Ok(None) => {
+            pages::error_page(StatusCode::NOT_FOUND, "No such queue", "No worker has declared it yet.", Some(&user))
+        }
         Err(e) => pages::unavailable("The broker is unavailable", &e, &user),
     }
 }
@@ -113,7 +120,12 @@ pub async fn replay(State(state): State<AppState>, Operator(user): Operator, bod
         (None, Some("listed")) => {
             // The same letters the list showed with these filters, read again now.
             match actions::dead_letters(&state.broker, &state.topology, kind).await {
-                Ok(letters) => letters.unwrap_or_default().iter().filter(|l| filter.keeps(l, since)).map(|l| l.id.clone()).collect(),
+                Ok(letters) => letters
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|l| filter.keeps(l, since))
+                    .map(|l| l.id.clone())
+                    .collect(),
                 Err(e) => return pages::unavailable("The broker is unavailable", &e, &user),
             }
         }
@@ -218,6 +230,12 @@ async fn outbox_set_aside(state: &AppState) -> anyhow::Result<Vec<SetAside>> {
         .await?;
     Ok(rows
         .iter()
-        .map(|r| SetAside { id: r.get(0), routing_key: r.get(1), attempts: r.get(2), dead_at: r.get(3), last_error: r.get(4) })
+        .map(|r| SetAside {
+            id: r.get(0),
+            routing_key: r.get(1),
+            attempts: r.get(2),
+            dead_at: r.get(3),
+            last_error: r.get(4),
+        })
         .collect())
 }

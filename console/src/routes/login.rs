@@ -21,7 +21,11 @@ pub struct NextQuery {
 }
 
 /// GET /login: the form, in an anonymous session of its own (for its form token).
-pub async fn form(State(state): State<AppState>, Extension(visitor): Extension<Visitor>, Query(query): Query<NextQuery>) -> Response {
+pub async fn form(
+    State(state): State<AppState>,
+    Extension(visitor): Extension<Visitor>,
+    Query(query): Query<NextQuery>,
+) -> Response {
     if visitor.identity().is_some() {
         return Redirect::to(safe_next(query.next.as_deref())).into_response();
     }
@@ -69,7 +73,8 @@ pub async fn submit(
         detail,
     };
     let again = |status: StatusCode, error: &str| {
-        let page = pages::login::page(&form.csrf, safe_next(form.next.as_deref()), Some(error), !state.users.is_empty());
+        let page =
+            pages::login::page(&form.csrf, safe_next(form.next.as_deref()), Some(error), !state.users.is_empty());
         (status, page).into_response()
     };
     if let Err(limited) = state.limiter.attempt(&user, visitor.address) {
@@ -87,11 +92,7 @@ pub async fn submit(
     state.sessions.remove(&session.token);
     let identity = crate::auth::session::Identity { user: found.name.clone(), role: found.role, via_proxy: false };
     let fresh = state.sessions.create(Some(identity));
-    audit::record(
-        &state.pool,
-        audit::Entry { role: found.role.as_str(), ..entry(Outcome::Ok, "password") },
-    )
-    .await;
+    audit::record(&state.pool, audit::Entry { role: found.role.as_str(), ..entry(Outcome::Ok, "password") }).await;
     let mut response = Redirect::to(safe_next(form.next.as_deref())).into_response();
     response.headers_mut().append(header::SET_COOKIE, session_cookie(&fresh.token, state.cookie_secure));
     response

@@ -29,7 +29,12 @@ pub async fn list(State(state): State<AppState>, user: LoggedIn, Query(query): Q
     render(&state, &user, before, None).await
 }
 
-async fn render(state: &AppState, user: &LoggedIn, before: Option<(DateTime<Utc>, i64)>, message: Option<&str>) -> Response {
+async fn render(
+    state: &AppState,
+    user: &LoggedIn,
+    before: Option<(DateTime<Utc>, i64)>,
+    message: Option<&str>,
+) -> Response {
     let client = match database(state, user).await {
         Ok(client) => client,
         Err(page) => return page,
