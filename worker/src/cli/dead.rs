@@ -260,7 +260,10 @@ async fn execute(
                 println!("replayed {} ({} {})", letter.id, letter.provider, letter.event_type);
             }
             for (letter, why) in &report.refused {
-                println!("not replayed {} ({} {}): {why}; it stays dead", letter.id, letter.provider, letter.event_type);
+                println!(
+                    "not replayed {} ({} {}): {why}; it stays dead",
+                    letter.id, letter.provider, letter.event_type
+                );
             }
             if let Some(id) = report.missing.first() {
                 anyhow::bail!("no dead letter with id {id}");

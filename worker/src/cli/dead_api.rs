@@ -10,7 +10,9 @@ use lapin::Connection;
 use shared::topology::Topology;
 use shared::verify::message::WebhookSecrets;
 
-use crate::cli::dead::{check_replay, queue_exists, queues, read_all, replay, require_queue, DeadLetter, Which, SCAN_LIMIT};
+use crate::cli::dead::{
+    check_replay, queue_exists, queues, read_all, replay, require_queue, DeadLetter, Which, SCAN_LIMIT,
+};
 
 /// Which dead letters to replay; every given condition must hold. `ids: None` means any id.
 #[derive(Debug, Clone, Default)]
@@ -135,4 +137,3 @@ pub async fn peek_letters(
     let _ = reader.close(200, "done".into()).await;
     letters.map(Some)
 }
-
