@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     let console_settings = console::ConsoleSettings::from_vars([("CONSOLE_ADDR", "127.0.0.1:0")])?;
     let app = console::Console::build(settings, console_settings).await?;
     let state = app.state();
-    let session = state.sessions.create(Some(Identity { user: "bench".into(), role: Role::Operator, via_proxy: false }));
+    let session =
+        state.sessions.create(Some(Identity { user: "bench".into(), role: Role::Operator, via_proxy: false }));
     let cookie = format!("console_session={}", session.token);
     let router = console::app::router(state);
     let peer: SocketAddr = "127.0.0.1:9".parse()?;
@@ -53,10 +54,16 @@ async fn main() -> anyhow::Result<()> {
         ("search by payment key", Box::new(move |i| format!("/search?q=pi_{}", pick(i)))),
         ("events, newest page", Box::new(|_| "/events".to_string())),
         ("events, status=dead", Box::new(|_| "/events?status=dead".to_string())),
-        ("events, status=ignored, page 20", Box::new(move |i| format!("/events?status=ignored&before={}", events - 1000 - i as i64))),
+        (
+            "events, status=ignored, page 20",
+            Box::new(move |i| format!("/events?status=ignored&before={}", events - 1000 - i as i64)),
+        ),
         ("unverified", Box::new(|_| "/unverified".to_string())),
     ];
-    println!("\n{:<34} {:>9} {:>9} {:>9} {:>9}   (server time per request, {SAMPLES} requests)", "page", "p50", "p90", "p99", "max");
+    println!(
+        "\n{:<34} {:>9} {:>9} {:>9} {:>9}   (server time per request, {SAMPLES} requests)",
+        "page", "p50", "p90", "p99", "max"
+    );
     for (name, path) in &pages {
         let mut times = Vec::with_capacity(SAMPLES);
         for i in 0..(SAMPLES + WARM_UP) {
@@ -72,7 +79,13 @@ async fn main() -> anyhow::Result<()> {
         }
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-        println!("{name:<34} {:>9} {:>9} {:>9} {:>9}", ms(at(0.5)), ms(at(0.9)), ms(at(0.99)), ms(*times.last().unwrap()));
+        println!(
+            "{name:<34} {:>9} {:>9} {:>9} {:>9}",
+            ms(at(0.5)),
+            ms(at(0.9)),
+            ms(at(0.99)),
+            ms(*times.last().unwrap())
+        );
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod db;
 pub mod pages;
 pub mod read;

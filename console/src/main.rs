@@ -3,22 +3,10 @@
 
 use std::io::BufRead;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use console::cli::{Cli, Command};
 use secrecy::SecretString;
 use shared::{shutdown, telemetry, Settings};
-
-#[derive(Parser, Debug)]
-#[command(name = "console", version, about = "Web console for the people on call")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Read a password from standard input (one line) and print its Argon2id hash.
-    HashPassword,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -55,7 +55,9 @@ async fn an_operator_searches_an_order_and_sees_its_events() {
     })
     .await;
     let text = browser.text().await;
-    for expected in ["paid", "evt_story_1", "checkout.session.completed", "applied", "signature", "req-evt_story_1", "payment.paid"] {
+    for expected in
+        ["paid", "evt_story_1", "checkout.session.completed", "applied", "signature", "req-evt_story_1", "payment.paid"]
+    {
         assert!(text.contains(expected), "the order page shows {expected}:\n{text}");
     }
     browser.screenshot("order").await;
@@ -152,8 +154,12 @@ async fn on_a_phone_the_pages_fit_the_screen() {
     env.seed_payment("order-phone", "stripe", 990, "usd").await;
     let worker = env.worker(&[]).await;
     env.publish_stripe("evt_phone", "checkout.session.completed", "order-phone", 990).await;
-    env.wait_count("applied", "SELECT count(*) FROM webhook_events WHERE event_key = 'evt_phone' AND status = 'applied'", 1)
-        .await;
+    env.wait_count(
+        "applied",
+        "SELECT count(*) FROM webhook_events WHERE event_key = 'evt_phone' AND status = 'applied'",
+        1,
+    )
+    .await;
     let console = env.console(&[]).await;
     let browser = Browser::start("phone", PHONE).await;
     browser.goto(&console.url("/")).await;
