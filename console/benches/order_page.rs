@@ -24,6 +24,9 @@ const TRAINERS: i64 = 2_000;
 const SAMPLES: usize = 500;
 const WARM_UP: usize = 20;
 
+/// The path of the `i`-th request of a page.
+type PathOf = Box<dyn Fn(usize) -> String>;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let events: i64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
@@ -47,8 +50,8 @@ async fn main() -> anyhow::Result<()> {
     let router = console::app::router(state);
     let peer: SocketAddr = "127.0.0.1:9".parse()?;
 
-    let pick = |i: usize| 1 + (i as i64 * 7919) % orders;
-    let pages: Vec<(&str, Box<dyn Fn(usize) -> String>)> = vec![
+    let pick = move |i: usize| 1 + (i as i64 * 7919) % orders;
+    let pages: Vec<(&str, PathOf)> = vec![
         ("order page", Box::new(move |i| format!("/orders/order_{}", pick(i)))),
         ("search by request id", Box::new(move |i| format!("/search?q=req_{}_3", pick(i)))),
         ("search by payment key", Box::new(move |i| format!("/search?q=pi_{}", pick(i)))),

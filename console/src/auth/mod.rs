@@ -149,7 +149,7 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
 
 /// The client address a trusted proxy appended last to `X-Forwarded-For`.
 fn forwarded_for(parts: &Parts) -> Option<IpAddr> {
-    let value = parts.headers.get_all("x-forwarded-for").iter().last()?.to_str().ok()?;
+    let value = parts.headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
     value.rsplit(',').next()?.trim().parse().ok()
 }
 
