@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let orders = events / EVENTS_PER_ORDER;
     let db = TestDb::create().await;
     let settings = shared::Settings::from_vars([("DATABASE_URL", db.url.as_str())])?;
-    worker::migrate::migrate(&settings).await?;
+    worker::store::migrate::migrate(&settings).await?;
     let sql = db.client().await;
     let started = Instant::now();
     println!("loading {events} events for {orders} orders into database {} ...", db.name);

@@ -1,32 +1,30 @@
-//! The operator's actions, through the same code as `hookctl` (one implementation): reading,
-//! replaying and purging dead letters (`worker::cli::dead`, `worker::cli::dead_api`), and
-//! re-checking unverified events (`worker::cli::unverified`). A replay checks each message as
-//! the worker checks a delivery (`shared::verify::message::check_message`, through
-//! `worker::cli::dead::check_replay`) before it goes back to work.
+//! The operator's actions, through `hookctl`'s library (one implementation with the command
+//! line): reading, replaying and purging dead letters ([`hookctl::dead_letters`]), reading the
+//! notifications set aside in the outbox ([`hookctl::outbox`]), and re-checking unverified
+//! events ([`hookctl::unverified`]). A replay checks each event as the worker checks a delivery
+//! (`shared::verify::message::check_message`, inside [`hookctl::dead_letters::replay`]) before
+//! it goes back to work.
 //!
-//! This module is the console's only door to that code, so when `hookctl` becomes a crate of
-//! its own only the paths below change.
+//! This module is the console's only door to that code: it adds the console's broker handle
+//! and its page limits, nothing else.
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
-use lapin::types::AMQPValue;
-use shared::providers::escape_controls;
+use hookctl::dead_letters::{self, DeadLetter, DeadLetterDetail, DeadLetterError, Queue, ReplayReport, Selection};
+use hookctl::outbox::{self, DeadNotification};
+use hookctl::unverified::{self, Recheck, RecheckReport};
 use shared::topology::Topology;
 use shared::verify::message::WebhookSecrets;
 use shared::Settings;
-use worker::cli::dead::{self, DeadLetter, Which};
-use worker::cli::dead_api::{self, ReplayReport, Selection};
-use worker::cli::unverified::{self, Unverified};
 
 use crate::broker::BrokerHandle;
-
-pub use worker::cli::dead::mask_secrets;
 
 /// Most dead letters one page reads from a queue (each read is a `basic.get`, returned to the
 /// queue at once). A queue holding more says so on the page.
 pub const PEEK_LIMIT: usize = 500;
+
+/// Most notifications set aside in the outbox one page shows. The outbox holds only
+/// notifications not yet confirmed: a handful.
+pub const OUTBOX_LIMIT: i64 = 200;
 
 /// Events' or notifications' dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +34,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn which(self) -> Which {
-        Which { notifications: self == Kind::Notifications }
+    fn dead_letters(self) -> Queue {
+        match self {
+            Kind::Events => Queue::Events,
+            Kind::Notifications => Queue::Notifications,
+        }
     }
 
     /// `events` or `notifications`, as in URLs and the audit table.
@@ -50,150 +51,93 @@ impl Kind {
 
     /// The dead-letter queue's name.
     pub fn queue(self, topology: &Topology) -> String {
-        dead::queues(topology, self.which()).0
+        self.dead_letters().names(topology).0
     }
-}
 
-/// A dead letter as pages show it, read and already returned to its queue.
-#[derive(Debug, Clone)]
-pub struct Letter {
-    pub id: String,
-    pub provider: String,
-    pub event_type: String,
-    pub reason: String,
-    pub dead_at: Option<DateTime<Utc>>,
-    pub attempts: i64,
-    /// Headers, each value shown as text with control characters escaped.
-    pub headers: Vec<(String, String)>,
-    /// The body: pretty JSON with every `secret` member masked, or escaped text.
-    pub body: String,
-}
-
-impl From<&DeadLetter> for Letter {
-    fn from(letter: &DeadLetter) -> Self {
-        let delivery = &letter.message.delivery;
-        let headers = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .map(|headers| {
-                headers
-                    .inner()
-                    .iter()
-                    .map(|(k, v)| {
-                        let shown = match v {
-                            AMQPValue::LongString(s) => {
-                                escape_controls(&String::from_utf8_lossy(s.as_bytes())).into_owned()
-                            }
-                            other => format!("{other:?}"),
-                        };
-                        (escape_controls(k.as_str()).into_owned(), shown)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self {
-            id: letter.id.clone(),
-            provider: letter.provider.clone(),
-            event_type: letter.event_type.clone(),
-            reason: letter.reason.clone(),
-            dead_at: letter.dead_at,
-            attempts: letter.attempts,
-            headers,
-            body: pretty_masked(&delivery.data),
-        }
+    /// Why the queue might not exist yet.
+    pub fn why_missing(self) -> &'static str {
+        self.dead_letters().why_missing()
     }
 }
 
 /// A body for display: pretty-printed JSON with secrets masked, else text with control
-/// characters escaped.
+/// characters escaped (hookctl's, so the console shows what `hookctl dead show` shows).
 pub fn pretty_masked(body: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(json) => serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default(),
-        Err(_) => escape_controls(&String::from_utf8_lossy(body)).into_owned(),
-    }
+    hookctl::shown::body(body)
 }
 
-/// The dead letters of `kind` (up to [`PEEK_LIMIT`]); `None` when the queue does not exist.
+/// The dead letters of `kind` (up to [`PEEK_LIMIT`], oldest first, each returned to its queue);
+/// `None` when the queue does not exist.
 pub async fn dead_letters(
     broker: &BrokerHandle,
     topology: &Topology,
     kind: Kind,
-) -> anyhow::Result<Option<Vec<Letter>>> {
+) -> anyhow::Result<Option<Vec<DeadLetter>>> {
     broker
-        .with(async |connection| {
-            let letters = dead_api::peek_letters(connection, topology, kind.which(), PEEK_LIMIT).await?;
-            Ok(letters.map(|letters| letters.iter().map(Letter::from).collect()))
+        .with(async |connection| Ok(dead_letters::list(connection, topology, kind.dead_letters(), PEEK_LIMIT).await?))
+        .await
+}
+
+/// One dead letter in full; `Ok(None)` when neither it nor its queue is there (any more).
+pub async fn dead_letter(
+    broker: &BrokerHandle,
+    topology: &Topology,
+    kind: Kind,
+    id: &str,
+) -> anyhow::Result<Option<DeadLetterDetail>> {
+    broker
+        .with(async |connection| match dead_letters::show(connection, topology, kind.dead_letters(), id).await {
+            Ok(detail) => Ok(Some(detail)),
+            Err(DeadLetterError::NotFound(_) | DeadLetterError::NoQueue { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
         })
         .await
 }
 
-/// What to replay.
-#[derive(Debug, Clone, Default)]
-pub struct ReplayRequest {
-    /// Ids as listed; `None`: every message that matches the other conditions.
-    pub ids: Option<Vec<String>>,
-    pub provider: Option<String>,
-    pub since: Option<Duration>,
-}
-
-/// Replays dead letters through hookctl's replay; events are checked with `secrets` first.
+/// Replays the dead letters with these ids (as listed) through hookctl's replay; events are
+/// checked with `secrets` first, and without them hookctl refuses to replay events.
 pub async fn replay(
     broker: &BrokerHandle,
     topology: &Topology,
     kind: Kind,
-    request: ReplayRequest,
+    ids: Vec<String>,
     secrets: Option<&WebhookSecrets>,
 ) -> anyhow::Result<ReplayReport> {
-    let selection = Selection { ids: request.ids, provider: request.provider, since: request.since };
-    let secrets = if kind == Kind::Events {
-        Some(secrets.ok_or_else(|| {
-            anyhow::anyhow!("a replay checks each event's signature: set STRIPE_WEBHOOK_SECRET on the console")
-        })?)
-    } else {
-        None
-    };
+    let selection = Selection { ids, ..Default::default() };
     broker
         .with(async |connection| {
-            dead_api::replay_selected(connection, topology, kind.which(), &selection, secrets).await
+            Ok(dead_letters::replay(connection, topology, kind.dead_letters(), &selection, secrets).await?)
         })
         .await
 }
 
 /// Deletes every dead letter of `kind`; returns how many.
 pub async fn purge(broker: &BrokerHandle, topology: &Topology, kind: Kind) -> anyhow::Result<u32> {
-    broker.with(async |connection| dead_api::purge_queue(connection, topology, kind.which()).await).await
+    broker.with(async |connection| Ok(dead_letters::purge(connection, topology, kind.dead_letters()).await?)).await
+}
+
+/// The notifications the broker refused too often, set aside in the outbox, oldest first.
+pub async fn set_aside(client: &Client) -> anyhow::Result<Vec<DeadNotification>> {
+    Ok(outbox::list(client, OUTBOX_LIMIT).await?)
 }
 
 /// Whether re-checking is possible, and why not.
 pub fn recheck_possible(settings: &Settings) -> Result<(), String> {
-    unverified::ensure_recheck_possible(settings).map_err(|e| e.to_string())
+    unverified::ensure_possible(settings.toss_fetch_back_enabled()).map_err(|e| e.to_string())
 }
 
 /// Sends unverified events (by key; all of them when `keys` is `None`, up to hookctl's limit)
-/// to the workers again, as `hookctl unverified recheck` does. Returns the keys sent.
+/// to the workers again, as `hookctl unverified recheck` does.
 pub async fn recheck(
     settings: &Settings,
     client: &Client,
     broker: &BrokerHandle,
     topology: &Topology,
-    keys: Option<&[String]>,
-) -> anyhow::Result<Vec<String>> {
-    unverified::ensure_recheck_possible(settings)?;
-    let events: Vec<Unverified> = match keys {
-        None => unverified::read(client, None, unverified::RECHECK_LIMIT).await?,
-        Some(keys) => {
-            let mut events = Vec::new();
-            for key in keys {
-                events.extend(unverified::read(client, Some(key), 1).await?);
-            }
-            events
-        }
-    };
+    keys: Option<Vec<String>>,
+) -> anyhow::Result<RecheckReport> {
+    let which = keys.map_or(Recheck::All, Recheck::Keys);
+    let fetch_back = settings.toss_fetch_back_enabled();
     broker
-        .with(async |connection| {
-            let sent = unverified::publish_on(connection, topology, &events).await?;
-            Ok(sent.into_iter().map(|e| e.event_key.clone()).collect())
-        })
+        .with(async |connection| Ok(unverified::recheck(client, connection, topology, &which, fetch_back).await?))
         .await
 }

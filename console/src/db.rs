@@ -19,7 +19,7 @@ const SESSION_OPTIONS: &str = "-c statement_timeout=5s -c lock_timeout=2s -c idl
 /// Builds the pool; connections open lazily, so a database that is down at start only makes
 /// pages say so.
 pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
-    let target = worker::db::tls::DatabaseTarget::from_settings(settings)?;
+    let target = worker::store::tls::DatabaseTarget::from_settings(settings)?;
     let mut config = target.config;
     config.connect_timeout(POOL_TIMEOUT);
     config.application_name("webhooks-console");

@@ -37,7 +37,7 @@ async fn park(env: &Env, event_id: &str, secret: &str) {
         .unwrap();
 }
 
-/// Skip `check_replay` in `worker::cli::dead_api::replay_selected` and the forged event goes
+/// Skip `check_replay` in `hookctl::dead_letters::replay_from` and the forged event goes
 /// back to work: this fails.
 #[tokio::test]
 async fn a_replay_checks_each_event_as_a_worker_would_and_leaves_a_forged_one_dead() {

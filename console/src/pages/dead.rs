@@ -3,21 +3,23 @@
 
 use maud::{html, Markup};
 
+use hookctl::dead_letters::{DeadLetter, DeadLetterDetail, ReplayOutcome, ReplayReport};
+use hookctl::outbox::DeadNotification;
+
 use super::{age, csrf_field, dash, layout, text_or_dash, time, Section};
-use crate::actions::{Kind, Letter, PEEK_LIMIT};
+use crate::actions::{Kind, PEEK_LIMIT};
 use crate::app::AppState;
 use crate::auth::users::Role;
 use crate::auth::{urlencode, LoggedIn};
-use crate::routes::dead::{DeadFilter, SetAside};
-use worker::cli::dead_api::ReplayReport;
+use crate::routes::dead::DeadFilter;
 
 pub fn list(
     user: &LoggedIn,
     state: &AppState,
     filter: &DeadFilter,
-    letters: Option<&[&Letter]>,
+    letters: Option<&[&DeadLetter]>,
     total: usize,
-    outbox: &[SetAside],
+    outbox: &[DeadNotification],
 ) -> Markup {
     let kind = filter.kind();
     let operator = user.identity.role >= Role::Operator;
@@ -49,7 +51,7 @@ pub fn list(
                 button type="submit" { "Filter" }
             }
             @match letters {
-                None => p class="notice" { "No queue " code { (queue) } " yet: " @if kind == Kind::Notifications { "notification delivery is off (NOTIFY_WEBHOOK_URL), or no worker has started with it." } @else { "no worker has started on this prefix." } },
+                None => p class="notice" { "No queue " code { (queue) } " yet: " (kind.why_missing()) "." },
                 Some([]) => p class="notice" { "No dead letter in " code { (queue) } @if total > 0 { " matches the filters (" (total) " in the queue)" } "." },
                 Some(letters) => {
                     @if total >= PEEK_LIMIT { p class="notice" { "Only the first " (PEEK_LIMIT) " messages of the queue are read." } }
@@ -122,8 +124,8 @@ pub fn list(
                             caption { "Set aside after too many refusals" }
                             thead { tr { th scope="col" { "Notification" } th scope="col" { "Type" } th scope="col" class="num" { "Attempts" } th scope="col" { "Set aside" } th scope="col" { "Last error" } } }
                             tbody { @for r in outbox { tr {
-                                td { code { (r.id) } } td { code { (r.routing_key) } } td class="num" { (r.attempts) }
-                                td { (time(&r.dead_at)) } td class="wrap" { (text_or_dash(r.last_error.as_deref())) }
+                                td { code { (r.id) } } td { code { (r.kind) } } td class="num" { (r.attempts) }
+                                td { (time(&r.dead_at)) } td class="wrap" { (text_or_dash(Some(&r.last_error))) }
                             } } }
                         } }
                     }
@@ -133,7 +135,8 @@ pub fn list(
     )
 }
 
-pub fn one(user: &LoggedIn, kind: Kind, letter: &Letter) -> Markup {
+pub fn one(user: &LoggedIn, kind: Kind, detail: &DeadLetterDetail) -> Markup {
+    let letter = &detail.letter;
     layout(
         &format!("Dead letter {}", letter.id),
         Section::Dead,
@@ -151,28 +154,40 @@ pub fn one(user: &LoggedIn, kind: Kind, letter: &Letter) -> Markup {
             div class="table-wrap" { table {
                 caption { "AMQP headers as the message carries them" }
                 thead { tr { th scope="col" { "Header" } th scope="col" { "Value" } } }
-                tbody { @for (k, v) in &letter.headers { tr { th scope="row" { code { (k) } } td class="wrap" { (v) } } } }
+                tbody { @for (k, v) in &detail.headers { tr { th scope="row" { code { (k) } } td class="wrap" { (v) } } } }
             } }
             h2 { "Body" }
             p class="muted" { "Any " code { "secret" } " member is masked." }
-            pre { (letter.body) }
+            pre { (detail.body) }
         },
     )
 }
 
+/// What a replay did, message by message, and where it stopped if it did.
 pub fn replayed(user: &LoggedIn, kind: Kind, report: &ReplayReport) -> Markup {
+    let replayed = report.outcomes.iter().filter_map(|o| match o {
+        ReplayOutcome::Replayed(l) => Some(l),
+        ReplayOutcome::Refused { .. } => None,
+    });
+    let refused = report.outcomes.iter().filter_map(|o| match o {
+        ReplayOutcome::Refused { letter, reason } => Some((letter, reason)),
+        ReplayOutcome::Replayed(_) => None,
+    });
     layout(
         "Replay",
         Section::Dead,
         Some(user),
         html! {
-            p role="status" class="notice" { (report.replayed.len()) " message(s) moved back to work." }
-            @if !report.replayed.is_empty() {
-                ul { @for l in &report.replayed { li { "Replayed " code { (l.id) } " (" (l.provider) " " (l.event_type) ")" } } }
+            p role="status" class="notice" { (report.replayed()) " message(s) moved back to work." }
+            @if let Some(error) = &report.stopped {
+                p role="alert" class="error" { "The replay stopped: " (error) ". The messages after it stay dead." }
             }
-            @if !report.refused.is_empty() {
+            @if report.replayed() > 0 {
+                ul { @for l in replayed { li { "Replayed " code { (l.id) } " (" (l.provider) " " (l.event_type) ")" } } }
+            }
+            @if report.refused() > 0 {
                 h2 { "Left dead" }
-                ul { @for (l, why) in &report.refused { li { code { (l.id) } ": " (why) } } }
+                ul { @for (l, why) in refused { li { code { (l.id) } ": " (why) } } }
             }
             @if !report.missing.is_empty() {
                 h2 { "Not found" }

@@ -8,10 +8,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use hookctl::dead_letters::{DeadLetter, ReplayOutcome};
+use hookctl::outbox::DeadNotification;
 use serde::Deserialize;
 
 use super::{field, field_values, form_fields};
-use crate::actions::{self, Kind, Letter, ReplayRequest};
+use crate::actions::{self, Kind};
 use crate::app::AppState;
 use crate::audit::{self, Outcome};
 use crate::auth::{LoggedIn, Operator};
@@ -44,7 +46,7 @@ impl DeadFilter {
     }
 
     /// Whether `letter` passes every filter.
-    pub fn keeps(&self, letter: &Letter, since: Option<Duration>) -> bool {
+    pub fn keeps(&self, letter: &DeadLetter, since: Option<Duration>) -> bool {
         let provider = self.provider.as_deref().filter(|p| !p.is_empty());
         let reason = self.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()).map(str::to_lowercase);
         let cutoff = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
@@ -76,7 +78,8 @@ pub async fn list(State(state): State<AppState>, user: LoggedIn, Query(filter): 
         },
         Kind::Events => Vec::new(),
     };
-    let shown: Option<Vec<&Letter>> = letters.as_ref().map(|l| l.iter().filter(|l| filter.keeps(l, since)).collect());
+    let shown: Option<Vec<&DeadLetter>> =
+        letters.as_ref().map(|l| l.iter().filter(|l| filter.keeps(l, since)).collect());
     let total = letters.as_ref().map_or(0, Vec::len);
     pages::dead::list(&user, &state, &filter, shown.as_deref(), total, &outbox).into_response()
 }
@@ -89,19 +92,14 @@ pub struct ShowQuery {
 
 pub async fn show(State(state): State<AppState>, user: LoggedIn, Query(query): Query<ShowQuery>) -> Response {
     let kind = DeadFilter { kind: query.kind, ..Default::default() }.kind();
-    match actions::dead_letters(&state.broker, &state.topology, kind).await {
-        Ok(Some(letters)) => match letters.iter().find(|l| l.id == query.id) {
-            Some(letter) => pages::dead::one(&user, kind, letter).into_response(),
-            None => pages::error_page(
-                StatusCode::NOT_FOUND,
-                "No such dead letter",
-                "It may have been replayed or purged.",
-                Some(&user),
-            ),
-        },
-        Ok(None) => {
-            pages::error_page(StatusCode::NOT_FOUND, "No such queue", "No worker has declared it yet.", Some(&user))
-        }
+    match actions::dead_letter(&state.broker, &state.topology, kind, &query.id).await {
+        Ok(Some(detail)) => pages::dead::one(&user, kind, &detail).into_response(),
+        Ok(None) => pages::error_page(
+            StatusCode::NOT_FOUND,
+            "No such dead letter",
+            "It may have been replayed or purged.",
+            Some(&user),
+        ),
         Err(e) => pages::unavailable("The broker is unavailable", &e, &user),
     }
 }
@@ -151,19 +149,31 @@ pub async fn replay(State(state): State<AppState>, Operator(user): Operator, bod
         record(Outcome::Refused, "nothing selected").await;
         return pages::error_page(StatusCode::BAD_REQUEST, "Replay", "Select at least one dead letter.", Some(&user));
     }
-    let request = ReplayRequest { ids: Some(ids), provider: None, since: None };
-    match actions::replay(&state.broker, &state.topology, kind, request, state.secrets.as_ref()).await {
+    match actions::replay(&state.broker, &state.topology, kind, ids, state.secrets.as_ref()).await {
         Ok(report) => {
-            let outcome = if report.replayed.is_empty() { Outcome::Refused } else { Outcome::Ok };
+            let outcome = match (&report.stopped, report.replayed()) {
+                (Some(_), _) => Outcome::Failed,
+                (None, 0) => Outcome::Refused,
+                (None, _) => Outcome::Ok,
+            };
+            let refused: String = report
+                .outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    ReplayOutcome::Refused { letter, reason } => Some(format!(" [{}: {reason}]", letter.id)),
+                    ReplayOutcome::Replayed(_) => None,
+                })
+                .collect();
+            let stopped = report.stopped.as_ref().map(|e| format!("; stopped: {e}")).unwrap_or_default();
             let detail = format!(
-                "replayed {}; refused {}{}; not found {}",
-                report.replayed.len(),
-                report.refused.len(),
-                report.refused.iter().map(|(l, why)| format!(" [{}: {why}]", l.id)).collect::<String>(),
+                "replayed {}; refused {}{refused}; not found {}{stopped}",
+                report.replayed(),
+                report.refused(),
                 report.missing.len()
             );
             record(outcome, &detail).await;
-            pages::dead::replayed(&user, kind, &report).into_response()
+            let status = if report.stopped.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            (status, pages::dead::replayed(&user, kind, &report)).into_response()
         }
         Err(e) => {
             record(Outcome::Failed, &format!("{e:#}")).await;
@@ -208,34 +218,8 @@ pub async fn purge(State(state): State<AppState>, Operator(user): Operator, body
     }
 }
 
-/// An outbox row the broker refused too often (shown; replayed with hookctl, see the page).
-#[derive(Debug, Clone)]
-pub struct SetAside {
-    pub id: uuid::Uuid,
-    pub routing_key: String,
-    pub attempts: i32,
-    pub dead_at: chrono::DateTime<Utc>,
-    pub last_error: Option<String>,
-}
-
-async fn outbox_set_aside(state: &AppState) -> anyhow::Result<Vec<SetAside>> {
+/// The notifications the broker refused too often (shown; replayed with hookctl, see the page).
+async fn outbox_set_aside(state: &AppState) -> anyhow::Result<Vec<DeadNotification>> {
     let client = state.pool.get().await?;
-    // The outbox holds only notifications not yet confirmed: a handful, read whole.
-    let rows = client
-        .query(
-            "SELECT notification_id, routing_key, attempts, dead_at, last_error FROM outbox
-              WHERE dead_at IS NOT NULL ORDER BY dead_at LIMIT 200",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| SetAside {
-            id: r.get(0),
-            routing_key: r.get(1),
-            attempts: r.get(2),
-            dead_at: r.get(3),
-            last_error: r.get(4),
-        })
-        .collect())
+    actions::set_aside(&client).await
 }

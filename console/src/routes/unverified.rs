@@ -82,12 +82,23 @@ pub async fn recheck(State(state): State<AppState>, Operator(user): Operator, bo
         Err(page) => return page,
     };
     let keys = (!all).then_some(keys);
-    match actions::recheck(&state.settings, &client, &state.broker, &state.topology, keys.as_deref()).await {
-        Ok(sent) => {
-            record(Outcome::Ok, &format!("sent {} event(s) to the workers again", sent.len())).await;
+    match actions::recheck(&state.settings, &client, &state.broker, &state.topology, keys).await {
+        Ok(report) => {
+            let sent = report.sent.len();
+            let missing = match report.missing.as_slice() {
+                [] => String::new(),
+                keys => format!("; no longer unverified: {}", keys.join(", ")),
+            };
+            if let Some(error) = &report.stopped {
+                let detail = format!("sent {sent} event(s), then stopped: {error}{missing}");
+                record(Outcome::Failed, &detail).await;
+                let shown = format!("{sent} event(s) were sent to the workers again, then it stopped: {error}");
+                return pages::error_page(StatusCode::SERVICE_UNAVAILABLE, "Verify now failed", &shown, Some(&user));
+            }
+            record(Outcome::Ok, &format!("sent {sent} event(s) to the workers again{missing}")).await;
             let message = format!(
-                "{} event(s) sent to the workers again; each order page shows the outcome once a worker decided it.",
-                sent.len()
+                "{sent} event(s) sent to the workers again{missing}; each order page shows the outcome once a worker \
+                 decided it."
             );
             render(&state, &user, None, Some(&message)).await
         }

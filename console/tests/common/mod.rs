@@ -53,7 +53,7 @@ impl Env {
         let db = TestDb::create().await;
         let broker = TestBroker::new().await;
         let settings = broker.settings(Some(&db.url), &[]);
-        worker::migrate::migrate(&settings).await.expect("migrations apply");
+        worker::store::migrate::migrate(&settings).await.expect("migrations apply");
         let sql = db.client().await;
         Self { db, broker, sql }
     }
