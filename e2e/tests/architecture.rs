@@ -49,12 +49,19 @@ fn crates_depend_only_along_the_allowed_edges() {
         ("ingest", &[("normal", "shared"), ("dev", "testkit")][..]),
         ("worker", &[("normal", "shared"), ("dev", "testkit")][..]),
         ("hookctl", &[("normal", "shared"), ("normal", "worker")][..]),
+        ("console", &[("normal", "shared"), ("normal", "hookctl"), ("normal", "worker"), ("dev", "testkit")][..]),
         ("testkit", &[("normal", "shared")][..]),
         ("bench", &[("normal", "shared"), ("normal", "ingest"), ("normal", "worker"), ("normal", "testkit")][..]),
         (
             "e2e",
-            &[("normal", "ingest"), ("normal", "worker"), ("normal", "hookctl"), ("dev", "shared"), ("dev", "testkit")]
-                [..],
+            &[
+                ("normal", "ingest"),
+                ("normal", "worker"),
+                ("normal", "hookctl"),
+                ("dev", "shared"),
+                ("dev", "testkit"),
+                ("dev", "console"),
+            ][..],
         ),
     ]);
     let edges = workspace_edges();
