@@ -191,8 +191,8 @@ pub async fn show(
     let (dead, _) = queue.names(topology);
     require_queue(connection, &dead, queue).await?;
     let reader = connection.create_channel().await?;
-    let found =
-        read_all(&reader, &dead, SCAN_LIMIT).await.map(|read| read.iter().find(|m| m.matches_id(id)).map(Read::detail));
+    let found = find(&reader, &dead, id).await.map(|found| found.as_ref().map(Read::detail));
+    // Whatever was read goes back to the dead-letter queue.
     let _ = reader.close(200, "done".into()).await;
     found?.ok_or_else(|| DeadLetterError::NotFound(id.to_string()))
 }
@@ -319,13 +319,30 @@ async fn queue_exists(connection: &Connection, queue: &str) -> bool {
 async fn read_all(channel: &Channel, queue: &str, limit: usize) -> Result<Vec<Read>, DeadLetterError> {
     let mut read = Vec::new();
     while read.len() < limit {
-        let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
-        let next =
-            tokio::time::timeout(Duration::from_secs(10), get).await.map_err(|_| DeadLetterError::NoAnswer)??;
-        let Some(message) = next else { break };
-        read.push(Read::new(message));
+        let Some(message) = read_one(channel, queue).await? else { break };
+        read.push(message);
     }
     Ok(read)
+}
+
+/// Reads until the message with `id` (at most [`SCAN_LIMIT`]), without acknowledging any: one
+/// near the head of a long queue is found without reading the rest (a console page per click).
+async fn find(channel: &Channel, queue: &str, id: &str) -> Result<Option<Read>, DeadLetterError> {
+    for _ in 0..SCAN_LIMIT {
+        match read_one(channel, queue).await? {
+            Some(message) if message.matches_id(id) => return Ok(Some(message)),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    Ok(None)
+}
+
+/// The next ready message, unacknowledged; `None` when the queue has no more.
+async fn read_one(channel: &Channel, queue: &str) -> Result<Option<Read>, DeadLetterError> {
+    let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
+    let next = tokio::time::timeout(Duration::from_secs(10), get).await.map_err(|_| DeadLetterError::NoAnswer)??;
+    Ok(next.map(Read::new))
 }
 
 /// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go.
