@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image with all three binaries (ingest, worker, hookctl); docker-compose.yml picks the
-# command per service.
+# One image with all four binaries (ingest, worker, hookctl, console); docker-compose.yml picks
+# the command per service.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -12,12 +12,13 @@ COPY hookctl hookctl
 COPY testkit testkit
 COPY e2e e2e
 COPY bench bench
+COPY console console
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ingest --bin worker --bin hookctl \
+    cargo build --release --locked --bin ingest --bin worker --bin hookctl --bin console \
  && mkdir -p /out \
- && cp target/release/ingest target/release/worker target/release/hookctl /out/
+ && cp target/release/ingest target/release/worker target/release/hookctl target/release/console /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bins=(ingest worker hookctl)
+bins=(ingest worker hookctl console)
 cargo build --release --locked "${bins[@]/#/--bin=}"
 
 if cargo tree --locked -e features -i fail | grep -q 'fail feature "failpoints"'; then
@@ -17,7 +17,7 @@ if cargo tree --locked -e features -i fail | grep -q 'fail feature "failpoints"'
 fi
 
 # Every fail point declared in the source, plus the variable that arms them.
-mapfile -t needles < <(grep -rhoE 'fail_point!\(\s*"[^"]+"' ingest/src worker/src hookctl/src shared/src |
+mapfile -t needles < <(grep -rhoE 'fail_point!\(\s*"[^"]+"' ingest/src worker/src hookctl/src console/src shared/src |
   sed -E 's/.*"([^"]+)"/\1/' | sort -u)
 if [ "${#needles[@]}" -eq 0 ]; then
   echo "found no fail_point! in the source; this check has nothing to look for" >&2

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Env, TestIngest, TestWorker};
@@ -13,9 +14,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
+use serde_json::json;
 use shared::broker::access::{refusal, Refusal};
 use shared::topology::Topology;
 use testkit::events::{stripe_session_event, STRIPE_SECRET};
+use testkit::fake_http::Recorded;
 use testkit::{Behavior, FakeEndpoint, LoggedProcess, RoleUsers, TestBroker};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -104,9 +107,12 @@ async fn each_user_may_do_its_roles_job_and_nothing_more() {
     assert_refused(publish(&worker, &events, "stripe.x").await, "the worker publishing a webhook");
     let _ = worker.close(200, "done".into()).await;
 
-    // Operator: reads dead letters, declares and consumes nothing else.
+    // Operator: reads dead letters and publishes to the work queue by name (a replay, a
+    // re-check), declares and consumes nothing else.
     let operator = users.connect("operator").await;
     get(&operator, &dead).await.expect("the operator reads the dead letters");
+    let sent = publish(&operator, "", &work).await.expect("publish");
+    assert!(matches!(sent, Confirmation::Ack(None)), "the operator's copy is confirmed and routed: {sent:?}");
     assert_refused(get(&operator, &work).await, "the operator reading the work queue");
     assert_refused(publish(&operator, &events, "stripe.x").await, "the operator publishing a webhook");
     assert_refused(topology.declare(&operator).await.map_err(into_lapin), "the operator declaring");
@@ -178,6 +184,65 @@ async fn ingest_worker_and_hookctl_under_their_own_users_carry_events_end_to_end
     assert!(ok && out.contains("purged 0"), "{out}");
     worker.stop().await;
     ingest.stop().await;
+}
+
+/// `hookctl unverified recheck` under the operator's user, with a worker under its own: each
+/// event goes to the work queue by name through the default exchange and nothing is declared,
+/// which is all that user may do. Make `hookctl::unverified::recheck` declare the topology
+/// again, or publish to the events exchange, and the operator is refused: this fails.
+#[tokio::test]
+async fn the_operator_rechecks_an_unverified_event_under_its_own_user() {
+    let env = Env::new().await;
+    let users = RoleUsers::create(&env.broker.prefix).await;
+    let order = "order-roles-unverified";
+    // The Toss API, answering for this order, for the worker's fetch-back.
+    let paid = json!({
+        "paymentKey": "pk_roles", "orderId": order, "status": "DONE", "method": "카드",
+        "currency": "KRW", "totalAmount": 5000, "balanceAmount": 5000
+    })
+    .to_string();
+    let router = Arc::new(move |r: &Recorded| {
+        (r.path == format!("/v1/payments/orders/{order}")).then(|| Behavior::Status(200, paid.clone()))
+    });
+    let api = FakeEndpoint::start_with(vec![Behavior::Status(404, "{}".into())], Some(router)).await;
+    let base = api.url("");
+    let fetch_back = [("TOSS_SECRET_KEY", "test_sk_zXLkKEypNArWmo50nX3lmeaxYG5R"), ("TOSS_API_BASE", base.as_str())];
+    let worker_url = users.url("worker");
+    let mut worker_vars = vec![("AMQP_URL", worker_url.as_str())];
+    worker_vars.extend(fetch_back);
+    let worker = TestWorker::spawn(env.settings(&worker_vars)).await;
+
+    // Recorded as unverified before the workers had a key (as the worker records it: the body
+    // kept, the key computed from it).
+    let seeded = env.seed_payment(order, "toss", None, None).await;
+    let body = json!({"eventType": "PAYMENT_STATUS_CHANGED", "orderId": order, "status": "DONE"}).to_string();
+    let key = shared::providers::toss::parse_toss_event(body.as_bytes()).unwrap().event_key();
+    env.sql
+        .execute(
+            "INSERT INTO webhook_events (provider, event_key, event_type, order_id, status, detail, attempts,
+                                         verification, payload, request_id, received_at, processed_at)
+             VALUES ('toss', $1, 'PAYMENT_STATUS_CHANGED', $2, 'unverified', 'nothing verified it', 1, 'none',
+                     $3, 'req-roles', now(), now())",
+            &[&key, &order, &body],
+        )
+        .await
+        .unwrap();
+
+    let operator_url = users.url("operator");
+    let mut as_operator = vec![("AMQP_URL", operator_url.as_str())];
+    as_operator.extend(fetch_back);
+    let (ok, out) = env.hookctl(&as_operator, &["unverified", "recheck", &key]).await;
+    assert!(ok && out.contains("1 event(s) sent"), "{out}");
+    env.wait_count(
+        "applied once fetched back",
+        "SELECT count(*) FROM webhook_events WHERE status = 'applied' AND verification = 'fetched'",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(env.status(order).await, "paid");
+    assert_eq!(env.notifications_for(seeded.trainer_id).await, 1);
+    worker.stop().await;
 }
 
 #[tokio::test]

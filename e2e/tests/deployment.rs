@@ -62,7 +62,7 @@ fn compose_has_every_service_with_health_checks_and_start_order() {
     ] {
         service(&compose, name);
     }
-    for name in ["postgres", "rabbitmq", "ingest", "worker", "prometheus"] {
+    for name in ["postgres", "rabbitmq", "ingest", "worker", "console", "prometheus"] {
         assert!(health_command(service(&compose, name)).is_some(), "{name} has a health check");
     }
     let migrate = service(&compose, "migrate");
@@ -106,7 +106,7 @@ fn every_command_of_our_image_is_a_binary_it_has_and_accepts() {
         assert!(workspace.contains(binary), "the Dockerfile builds {binary}, a binary of the workspace {workspace:?}");
     }
     let built_here = services_built_here(&compose);
-    assert_eq!(built_here.len(), 4, "migrate, ingest, worker and hookctl run our image");
+    assert_eq!(built_here.len(), 5, "migrate, ingest, worker, hookctl and console run our image");
     for (name, service) in built_here {
         let mut commands = vec![invocation(service)];
         commands.extend(health_command(service));
@@ -127,12 +127,13 @@ fn every_command_of_our_image_is_a_binary_it_has_and_accepts() {
 #[test]
 fn every_environment_name_of_our_services_is_a_setting() {
     let compose = compose();
-    let names = shared::Settings::env_names();
+    let mut names = shared::Settings::env_names();
+    names.extend(console::ConsoleSettings::env_names());
     for (name, service) in services_built_here(&compose) {
         for key in environment(service).keys() {
             assert!(
                 names.contains(key) || NON_SETTING_ENV.contains(&key.as_str()),
-                "{name} sets {key}, which no setting reads (shared/src/settings.rs)"
+                "{name} sets {key}, which no setting reads (shared/src/settings.rs, console/src/settings.rs)"
             );
         }
     }
@@ -143,6 +144,10 @@ fn every_setting_is_documented_in_the_readme() {
     let readme = repo_file("README.md");
     for name in shared::Settings::env_names() {
         assert!(readme.contains(&format!("`{name}`")), "README's configuration table documents `{name}`");
+    }
+    let console_doc = repo_file("docs/console.md");
+    for name in console::ConsoleSettings::env_names() {
+        assert!(console_doc.contains(&format!("`{name}`")), "docs/console.md documents `{name}`");
     }
 }
 
@@ -188,10 +193,13 @@ fn ingest_publishes_port_3000_for_the_stripe_cli() {
 #[test]
 fn every_service_environment_is_a_valid_settings_set_pointing_at_compose_services() {
     let compose = compose();
-    for name in ["migrate", "ingest", "worker", "hookctl"] {
+    for name in ["migrate", "ingest", "worker", "hookctl", "console"] {
         let env = environment(service(&compose, name));
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let settings = shared::Settings::from_vars(vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let settings = shared::Settings::from_vars(vars.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "console" {
+            console::ConsoleSettings::from_vars(vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
         for (key, host) in [("DATABASE_URL", "@postgres:5432/"), ("AMQP_URL", "@rabbitmq:5672/")] {
             if let Some(url) = env.get(key) {
                 assert!(url.contains(host), "{name}.{key} points at the {host} service: {url}");
@@ -211,7 +219,7 @@ fn every_service_environment_is_a_valid_settings_set_pointing_at_compose_service
     }
     // The services agree on the names they share.
     let prefix = environment(service(&compose, "ingest"))["AMQP_PREFIX"].clone();
-    for name in ["worker", "hookctl", "rabbitmq-setup"] {
+    for name in ["worker", "hookctl", "console", "rabbitmq-setup"] {
         assert_eq!(environment(service(&compose, name))["AMQP_PREFIX"], prefix, "{name}'s AMQP_PREFIX");
     }
 }
@@ -350,7 +358,7 @@ fn the_dockerfile_copies_every_workspace_member_and_builds_every_binary() {
     }
     assert!(dockerfile.contains("COPY migrations migrations"), "migrations are embedded at build time");
     let binaries = image_binaries();
-    for bin in ["ingest", "worker", "hookctl"] {
+    for bin in ["ingest", "worker", "hookctl", "console"] {
         assert!(binaries.contains(bin), "the image has {bin}");
     }
     assert!(!dockerfile.contains("failpoints"), "the image is built without test fail points");
@@ -376,6 +384,10 @@ fn ci_runs_the_readmes_commands_with_the_prometheus_tools_installed() {
     assert!(
         ci.lines().any(|l| l.contains("apt-get install") && l.contains("prometheus")),
         ".ci/run installs promtool and prometheus"
+    );
+    assert!(
+        ci.lines().any(|l| l.contains("apt-get install") && l.contains("chromium-driver")),
+        ".ci/run installs Chromium and chromedriver for the console's browser tests"
     );
     for step in ["scripts/check-release-has-no-failpoints.sh", "scripts/fuzz.sh"] {
         assert!(ci.lines().any(|l| l.trim().starts_with(step)), ".ci/run runs {step}");

@@ -18,6 +18,9 @@ pub use unverified::UnverifiedCommand;
 
 use clap::{Parser, Subcommand};
 
+use crate::dead_letters::DeadLetterError;
+use crate::unverified::RecheckError;
+
 #[derive(Parser, Debug)]
 #[command(name = "hookctl", version, about = "Send test events, inspect and replay dead letters, trace an order")]
 pub struct Cli {
@@ -79,6 +82,18 @@ async fn probe(url: &str) -> anyhow::Result<()> {
     let response = client.get(url).send().await?;
     anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
     Ok(())
+}
+
+/// A refused broker permission, with what to grant.
+fn explain_refusal(error: anyhow::Error) -> anyhow::Error {
+    let refused = match (error.downcast_ref::<DeadLetterError>(), error.downcast_ref::<RecheckError>()) {
+        (Some(DeadLetterError::Broker(e)), _) | (_, Some(RecheckError::Broker(e))) => Some(e),
+        _ => error.downcast_ref::<lapin::Error>(),
+    };
+    match refused.and_then(shared::broker::access::refusal) {
+        Some(refusal) => error.context(refusal.remedy()),
+        None => error,
+    }
 }
 
 /// A pooled connection as the worker opens it (TLS per `DATABASE_URL`).

@@ -4,9 +4,10 @@
 //! every one that was not replayed or purged, so reading never loses anything. A replayed
 //! message is published to the work queue with a publisher confirm *before* its dead copy is
 //! acknowledged; it goes through the inbox like any delivery, so an event that was applied in
-//! the meantime is recognised as a duplicate. Before that, each is checked as the worker checks
-//! every delivery (its signature, its key and type against its body): one that is unverifiable
-//! stays in the dead letters, and the report says why.
+//! the meantime is recognised as a duplicate. Before that, each event is checked as the worker
+//! checks every delivery (its signature, its key and type against its body): one that is
+//! unverifiable stays in the dead letters, and the report says why. A replay of events without
+//! the secrets to check them with is refused.
 //!
 //! Nothing here declares anything: the worker owns the topology, and the operator's AMQP user
 //! as deployed may only read the dead-letter queues and publish to the default exchange
@@ -67,6 +68,11 @@ pub enum DeadLetterError {
     NotFound(String),
     #[error("say what to replay: an id, --all, --provider or --since")]
     NothingSelected,
+    #[error(
+        "a replay of events checks each one as the worker does, with the webhook secrets \
+         (STRIPE_WEBHOOK_SECRET), and none were given"
+    )]
+    NoSecrets,
     #[error("the broker did not store the replayed copy of {0}; it stays dead")]
     NotStored(String),
     #[error("the broker did not answer basic.get")]
@@ -99,11 +105,12 @@ pub struct DeadLetterDetail {
     pub body: String,
 }
 
-/// Which messages to replay. At least one criterion must be given.
+/// Which messages to replay: those that meet every criterion given. At least one must be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
-    /// One message, by event key or message id.
-    pub id: Option<String>,
+    /// These messages, by event key or message id as listed; empty: any. An id that matches
+    /// no message read is reported in [`ReplayReport::missing`].
+    pub ids: Vec<String>,
     /// Every message.
     pub all: bool,
     /// Only this provider's events.
@@ -114,7 +121,7 @@ pub struct Selection {
 
 impl Selection {
     fn is_empty(&self) -> bool {
-        self.id.is_none() && !self.all && self.provider.is_none() && self.since.is_none()
+        self.ids.is_empty() && !self.all && self.provider.is_none() && self.since.is_none()
     }
 }
 
@@ -131,6 +138,8 @@ pub enum ReplayOutcome {
 #[derive(Debug)]
 pub struct ReplayReport {
     pub outcomes: Vec<ReplayOutcome>,
+    /// Ids of [`Selection::ids`] that no message read has (replayed or purged meanwhile).
+    pub missing: Vec<String>,
     /// Where the replayed messages went.
     pub work_queue: String,
     /// Only the first [`SCAN_LIMIT`] messages were read; there may be more.
@@ -143,6 +152,11 @@ impl ReplayReport {
     /// How many messages went back to work.
     pub fn replayed(&self) -> usize {
         self.outcomes.iter().filter(|o| matches!(o, ReplayOutcome::Replayed(_))).count()
+    }
+
+    /// How many stay dead because they do not prove what they claim.
+    pub fn refused(&self) -> usize {
+        self.outcomes.len() - self.replayed()
     }
 }
 
@@ -177,15 +191,15 @@ pub async fn show(
     let (dead, _) = queue.names(topology);
     require_queue(connection, &dead, queue).await?;
     let reader = connection.create_channel().await?;
-    let found =
-        read_all(&reader, &dead, SCAN_LIMIT).await.map(|read| read.iter().find(|m| m.matches_id(id)).map(Read::detail));
+    let found = find(&reader, &dead, id).await.map(|found| found.as_ref().map(Read::detail));
+    // Whatever was read goes back to the dead-letter queue.
     let _ = reader.close(200, "done".into()).await;
     found?.ok_or_else(|| DeadLetterError::NotFound(id.to_string()))
 }
 
-/// Moves the selected messages back to work. With `secrets` (event dead letters), each is
-/// checked first as the worker checks every delivery ([`check_replay`]); one that does not
-/// hold stays dead and is reported as refused.
+/// Moves the selected messages back to work. Events are checked first with `secrets` (required
+/// for them) as the worker checks every delivery ([`check_replay`]); one that does not hold
+/// stays dead and is reported as refused.
 pub async fn replay(
     connection: &Connection,
     topology: &Topology,
@@ -193,9 +207,7 @@ pub async fn replay(
     selection: &Selection,
     secrets: Option<&WebhookSecrets>,
 ) -> Result<ReplayReport, DeadLetterError> {
-    if selection.is_empty() {
-        return Err(DeadLetterError::NothingSelected);
-    }
+    let secrets = check_request(queue, selection, secrets)?;
     let (dead, work) = queue.names(topology);
     require_queue(connection, &dead, queue).await?;
     let reader = connection.create_channel().await?;
@@ -217,17 +229,14 @@ async fn replay_from(
     let read = read_all(reader, dead, SCAN_LIMIT).await?;
     let chosen: Vec<&Read> = read
         .iter()
-        .filter(|m| selection.id.as_deref().is_none_or(|id| m.matches_id(id)))
+        .filter(|m| selection.ids.is_empty() || selection.ids.iter().any(|id| m.matches_id(id)))
         .filter(|m| selection.provider.is_none_or(|p| m.letter.provider == p.as_str()))
         .filter(|m| cutoff.is_none_or(|c| m.letter.dead_at.is_some_and(|t| t >= c)))
         .collect();
-    if let Some(id) = &selection.id {
-        if chosen.is_empty() {
-            return Err(DeadLetterError::NotFound(id.clone()));
-        }
-    }
+    let missing = selection.ids.iter().filter(|id| !chosen.iter().any(|m| m.matches_id(id))).cloned().collect();
     let mut report = ReplayReport {
         outcomes: Vec::new(),
+        missing,
         work_queue: work,
         scan_truncated: read.len() == SCAN_LIMIT,
         stopped: None,
@@ -252,6 +261,22 @@ async fn replay_from(
     }
     let _ = publisher.close(200, "done".into()).await;
     Ok(report)
+}
+
+/// What a replay needs before it reads anything: a selection, and for events the secrets to
+/// check them with (`None` for notifications, which carry no provider signature).
+fn check_request<'s>(
+    queue: Queue,
+    selection: &Selection,
+    secrets: Option<&'s WebhookSecrets>,
+) -> Result<Option<&'s WebhookSecrets>, DeadLetterError> {
+    if selection.is_empty() {
+        return Err(DeadLetterError::NothingSelected);
+    }
+    match queue {
+        Queue::Events => secrets.map(Some).ok_or(DeadLetterError::NoSecrets),
+        Queue::Notifications => Ok(None),
+    }
 }
 
 /// Deletes every message of the queue; returns how many went.
@@ -294,13 +319,30 @@ async fn queue_exists(connection: &Connection, queue: &str) -> bool {
 async fn read_all(channel: &Channel, queue: &str, limit: usize) -> Result<Vec<Read>, DeadLetterError> {
     let mut read = Vec::new();
     while read.len() < limit {
-        let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
-        let next =
-            tokio::time::timeout(Duration::from_secs(10), get).await.map_err(|_| DeadLetterError::NoAnswer)??;
-        let Some(message) = next else { break };
-        read.push(Read::new(message));
+        let Some(message) = read_one(channel, queue).await? else { break };
+        read.push(message);
     }
     Ok(read)
+}
+
+/// Reads until the message with `id` (at most [`SCAN_LIMIT`]), without acknowledging any: one
+/// near the head of a long queue is found without reading the rest (a console page per click).
+async fn find(channel: &Channel, queue: &str, id: &str) -> Result<Option<Read>, DeadLetterError> {
+    for _ in 0..SCAN_LIMIT {
+        match read_one(channel, queue).await? {
+            Some(message) if message.matches_id(id) => return Ok(Some(message)),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    Ok(None)
+}
+
+/// The next ready message, unacknowledged; `None` when the queue has no more.
+async fn read_one(channel: &Channel, queue: &str) -> Result<Option<Read>, DeadLetterError> {
+    let get = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false });
+    let next = tokio::time::timeout(Duration::from_secs(10), get).await.map_err(|_| DeadLetterError::NoAnswer)??;
+    Ok(next.map(Read::new))
 }
 
 /// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go.
@@ -344,3 +386,6 @@ async fn publish_copy(publisher: &Channel, work: &str, read: &Read) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,12 @@
 //! - [`outbox`]: notifications the broker kept refusing, set aside in the outbox table;
 //! - [`unverified`]: events nothing could verify, and [`unverified::recheck`], which sends them
 //!   through the workers again once a verification means exists;
-//! - [`events`]: what the pipeline received and did for an order.
+//! - [`events`]: what the pipeline received and did for an order;
+//! - [`shown`]: how a message's text is shown to a person (control characters escaped, Toss's
+//!   payment `secret` masked).
+//!
+//! Nothing here declares broker topology: it runs under the operator's broker user, which may
+//! read the dead-letter queues and publish through the default exchange only.
 //!
 //! [`cli`] is the command line over it (`send`, `dead`, `unverified`, `events`, `probe`): it
 //! parses, calls the library and prints.
@@ -18,4 +23,5 @@ pub mod cli;
 pub mod dead_letters;
 pub mod events;
 pub mod outbox;
+pub mod shown;
 pub mod unverified;

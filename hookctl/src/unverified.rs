@@ -1,18 +1,22 @@
 //! Events recorded as `unverified` (an unsigned Toss payment event that nothing could verify;
 //! it changed nothing), and running them again once a verification means exists.
 //!
-//! [`recheck`] publishes each stored event to the events exchange exactly as ingest would (same
-//! provider, type, key, receipt time and request id; verification `unsigned`), so the worker
-//! decides it again through the one code path every event takes: fetched back from the Toss API
-//! and applied, or recorded as unverified again. The inbox keeps Toss bodies without their
-//! `secret`, and a Toss event key hashes the body in that form, so the copy is the same event.
+//! [`recheck`] publishes each stored event as ingest would (same provider, type, key, receipt
+//! time and request id; verification `unsigned`), so the worker decides it again through the one
+//! code path every event takes: fetched back from the Toss API and applied, or recorded as
+//! unverified again. The inbox keeps Toss bodies without their `secret`, and a Toss event key
+//! hashes the body in that form, so the copy is the same event.
+//!
+//! Each copy goes to the work queue by name, through the default exchange, as a replay does,
+//! and nothing is declared: the operator's broker user may publish only there
+//! (`deploy/rabbitmq/permissions`), and the work queue is all the events exchange routes to. A
+//! missing work queue (no worker started yet) fails the mandatory publish.
 
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, Connection};
-use secrecy::SecretString;
+use lapin::{Channel, Confirmation, Connection};
 use shared::envelope::{EnvelopeHeaders, IngestVerification};
-use shared::topology::{Topology, TopologyError};
+use shared::topology::Topology;
 use shared::Provider;
 
 /// One `unverified` inbox row.
@@ -32,8 +36,9 @@ pub struct UnverifiedEvent {
 /// Which events to re-check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recheck {
-    /// The event with this key.
-    Event(String),
+    /// These events, by key (as [`list`] shows them). A key with no unverified event (decided
+    /// meanwhile, or never one) is reported in [`RecheckReport::missing`].
+    Keys(Vec<String>),
     /// Every unverified event (at most [`RECHECK_LIMIT`] in one run).
     All,
 }
@@ -48,12 +53,10 @@ pub enum RecheckError {
     NoVerification,
     #[error("no unverified event with key {0}")]
     NotFound(String),
-    #[error("the broker did not take event {0}; nothing after it was sent")]
-    NotTaken(String),
-    #[error("cannot connect to AMQP_URL: {0}")]
-    Connect(#[from] shared::broker::ConnectError),
-    #[error(transparent)]
-    Topology(#[from] TopologyError),
+    #[error(
+        "the broker did not take event {key} (is {queue} declared? a worker declares it); nothing after it was sent"
+    )]
+    NotTaken { key: String, queue: String },
     #[error(transparent)]
     Broker(#[from] lapin::Error),
     #[error(transparent)]
@@ -63,10 +66,12 @@ pub enum RecheckError {
 }
 
 /// What [`recheck`] sent, in order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RecheckReport {
-    /// Published to the events exchange, each confirmed by the broker.
+    /// Published to the work queue, each confirmed by the broker.
     pub sent: Vec<UnverifiedEvent>,
+    /// Keys of [`Recheck::Keys`] with no unverified event; nothing was sent for them.
+    pub missing: Vec<String>,
     /// Sending stopped here; what `sent` lists went out before.
     pub stopped: Option<RecheckError>,
 }
@@ -79,47 +84,57 @@ pub async fn list(client: &tokio_postgres::Client, limit: i64) -> Result<Vec<Unv
     read(client, None, limit).await
 }
 
-/// Sends the chosen events through the workers again. `fetch_back` says whether the workers
-/// can verify now (`TOSS_SECRET_KEY`): without it there is nothing new to verify with.
+/// Whether a re-check can change anything: only once the workers can verify (`fetch_back`:
+/// `TOSS_SECRET_KEY`, or `TOSS_FETCH_BACK`). Callers ask before they offer one.
+pub fn ensure_possible(fetch_back: bool) -> Result<(), RecheckError> {
+    if fetch_back {
+        Ok(())
+    } else {
+        Err(RecheckError::NoVerification)
+    }
+}
+
+/// Sends the chosen events through the workers again, on `connection`. `fetch_back` says
+/// whether the workers can verify now ([`ensure_possible`]).
 pub async fn recheck(
     client: &tokio_postgres::Client,
-    amqp_url: &SecretString,
+    connection: &Connection,
     topology: &Topology,
     which: &Recheck,
     fetch_back: bool,
 ) -> Result<RecheckReport, RecheckError> {
-    if !fetch_back {
-        return Err(RecheckError::NoVerification);
-    }
-    let events = match which {
-        Recheck::Event(key) => {
-            let events = read(client, Some(key), RECHECK_LIMIT).await?;
-            if events.is_empty() {
-                return Err(RecheckError::NotFound(key.clone()));
-            }
-            events
+    ensure_possible(fetch_back)?;
+    let (events, missing) = match which {
+        Recheck::Keys(keys) => {
+            let events = read(client, Some(keys), RECHECK_LIMIT).await?;
+            let missing = keys.iter().filter(|k| !events.iter().any(|e| &e.event_key == *k)).cloned().collect();
+            (events, missing)
         }
-        Recheck::All => read(client, None, RECHECK_LIMIT).await?,
+        Recheck::All => (read(client, None, RECHECK_LIMIT).await?, Vec::new()),
     };
-    let connection = shared::broker::connect_first(amqp_url, "hookctl").await?;
-    let report = publish(&connection, topology, events).await;
-    let _ = connection.close(200, "done".into()).await;
-    report
+    let mut report = RecheckReport { sent: Vec::with_capacity(events.len()), missing, stopped: None };
+    if events.is_empty() {
+        return Ok(report);
+    }
+    let channel = connection.create_channel().await?;
+    let published = publish(&channel, topology, events, &mut report).await;
+    let _ = channel.close(200, "done".into()).await;
+    published.map(|()| report)
 }
 
 async fn read(
     client: &tokio_postgres::Client,
-    key: Option<&str>,
+    keys: Option<&[String]>,
     limit: i64,
 ) -> Result<Vec<UnverifiedEvent>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT provider, event_key, event_type, order_id, detail, payload, request_id, received_at, attempts
                FROM webhook_events
-              WHERE status = 'unverified' AND ($1::text IS NULL OR event_key = $1)
+              WHERE status = 'unverified' AND ($1::text[] IS NULL OR event_key = ANY($1))
               ORDER BY received_at DESC
               LIMIT $2",
-            &[&key, &limit],
+            &[&keys, &limit],
         )
         .await?;
     Ok(rows
@@ -138,18 +153,18 @@ async fn read(
         .collect())
 }
 
-/// Publishes each event as ingest would, each confirmed by the broker.
+/// Publishes each event as ingest would, each confirmed by the broker, to the work queue by
+/// name; stops at the first the broker did not take ([`RecheckReport::stopped`]).
 async fn publish(
-    connection: &Connection,
+    channel: &Channel,
     topology: &Topology,
     events: Vec<UnverifiedEvent>,
-) -> Result<RecheckReport, RecheckError> {
-    topology.declare(connection).await?;
-    let channel = connection.create_channel().await?;
+    report: &mut RecheckReport,
+) -> Result<(), RecheckError> {
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut report = RecheckReport { sent: Vec::with_capacity(events.len()), stopped: None };
+    let work = topology.work_queue();
     for event in events {
-        match publish_one(&channel, topology, &event).await {
+        match publish_one(channel, &work, &event).await {
             Ok(()) => report.sent.push(event),
             Err(error) => {
                 report.stopped = Some(error);
@@ -157,14 +172,10 @@ async fn publish(
             }
         }
     }
-    Ok(report)
+    Ok(())
 }
 
-async fn publish_one(
-    channel: &lapin::Channel,
-    topology: &Topology,
-    event: &UnverifiedEvent,
-) -> Result<(), RecheckError> {
+async fn publish_one(channel: &Channel, work: &str, event: &UnverifiedEvent) -> Result<(), RecheckError> {
     let provider: Provider = event.provider.parse().map_err(RecheckError::Unreadable)?;
     let properties = EnvelopeHeaders {
         provider,
@@ -176,11 +187,10 @@ async fn publish_one(
         attempt: 0,
     }
     .properties(std::iter::empty());
-    let routing_key = Topology::routing_key(provider.as_str(), &event.event_type);
     let confirm = channel
         .basic_publish(
-            topology.events_exchange().as_str().into(),
-            routing_key.as_str().into(),
+            "".into(),
+            work.into(),
             BasicPublishOptions { mandatory: true, immediate: false },
             event.payload.as_bytes(),
             properties,
@@ -188,7 +198,7 @@ async fn publish_one(
         .await?
         .await?;
     if !matches!(confirm, Confirmation::Ack(None)) {
-        return Err(RecheckError::NotTaken(event.event_key.clone()));
+        return Err(RecheckError::NotTaken { key: event.event_key.clone(), queue: work.to_string() });
     }
     Ok(())
 }

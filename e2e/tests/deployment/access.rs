@@ -113,7 +113,7 @@ fn every_published_port_listens_on_the_host_only() {
             ports += 1;
         }
     }
-    assert_eq!(ports, 6, "Postgres, RabbitMQ (AMQP and UI), ingest, Prometheus and Grafana publish ports");
+    assert_eq!(ports, 7, "Postgres, RabbitMQ (AMQP and UI), ingest, the console, Prometheus and Grafana publish ports");
     // Each host port is still a variable.
     let raw = raw_compose();
     for (name, definition) in raw["services"].as_mapping().unwrap() {

@@ -203,6 +203,7 @@ pub(super) fn accepts(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("worker") => worker::cli::WorkerCli::try_parse_from(args).map(drop).map_err(|e| e.to_string()),
         Some("hookctl") => hookctl::cli::Cli::try_parse_from(args).map(drop).map_err(|e| e.to_string()),
+        Some("console") => console::cli::Cli::try_parse_from(args).map(drop).map_err(|e| e.to_string()),
         // ingest reads only its environment.
         Some("ingest") if args.len() == 1 => Ok(()),
         other => Err(format!("no parser known for {other:?} {args:?}")),

@@ -98,7 +98,7 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
     };
     let result = execute(&connection, &topology, command, outbox.as_ref(), secrets.as_ref()).await;
     let _ = connection.close(200, "done".into()).await;
-    result.map_err(explain_refusal)
+    result.map_err(super::explain_refusal)
 }
 
 /// Connects for the outbox; `None` (with a note) when the database cannot be reached, so the
@@ -111,18 +111,6 @@ async fn connect_outbox(settings: &Settings) -> Option<Client> {
             println!("note: outbox not read ({})", worker::store::db::describe_pool_error(&e));
             None
         }
-    }
-}
-
-/// A refused permission, with what to grant.
-fn explain_refusal(error: anyhow::Error) -> anyhow::Error {
-    let refused = match error.downcast_ref::<DeadLetterError>() {
-        Some(DeadLetterError::Broker(e)) => Some(e),
-        _ => error.downcast_ref::<lapin::Error>(),
-    };
-    match refused.and_then(shared::broker::access::refusal) {
-        Some(refusal) => error.context(refusal.remedy()),
-        None => error,
     }
 }
 
@@ -175,7 +163,8 @@ async fn execute(
             Box::pin(execute(connection, topology, DeadCommand::Purge { yes, which }, None, None)).await?;
         }
         DeadCommand::Replay(args) => {
-            let selection = Selection { id: args.id, all: args.all, provider: args.provider, since: args.since };
+            let ids = args.id.into_iter().collect();
+            let selection = Selection { ids, all: args.all, provider: args.provider, since: args.since };
             let report = dead_letters::replay(connection, topology, args.which.queue(), &selection, secrets).await?;
             if report.scan_truncated {
                 println!("note: read the first {SCAN_LIMIT} messages only; run again for the rest");
@@ -190,6 +179,9 @@ async fn execute(
             }
             if let Some(error) = report.stopped {
                 return Err(error.into());
+            }
+            if let Some(id) = report.missing.first() {
+                return Err(DeadLetterError::NotFound(id.clone()).into());
             }
             println!("{} message(s) moved back to {}", report.replayed(), report.work_queue);
         }

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use shared::topology::Topology;
 use shared::Settings;
 
-use crate::unverified::{self, Recheck, UnverifiedEvent};
+use crate::unverified::{self, Recheck, RecheckError, UnverifiedEvent};
 
 #[derive(Subcommand, Debug)]
 pub enum UnverifiedCommand {
@@ -34,13 +34,20 @@ pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Res
         }
         UnverifiedCommand::Recheck { event_key, all } => {
             let which = match (event_key, all) {
-                (Some(key), _) => Recheck::Event(key),
+                (Some(key), _) => Recheck::Keys(vec![key]),
                 (None, true) => Recheck::All,
                 (None, false) => anyhow::bail!("say what to re-check: an event key, or --all"),
             };
-            let topology = Topology::from_settings(settings);
             let fetch_back = settings.toss_fetch_back_enabled();
-            let report = unverified::recheck(&client, &settings.amqp_url, &topology, &which, fetch_back).await?;
+            // Said before the broker is reached: it is what the operator has to change.
+            unverified::ensure_possible(fetch_back)?;
+            let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
+            let topology = Topology::from_settings(settings);
+            let report = unverified::recheck(&client, &connection, &topology, &which, fetch_back).await;
+            let _ = connection.close(200, "done".into()).await;
+            let report = report.map_err(|e| super::explain_refusal(e.into()))?;
             for event in &report.sent {
                 println!(
                     "rechecking {} ({} {}, order {})",
@@ -51,7 +58,10 @@ pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Res
                 );
             }
             if let Some(error) = report.stopped {
-                return Err(error.into());
+                return Err(super::explain_refusal(error.into()));
+            }
+            if let Some(key) = report.missing.into_iter().next() {
+                return Err(RecheckError::NotFound(key).into());
             }
             println!(
                 "{} event(s) sent to the workers again; `hookctl events <order id>` shows the outcome",

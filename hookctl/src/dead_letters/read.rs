@@ -1,5 +1,5 @@
 //! A dead letter as read from its queue, and what is shown of it: control characters escaped,
-//! Toss's payment `secret` masked.
+//! Toss's payment `secret` masked ([`crate::shown`]).
 
 use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
@@ -10,6 +10,7 @@ use shared::envelope::{
 use shared::providers::escape_controls;
 
 use super::{DeadLetter, DeadLetterDetail};
+use crate::shown;
 
 /// A message read and not yet acknowledged, with what is shown of it.
 pub(super) struct Read {
@@ -71,11 +72,7 @@ impl Read {
                     .collect()
             })
             .unwrap_or_default();
-        let body = match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
-            Ok(json) => serde_json::to_string_pretty(&mask_secrets(json)).unwrap_or_default(),
-            Err(_) => escape_controls(&String::from_utf8_lossy(&delivery.data)).into_owned(),
-        };
-        DeadLetterDetail { letter: self.letter.clone(), headers, body }
+        DeadLetterDetail { letter: self.letter.clone(), headers, body: shown::body(&delivery.data) }
     }
 }
 
@@ -84,25 +81,5 @@ fn death_reason(headers: &FieldTable) -> String {
     match headers.inner().get("x-death") {
         Some(_) => "delivery limit exceeded (the message crashed or stalled every worker)".into(),
         None => "unknown".into(),
-    }
-}
-
-/// Toss puts a payment `secret` in bodies; it is shown masked.
-fn mask_secrets(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| {
-                    if k == "secret" && !v.is_null() {
-                        (k, Value::String("***".into()))
-                    } else {
-                        (k, mask_secrets(v))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(mask_secrets).collect()),
-        other => other,
     }
 }

@@ -1,0 +1,31 @@
+//! `console`: the web console (`console`), and `console hash-password`, which reads a password
+//! on standard input and prints its Argon2id hash for `CONSOLE_USERS`.
+
+use std::io::BufRead;
+
+use clap::Parser;
+use console::cli::{Cli, Command};
+use secrecy::SecretString;
+use shared::{shutdown, telemetry, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Some(Command::HashPassword) => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input");
+            println!("{}", console::auth::users::hash_password(SecretString::from(password.to_string())).await?);
+            Ok(())
+        }
+        None => {
+            let settings = Settings::load()?;
+            let console_settings = console::ConsoleSettings::load()?;
+            let _logs = telemetry::init(settings.log_format, "console").map_err(anyhow::Error::msg)?;
+            let console = console::Console::build(settings, console_settings).await?;
+            console.run(shutdown::token_on_signal()).await;
+            Ok(())
+        }
+    }
+}
