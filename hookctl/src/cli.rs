@@ -17,6 +17,7 @@ pub use dead::{DeadCommand, ReplayArgs, Which};
 pub use unverified::UnverifiedCommand;
 
 use clap::{Parser, Subcommand};
+use shared::settings::{DatabaseSettings, HookctlSettings, Settings};
 
 #[derive(Parser, Debug)]
 #[command(name = "hookctl", version, about = "Send test events, inspect and replay dead letters, trace an order")]
@@ -62,7 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe { url } => probe(&url).await,
         command => {
-            let settings = shared::Settings::load()?;
+            let settings = HookctlSettings::load()?;
             match command {
                 Command::Send(send) => send::run(&settings, send).await,
                 Command::Dead(dead) => dead::run(&settings, dead).await,
@@ -82,7 +83,7 @@ async fn probe(url: &str) -> anyhow::Result<()> {
 }
 
 /// A pooled connection as the worker opens it (TLS per `DATABASE_URL`).
-async fn database(settings: &shared::Settings) -> anyhow::Result<deadpool_postgres::Client> {
+async fn database(settings: &DatabaseSettings) -> anyhow::Result<deadpool_postgres::Client> {
     let pool = worker::store::db::pool(settings)?;
     pool.get().await.map_err(|e| anyhow::anyhow!(worker::store::db::describe_pool_error(&e)))
 }

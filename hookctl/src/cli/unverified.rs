@@ -2,8 +2,8 @@
 
 use chrono::SecondsFormat;
 use clap::Subcommand;
+use shared::settings::HookctlSettings;
 use shared::topology::Topology;
-use shared::Settings;
 
 use crate::unverified::{self, Recheck, UnverifiedEvent};
 
@@ -25,8 +25,8 @@ pub enum UnverifiedCommand {
     },
 }
 
-pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Result<()> {
-    let client = super::database(settings).await?;
+pub async fn run(settings: &HookctlSettings, command: UnverifiedCommand) -> anyhow::Result<()> {
+    let client = super::database(&settings.database).await?;
     match command {
         UnverifiedCommand::List { limit } => {
             let events = unverified::list(&client, limit).await?;
@@ -38,9 +38,10 @@ pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Res
                 (None, true) => Recheck::All,
                 (None, false) => anyhow::bail!("say what to re-check: an event key, or --all"),
             };
-            let topology = Topology::from_settings(settings);
-            let fetch_back = settings.toss_fetch_back_enabled();
-            let report = unverified::recheck(&client, &settings.amqp_url, &topology, &which, fetch_back).await?;
+            // Declared before publishing, without notification delivery: that is the worker's.
+            let topology = Topology::from_settings(&settings.common);
+            let fetch_back = settings.toss_api.toss_fetch_back_enabled();
+            let report = unverified::recheck(&client, &settings.common.amqp_url, &topology, &which, fetch_back).await?;
             for event in &report.sent {
                 println!(
                     "rechecking {} ({} {}, order {})",
