@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use compose_spec::service::volumes::{into_long_iter, Mount};
 use compose_spec::service::Condition;
 use compose_spec::ShortOrLong;
-use shared::settings::{HookctlSettings, IngestSettings, Settings, SettingsError, WorkerSettings};
+use shared::settings::{IngestSettings, Settings, WorkerSettings};
 use testkit::prometheus::promtool;
 
 #[path = "deployment/access.rs"]
@@ -123,31 +123,6 @@ fn every_command_of_our_image_is_a_binary_it_has_and_accepts() {
     // The parsers are strict, so acceptance above means something.
     assert!(accepts(&["worker".into(), "migrte".into()]).is_err());
     assert!(accepts(&["hookctl".into(), "probe".into()]).is_err());
-}
-
-/// The binary a service of our image runs: the first word of its command.
-fn binary(service: &compose_spec::Service) -> String {
-    invocation(service).first().cloned().expect("a service of our image names its binary")
-}
-
-/// The settings names `binary` reads.
-fn names_read_by(binary: &str) -> Vec<String> {
-    match binary {
-        "ingest" => IngestSettings::env_names(),
-        "worker" => WorkerSettings::env_names(),
-        "hookctl" => HookctlSettings::env_names(),
-        other => panic!("{other} is not a binary with settings"),
-    }
-}
-
-/// Loads `vars` as `binary`'s settings, with its checks.
-fn load_as(binary: &str, vars: Vec<(&str, &str)>) -> Result<(), SettingsError> {
-    match binary {
-        "ingest" => IngestSettings::from_vars(vars).map(drop),
-        "worker" => WorkerSettings::from_vars(vars).map(drop),
-        "hookctl" => HookctlSettings::from_vars(vars).map(drop),
-        other => panic!("{other} is not a binary with settings"),
-    }
 }
 
 /// Each service sets only what its own binary reads: a setting given to the wrong process
