@@ -48,8 +48,8 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<()> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench lives in the workspace").to_path_buf();
     let ingest_bin = build_ingest(&workspace)?;
     let broker = testkit::TestBroker::new().await;
-    let settings = broker.settings(None, &[]);
-    let topology = Topology::from_settings(&settings);
+    let settings: shared::IngestSettings = broker.settings(None, &[]);
+    let topology = Topology::from_settings(&settings.common);
     topology.declare(broker.connection()).await?;
     let amqp_port = reqwest::Url::parse(&testkit::amqp_url())?.port().unwrap_or(5672);
     let beam = pid_listening_on(amqp_port);

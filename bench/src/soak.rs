@@ -66,8 +66,8 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     }
     let db = testkit::TestDb::create().await;
     let broker = testkit::TestBroker::new().await;
-    let settings = broker.settings(Some(&db.url), &[]);
-    worker::store::migrate::migrate(&settings).await?;
+    let settings: shared::WorkerSettings = broker.settings(Some(&db.url), &[]);
+    worker::store::migrate::migrate(&settings.database).await?;
     let sql = db.client().await;
     // A payment for every event the run can send (the app inserts these at checkout).
     let capacity = (options.duration.as_secs() + 60) * u64::from(options.rate);

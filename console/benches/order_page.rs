@@ -32,8 +32,9 @@ async fn main() -> anyhow::Result<()> {
     let events: i64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
     let orders = events / EVENTS_PER_ORDER;
     let db = TestDb::create().await;
-    let settings = shared::Settings::from_vars([("DATABASE_URL", db.url.as_str())])?;
-    worker::store::migrate::migrate(&settings).await?;
+    let settings =
+        <console::PipelineSettings as shared::settings::Settings>::from_vars([("DATABASE_URL", db.url.as_str())])?;
+    worker::store::migrate::migrate(&settings.database).await?;
     let sql = db.client().await;
     let started = Instant::now();
     println!("loading {events} events for {orders} orders into database {} ...", db.name);

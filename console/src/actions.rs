@@ -14,9 +14,9 @@ use hookctl::outbox::{self, DeadNotification};
 use hookctl::unverified::{self, Recheck, RecheckReport};
 use shared::topology::Topology;
 use shared::verify::message::WebhookSecrets;
-use shared::Settings;
 
 use crate::broker::BrokerHandle;
+use crate::settings::PipelineSettings;
 
 /// Most dead letters one page reads from a queue (each read is a `basic.get`, returned to the
 /// queue at once). A queue holding more says so on the page.
@@ -122,21 +122,21 @@ pub async fn set_aside(client: &Client) -> anyhow::Result<Vec<DeadNotification>>
 }
 
 /// Whether re-checking is possible, and why not.
-pub fn recheck_possible(settings: &Settings) -> Result<(), String> {
-    unverified::ensure_possible(settings.toss_fetch_back_enabled()).map_err(|e| e.to_string())
+pub fn recheck_possible(settings: &PipelineSettings) -> Result<(), String> {
+    unverified::ensure_possible(settings.toss_api.toss_fetch_back_enabled()).map_err(|e| e.to_string())
 }
 
 /// Sends unverified events (by key; all of them when `keys` is `None`, up to hookctl's limit)
 /// to the workers again, as `hookctl unverified recheck` does.
 pub async fn recheck(
-    settings: &Settings,
+    settings: &PipelineSettings,
     client: &Client,
     broker: &BrokerHandle,
     topology: &Topology,
     keys: Option<Vec<String>>,
 ) -> anyhow::Result<RecheckReport> {
     let which = keys.map_or(Recheck::All, Recheck::Keys);
-    let fetch_back = settings.toss_fetch_back_enabled();
+    let fetch_back = settings.toss_api.toss_fetch_back_enabled();
     broker
         .with(async |connection| Ok(unverified::recheck(client, connection, topology, &which, fetch_back).await?))
         .await

@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use shared::http_server::{HttpResponse, ServeOptions};
 use shared::topology::Topology;
 use shared::verify::message::WebhookSecrets;
-use shared::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -26,14 +25,14 @@ use crate::auth::session::SessionStore;
 use crate::auth::users::Directory;
 use crate::broker::BrokerHandle;
 use crate::routes;
-use crate::settings::ConsoleSettings;
+use crate::settings::{ConsoleSettings, PipelineSettings};
 
 /// Everything a handler may use, behind one `Arc`.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub settings: Settings,
+    pub settings: PipelineSettings,
     pub console: ConsoleSettings,
     pub topology: Topology,
     pub pool: deadpool_postgres::Pool,
@@ -72,13 +71,13 @@ pub struct Console {
 
 impl Console {
     /// Binds `CONSOLE_ADDR` and prepares the pool and the broker handle (both connect lazily).
-    pub async fn build(settings: Settings, console: ConsoleSettings) -> anyhow::Result<Self> {
+    pub async fn build(settings: PipelineSettings, console: ConsoleSettings) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(console.console_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on CONSOLE_ADDR {}: {e}", console.console_addr))?;
         let bound = listener.local_addr()?;
-        let pool = crate::db::pool(&settings)?;
-        let secrets = WebhookSecrets::from_settings(&settings).ok();
+        let pool = crate::db::pool(&settings.database)?;
+        let secrets = WebhookSecrets::from_settings(&settings.secrets).ok();
         if secrets.is_none() {
             tracing::warn!(
                 "STRIPE_WEBHOOK_SECRET is not set: the console cannot check, so will not replay, dead events"
@@ -88,8 +87,8 @@ impl Console {
             tracing::warn!("no CONSOLE_USERS and no CONSOLE_TRUSTED_PROXIES: nobody can log in");
         }
         let state = AppState(Arc::new(Inner {
-            topology: Topology::from_settings(&settings),
-            broker: BrokerHandle::new(settings.amqp_url.clone()),
+            topology: Topology::from_settings(&settings.common),
+            broker: BrokerHandle::new(settings.common.amqp_url.clone()),
             sessions: SessionStore::new(console.console_session_ttl, console.console_session_idle),
             users: Directory::new(console.console_users.clone()),
             limiter: LoginLimiter::default(),
@@ -119,8 +118,8 @@ impl Console {
     pub async fn run(self, shutdown: CancellationToken) {
         let router = router(self.state.clone());
         let options = ServeOptions {
-            header_read_timeout: self.state.settings.header_read_timeout,
-            drain_deadline: self.state.settings.shutdown_timeout,
+            header_read_timeout: self.state.settings.service.header_read_timeout,
+            drain_deadline: self.state.settings.service.shutdown_timeout,
             max_connections: MAX_CONNECTIONS,
             open_connections: None,
         };

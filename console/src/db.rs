@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use shared::Settings;
+use shared::settings::DatabaseSettings;
 
 /// Connections at most: a few people looking at pages, never a load on the pipeline's database.
 const POOL_SIZE: usize = 4;
@@ -18,7 +18,7 @@ const SESSION_OPTIONS: &str = "-c statement_timeout=5s -c lock_timeout=2s -c idl
 
 /// Builds the pool; connections open lazily, so a database that is down at start only makes
 /// pages say so.
-pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
+pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     let target = worker::store::tls::DatabaseTarget::from_settings(settings)?;
     let mut config = target.config;
     config.connect_timeout(POOL_TIMEOUT);

@@ -28,4 +28,4 @@ pub mod settings;
 pub mod workers;
 
 pub use app::{AppState, Console};
-pub use settings::ConsoleSettings;
+pub use settings::{ConsoleSettings, PipelineSettings};

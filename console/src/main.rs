@@ -6,7 +6,8 @@ use std::io::BufRead;
 use clap::Parser;
 use console::cli::{Cli, Command};
 use secrecy::SecretString;
-use shared::{shutdown, telemetry, Settings};
+use shared::settings::Settings;
+use shared::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,9 +21,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let settings = Settings::load()?;
+            let settings = console::PipelineSettings::load()?;
             let console_settings = console::ConsoleSettings::load()?;
-            let _logs = telemetry::init(settings.log_format, "console").map_err(anyhow::Error::msg)?;
+            let _logs = telemetry::init(settings.service.log_format, "console").map_err(anyhow::Error::msg)?;
             let console = console::Console::build(settings, console_settings).await?;
             console.run(shutdown::token_on_signal()).await;
             Ok(())

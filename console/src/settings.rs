@@ -1,8 +1,9 @@
 //! The console's own settings, layered as the pipeline's are (built-in defaults, then the TOML
 //! file named by `WEBHOOKS_CONFIG`, then the environment; flat names: field `console_addr` is
 //! read from `CONSOLE_ADDR`). What it shares with the other binaries (`DATABASE_URL`,
-//! `AMQP_URL`, `AMQP_PREFIX`, `RETRY_DELAYS`, the webhook secrets a replay is checked with)
-//! comes from [`shared::Settings`], loaded from the same sources.
+//! `AMQP_URL`, `AMQP_PREFIX`, `RETRY_DELAYS`, the webhook secrets a replay is checked with, the
+//! Toss API a re-check needs, the listener's timeouts and the log format) is [`PipelineSettings`]:
+//! the same parts of `shared::settings` the other binaries read, loaded from the same sources.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +12,39 @@ use config::{Config, Environment, File};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use shared::settings::{
+    CommonSettings, DatabaseSettings, Parts, ServiceSettings, Settings, SettingsError, TossApiSettings,
+    WebhookSecretSettings,
+};
+
 use crate::auth::users::{parse_users, User};
+
+/// The parts of the pipeline's settings the console reads: hookctl's (it runs hookctl's
+/// actions) and a service's listener timeouts and log format.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub common: CommonSettings,
+    pub service: ServiceSettings,
+    pub database: DatabaseSettings,
+    pub secrets: WebhookSecretSettings,
+    pub toss_api: TossApiSettings,
+}
+
+impl Settings for PipelineSettings {
+    fn read(parts: &mut Parts) -> Result<Self, SettingsError> {
+        Ok(Self {
+            common: parts.read()?,
+            service: parts.read()?,
+            database: parts.read()?,
+            secrets: parts.read()?,
+            toss_api: parts.read()?,
+        })
+    }
+
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+}
 
 /// Every setting of the console. `Debug` shows no password hash.
 #[derive(Clone, Debug, Deserialize)]

@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use serde_json::json;
 use shared::broker::access::{refusal, Refusal};
-use shared::topology::Topology;
+use shared::settings::WorkerSettings;
 use testkit::events::{stripe_session_event, STRIPE_SECRET};
 use testkit::fake_http::Recorded;
 use testkit::{Behavior, FakeEndpoint, LoggedProcess, RoleUsers, TestBroker};
@@ -62,9 +62,11 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, lapin::Error>, what: &st
 async fn each_user_may_do_its_roles_job_and_nothing_more() {
     testkit::init_logs();
     let broker = TestBroker::new().await;
-    let settings = broker
-        .settings(None, &[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
-    let topology = Topology::from_settings(&settings);
+    let settings = broker.settings::<WorkerSettings>(
+        None,
+        &[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)],
+    );
+    let topology = worker::Worker::topology(&settings);
     topology.declare(broker.connection()).await.expect("the administrator declares the topology");
     let users = RoleUsers::create(&broker.prefix).await;
     let (events, notifications) = (topology.events_exchange(), topology.notifications_exchange());

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ingest::TestIngest;
-use shared::Settings;
+use shared::settings::{Settings, WorkerSettings};
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::{RabbitCluster, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -52,12 +52,18 @@ struct Answer {
     took: Duration,
 }
 
+/// A binary's settings from `vars`.
+fn load<S: Settings>(vars: &[(String, String)]) -> S {
+    S::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))).expect("valid settings")
+}
+
 async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
     let db = TestDb::create().await;
     let prefix = testkit::unique("t");
-    let settings_from = |first: usize, extra: &[(&str, &str)]| {
+    // The settings of a process (ingest or a worker) that connects to node `first` first.
+    let vars_from = |first: usize| -> Vec<(String, String)> {
         let urls = cluster.amqp_urls_from(first);
-        let mut vars = vec![
+        let vars = [
             ("AMQP_URL", urls.as_str()),
             ("AMQP_PREFIX", prefix.as_str()),
             ("DATABASE_URL", db.url.as_str()),
@@ -70,10 +76,10 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
             ("RETRY_MAX_ATTEMPTS", "30"),
             ("SHUTDOWN_TIMEOUT", "10s"),
         ];
-        vars.extend_from_slice(extra);
-        Settings::from_vars(vars).expect("valid settings")
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     };
-    worker::store::migrate::migrate(&settings_from(0, &[])).await.expect("migrations apply");
+    let settings_from = |first: usize| -> WorkerSettings { load(&vars_from(first)) };
+    worker::store::migrate::migrate(&settings_from(0).database).await.expect("migrations apply");
     let sql = db.client().await;
     let orders = (RATE * LOAD_FOR.as_secs() + RATE) as i64;
     sql.batch_execute(&format!(
@@ -88,15 +94,15 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
         // Queues get their leader where they are declared: on node 2 here, so that the leader
         // is not the node ingest publishes through.
         let connection = lapin::Connection::connect(&cluster.nodes[2].amqp_url(), Default::default()).await.unwrap();
-        shared::topology::Topology::from_settings(&settings_from(2, &[])).declare(&connection).await.unwrap();
+        worker::Worker::topology(&settings_from(2)).declare(&connection).await.unwrap();
         let _ = connection.close(200, "declared".into()).await;
     }
     // Ingest starts on node 0, the workers on nodes 1 and 2.
-    let ingest = TestIngest::spawn(settings_from(0, &[])).await;
+    let ingest = TestIngest::spawn(load(&vars_from(0))).await;
     let stop_workers = CancellationToken::new();
     let mut workers = Vec::new();
     for first in [1, 2] {
-        let worker = worker::Worker::build(settings_from(first, &[])).await.expect("worker builds");
+        let worker = worker::Worker::build(settings_from(first)).await.expect("worker builds");
         workers.push(tokio::spawn(worker.run(stop_workers.clone())));
     }
 

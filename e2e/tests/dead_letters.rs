@@ -10,7 +10,7 @@ use common::Env;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use shared::topology::Topology;
+use shared::settings::WorkerSettings;
 
 const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -75,7 +75,7 @@ async fn reading_dead_letters_many_more_times_than_any_delivery_limit_never_drop
         ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET),
     ]);
     env.declare(&settings).await;
-    let topology = Topology::from_settings(&settings);
+    let topology = worker::Worker::topology(&settings);
     let queues = [topology.dead_queue(), topology.notify_dead_queue()];
     for queue in &queues {
         park(&env, queue, &format!("evt_kept_{queue}")).await;
@@ -117,8 +117,8 @@ async fn reading_dead_letters_many_more_times_than_any_delivery_limit_never_drop
 #[tokio::test]
 async fn a_dead_letter_queue_declared_without_the_limit_is_kept_with_its_messages() {
     let env = Env::new().await;
-    let settings = env.settings(&[]);
-    let topology = Topology::from_settings(&settings);
+    let settings: WorkerSettings = env.settings(&[]);
+    let topology = worker::Worker::topology(&settings);
     // The dead-letter queue as an earlier version declared it: quorum, no delivery limit.
     let channel = env.broker.connection().create_channel().await.unwrap();
     let mut args = FieldTable::default();
@@ -175,7 +175,7 @@ async fn the_dead_letter_queues_are_declared_with_a_limit_of_a_billion_returns()
     let settings =
         env.settings(&[("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/"), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
     env.declare(&settings).await;
-    let topology = Topology::from_settings(&settings);
+    let topology = worker::Worker::topology(&settings);
     for queue in [topology.dead_queue(), topology.notify_dead_queue()] {
         redeclare_with_limit(&env, &queue, Some(EXPECTED_DEAD_LETTER_LIMIT))
             .await

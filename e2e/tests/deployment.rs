@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use compose_spec::service::volumes::{into_long_iter, Mount};
 use compose_spec::service::Condition;
 use compose_spec::ShortOrLong;
+use shared::settings::{IngestSettings, Settings, WorkerSettings};
 use testkit::prometheus::promtool;
 
 #[path = "deployment/access.rs"]
@@ -23,7 +24,7 @@ use self::files::*;
 /// tests that crash a worker at one need the feature.
 const TEST_COMMAND: &str = "cargo test --workspace --locked --features worker/failpoints";
 
-/// Environment names our binaries read besides the settings struct (the OpenTelemetry
+/// Environment names our binaries read besides their settings (the OpenTelemetry
 /// exporter reads its standard variables itself).
 /// `INGEST_URL` is where `hookctl send` posts (a command-line default).
 const NON_SETTING_ENV: &[&str] = &["RUST_LOG", "WEBHOOKS_CONFIG", "OTEL_EXPORTER_OTLP_ENDPOINT", "INGEST_URL"];
@@ -124,16 +125,18 @@ fn every_command_of_our_image_is_a_binary_it_has_and_accepts() {
     assert!(accepts(&["hookctl".into(), "probe".into()]).is_err());
 }
 
+/// Each service sets only what its own binary reads: a setting given to the wrong process
+/// (`DATABASE_URL` to ingest, `LOG_FORMAT` to hookctl) would silently do nothing.
 #[test]
-fn every_environment_name_of_our_services_is_a_setting() {
+fn every_environment_name_of_our_services_is_a_setting_of_its_binary() {
     let compose = compose();
-    let mut names = shared::Settings::env_names();
-    names.extend(console::ConsoleSettings::env_names());
     for (name, service) in services_built_here(&compose) {
+        let binary = binary(service);
+        let names = names_read_by(&binary);
         for key in environment(service).keys() {
             assert!(
                 names.contains(key) || NON_SETTING_ENV.contains(&key.as_str()),
-                "{name} sets {key}, which no setting reads (shared/src/settings.rs, console/src/settings.rs)"
+                "{name} sets {key}, which {binary} does not read (shared/src/settings/binaries.rs)"
             );
         }
     }
@@ -142,7 +145,7 @@ fn every_environment_name_of_our_services_is_a_setting() {
 #[test]
 fn every_setting_is_documented_in_the_readme() {
     let readme = repo_file("README.md");
-    for name in shared::Settings::env_names() {
+    for name in shared::settings::env_names() {
         assert!(readme.contains(&format!("`{name}`")), "README's configuration table documents `{name}`");
     }
     let console_doc = repo_file("docs/console.md");
@@ -196,17 +199,16 @@ fn every_service_environment_is_a_valid_settings_set_pointing_at_compose_service
     for name in ["migrate", "ingest", "worker", "hookctl", "console"] {
         let env = environment(service(&compose, name));
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let settings = shared::Settings::from_vars(vars.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        if name == "console" {
-            console::ConsoleSettings::from_vars(vars).unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
+        load_as(&binary(service(&compose, name)), vars).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (key, host) in [("DATABASE_URL", "@postgres:5432/"), ("AMQP_URL", "@rabbitmq:5672/")] {
             if let Some(url) = env.get(key) {
                 assert!(url.contains(host), "{name}.{key} points at the {host} service: {url}");
             }
         }
         if name == "ingest" {
-            settings.stripe_secrets().expect("ingest has a Stripe secret by default");
+            let vars = env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            let settings = IngestSettings::from_vars(vars).unwrap();
+            settings.secrets.stripe_secrets().expect("ingest has a Stripe secret by default");
             for key in ["AMQP_URL", "AMQP_PREFIX", "STRIPE_WEBHOOK_SECRET", "TOSS_WEBHOOK_SECRET"] {
                 assert!(env.contains_key(key), "ingest sets {key}");
             }
@@ -231,13 +233,13 @@ fn the_worker_runs_with_the_benchmarked_defaults() {
     let compose = compose();
     let env = environment(service(&compose, "worker"));
     let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let worker = shared::Settings::from_vars(vars).unwrap();
-    let defaults = shared::Settings::default();
-    assert_eq!(worker.worker_concurrency, defaults.worker_concurrency);
-    assert_eq!(worker.worker_batch_size, defaults.worker_batch_size);
-    assert_eq!(worker.worker_batch_linger, defaults.worker_batch_linger);
-    assert_eq!(worker.worker_prefetch(), defaults.worker_prefetch());
-    assert_eq!(worker.database_pool_size, defaults.database_pool_size);
+    let worker = WorkerSettings::from_vars(vars).unwrap();
+    let defaults = WorkerSettings::from_vars([]).unwrap();
+    assert_eq!(worker.worker.worker_concurrency, defaults.worker.worker_concurrency);
+    assert_eq!(worker.worker.worker_batch_size, defaults.worker.worker_batch_size);
+    assert_eq!(worker.worker.worker_batch_linger, defaults.worker.worker_batch_linger);
+    assert_eq!(worker.worker.worker_prefetch(), defaults.worker.worker_prefetch());
+    assert_eq!(worker.database.database_pool_size, defaults.database.database_pool_size);
 }
 
 #[test]

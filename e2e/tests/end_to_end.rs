@@ -13,9 +13,8 @@ use uuid::Uuid;
 async fn a_signed_checkout_completed_pays_the_order_and_notifies_the_trainer_once() {
     let env = Env::new().await;
     let seeded = env.seed_payment("order_7f3a9c", "stripe", Some(3000), Some("usd")).await;
-    let settings = env.settings(&[]);
-    let ingest = TestIngest::spawn(settings.clone()).await;
-    let worker = TestWorker::spawn(settings).await;
+    let ingest = TestIngest::spawn(env.settings(&[])).await;
+    let worker = TestWorker::spawn(env.settings(&[])).await;
 
     let body = stripe_session_event("evt_e2e_1", "checkout.session.completed", "order_7f3a9c", "paid", 3000, "usd");
     let status = ingest

@@ -22,9 +22,8 @@ async fn send_produces_events_that_ingest_accepts_and_the_worker_applies() {
     env.seed_payment("order-cli-t", "toss", Some(37400), Some("KRW")).await;
     // As on a developer machine (config/local.toml): `send toss` posts an unsigned payment
     // event, which only the development opt-in applies without a Toss API to confirm it.
-    let settings = env.settings(&[("TOSS_ALLOW_UNVERIFIED", "true")]);
-    let ingest = TestIngest::spawn(settings.clone()).await;
-    let worker = TestWorker::spawn(settings).await;
+    let ingest = TestIngest::spawn(env.settings(&[])).await;
+    let worker = TestWorker::spawn(env.settings(&[("TOSS_ALLOW_UNVERIFIED", "true")])).await;
     let url = format!("http://{}", ingest.addr);
 
     let (ok, out) = hookctl(

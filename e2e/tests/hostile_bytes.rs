@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Env, TestWorker};
 use shared::envelope::{header_str, H_DEAD_REASON, H_EVENT_KEY};
+use shared::settings::WorkerSettings;
 use shared::topology::Topology;
 use shared::Provider;
 use testkit::events::{stripe_payment_failed, stripe_session_event, toss_deposit_callback};
@@ -16,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// One worker, one batch slot, room for every delivery of the test in one batch, and a first
 /// retry tier an hour away, so a retried message would still be sitting in it.
-fn one_big_batch(env: &Env) -> shared::Settings {
+fn one_big_batch(env: &Env) -> WorkerSettings {
     env.settings(&[
         ("WORKER_CONCURRENCY", "1"),
         ("WORKER_BATCH_SIZE", "200"),
@@ -39,9 +40,13 @@ async fn inbox_transactions(env: &Env) -> i64 {
 }
 
 /// Nothing went to a delay tier: no row is retrying, none was tried twice, the tier is empty.
-async fn assert_nothing_retried(env: &Env, settings: &shared::Settings) {
+async fn assert_nothing_retried(env: &Env, settings: &WorkerSettings) {
     assert_eq!(env.count("SELECT count(*) FROM webhook_events WHERE status = 'retrying' OR attempts <> 1").await, 0);
-    assert_eq!(env.broker.count(&Topology::from_settings(settings).retry_queue(0)).await, 0, "the retry tier is empty");
+    assert_eq!(
+        env.broker.count(&Topology::from_settings(&settings.common).retry_queue(0)).await,
+        0,
+        "the retry tier is empty"
+    );
 }
 
 async fn publish_paid(env: &Env, key: &str, order: &str) {

@@ -105,10 +105,11 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_expression_with_da
     let env = Env::new().await;
     let receiver = FakeEndpoint::start(vec![Behavior::Status(200, String::new())]).await;
     let notify_url = receiver.url("/notifications");
-    let settings =
-        env.settings(&[("NOTIFY_WEBHOOK_URL", notify_url.as_str()), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]);
-    let worker = TestWorker::spawn(settings.clone()).await;
-    let ingest = TestIngest::spawn(settings).await;
+    let worker = TestWorker::spawn(
+        env.settings(&[("NOTIFY_WEBHOOK_URL", notify_url.as_str()), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]),
+    )
+    .await;
+    let ingest = TestIngest::spawn(env.settings(&[])).await;
 
     let targets = BTreeMap::from([("ingest", ingest.metrics_addr.to_string()), ("worker", worker.addr.to_string())]);
     let prometheus =

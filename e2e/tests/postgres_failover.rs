@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::TestIngest;
-use shared::topology::Topology;
+use shared::settings::WorkerSettings;
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::pg_pair::{fence, make_synchronous, multi_host_url, wait_caught_up};
 use testkit::{LoggedProcess, PgPair, PgServer, TestBroker};
@@ -61,8 +61,8 @@ async fn failovers_to_a_synchronous_standby_lose_no_acknowledged_event_and_apply
         ("RETRY_DELAYS", "200ms,500ms,1s,2s"),
         ("RETRY_MAX_ATTEMPTS", "40"),
     ];
-    let settings = broker.settings(Some(&url), &vars);
-    worker::store::migrate::migrate(&settings).await.expect("migrations apply through the multi-host URL");
+    let settings: WorkerSettings = broker.settings(Some(&url), &vars);
+    worker::store::migrate::migrate(&settings.database).await.expect("migrations apply through the multi-host URL");
     let orders = (RATE * MAX_LOAD.as_secs()) as i64;
     testkit::db::connect(&url)
         .await
@@ -73,10 +73,10 @@ async fn failovers_to_a_synchronous_standby_lose_no_acknowledged_event_and_apply
         ))
         .await
         .unwrap();
-    Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
+    worker::Worker::topology(&settings).declare(broker.connection()).await.unwrap();
     let notifications = broker.subscribe(&format!("{}.notifications", broker.prefix)).await;
 
-    let ingest = TestIngest::spawn(settings.clone()).await;
+    let ingest = TestIngest::spawn(broker.settings(Some(&url), &vars)).await;
     let mut env: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), url.clone()),
         ("AMQP_URL".into(), testkit::amqp_url()),

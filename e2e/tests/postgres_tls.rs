@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use shared::Settings;
+use shared::settings::{DatabaseSettings, Settings, WorkerSettings};
 use testkit::pg_server::{PgServer, ServerTls};
 use testkit::TestDb;
 
@@ -36,13 +36,15 @@ fn certificates(ca_name: &str) -> Certificates {
 }
 
 /// Settings with `DATABASE_URL` = `url` and, when given, `DATABASE_CA_FILE`.
-fn settings(url: &str, ca_file: Option<&Path>) -> Settings {
+fn settings(url: &str, ca_file: Option<&Path>) -> DatabaseSettings {
     let ca = ca_file.map(|p| p.display().to_string()).unwrap_or_default();
-    Settings::from_vars([("DATABASE_URL", url), ("DATABASE_CA_FILE", ca.as_str())]).expect("valid settings")
+    WorkerSettings::from_vars([("DATABASE_URL", url), ("DATABASE_CA_FILE", ca.as_str())])
+        .expect("valid settings")
+        .database
 }
 
 /// Whether the pool's connection is encrypted, or the pool's error message.
-async fn pooled_connection_uses_tls(settings: &Settings) -> Result<bool, String> {
+async fn pooled_connection_uses_tls(settings: &DatabaseSettings) -> Result<bool, String> {
     let pool = worker::store::db::pool(settings).map_err(|e| e.to_string())?;
     let client = pool.get().await.map_err(|e| worker::store::db::describe_pool_error(&e))?;
     let row = client

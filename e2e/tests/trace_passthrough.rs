@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
 use shared::envelope::header_str;
+use shared::settings::WorkerSettings;
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::{Behavior, FakeEndpoint, TestBroker, TestDb};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ async fn without_an_exporter_a_received_traceparent_reaches_the_message_and_the_
     let broker = TestBroker::new().await;
     let endpoint = FakeEndpoint::start(vec![Behavior::Status(200, String::new())]).await;
     let notify_url = endpoint.url("/hooks/notify");
-    let settings = broker.settings(
+    let settings: WorkerSettings = broker.settings(
         Some(&db.url),
         &[
             ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
@@ -43,8 +44,8 @@ async fn without_an_exporter_a_received_traceparent_reaches_the_message_and_the_
             ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ],
     );
-    worker::store::migrate::migrate(&settings).await.expect("migrations apply");
-    shared::topology::Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
+    worker::store::migrate::migrate(&settings.database).await.expect("migrations apply");
+    worker::Worker::topology(&settings).declare(broker.connection()).await.unwrap();
     let sql = db.client().await;
     for order in ["order-traced", "order-plain"] {
         seed(&sql, order).await;

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use shared::envelope::header_str;
-use shared::settings::LogFormat;
+use shared::settings::{LogFormat, WorkerSettings};
 use testkit::events::{stripe_session_event, STRIPE_SECRET};
 use testkit::otlp::{OtlpReceiver, ReceivedSpan};
 use testkit::{Behavior, FakeEndpoint, LoggedProcess, TestBroker, TestDb};
@@ -39,7 +39,7 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
     let broker = TestBroker::new().await;
     let endpoint = FakeEndpoint::start(vec![Behavior::Status(200, String::new())]).await;
     let notify_url = endpoint.url("/hooks/notify");
-    let settings = broker.settings(
+    let settings: WorkerSettings = broker.settings(
         Some(&db.url),
         &[
             ("RETRY_DELAYS", "300ms"),
@@ -48,8 +48,8 @@ async fn one_trace_joins_the_ingest_request_and_the_workers_commit_across_retrie
             ("NOTIFY_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ],
     );
-    worker::store::migrate::migrate(&settings).await.expect("migrations apply");
-    shared::topology::Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
+    worker::store::migrate::migrate(&settings.database).await.expect("migrations apply");
+    worker::Worker::topology(&settings).declare(broker.connection()).await.unwrap();
     let sql = db.client().await;
     seed(&sql, "order-now").await;
     let notifications = broker.subscribe(&format!("{}.notifications", broker.prefix)).await;

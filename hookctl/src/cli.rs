@@ -17,6 +17,7 @@ pub use dead::{DeadCommand, ReplayArgs, Which};
 pub use unverified::UnverifiedCommand;
 
 use clap::{Parser, Subcommand};
+use shared::settings::{DatabaseSettings, HookctlSettings, Settings};
 
 use crate::dead_letters::DeadLetterError;
 use crate::unverified::RecheckError;
@@ -65,7 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe { url } => probe(&url).await,
         command => {
-            let settings = shared::Settings::load()?;
+            let settings = HookctlSettings::load()?;
             match command {
                 Command::Send(send) => send::run(&settings, send).await,
                 Command::Dead(dead) => dead::run(&settings, dead).await,
@@ -97,7 +98,7 @@ fn explain_refusal(error: anyhow::Error) -> anyhow::Error {
 }
 
 /// A pooled connection as the worker opens it (TLS per `DATABASE_URL`).
-async fn database(settings: &shared::Settings) -> anyhow::Result<deadpool_postgres::Client> {
+async fn database(settings: &DatabaseSettings) -> anyhow::Result<deadpool_postgres::Client> {
     let pool = worker::store::db::pool(settings)?;
     pool.get().await.map_err(|e| anyhow::anyhow!(worker::store::db::describe_pool_error(&e)))
 }

@@ -25,10 +25,11 @@ use hyper::body::Incoming;
 use hyper::Request;
 use secrecy::SecretString;
 use serde_json::json;
-use shared::broker::Broker;
+use shared::broker::{Broker, BrokerOptions};
 use shared::http_server::{self, json_response, text_response, HttpResponse, ServeOptions, PROMETHEUS_CONTENT_TYPE};
-use shared::topology::Declaring;
-use shared::{Provider, Settings};
+use shared::settings::{IngestSettings, Settings};
+use shared::topology::{Declaring, Topology};
+use shared::Provider;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,7 @@ pub const PUBLISH_CHANNELS: usize = 4;
 
 /// What every request handler reads.
 pub struct AppState {
-    pub settings: Settings,
+    pub settings: IngestSettings,
     pub stripe_secrets: Vec<SecretString>,
     pub broker: Broker,
     /// `{prefix}.events`, where every webhook is published.
@@ -72,31 +73,37 @@ impl Ingest {
     /// Validates what ingest needs, binds `INGEST_ADDR` and `INGEST_METRICS_ADDR` and starts
     /// connecting to the broker. The broker may be down: ingest then answers 503 until it
     /// connects.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let stripe_secrets = settings.stripe_secrets()?;
-        if settings.toss_webhook_secret.is_none() {
+    pub async fn build(settings: IngestSettings) -> anyhow::Result<Self> {
+        let stripe_secrets = settings.secrets.stripe_secrets()?;
+        if settings.secrets.toss_webhook_secret.is_none() {
             tracing::warn!("TOSS_WEBHOOK_SECRET is not set: signed Toss events (payout.changed, seller.changed) will be refused with 400");
         }
-        let listener = http_server::bind(settings.ingest_addr)
-            .with_context(|| format!("cannot listen on INGEST_ADDR={}", settings.ingest_addr))?;
-        let metrics_listener = http_server::bind(settings.ingest_metrics_addr)
-            .with_context(|| format!("cannot listen on INGEST_METRICS_ADDR={}", settings.ingest_metrics_addr))?;
+        let listener = http_server::bind(settings.ingest.ingest_addr)
+            .with_context(|| format!("cannot listen on INGEST_ADDR={}", settings.ingest.ingest_addr))?;
+        let metrics_listener = http_server::bind(settings.ingest.ingest_metrics_addr)
+            .with_context(|| format!("cannot listen on INGEST_METRICS_ADDR={}", settings.ingest.ingest_metrics_addr))?;
         let metrics = IngestMetrics::new();
         let broker_cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let broker = Broker::from_settings(
-            &settings,
-            "ingest",
-            PUBLISH_CHANNELS,
+        let options = BrokerOptions {
+            connection_name: "ingest".into(),
+            publish_channels: PUBLISH_CHANNELS,
+            publish_timeout: settings.service.publish_timeout,
             // Ingest publishes; the worker owns the queues. As deployed, ingest's AMQP user may
             // not declare anything (deploy/rabbitmq/permissions).
-            Declaring::IfMissing,
+            declaring: Declaring::IfMissing,
+        };
+        let broker = Broker::start(
+            settings.common.amqp_url.clone(),
+            // Notification delivery is the worker's to know about: ingest never declares it.
+            Topology::from_settings(&settings.common),
+            options,
             metrics.broker.clone(),
             broker_cancel.clone(),
             &tasks,
         );
         let state = Arc::new(AppState {
-            inflight: Semaphore::new(settings.max_inflight_requests),
+            inflight: Semaphore::new(settings.ingest.max_inflight_requests),
             events_exchange: broker.topology().events_exchange(),
             settings,
             stripe_secrets,
@@ -129,9 +136,9 @@ impl Ingest {
         let metrics_stop = CancellationToken::new();
         let metrics = tokio::spawn(serve_metrics(metrics_listener, state.clone(), metrics_stop.clone()));
         let options = ServeOptions {
-            header_read_timeout: state.settings.header_read_timeout,
-            drain_deadline: state.settings.shutdown_timeout,
-            max_connections: state.settings.max_connections,
+            header_read_timeout: state.settings.service.header_read_timeout,
+            drain_deadline: state.settings.service.shutdown_timeout,
+            max_connections: state.settings.ingest.max_connections,
             open_connections: Some(state.metrics.connections.clone()),
         };
         let draining = state.draining.clone();
@@ -162,8 +169,8 @@ impl Ingest {
 /// The `ingest` binary: reads the settings, starts the logs and serves until SIGTERM / Ctrl-C.
 /// In the library so the end-to-end tests run the same program under a name of their own.
 pub async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
-    let _logs = shared::telemetry::init(settings.log_format, "ingest").map_err(anyhow::Error::msg)?;
+    let settings = IngestSettings::load()?;
+    let _logs = shared::telemetry::init(settings.service.log_format, "ingest").map_err(anyhow::Error::msg)?;
     let ingest = Ingest::build(settings).await?;
     ingest.run(shared::shutdown::token_on_signal()).await;
     Ok(())
@@ -173,7 +180,7 @@ pub async fn main() -> anyhow::Result<()> {
 async fn serve_metrics(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest metrics listening");
     let options = ServeOptions {
-        header_read_timeout: state.settings.header_read_timeout,
+        header_read_timeout: state.settings.service.header_read_timeout,
         drain_deadline: std::time::Duration::from_secs(1),
         max_connections: METRICS_MAX_CONNECTIONS,
         open_connections: None,
@@ -193,7 +200,7 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>, stop: Cancel
 
 fn metrics_response(state: &AppState) -> HttpResponse {
     let available = state.inflight.available_permits();
-    state.metrics.inflight.set((state.settings.max_inflight_requests - available) as i64);
+    state.metrics.inflight.set((state.settings.ingest.max_inflight_requests - available) as i64);
     text_response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, shared::metrics::render(&state.metrics.registry))
 }
 

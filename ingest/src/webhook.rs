@@ -89,15 +89,15 @@ async fn receive(
 ) -> Result<(), RejectReason> {
     let _permit = state.inflight.try_acquire().map_err(|_| RejectReason::Saturated)?;
 
-    if provider == Provider::Toss && !state.settings.toss_allowed_ips.is_empty() {
+    if provider == Provider::Toss && !state.settings.ingest.toss_allowed_ips.is_empty() {
         check_toss_source(state, request.headers(), peer)?;
     }
     let (parts, body) = request.into_parts();
     // The body stays in hyper's buffer: verified, parsed and published from there.
     let limit = match provider {
-        Provider::Stripe => state.settings.max_body_bytes,
+        Provider::Stripe => state.settings.ingest.max_body_bytes,
         // Anyone can post an unsigned Toss payment event, and Toss's objects are a few KiB.
-        Provider::Toss => state.settings.toss_max_body_bytes,
+        Provider::Toss => state.settings.ingest.toss_max_body_bytes,
     };
     let body = read_body(state, limit, &parts.headers, body).await?;
     let headers = &parts.headers;
@@ -172,8 +172,13 @@ const MAX_DELIVERY_HEADER_LEN: usize = 1024;
 
 fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RejectReason> {
     let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-    match client_ip(peer.ip(), forwarded, state.settings.trusted_proxy_hops, &state.settings.trusted_proxies) {
-        Some(ip) if is_allowed(ip, &state.settings.toss_allowed_ips) => Ok(()),
+    match client_ip(
+        peer.ip(),
+        forwarded,
+        state.settings.ingest.trusted_proxy_hops,
+        &state.settings.ingest.trusted_proxies,
+    ) {
+        Some(ip) if is_allowed(ip, &state.settings.ingest.toss_allowed_ips) => Ok(()),
         client => {
             tracing::warn!(peer = %peer.ip(), client = ?client, "Toss webhook from a source outside TOSS_ALLOWED_IPS");
             Err(RejectReason::ForbiddenSource)
@@ -189,7 +194,7 @@ async fn read_body(state: &AppState, limit: usize, headers: &HeaderMap, body: In
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(RejectReason::TooLarge(limit));
     }
-    let timeout = state.settings.body_read_timeout;
+    let timeout = state.settings.ingest.body_read_timeout;
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(RejectReason::BodyTimeout(timeout)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
@@ -217,13 +222,13 @@ fn verify_stripe<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> R
         body,
         header(headers, "stripe-signature"),
         &state.stripe_secrets,
-        state.settings.stripe_tolerance,
+        state.settings.ingest.stripe_tolerance,
         Utc::now().timestamp(),
     )
     .map_err(|e| {
         let detail = match e {
             StripeSignatureError::Stale | StripeSignatureError::Future => {
-                format!("{e} ({:?})", state.settings.stripe_tolerance)
+                format!("{e} ({:?})", state.settings.ingest.stripe_tolerance)
             }
             other => other.to_string(),
         };
@@ -247,10 +252,10 @@ fn verify_toss<'a>(state: &AppState, headers: &HeaderMap, body: &'a [u8]) -> Res
     let signature = header(headers, "tosspayments-webhook-signature");
     // Toss signs only payout and seller events. A signature on anything else is still checked
     // when a key is configured: a wrong one is never let through.
-    let verification = match (&state.settings.toss_webhook_secret, event.is_signed_type(), signature) {
+    let verification = match (&state.settings.secrets.toss_webhook_secret, event.is_signed_type(), signature) {
         (None, true, _) => return Err(RejectReason::SignatureUnverifiable),
         (Some(secret), true, _) | (Some(secret), false, Some(_)) => {
-            let tolerance = state.settings.toss_tolerance;
+            let tolerance = state.settings.ingest.toss_tolerance;
             // A delivery must be recent; the worker's later check of the queued message is not.
             let freshness = Freshness::Within { tolerance, now_unix: Utc::now().timestamp() };
             let time = header(headers, "tosspayments-webhook-transmission-time");

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestIngest;
-use shared::Settings;
+use shared::settings::{IngestSettings, Settings};
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::RabbitCluster;
 
@@ -19,7 +19,7 @@ async fn a_memory_alarm_means_prompt_503_and_unready_until_it_clears() {
     let node = &cluster.nodes[0];
     let url = node.amqp_url();
     let prefix = testkit::unique("t");
-    let settings = Settings::from_vars([
+    let settings = IngestSettings::from_vars([
         ("AMQP_URL", url.as_str()),
         ("AMQP_PREFIX", prefix.as_str()),
         ("INGEST_ADDR", "127.0.0.1:0"),

@@ -63,7 +63,7 @@ async fn a_late_confirm_fails_only_its_own_request_and_keeps_the_connection() {
 #[tokio::test]
 async fn a_nack_retires_its_channel_and_the_next_publish_is_stored() {
     let broker = TestBroker::new().await;
-    let settings = broker.settings(None, &[]);
+    let settings = broker.settings::<shared::IngestSettings>(None, &[]);
     // The work queue holds one message and refuses (nacks) publishes beyond it. Ingest's own
     // declaration then differs in its arguments, which it tolerates.
     let mut args = FieldTable::default();

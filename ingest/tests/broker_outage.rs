@@ -121,8 +121,8 @@ async fn concurrent_requests_share_one_connection() {
 #[tokio::test]
 async fn a_process_configured_with_another_delivery_limit_still_starts_and_publishes() {
     let broker = TestBroker::new().await;
-    let first = broker.settings(None, &[("DELIVERY_LIMIT", "5")]);
-    shared::topology::Topology::from_settings(&first).declare(broker.connection()).await.unwrap();
+    let first = broker.settings::<shared::IngestSettings>(None, &[("DELIVERY_LIMIT", "5")]);
+    shared::topology::Topology::from_settings(&first.common).declare(broker.connection()).await.unwrap();
     // The work queue exists with x-delivery-limit 5; this ingest would declare 7.
     let ingest = TestIngest::spawn(broker.settings(None, &[("DELIVERY_LIMIT", "7")])).await;
     let body = stripe_session_event("evt_limit", "checkout.session.completed", "o", "paid", 100, "usd");

@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The ingest binary on `broker`'s prefix with `amqp_url`, logging JSON.
 fn ingest_process(broker: &TestBroker, amqp_url: &str) -> LoggedProcess {
-    let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
+    let _ = broker.settings::<shared::IngestSettings>(None, &[]); // registers the prefix's queues for clean-up
     let vars: Vec<(String, String)> = [
         ("AMQP_URL", amqp_url.to_string()),
         ("AMQP_PREFIX", broker.prefix.clone()),
@@ -33,9 +33,9 @@ fn ingest_process(broker: &TestBroker, amqp_url: &str) -> LoggedProcess {
 #[tokio::test]
 async fn under_its_own_user_ingest_starts_and_stores_webhooks_without_declaring_anything() {
     let broker = TestBroker::new().await;
-    let settings = broker.settings(None, &[]);
+    let settings = broker.settings::<shared::IngestSettings>(None, &[]);
     // As a worker does at its start, with its own user.
-    Topology::from_settings(&settings).declare(broker.connection()).await.expect("declared");
+    Topology::from_settings(&settings.common).declare(broker.connection()).await.expect("declared");
     let users = RoleUsers::create(&broker.prefix).await;
     let url = users.url("ingest");
     // With `Declaring::Everything` for ingest in ingest/src/lib.rs it never gets ready: its
@@ -75,8 +75,8 @@ async fn ingest_says_at_start_what_is_missing_or_refused_and_what_to_do() {
 
     // A user without write on the events exchange (the operator's): ingest starts, since the
     // topology is there, and every webhook is a 503 whose log line says what to grant.
-    let settings = broker.settings(None, &[]);
-    Topology::from_settings(&settings).declare(broker.connection()).await.expect("declared");
+    let settings = broker.settings::<shared::IngestSettings>(None, &[]);
+    Topology::from_settings(&settings.common).declare(broker.connection()).await.expect("declared");
     let ingest = ingest_process(&broker, &users.url("operator"));
     let addr = ingest.logged_addr("ingest listening").await;
     let client = reqwest::Client::new();

@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_answers_every_webhook_while_nobody_reads_its_log() {
     let broker = TestBroker::new().await;
-    let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
+    let _ = broker.settings::<shared::IngestSettings>(None, &[]); // registers the prefix's queues for clean-up
     let vars: Vec<(String, String)> = [
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),

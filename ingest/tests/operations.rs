@@ -69,7 +69,7 @@ async fn metrics_are_served_on_their_own_listener_and_the_webhook_port_answers_4
 #[tokio::test]
 async fn sigterm_during_a_stream_answers_every_request_truthfully_and_exits_in_time() {
     let broker = TestBroker::new().await;
-    let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
+    let _ = broker.settings::<shared::IngestSettings>(None, &[]); // registers the prefix's queues for clean-up
     let vars: Vec<(String, String)> = [
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),

@@ -1,6 +1,7 @@
 //! Building blocks shared by the `ingest` and `worker` binaries.
 //!
-//! - [`settings`]: the one typed settings struct, layered defaults → file → environment.
+//! - [`settings`]: typed settings, a part per binary over a common part, layered defaults →
+//!   file → environment.
 //! - [`verify`]: Stripe and Toss signature checks, pure functions over raw bytes.
 //! - [`providers`]: parsing provider bodies into the fields the pipeline acts on.
 //! - [`envelope`]: the AMQP message contract between ingest and worker.
@@ -28,4 +29,4 @@ pub mod traces;
 pub mod verify;
 
 pub use providers::Provider;
-pub use settings::Settings;
+pub use settings::{HookctlSettings, IngestSettings, Settings, WorkerSettings};

@@ -29,7 +29,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::broker::access::{self, Refusal};
 use crate::envelope::long_string;
-use crate::settings::Settings;
+use crate::settings::CommonSettings;
 
 /// What a process does with the topology when it connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,17 +91,23 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The topology under `prefix`; `notify_delivery` adds the queues of the HTTP delivery of
+    /// notifications (on only in a worker with `NOTIFY_WEBHOOK_URL` set).
     pub fn new(prefix: &str, retry_delays: Vec<Duration>, delivery_limit: u32, notify_delivery: bool) -> Self {
         Self { prefix: prefix.to_string(), retry_delays, delivery_limit, notify_delivery }
     }
 
-    pub fn from_settings(settings: &Settings) -> Self {
-        Self::new(
-            &settings.amqp_prefix,
-            settings.retry_delays.clone(),
-            settings.delivery_limit,
-            settings.notify_webhook_url.is_some(),
-        )
+    /// The topology every process knows from the common settings: the events, their retries
+    /// and dead letters, and the notifications exchange, without the queues of notification
+    /// delivery. Only the worker knows whether delivery is on; it adds them with
+    /// [`Topology::with_notify_delivery`].
+    pub fn from_settings(common: &CommonSettings) -> Self {
+        Self::new(&common.amqp_prefix, common.retry_delays.clone(), common.delivery_limit, false)
+    }
+
+    /// The same topology, with or without the queues of notification delivery.
+    pub fn with_notify_delivery(self, on: bool) -> Self {
+        Self { notify_delivery: on, ..self }
     }
 
     pub fn prefix(&self) -> &str {

@@ -8,8 +8,8 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
+use shared::settings::{CommonSettings, Settings};
 use shared::topology::Topology;
-use shared::Settings;
 
 use crate::{amqp_url, unique};
 
@@ -31,9 +31,10 @@ impl TestBroker {
         Self { prefix, connection, channel, declared: Mutex::new(Vec::new()) }
     }
 
-    /// Settings for code under test: this prefix, the test broker and database, fast retry
-    /// tiers, ephemeral ports, a known Stripe secret; `vars` override any of it.
-    pub fn settings(&self, database_url: Option<&str>, vars: &[(&str, &str)]) -> Settings {
+    /// Settings for code under test (a binary's: `IngestSettings`, `WorkerSettings`,
+    /// `HookctlSettings`): this prefix, the test broker and database, fast retry tiers,
+    /// ephemeral ports, a known Stripe secret; `vars` override any of it.
+    pub fn settings<S: Settings>(&self, database_url: Option<&str>, vars: &[(&str, &str)]) -> S {
         let amqp = amqp_url();
         let mut all: Vec<(&str, &str)> = vec![
             ("AMQP_URL", &amqp),
@@ -49,8 +50,8 @@ impl TestBroker {
             all.push(("DATABASE_URL", url));
         }
         all.extend_from_slice(vars);
-        let settings = Settings::from_vars(all).expect("valid test settings");
-        self.track(Topology::from_settings(&settings));
+        let settings = S::from_vars(all).expect("valid test settings");
+        self.track(Topology::from_settings(settings.common()));
         settings
     }
 
@@ -60,7 +61,7 @@ impl TestBroker {
         let prefix = topology.prefix().to_string();
         let mut declared = self.declared.lock().unwrap();
         declared.push(Topology::new(&prefix, topology.retry_delays().to_vec(), 1, true));
-        declared.push(Topology::new(&prefix, Settings::default().retry_delays, 1, true));
+        declared.push(Topology::new(&prefix, CommonSettings::default().retry_delays, 1, true));
         declared.push(topology);
     }
 

@@ -3,6 +3,7 @@
 //! and so the end-to-end tests run the same program under a name of their own.
 
 use clap::{Parser, Subcommand};
+use shared::settings::{Settings, WorkerSettings};
 
 #[derive(Parser, Debug)]
 #[command(name = "worker", version, about = "Applies queued payment webhooks to Postgres exactly once in effect")]
@@ -23,13 +24,13 @@ pub enum WorkerCommand {
 /// migrates or runs until SIGTERM / Ctrl-C.
 pub async fn main() -> anyhow::Result<()> {
     let cli = WorkerCli::parse();
-    let settings = shared::Settings::load()?;
-    let _logs = shared::telemetry::init(settings.log_format, "worker").map_err(anyhow::Error::msg)?;
+    let settings = WorkerSettings::load()?;
+    let _logs = shared::telemetry::init(settings.service.log_format, "worker").map_err(anyhow::Error::msg)?;
     // Test hooks exist only in builds with `--features failpoints`; others never read FAILPOINTS.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     match cli.command.unwrap_or(WorkerCommand::Run) {
-        WorkerCommand::Migrate => crate::store::migrate::migrate(&settings).await,
+        WorkerCommand::Migrate => crate::store::migrate::migrate(&settings.database).await,
         WorkerCommand::Run => {
             let worker = crate::Worker::build(settings).await?;
             worker.run(shared::shutdown::token_on_signal()).await;

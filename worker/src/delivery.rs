@@ -15,8 +15,8 @@ use lapin::message::Delivery;
 use secrecy::{ExposeSecret, SecretString};
 use shared::broker::Broker;
 use shared::envelope::{header_int, header_str, H_ATTEMPT};
+use shared::settings::WorkerSettings;
 use shared::traces;
-use shared::Settings;
 use standardwebhooks::Webhook;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -90,37 +90,41 @@ struct Stage {
 
 /// Starts the delivery consumer when `NOTIFY_WEBHOOK_URL` is set.
 pub fn start(
-    settings: &Settings,
+    settings: &WorkerSettings,
     broker: &Broker,
     metrics: NotificationMetrics,
     tasks: &TaskTracker,
     tag: &str,
     shutdown: CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    let (Some(url), Some(secret)) = (&settings.notify_webhook_url, &settings.notify_webhook_secret) else {
+    let notify = &settings.notify;
+    let (Some(url), Some(secret)) = (&notify.notify_webhook_url, &notify.notify_webhook_secret) else {
         return None;
     };
     let signer = Webhook::new(secret.expose_secret()).expect("validated with the settings");
     let client = reqwest::Client::builder()
         // A redirect is answered as a failed delivery (see `classify_status`), never followed.
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(settings.notify_connect_timeout)
-        .timeout(settings.notify_timeout)
+        .connect_timeout(notify.notify_connect_timeout)
+        .timeout(notify.notify_timeout)
         .user_agent("webhooks-worker")
         .build()
         .expect("HTTP client builds");
     let sender = Arc::new(Sender { url: url.clone(), client, signer });
-    let stage =
-        Arc::new(Stage { settler: Settler::new(broker.clone()), metrics, max_attempts: settings.retry_max_attempts });
+    let stage = Arc::new(Stage {
+        settler: Settler::new(broker.clone()),
+        metrics,
+        max_attempts: settings.worker.retry_max_attempts,
+    });
     let options = ConsumerOptions {
         queue: broker.topology().notify_queue(),
         tag: format!("{tag}-notify"),
-        prefetch: (settings.notify_concurrency * 2).min(u16::MAX as usize) as u16,
-        concurrency: settings.notify_concurrency,
+        prefetch: (notify.notify_concurrency * 2).min(u16::MAX as usize) as u16,
+        concurrency: notify.notify_concurrency,
         // One POST per delivery: each has its own fate and its own timeout.
         batch_size: 1,
         batch_linger: Duration::ZERO,
-        drain_deadline: settings.shutdown_timeout,
+        drain_deadline: settings.service.shutdown_timeout,
     };
     tracing::info!("notification delivery on");
     Some(tasks.spawn(consume(broker.clone(), options, shutdown, None, move |batch| {

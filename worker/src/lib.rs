@@ -30,11 +30,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shared::broker::Broker;
+use shared::broker::{Broker, BrokerOptions};
 use shared::http_server::{self, ServeOptions};
-use shared::topology::Declaring;
+use shared::settings::WorkerSettings;
+use shared::topology::{Declaring, Topology};
 use shared::verify::message::WebhookSecrets;
-use shared::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,7 +57,7 @@ const PUBLISH_CHANNELS: usize = 2;
 /// A worker with its health listener bound, not yet consuming: each stage built with the
 /// handles it needs, and nothing else.
 pub struct Worker {
-    settings: Settings,
+    settings: WorkerSettings,
     broker: Broker,
     metrics: WorkerMetrics,
     processor: Arc<Processor>,
@@ -67,26 +67,31 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = Store::new(db::pool(&settings)?);
+    pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
+        let store = Store::new(db::pool(&settings.database)?);
         // Through a pooler that shares sessions or drops their settings, refuse now, saying why.
-        store::sessions::check(&settings).await?;
-        let toss_api = TossApi::from_settings(&settings)?;
+        store::sessions::check(&settings.database).await?;
+        let toss_api = TossApi::from_settings(&settings.toss_api)?;
         // The worker checks every message's signature again, so it needs the webhook secrets.
-        let secrets = WebhookSecrets::from_settings(&settings)?;
+        let secrets = WebhookSecrets::from_settings(&settings.secrets)?;
         announce_toss_verification(&settings);
-        let listener = TcpListener::bind(settings.worker_addr)
+        let listener = TcpListener::bind(settings.worker.worker_addr)
             .await
-            .with_context(|| format!("cannot listen on WORKER_ADDR={}", settings.worker_addr))?;
+            .with_context(|| format!("cannot listen on WORKER_ADDR={}", settings.worker.worker_addr))?;
         let metrics = WorkerMetrics::new();
         let broker_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let broker = Broker::from_settings(
-            &settings,
-            "worker",
-            PUBLISH_CHANNELS,
+        let options = BrokerOptions {
+            connection_name: "worker".into(),
+            publish_channels: PUBLISH_CHANNELS,
+            publish_timeout: settings.service.publish_timeout,
             // The worker consumes the queues and owns the topology: it declares all of it.
-            Declaring::Everything,
+            declaring: Declaring::Everything,
+        };
+        let broker = Broker::start(
+            settings.common.amqp_url.clone(),
+            Self::topology(&settings),
+            options,
             metrics.broker.clone(),
             broker_stop.clone(),
             &tasks,
@@ -96,10 +101,10 @@ impl Worker {
             broker.clone(),
             metrics.for_notifications(),
             OutboxOptions {
-                lease: settings.outbox_lease,
-                batch_size: settings.outbox_batch_size,
-                max_attempts: settings.outbox_max_attempts,
-                poll_interval: settings.outbox_poll_interval,
+                lease: settings.worker.outbox_lease,
+                batch_size: settings.worker.outbox_batch_size,
+                max_attempts: settings.worker.outbox_max_attempts,
+                poll_interval: settings.worker.outbox_poll_interval,
             },
         );
         let processor = Arc::new(Processor {
@@ -112,12 +117,18 @@ impl Worker {
             stopping: CancellationToken::new(),
             metrics: metrics.for_events(),
             rules: Rules {
-                trust: Trust { allow_unverified: settings.toss_allow_unverified },
-                max_attempts: settings.retry_max_attempts,
-                delivery_limit: settings.delivery_limit,
+                trust: Trust { allow_unverified: settings.worker.toss_allow_unverified },
+                max_attempts: settings.worker.retry_max_attempts,
+                delivery_limit: settings.common.delivery_limit,
             },
         });
         Ok(Self { settings, broker, metrics, processor, listener, broker_stop, tasks })
+    }
+
+    /// The topology a worker declares: every process's, plus the queues of notification
+    /// delivery when it is on (`NOTIFY_WEBHOOK_URL`), which only the worker knows.
+    pub fn topology(settings: &WorkerSettings) -> Topology {
+        Topology::from_settings(&settings.common).with_notify_delivery(settings.notify.delivery_on())
     }
 
     /// Address of the health and metrics listener (useful with port 0).
@@ -127,7 +138,7 @@ impl Worker {
 
     /// The inbox pruner this worker runs (`EVENT_RETENTION`).
     pub fn pruner(&self) -> Pruner {
-        Pruner { store: self.processor.store.clone(), retention: self.settings.event_retention }
+        Pruner { store: self.processor.store.clone(), retention: self.settings.worker.event_retention }
     }
 
     fn health(&self) -> Health {
@@ -136,7 +147,7 @@ impl Worker {
             store: self.processor.store.clone(),
             halt: self.processor.halt.clone(),
             metrics: self.metrics.clone(),
-            backlog_warning: self.settings.outbox_batch_size,
+            backlog_warning: self.settings.worker.outbox_batch_size,
         }
     }
 
@@ -159,7 +170,7 @@ impl Worker {
                 async move { health::route(&health, &draining, request).await }
             },
             ServeOptions {
-                header_read_timeout: settings.header_read_timeout,
+                header_read_timeout: settings.service.header_read_timeout,
                 drain_deadline: std::time::Duration::from_secs(1),
                 // Health probes and metric scrapes only.
                 max_connections: 64,
@@ -174,11 +185,11 @@ impl Worker {
             ConsumerOptions {
                 queue: broker.topology().work_queue(),
                 tag: tag.clone(),
-                prefetch: settings.worker_prefetch(),
-                concurrency: settings.worker_concurrency,
-                batch_size: settings.worker_batch_size,
-                batch_linger: settings.worker_batch_linger,
-                drain_deadline: settings.shutdown_timeout,
+                prefetch: settings.worker.worker_prefetch(),
+                concurrency: settings.worker.worker_concurrency,
+                batch_size: settings.worker.worker_batch_size,
+                batch_linger: settings.worker.worker_batch_linger,
+                drain_deadline: settings.service.shutdown_timeout,
             },
             shutdown.clone(),
             Some(processor.halt.clone()),
@@ -215,16 +226,16 @@ impl Worker {
 }
 
 /// Says at start how unsigned Toss payment events are verified, and shouts when they are not.
-fn announce_toss_verification(settings: &Settings) {
-    if settings.toss_allow_unverified {
+fn announce_toss_verification(settings: &WorkerSettings) {
+    if settings.worker.toss_allow_unverified {
         tracing::warn!(
             "INSECURE DEVELOPMENT MODE: TOSS_ALLOW_UNVERIFIED=true applies unsigned Toss payment events that \
              nothing verified; anyone who can reach ingest can mark a payment paid. Never set it in production."
         );
     }
-    if settings.toss_fetch_back_enabled() {
-        tracing::info!(api = %settings.toss_api_base, "Toss payment events are fetched back from the Toss API before they are applied");
-    } else if !settings.toss_allow_unverified {
+    if settings.toss_api.toss_fetch_back_enabled() {
+        tracing::info!(api = %settings.toss_api.toss_api_base, "Toss payment events are fetched back from the Toss API before they are applied");
+    } else if !settings.worker.toss_allow_unverified {
         tracing::warn!(
             "TOSS_SECRET_KEY is not set: unsigned Toss payment events are recorded as unverified and change \
              nothing (a DEPOSIT_CALLBACK still applies when it matches the payment's stored secret); set \

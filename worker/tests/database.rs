@@ -1,5 +1,6 @@
 //! Migrations and database error classification against the real Postgres.
 
+use shared::settings::WorkerSettings;
 use testkit::{TestBroker, TestDb};
 use worker::store::db::{classify, DbErrorClass};
 
@@ -7,7 +8,7 @@ use worker::store::db::{classify, DbErrorClass};
 async fn two_concurrent_migrations_create_the_database_and_apply_once() {
     let db = TestDb::reserve();
     let broker = TestBroker::new().await;
-    let settings = broker.settings(Some(&db.url), &[]);
+    let settings = broker.settings::<WorkerSettings>(Some(&db.url), &[]).database;
     let (a, b) = tokio::join!(worker::store::migrate::migrate(&settings), worker::store::migrate::migrate(&settings));
     a.expect("first migration run");
     b.expect("second migration run");
@@ -80,7 +81,7 @@ async fn database_errors_are_classified_by_sqlstate() {
 async fn generic_plans_made_on_empty_tables_read_rows_by_key() {
     let db = TestDb::create().await;
     let broker = TestBroker::new().await;
-    let settings = broker.settings(Some(&db.url), &[]);
+    let settings = broker.settings::<WorkerSettings>(Some(&db.url), &[]).database;
     worker::store::migrate::migrate(&settings).await.expect("migrations apply");
     let pool = worker::store::db::pool(&settings).expect("pool");
     let sql = pool.get().await.expect("a pooled connection, with the worker's session settings");
@@ -157,7 +158,8 @@ fn table_scans(plan: &serde_json::Value, out: &mut Vec<(String, String, bool)>) 
 async fn a_session_stalled_inside_a_transaction_is_ended_by_the_server_and_its_row_locks_released() {
     let db = TestDb::create().await;
     let broker = TestBroker::new().await;
-    let settings = broker.settings(Some(&db.url), &[("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1s")]);
+    let settings =
+        broker.settings::<WorkerSettings>(Some(&db.url), &[("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "1s")]).database;
     worker::store::migrate::migrate(&settings).await.expect("migrations apply");
     let sql = db.client().await;
     sql.execute("INSERT INTO payments (order_id, provider) VALUES ('stalled', 'stripe')", &[]).await.unwrap();

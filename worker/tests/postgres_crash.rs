@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{publish_as_ingest, TestWorker};
+use shared::settings::WorkerSettings;
 use shared::topology::Topology;
 use shared::Provider;
 use testkit::events::stripe_session_event;
@@ -45,7 +46,7 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
     let pg = PgServer::start().await;
     let url = pg.url("webhooks");
     let broker = TestBroker::new().await;
-    let settings = broker.settings(
+    let settings: WorkerSettings = broker.settings(
         Some(&url),
         &[
             ("WORKER_CONCURRENCY", "4"),
@@ -55,7 +56,7 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
             ("RETRY_MAX_ATTEMPTS", "40"),
         ],
     );
-    worker::store::migrate::migrate(&settings).await.expect("migrations apply on the test's own server");
+    worker::store::migrate::migrate(&settings.database).await.expect("migrations apply on the test's own server");
     let sql = testkit::db::connect(&url).await;
     sql.batch_execute(&format!(
         "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, {EVENTS}) RETURNING id)
@@ -64,7 +65,7 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
     ))
     .await
     .unwrap();
-    Topology::from_settings(&settings).declare(broker.connection()).await.unwrap();
+    worker::Worker::topology(&settings).declare(broker.connection()).await.unwrap();
     let notifications = broker.subscribe(&format!("{}.notifications", broker.prefix)).await;
     for i in 0..EVENTS {
         publish_paid(&broker, i).await;
@@ -107,7 +108,7 @@ async fn a_postgres_crash_mid_drain_applies_each_event_once_and_completes_the_ou
     assert_eq!(count(&sql, "SELECT count(DISTINCT user_id) FROM notifications").await, EVENTS);
     // Nothing dead-lettered.
     assert_eq!(count(&sql, "SELECT count(*) FROM webhook_events WHERE status = 'dead'").await, 0);
-    let topology = Topology::from_settings(&broker.settings(Some(&url), &[]));
+    let topology = Topology::from_settings(&broker.settings::<WorkerSettings>(Some(&url), &[]).common);
     assert_eq!(broker.count(&topology.dead_queue()).await, 0, "nothing in the dead-letter queue");
     // Every notification published (a republish after the crash repeats an id, never invents one).
     let rows = sql.query("SELECT id FROM notifications", &[]).await.unwrap();

@@ -25,8 +25,8 @@ pub(super) struct Stage {
 pub(super) async fn stage(events: usize) -> anyhow::Result<Stage> {
     let db = testkit::TestDb::create().await;
     let broker = testkit::TestBroker::new().await;
-    let settings = broker.settings(Some(&db.url), &[]);
-    worker::store::migrate::migrate(&settings).await?;
+    let settings: shared::WorkerSettings = broker.settings(Some(&db.url), &[]);
+    worker::store::migrate::migrate(&settings.database).await?;
     let sql = db.client().await;
     sql.execute(
         "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, $1::int) RETURNING id),
@@ -37,7 +37,7 @@ pub(super) async fn stage(events: usize) -> anyhow::Result<Stage> {
     )
     .await?;
     sql.batch_execute("VACUUM ANALYZE").await?;
-    let topology = Topology::from_settings(&settings);
+    let topology = worker::Worker::topology(&settings);
     topology.declare(broker.connection()).await?;
     Ok(Stage { db, broker, sql, topology })
 }

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher, SaltString};
+use console::PipelineSettings;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use shared::envelope::{EventEnvelope, IngestVerification};
-use shared::{Provider, Settings};
+use shared::settings::Settings;
+use shared::Provider;
 use testkit::{TestBroker, TestDb};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -52,13 +54,13 @@ impl Env {
         testkit::init_logs();
         let db = TestDb::create().await;
         let broker = TestBroker::new().await;
-        let settings = broker.settings(Some(&db.url), &[]);
-        worker::store::migrate::migrate(&settings).await.expect("migrations apply");
+        let settings: PipelineSettings = broker.settings(Some(&db.url), &[]);
+        worker::store::migrate::migrate(&settings.database).await.expect("migrations apply");
         let sql = db.client().await;
         Self { db, broker, sql }
     }
 
-    pub fn settings(&self, vars: &[(&str, &str)]) -> Settings {
+    pub fn settings<S: Settings>(&self, vars: &[(&str, &str)]) -> S {
         self.broker.settings(Some(&self.db.url), vars)
     }
 
@@ -68,7 +70,8 @@ impl Env {
 
     /// Declares the topology, as a worker does at its start.
     pub async fn declare(&self) {
-        shared::topology::Topology::from_settings(&self.settings(&[])).declare(self.broker.connection()).await.unwrap();
+        let settings: PipelineSettings = self.settings(&[]);
+        shared::topology::Topology::from_settings(&settings.common).declare(self.broker.connection()).await.unwrap();
     }
 
     /// A booking for a fresh trainer and a pending payment for `order_id`.

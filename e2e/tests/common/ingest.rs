@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use ingest::Ingest;
-use shared::Settings;
+use shared::IngestSettings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,7 @@ pub struct TestIngest {
 }
 
 impl TestIngest {
-    pub async fn spawn(settings: Settings) -> Self {
+    pub async fn spawn(settings: IngestSettings) -> Self {
         testkit::init_logs();
         let ingest = Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
@@ -93,7 +93,7 @@ pub async fn spawn_ingest_process(
     broker: &testkit::TestBroker,
     vars: &[(&str, &str)],
 ) -> (testkit::LoggedProcess, SocketAddr, SocketAddr) {
-    let _ = broker.settings(None, &[]); // registers the prefix's queues for clean-up
+    let _: IngestSettings = broker.settings(None, &[]); // registers the prefix's queues for clean-up
     let mut all: Vec<(String, String)> = [
         ("AMQP_URL", testkit::amqp_url()),
         ("AMQP_PREFIX", broker.prefix.clone()),

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use shared::envelope::{EventEnvelope, IngestVerification};
-use shared::{Provider, Settings};
+use shared::settings::{IngestSettings, Settings, WorkerSettings};
+use shared::Provider;
 use testkit::{TestBroker, TestDb};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -32,14 +33,15 @@ impl Env {
         testkit::init_logs();
         let db = TestDb::create().await;
         let broker = TestBroker::new().await;
-        let settings = broker.settings(Some(&db.url), &[]);
-        worker::store::migrate::migrate(&settings).await.expect("migrations apply");
+        let settings: WorkerSettings = broker.settings(Some(&db.url), &[]);
+        worker::store::migrate::migrate(&settings.database).await.expect("migrations apply");
         let sql = db.client().await;
         Self { db, broker, sql }
     }
 
-    /// Settings for this environment with `vars` on top.
-    pub fn settings(&self, vars: &[(&str, &str)]) -> Settings {
+    /// A binary's settings (`IngestSettings`, `WorkerSettings`, `HookctlSettings`) for this
+    /// environment with `vars` on top.
+    pub fn settings<S: Settings>(&self, vars: &[(&str, &str)]) -> S {
         self.broker.settings(Some(&self.db.url), vars)
     }
 
@@ -57,7 +59,7 @@ impl Env {
         all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         // Register the topology for clean-up.
         let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let _ = self.broker.settings(None, &pairs);
+        let _: WorkerSettings = self.broker.settings(None, &pairs);
         all
     }
 
@@ -162,9 +164,10 @@ impl Env {
         (output.status.success(), text)
     }
 
-    /// Declares the topology (a worker does this on start; tests that publish first need it).
-    pub async fn declare(&self, settings: &Settings) {
-        shared::topology::Topology::from_settings(settings).declare(self.broker.connection()).await.unwrap();
+    /// Declares the worker's topology (a worker does this on start; tests that publish first
+    /// need it).
+    pub async fn declare(&self, settings: &WorkerSettings) {
+        worker::Worker::topology(settings).declare(self.broker.connection()).await.unwrap();
     }
 }
 
@@ -231,7 +234,7 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    pub async fn spawn(settings: Settings) -> Self {
+    pub async fn spawn(settings: WorkerSettings) -> Self {
         let worker = worker::Worker::build(settings).await.expect("worker builds");
         let addr = worker.local_addr();
         let shutdown = CancellationToken::new();
@@ -281,7 +284,7 @@ pub struct TestIngest {
 }
 
 impl TestIngest {
-    pub async fn spawn(settings: Settings) -> Self {
+    pub async fn spawn(settings: IngestSettings) -> Self {
         let ingest = ::ingest::Ingest::build(settings).await.expect("ingest builds");
         let addr = ingest.local_addr();
         let metrics_addr = ingest.metrics_addr();

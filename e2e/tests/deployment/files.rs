@@ -9,6 +9,7 @@ use compose_spec::service::healthcheck::Test;
 use compose_spec::service::volumes::{into_long_iter, Mount};
 use compose_spec::service::{Command, Condition, Healthcheck};
 use compose_spec::{Compose, ListOrMap, Service, ShortOrLong};
+use shared::settings::{HookctlSettings, IngestSettings, Settings, SettingsError, WorkerSettings};
 use testkit::compose::parse_compose;
 use testkit::prometheus::repo_root;
 
@@ -207,5 +208,40 @@ pub(super) fn accepts(args: &[String]) -> Result<(), String> {
         // ingest reads only its environment.
         Some("ingest") if args.len() == 1 => Ok(()),
         other => Err(format!("no parser known for {other:?} {args:?}")),
+    }
+}
+
+/// The binary a service of our image runs: the first word of its command.
+pub(super) fn binary(service: &Service) -> String {
+    invocation(service).first().cloned().expect("a service of our image names its binary")
+}
+
+/// The settings names `binary` reads.
+pub(super) fn names_read_by(binary: &str) -> Vec<String> {
+    match binary {
+        "ingest" => IngestSettings::env_names(),
+        "worker" => WorkerSettings::env_names(),
+        "hookctl" => HookctlSettings::env_names(),
+        "console" => {
+            let mut names = console::PipelineSettings::env_names();
+            names.extend(console::ConsoleSettings::env_names());
+            names
+        }
+        other => panic!("{other} is not a binary with settings"),
+    }
+}
+
+/// Loads `vars` as `binary`'s settings, with its checks.
+pub(super) fn load_as(binary: &str, vars: Vec<(&str, &str)>) -> Result<(), SettingsError> {
+    match binary {
+        "ingest" => IngestSettings::from_vars(vars).map(drop),
+        "worker" => WorkerSettings::from_vars(vars).map(drop),
+        "hookctl" => HookctlSettings::from_vars(vars).map(drop),
+        "console" => {
+            let own: Vec<(&str, &str)> = vars.iter().copied().filter(|(k, _)| k.starts_with("CONSOLE_")).collect();
+            console::ConsoleSettings::from_vars(own).map_err(|e| SettingsError::Load(e.to_string()))?;
+            console::PipelineSettings::from_vars(vars).map(drop)
+        }
+        other => panic!("{other} is not a binary with settings"),
     }
 }

@@ -5,9 +5,10 @@ use chrono::SecondsFormat;
 use clap::{Args, Subcommand};
 use deadpool_postgres::Client;
 use lapin::Connection;
+use shared::settings::{DatabaseSettings, HookctlSettings};
 use shared::topology::Topology;
 use shared::verify::message::WebhookSecrets;
-use shared::{Provider, Settings};
+use shared::Provider;
 
 use crate::dead_letters::{self, DeadLetter, DeadLetterError, Queue, ReplayOutcome, Selection, SCAN_LIMIT};
 use crate::outbox;
@@ -75,16 +76,18 @@ pub struct ReplayArgs {
     pub which: Which,
 }
 
-pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()> {
+pub async fn run(settings: &HookctlSettings, command: DeadCommand) -> anyhow::Result<()> {
     // A replay is checked as the worker checks every delivery, with the same secrets.
     let secrets = match &command {
-        DeadCommand::Replay(args) if !args.which.notifications => Some(WebhookSecrets::from_settings(settings)?),
+        DeadCommand::Replay(args) if !args.which.notifications => {
+            Some(WebhookSecrets::from_settings(&settings.secrets)?)
+        }
         _ => None,
     };
-    let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
+    let connection = shared::broker::connect_first(&settings.common.amqp_url, "hookctl")
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
-    let topology = Topology::from_settings(settings);
+    let topology = Topology::from_settings(&settings.common);
     let outbox = match &command {
         DeadCommand::List { which, .. }
         | DeadCommand::Show { which, .. }
@@ -92,7 +95,7 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
         | DeadCommand::Replay(ReplayArgs { which, .. })
             if which.notifications =>
         {
-            connect_outbox(settings).await
+            connect_outbox(&settings.database).await
         }
         _ => None,
     };
@@ -103,7 +106,7 @@ pub async fn run(settings: &Settings, command: DeadCommand) -> anyhow::Result<()
 
 /// Connects for the outbox; `None` (with a note) when the database cannot be reached, so the
 /// queue's dead letters are still shown.
-async fn connect_outbox(settings: &Settings) -> Option<Client> {
+async fn connect_outbox(settings: &DatabaseSettings) -> Option<Client> {
     let pool = worker::store::db::pool(settings).ok()?;
     match pool.get().await {
         Ok(client) => Some(client),

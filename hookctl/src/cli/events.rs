@@ -1,12 +1,12 @@
 //! `hookctl events <order id>`: the inbox rows of an order, newest first.
 
 use shared::providers::escape_controls;
-use shared::Settings;
+use shared::settings::HookctlSettings;
 
 use crate::events::for_order;
 
-pub async fn run(settings: &Settings, order_id: &str, limit: i64) -> anyhow::Result<()> {
-    let client = super::database(settings).await?;
+pub async fn run(settings: &HookctlSettings, order_id: &str, limit: i64) -> anyhow::Result<()> {
+    let client = super::database(&settings.database).await?;
     let events = for_order(&client, order_id, limit).await?;
     if events.is_empty() {
         println!("no events recorded for order {order_id}");

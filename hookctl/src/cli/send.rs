@@ -4,8 +4,8 @@ use clap::{Args, Subcommand};
 use secrecy::ExposeSecret;
 use shared::providers::{StripeEventType, TossEventType};
 use shared::samples;
+use shared::settings::HookctlSettings;
 use shared::verify::stripe::sign_stripe_payload;
-use shared::Settings;
 use strum::IntoEnumIterator;
 
 #[derive(Subcommand, Debug)]
@@ -76,7 +76,7 @@ fn stripe_event_type(name: &str) -> Result<StripeEventType, String> {
     })
 }
 
-pub async fn run(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
+pub async fn run(settings: &HookctlSettings, command: SendCommand) -> anyhow::Result<()> {
     let (url, body, headers) = match command {
         SendCommand::Stripe(args) => {
             let event_id = args.event_id.unwrap_or_else(|| format!("evt_cli_{}", uuid::Uuid::new_v4().simple()));
@@ -93,7 +93,7 @@ pub async fn run(settings: &Settings, command: SendCommand) -> anyhow::Result<()
                     &args.currency,
                 )
             };
-            let secrets = settings.stripe_secrets()?;
+            let secrets = settings.secrets.stripe_secrets()?;
             let signature = sign_stripe_payload(&body, secrets[0].expose_secret(), chrono::Utc::now().timestamp());
             println!("event {event_id} ({}) for order {}", args.event_type, args.order);
             (

@@ -2,8 +2,8 @@
 
 use chrono::SecondsFormat;
 use clap::Subcommand;
+use shared::settings::HookctlSettings;
 use shared::topology::Topology;
-use shared::Settings;
 
 use crate::unverified::{self, Recheck, RecheckError, UnverifiedEvent};
 
@@ -25,8 +25,8 @@ pub enum UnverifiedCommand {
     },
 }
 
-pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Result<()> {
-    let client = super::database(settings).await?;
+pub async fn run(settings: &HookctlSettings, command: UnverifiedCommand) -> anyhow::Result<()> {
+    let client = super::database(&settings.database).await?;
     match command {
         UnverifiedCommand::List { limit } => {
             let events = unverified::list(&client, limit).await?;
@@ -38,13 +38,14 @@ pub async fn run(settings: &Settings, command: UnverifiedCommand) -> anyhow::Res
                 (None, true) => Recheck::All,
                 (None, false) => anyhow::bail!("say what to re-check: an event key, or --all"),
             };
-            let fetch_back = settings.toss_fetch_back_enabled();
+            let fetch_back = settings.toss_api.toss_fetch_back_enabled();
             // Said before the broker is reached: it is what the operator has to change.
             unverified::ensure_possible(fetch_back)?;
-            let connection = shared::broker::connect_first(&settings.amqp_url, "hookctl")
+            let connection = shared::broker::connect_first(&settings.common.amqp_url, "hookctl")
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to AMQP_URL: {e}"))?;
-            let topology = Topology::from_settings(settings);
+            // Without notification delivery: that is the worker's.
+            let topology = Topology::from_settings(&settings.common);
             let report = unverified::recheck(&client, &connection, &topology, &which, fetch_back).await;
             let _ = connection.close(200, "done".into()).await;
             let report = report.map_err(|e| super::explain_refusal(e.into()))?;

@@ -138,25 +138,6 @@ impl Broker {
         Self { inner }
     }
 
-    /// Starts the supervisor for the broker and topology named by `settings`.
-    pub fn from_settings(
-        settings: &crate::Settings,
-        connection_name: &str,
-        publish_channels: usize,
-        declaring: Declaring,
-        metrics: BrokerMetrics,
-        cancel: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Self {
-        let options = BrokerOptions {
-            connection_name: connection_name.to_string(),
-            publish_channels,
-            publish_timeout: settings.publish_timeout,
-            declaring,
-        };
-        Self::start(settings.amqp_url.clone(), Topology::from_settings(settings), options, metrics, cancel, tracker)
-    }
-
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
     }

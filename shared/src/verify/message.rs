@@ -21,7 +21,7 @@ use crate::envelope::{EventEnvelope, IngestVerification};
 use crate::providers::stripe_head::parse_stripe_event_head;
 use crate::providers::toss::parse_toss_event;
 use crate::providers::Provider;
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{SettingsError, WebhookSecretSettings};
 use crate::verify::stripe::verify_stripe_signature_at_any_time;
 use crate::verify::toss::{verify_toss_signature, Freshness};
 
@@ -36,7 +36,7 @@ pub struct WebhookSecrets {
 
 impl WebhookSecrets {
     /// `STRIPE_WEBHOOK_SECRET` is required: without it no Stripe event could ever be applied.
-    pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
+    pub fn from_settings(settings: &WebhookSecretSettings) -> Result<Self, SettingsError> {
         Ok(Self { stripe: settings.stripe_secrets()?, toss: settings.toss_webhook_secret.clone() })
     }
 }

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use shared::providers::toss::{parse_toss_event, without_secrets};
-use shared::Settings;
+use shared::settings::TossApiSettings;
 
 use crate::domain::event::{toss_failure_reason, toss_status, Confirmed, EventData, IncomingEvent, Intent, PaymentRef};
 use crate::domain::outcome::HandleError;
@@ -32,7 +32,7 @@ impl std::fmt::Debug for TossApi {
 
 impl TossApi {
     /// `None` when fetch-back is off.
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
+    pub fn from_settings(settings: &TossApiSettings) -> anyhow::Result<Option<Self>> {
         let Some(key) = settings.toss_secret_key_for_fetch()? else { return Ok(None) };
         let base = reqwest::Url::parse(&settings.toss_api_base)?;
         let client = reqwest::Client::builder()

@@ -8,7 +8,7 @@ use super::tls;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use shared::Settings;
+use shared::settings::DatabaseSettings;
 use tokio_postgres::error::SqlState;
 
 use crate::domain::outcome::HandleError;
@@ -29,7 +29,7 @@ const SESSION_SETTINGS: [(&str, &str); 3] =
 
 /// Every setting the worker's sessions run with, `idle_in_transaction_session_timeout` from
 /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT` included, as `pg_settings.setting` shows them.
-pub fn session_settings(settings: &Settings) -> Vec<(&'static str, String)> {
+pub fn session_settings(settings: &DatabaseSettings) -> Vec<(&'static str, String)> {
     let idle_in_transaction = settings.database_idle_in_transaction_timeout.as_millis();
     let mut all: Vec<(&'static str, String)> = SESSION_SETTINGS.iter().map(|(k, v)| (*k, v.to_string())).collect();
     all.push(("idle_in_transaction_session_timeout", idle_in_transaction.to_string()));
@@ -37,7 +37,7 @@ pub fn session_settings(settings: &Settings) -> Vec<(&'static str, String)> {
 }
 
 /// The connection settings and TLS connector of every pooled connection.
-pub fn session_target(settings: &Settings) -> anyhow::Result<tls::DatabaseTarget> {
+pub fn session_target(settings: &DatabaseSettings) -> anyhow::Result<tls::DatabaseTarget> {
     let mut target = tls::DatabaseTarget::from_settings(settings)?;
     let config = &mut target.config;
     config.connect_timeout(POOL_TIMEOUT);
@@ -51,7 +51,7 @@ pub fn session_target(settings: &Settings) -> anyhow::Result<tls::DatabaseTarget
 }
 
 /// Builds the pool; connections open lazily, so a database that is down at start only delays work.
-pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
+pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     let target = session_target(settings)?;
     let manager =
         Manager::from_config(target.config, target.tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });

@@ -3,7 +3,7 @@
 //! apply while the others wait, then find nothing left to do.
 
 use anyhow::Context;
-use shared::Settings;
+use shared::settings::DatabaseSettings;
 use tokio_postgres::error::SqlState;
 
 use crate::store::tls::{describe_connect_error, DatabaseTarget};
@@ -15,7 +15,7 @@ mod embedded {
 /// Arbitrary, fixed key of the advisory lock that serialises migration runs.
 const MIGRATION_LOCK: i64 = 0x7765_6268_6f6f_6b73; // "webhooks"
 
-pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<()> {
     let target = DatabaseTarget::from_settings(settings)?;
     ensure_database(&target).await?;
     let (mut client, connection) = target

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use shared::Settings;
+use shared::settings::DatabaseSettings;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::db::{session_settings, session_target};
@@ -67,7 +67,7 @@ pub enum SessionProblem {
 
 /// Opens two sessions as the pool would and refuses a setup that cannot give the worker
 /// sessions of its own with its settings in force.
-pub async fn check(settings: &Settings) -> Result<(), SessionProblem> {
+pub async fn check(settings: &DatabaseSettings) -> Result<(), SessionProblem> {
     let wanted = session_settings(settings);
     let inspection = async {
         let target = session_target(settings).map_err(|e| Unchecked(e.to_string()))?;

@@ -34,7 +34,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use secrecy::ExposeSecret;
-use shared::Settings;
+use shared::settings::DatabaseSettings;
 use tokio_postgres::config::{SslMode as DriverSslMode, TargetSessionAttrs};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -139,7 +139,7 @@ impl std::fmt::Debug for DatabaseTarget {
 }
 
 impl DatabaseTarget {
-    pub fn from_settings(settings: &Settings) -> Result<Self, DatabaseTlsError> {
+    pub fn from_settings(settings: &DatabaseSettings) -> Result<Self, DatabaseTlsError> {
         Self::new(settings.database_url.expose_secret(), settings.database_ca_file.as_deref())
     }
 

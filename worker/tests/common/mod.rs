@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use shared::envelope::{EventEnvelope, IngestVerification};
-use shared::{Provider, Settings};
+use shared::settings::WorkerSettings;
+use shared::Provider;
 use testkit::{TestBroker, TestDb};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -26,14 +27,14 @@ impl Env {
         testkit::init_logs();
         let db = TestDb::create().await;
         let broker = TestBroker::new().await;
-        let settings = broker.settings(Some(&db.url), &[]);
-        worker::store::migrate::migrate(&settings).await.expect("migrations apply");
+        let settings: WorkerSettings = broker.settings(Some(&db.url), &[]);
+        worker::store::migrate::migrate(&settings.database).await.expect("migrations apply");
         let sql = db.client().await;
         Self { db, broker, sql }
     }
 
-    /// Settings for this environment with `vars` on top.
-    pub fn settings(&self, vars: &[(&str, &str)]) -> Settings {
+    /// A worker's settings for this environment with `vars` on top.
+    pub fn settings(&self, vars: &[(&str, &str)]) -> WorkerSettings {
         self.broker.settings(Some(&self.db.url), vars)
     }
 
@@ -51,7 +52,7 @@ impl Env {
         all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         // Register the topology for clean-up.
         let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let _ = self.broker.settings(None, &pairs);
+        let _: WorkerSettings = self.broker.settings(None, &pairs);
         all
     }
 
@@ -143,9 +144,10 @@ impl Env {
         key
     }
 
-    /// Declares the topology (a worker does this on start; tests that publish first need it).
-    pub async fn declare(&self, settings: &Settings) {
-        shared::topology::Topology::from_settings(settings).declare(self.broker.connection()).await.unwrap();
+    /// Declares the worker's topology (a worker does this on start; tests that publish first
+    /// need it).
+    pub async fn declare(&self, settings: &WorkerSettings) {
+        worker::Worker::topology(settings).declare(self.broker.connection()).await.unwrap();
     }
 }
 
@@ -212,7 +214,7 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    pub async fn spawn(settings: Settings) -> Self {
+    pub async fn spawn(settings: WorkerSettings) -> Self {
         let worker = worker::Worker::build(settings).await.expect("worker builds");
         let addr = worker.local_addr();
         let shutdown = CancellationToken::new();
