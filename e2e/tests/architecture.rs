@@ -194,3 +194,17 @@ fn no_worker_hookctl_or_console_file_is_far_over_400_lines() {
         }
     }
 }
+
+/// The domain decides and never does I/O, logging included: a line logged while deciding would
+/// be written while the batch's transaction holds its payments' row locks. What a decision has
+/// to say travels in its outcome and is logged when the event concludes, after the commit. Add
+/// a `tracing::warn!` to worker/src/domain/decide.rs to see this fail.
+#[test]
+fn the_worker_domain_logs_nothing() {
+    for file in rust_files(&repo_root().join("worker/src/domain")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+        let logs = code.iter().any(|l| l.contains("tracing::") || l.contains("log::"));
+        assert!(!logs, "{} logs; return what it has to say instead", file.strip_prefix(repo_root()).unwrap().display());
+    }
+}

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::domain::event::{webhook_metadata, Confirmed, IncomingEvent, Intent, PaymentRef};
 use crate::domain::notification::{booking_link, wording, NotificationMessage, PaymentSummary, MESSAGE_VERSION};
 use crate::domain::ordering::{believed_time, decide_in_order};
-use crate::domain::outcome::{HandleError, Outcome, Verification};
+use crate::domain::outcome::{HandleError, Notified, Outcome, Verification};
 use crate::domain::state_machine::Transition;
 
 /// An event the transaction decides.
@@ -219,11 +219,14 @@ fn decide_one(
     payment.paid |= target == PaymentStatus::Paid;
     payment.metadata = Some(webhook_metadata(envelope, event, verification.as_str()));
 
-    let notified = notification_for(&payment.row, from, event, now, traceparent).map(|n| {
-        let ids = (n.id, n.user_id);
-        notifications.push(n);
-        ids
-    });
+    let notified = match notification_for(&payment.row, from, event, now, traceparent) {
+        Ok(n) => {
+            let notified = Notified::Trainer { notification_id: n.id, trainer_id: n.user_id };
+            notifications.push(n);
+            notified
+        }
+        Err(nobody) => nobody,
+    };
     Ok(Outcome::Applied { payment_id: payment.row.id, order_id, from, to: target, notified, verification })
 }
 
@@ -311,23 +314,17 @@ fn check_consistency(
     Ok(())
 }
 
-/// The trainer's notification for a change from `from` to the payment's new status; `None`
-/// when the payment has no booking (or its booking is gone).
+/// The trainer's notification for a change from `from` to the payment's new status; `Err` says
+/// why there is nobody to tell (no booking, or its booking is gone).
 fn notification_for(
     payment: &LockedPayment,
     from: PaymentStatus,
     event: &IncomingEvent,
     now: DateTime<Utc>,
     traceparent: Option<&str>,
-) -> Option<NewNotification> {
-    let Some(booking_id) = payment.booking_id else {
-        tracing::warn!(order_id = %payment.order_id, "payment has no booking; no notification");
-        return None;
-    };
-    let Some(trainer_id) = payment.trainer_id else {
-        tracing::warn!(order_id = %payment.order_id, %booking_id, "booking not found; no notification");
-        return None;
-    };
+) -> Result<NewNotification, Notified> {
+    let booking_id = payment.booking_id.ok_or(Notified::NoBooking)?;
+    let trainer_id = payment.trainer_id.ok_or(Notified::BookingGone { booking_id })?;
     let amount = payment.amount.or(event.amount);
     let currency = payment.currency.as_deref().or(event.currency.as_deref());
     let words = wording(payment.status, amount, currency, event.failure_reason.as_deref());
@@ -354,7 +351,7 @@ fn notification_for(
         occurred_at: now,
     };
     let payload = serde_json::to_string(&message).expect("a notification serialises");
-    Some(NewNotification {
+    Ok(NewNotification {
         id,
         user_id: trainer_id,
         title: words.title,

@@ -34,11 +34,8 @@ pub fn believed_time(provider_time: Option<DateTime<Utc>>, received_at: DateTime
     let time = provider_time?;
     // Checked: `received_at` comes from a message header, and adding to the largest date panics.
     let latest = received_at.checked_add_signed(CLOCK_SKEW).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    if time > latest {
-        tracing::warn!(%time, %received_at, "event dated after it was received; its date is not used to order it");
-        return None;
-    }
-    Some(time)
+    // Pure, as the whole domain: the pipeline logs the date it drops, before the transaction.
+    (time <= latest).then_some(time)
 }
 
 /// Decides whether a payment in `current`, whose last applied event is dated

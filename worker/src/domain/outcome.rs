@@ -9,13 +9,13 @@ use crate::domain::retry::Failure;
 /// A message that was handled (the caller acks it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The payment changed; `notified` is `(notification id, trainer id)` when it has a booking.
+    /// The payment changed; `notified` says whom the change was told to, or why nobody.
     Applied {
         payment_id: Uuid,
         order_id: String,
         from: PaymentStatus,
         to: PaymentStatus,
-        notified: Option<(Uuid, Uuid)>,
+        notified: Notified,
         verification: Verification,
     },
     /// Recorded, nothing changed (repeated or stale status, or an event type not applied).
@@ -26,6 +26,28 @@ pub enum Outcome {
     Unverified { reason: String, order_id: Option<String> },
     /// The same event was already applied or ignored.
     Duplicate,
+}
+
+/// Whom an applied change was told to. Logged when the event concludes, after the commit,
+/// never while the transaction holds the payment's row lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notified {
+    /// A notification for the booking's trainer.
+    Trainer { notification_id: Uuid, trainer_id: Uuid },
+    /// The payment has no booking: nobody to tell.
+    NoBooking,
+    /// The payment names a booking that does not exist (any more).
+    BookingGone { booking_id: Uuid },
+}
+
+impl Notified {
+    /// `(notification id, trainer id)` when a notification was made.
+    pub fn ids(&self) -> Option<(Uuid, Uuid)> {
+        match self {
+            Self::Trainer { notification_id, trainer_id } => Some((*notification_id, *trainer_id)),
+            Self::NoBooking | Self::BookingGone { .. } => None,
+        }
+    }
 }
 
 impl Outcome {

@@ -9,7 +9,7 @@ use shared::Provider;
 use super::item::Item;
 use super::process::Processor;
 use super::settle::Settlement;
-use crate::domain::outcome::{EventOutcome, HandleError, Outcome};
+use crate::domain::outcome::{EventOutcome, HandleError, Notified, Outcome};
 use crate::domain::retry::{dispose, Disposition, Failure};
 use crate::metrics::EventMetrics;
 
@@ -113,8 +113,14 @@ fn log_outcome(prefix: &str, outcome: &Outcome, order_id: Option<&str>, duration
     match outcome {
         Outcome::Applied { payment_id, to, from, notified, verification, .. } => {
             tracing::info!(outcome = label, order_id, %payment_id, status = %to, from = %from, verification = verification.as_str(), duration_ms, "{prefix} Payment updated");
-            if let Some((notification_id, trainer_id)) = notified {
-                tracing::info!(order_id, %trainer_id, %notification_id, "{prefix} Notification sent to trainer");
+            match notified {
+                Notified::Trainer { notification_id, trainer_id } => {
+                    tracing::info!(order_id, %trainer_id, %notification_id, "{prefix} Notification sent to trainer");
+                }
+                Notified::NoBooking => tracing::warn!(order_id, "payment has no booking; no notification"),
+                Notified::BookingGone { booking_id } => {
+                    tracing::warn!(order_id, %booking_id, "booking not found; no notification")
+                }
             }
         }
         Outcome::Ignored { reason, verification, .. } => {

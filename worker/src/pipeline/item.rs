@@ -10,6 +10,7 @@ use shared::Provider;
 use super::conclude::Counted;
 use super::settle::Settlement;
 use crate::domain::event::{Confirmed, IncomingEvent};
+use crate::domain::ordering::believed_time;
 use crate::domain::outcome::{HandleError, Outcome};
 use crate::domain::screen::screen;
 use crate::store::write::{Entry, Work};
@@ -59,6 +60,9 @@ impl Item {
         // Before anything of the delivery is used: a control character in an identifier
         // would make Postgres refuse the whole batch.
         let order_id = screen(&mut envelope, &mut event);
+        if let (Ok(envelope), Ok(event)) = (&envelope, &event) {
+            warn_of_a_date_from_the_future(envelope, event);
+        }
         let span = match &envelope {
             Ok(envelope) => tracing::info_span!(
                 "delivery",
@@ -125,5 +129,16 @@ impl Item {
             && !self.confirmed.signature
             && self.envelope.as_ref().is_ok_and(|e| e.provider == Provider::Toss)
             && self.event.as_ref().is_ok_and(|e| e.unsigned_payment_event)
+    }
+}
+
+/// An event dated further after its receipt than clocks differ is decided as one without a
+/// date ([`believed_time`]); said here, outside the transaction, once per delivery.
+fn warn_of_a_date_from_the_future(envelope: &EventEnvelope, event: &IncomingEvent) {
+    if let Some(time) = event.provider_time {
+        if believed_time(Some(time), envelope.received_at).is_none() {
+            let received_at = envelope.received_at;
+            tracing::warn!(event_id = %envelope.event_key, %time, %received_at, "event dated after it was received; its date is not used to order it");
+        }
     }
 }

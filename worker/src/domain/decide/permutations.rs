@@ -103,7 +103,7 @@ fn deliver(events: &[EventEnvelope], order: &[usize], batch_sizes: &[usize]) -> 
             match result {
                 Ok(Outcome::Applied { to, notified, .. }) => {
                     assert!(applied_keys.insert(key.clone()), "event {} applied twice", key.1);
-                    assert!(notified.is_some(), "an applied change is notified");
+                    assert!(notified.ids().is_some(), "an applied change is notified");
                     delivered.applied.push(*to);
                     inbox.insert(key);
                 }

@@ -200,7 +200,7 @@ fn a_payment_without_a_booking_changes_without_a_notification() {
     assert_eq!(statuses(&plan), ["applied"]);
     assert!(plan.notifications.is_empty());
     match &plan.results[0] {
-        Ok(Outcome::Applied { notified, .. }) => assert!(notified.is_none()),
+        Ok(Outcome::Applied { notified, .. }) => assert_eq!(*notified, Notified::NoBooking),
         other => panic!("{other:?}"),
     }
 }
