@@ -396,3 +396,24 @@ fn ci_runs_the_readmes_commands_with_the_prometheus_tools_installed() {
         assert!(readme.contains(step), "README explains {step}");
     }
 }
+
+/// The original guide's Toss test works on a developer machine because `config/local.toml`
+/// opts in to applying unverified Toss events; the stack people deploy never does. Remove
+/// `toss_allow_unverified` from config/local.toml, or add `TOSS_ALLOW_UNVERIFIED` to the
+/// worker's environment in docker-compose.yml, to see this fail.
+#[test]
+fn only_the_developer_settings_apply_unverified_toss_events() {
+    let local = testkit::prometheus::repo_root().join("config/local.toml");
+    let local = local.to_str().unwrap();
+    let worker = WorkerSettings::from_file(local, []).expect("config/local.toml loads as the worker's settings");
+    assert!(worker.worker.toss_allow_unverified, "config/local.toml opts in, so the guide's curl test works");
+    IngestSettings::from_file(local, []).expect("config/local.toml loads as ingest's settings");
+    assert!(!WorkerSettings::from_vars([]).unwrap().worker.toss_allow_unverified, "off by default");
+    let compose = compose();
+    for (name, service) in services_built_here(&compose) {
+        assert!(
+            !environment(service).contains_key("TOSS_ALLOW_UNVERIFIED"),
+            "{name} in docker-compose.yml must not opt in to unverified Toss events"
+        );
+    }
+}

@@ -79,6 +79,12 @@ pub trait Settings: Sized {
         Self::read(&mut Parts::from_sources(None, Some(map))?)
     }
 
+    /// Defaults, then the TOML file at `path`, then the given variables (tests, tools).
+    fn from_file<'a>(path: &str, vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, SettingsError> {
+        let map = vars.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::read(&mut Parts::from_sources(Some(path), Some(map))?)
+    }
+
     /// The environment name of every setting this binary reads (`DATABASE_URL`,
     /// `AMQP_PREFIX`, ...), so deployment files and documentation can be checked against it.
     fn env_names() -> Vec<String> {
