@@ -82,10 +82,10 @@ fn every_alert_has_a_severity_a_summary_and_a_runbook_with_a_hookctl_command() {
 }
 
 #[test]
-fn the_readme_lists_every_alert() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+fn the_operations_page_lists_every_alert() {
+    let page = std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("docs/operations.md");
     for name in alerts().keys() {
-        assert!(readme.contains(&format!("`{name}`")), "README's alert table has `{name}`");
+        assert!(page.contains(&format!("`{name}`")), "docs/operations.md's alert table has `{name}`");
     }
 }
 

@@ -75,7 +75,7 @@ async fn database_errors_are_classified_by_sqlstate() {
 ///    They are served by key only because the setting is in force on every worker connection,
 ///    which part 1 checks first.
 ///
-/// Delete `-c enable_seqscan=off` from `SESSION_OPTIONS` in `worker/src/store/db.rs` to see part 1
+/// Delete `("enable_seqscan", "off")` from `SESSION_SETTINGS` in `worker/src/store/db.rs` to see part 1
 /// fail; part 2 fails for a statement that needs the setting but is not marked so.
 #[tokio::test]
 async fn generic_plans_made_on_empty_tables_read_rows_by_key() {

@@ -66,7 +66,7 @@ async fn through_pgbouncer_in_session_mode_with_the_settings_on_its_role_the_wor
     let fix = output
         .split("which every new session then starts with: ")
         .nth(1)
-        .and_then(|rest| rest.split(" (see the README").next())
+        .and_then(|rest| rest.split(" (see docs/operations.md").next())
         .unwrap_or_else(|| panic!("the refusal names the statements to run:\n{output}"))
         .to_string();
     assert!(fix.contains("lock_timeout") && fix.contains(&env.db.name), "{fix}");

@@ -32,8 +32,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the two probe sessions ask for their backend in turn.
 const SHARING_PROBES: usize = 3;
 
-/// Where the README explains the supported setups.
-const SEE: &str = "see the README, \"Connection poolers\"";
+/// Where the documentation explains the supported setups.
+const SEE: &str = "see docs/operations.md, \"Connection poolers\"";
 
 /// A setup the worker refuses to run on.
 #[derive(Debug, thiserror::Error)]
