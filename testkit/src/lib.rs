@@ -5,8 +5,8 @@
 //! of the test's own, for tests that run it with TLS or crash the database itself, a
 //! [`PgPair`] a primary and its streaming standby, for failover tests, a [`PgBouncer`] a
 //! pooler in front of a Postgres, and a [`RabbitCluster`] one of RabbitMQ nodes, for tests
-//! that kill broker nodes or raise alarms;
-//! [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
+//! that kill broker nodes or raise alarms (or, in a [`NetLab`] of network namespaces, cut
+//! them off from each other or from the code under test); [`RoleUsers`] are the deployment's RabbitMQ users, made by its own script.
 //!
 //! The real services are found through `TEST_DATABASE_URL` (an admin connection, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_AMQP_URL` (default
@@ -19,6 +19,7 @@ pub mod db;
 pub mod events;
 pub mod fake_http;
 pub mod metrics;
+pub mod netns;
 pub mod otlp;
 pub mod pg_pair;
 pub mod pg_server;
@@ -35,6 +36,7 @@ pub use amqp::TestBroker;
 pub use broker_users::RoleUsers;
 pub use db::TestDb;
 pub use fake_http::{Behavior, FakeEndpoint};
+pub use netns::NetLab;
 pub use pg_pair::PgPair;
 pub use pg_server::PgServer;
 pub use pgbouncer::PgBouncer;

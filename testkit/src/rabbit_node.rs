@@ -8,10 +8,19 @@
 //! runs in a process group of its own and the whole group is SIGKILLed when the handle drops,
 //! also when the test panics. Nodes are started and driven with the CLI tools as root does
 //! (`/usr/lib/rabbitmq/bin/...`, without switching to the `rabbitmq` user).
+//!
+//! A node can also run inside a namespace of a [`NetLab`] (see [`RabbitCluster::start_in`]),
+//! on the host's own address: named `rabbit@<address>` (long names), listening on the standard
+//! ports there, with an epmd of its namespace's own, so that the lab can cut it off from the
+//! other nodes or from the test process. The machine's `rabbitmq-env.conf` (which pins epmd and
+//! distribution to 127.0.0.1) is replaced by an empty one of the node's.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use crate::netns::NetLab;
 
 use std::os::unix::process::CommandExt;
 
@@ -28,6 +37,17 @@ pub struct RabbitNode {
     dir: PathBuf,
     home: PathBuf,
     server: Option<Child>,
+    /// Where the node runs when it is in a lab's namespace; `None`: on 127.0.0.1.
+    host: Option<NodeHost>,
+    /// Lines added to its `rabbitmq.conf`.
+    extra_config: String,
+}
+
+/// A lab namespace a node runs in, and its address there.
+#[derive(Debug, Clone)]
+pub struct NodeHost {
+    pub namespace: String,
+    pub ip: Ipv4Addr,
 }
 
 impl RabbitNode {
@@ -37,15 +57,70 @@ impl RabbitNode {
         let name = format!("t{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let dir = root.join(name.split('@').next().unwrap());
         std::fs::create_dir_all(&dir).expect("node directory");
-        let mut node =
-            Self { name, amqp_port: free_port(), dist_port: free_port(), dir, home: root.to_path_buf(), server: None };
+        let mut node = Self {
+            name,
+            amqp_port: free_port(),
+            dist_port: free_port(),
+            dir,
+            home: root.to_path_buf(),
+            server: None,
+            host: None,
+            extra_config: String::new(),
+        };
         node.boot().await;
         node
     }
 
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    /// Starts a node in `host`'s namespace, named `rabbit@<its address>`, with `extra_config`
+    /// added to its `rabbitmq.conf`; its files live under `root` as with [`RabbitNode::start`].
+    pub async fn start_in(root: &Path, host: NodeHost, extra_config: &str) -> Self {
+        let name = format!("rabbit@{}", host.ip);
+        let dir = root.join(host.ip.to_string());
+        std::fs::create_dir_all(&dir).expect("node directory");
+        std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("environment file");
+        let mut node = Self {
+            name,
+            amqp_port: 5672,
+            dist_port: 25672,
+            dir,
+            home: root.to_path_buf(),
+            server: None,
+            host: Some(host),
+            extra_config: extra_config.to_string(),
+        };
+        node.boot().await;
+        node
+    }
+
+    /// The address its AMQP listener is on.
+    pub fn amqp_addr(&self) -> SocketAddr {
+        let ip = self.host.as_ref().map_or(Ipv4Addr::LOCALHOST, |h| h.ip);
+        SocketAddr::from((ip, self.amqp_port))
+    }
+
+    /// `amqp://guest:guest@<address>:<port>/%2f`.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+        format!("amqp://guest:guest@{}/%2f", self.amqp_addr())
+    }
+
+    /// A command running `program` where the node runs (in its namespace, if any), with the
+    /// environment the node and its CLI share.
+    fn command(&self, program: &str) -> Command {
+        let mut command = match &self.host {
+            Some(host) => {
+                let mut c = Command::new("/usr/sbin/ip");
+                c.args(["netns", "exec", &host.namespace, program]);
+                c
+            }
+            None => Command::new(program),
+        };
+        command.env("HOME", &self.home);
+        if self.host.is_some() {
+            command
+                .env("RABBITMQ_USE_LONGNAME", "true")
+                .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"));
+        }
+        command
     }
 
     /// SIGKILLs the node (its whole process group) and waits until its AMQP port is closed.
@@ -54,9 +129,9 @@ impl RabbitNode {
             kill_group(&server);
             let _ = server.wait();
         }
-        let port = self.amqp_port;
+        let addr = self.amqp_addr();
         crate::eventually("the killed node's port closed", Duration::from_secs(30), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(())
+            tokio::net::TcpStream::connect(addr).await.is_err().then_some(())
         })
         .await;
     }
@@ -75,10 +150,10 @@ impl RabbitNode {
 
     /// [`RabbitNode::ctl`] returning the error instead of panicking.
     pub async fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        let output = tokio::process::Command::new(CTL)
-            .args(["-n", &self.name])
-            .args(args)
-            .env("HOME", &self.home)
+        let mut command = self.command(CTL);
+        command.args(["-n", &self.name]).args(args);
+        let output = tokio::process::Command::from(command)
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| format!("cannot run {CTL}: {e}"))?;
@@ -93,17 +168,17 @@ impl RabbitNode {
         std::fs::write(self.dir.join("enabled_plugins"), "[].\n").expect("plugins file");
         std::fs::write(
             self.dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{}\nloopback_users = none\n", self.amqp_port),
+            format!("listeners.tcp.default = {}\nloopback_users = none\n{}\n", self.amqp_addr(), self.extra_config),
         )
         .expect("config file");
         let log = std::fs::File::create(self.dir.join("server.out")).expect("server output file");
         let pid_file = self.dir.join("pid");
         let _ = std::fs::remove_file(&pid_file);
-        let server = Command::new(SERVER)
+        let server = self
+            .command(SERVER)
             .current_dir(&self.dir)
-            .env("HOME", &self.home)
             .env("RABBITMQ_NODENAME", &self.name)
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_IP_ADDRESS", self.amqp_addr().ip().to_string())
             .env("RABBITMQ_NODE_PORT", self.amqp_port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
@@ -173,11 +248,28 @@ impl Drop for NodeRoot {
 }
 
 /// Nodes of a test's own, clustered when there are several. Dropping it kills every node and
-/// removes their files.
+/// removes their files; when the test failed, the end of each node's log is printed first.
 pub struct RabbitCluster {
     // Field order matters: nodes are killed before their directory is removed.
     pub nodes: Vec<RabbitNode>,
     _root: NodeRoot,
+}
+
+impl Drop for RabbitCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = node.dir.join("log").join(format!("{}.log", node.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- {}, last lines of its log:\n{}",
+                    node.name,
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+    }
 }
 
 impl RabbitCluster {
@@ -185,7 +277,23 @@ impl RabbitCluster {
     pub async fn start(size: usize) -> Self {
         let root = NodeRoot::create();
         let nodes = futures_util::future::join_all((0..size).map(|_| RabbitNode::start(&root.0))).await;
-        let cluster = Self { nodes, _root: root };
+        Self::join(Self { nodes, _root: root }).await
+    }
+
+    /// Starts one node in each of `lab`'s hosts at once (node `i` on host `i`), with
+    /// `extra_config` in each `rabbitmq.conf` (`cluster_partition_handling`, `net_ticktime`),
+    /// and joins the others to the first.
+    pub async fn start_in(lab: &NetLab, extra_config: &str) -> Self {
+        let root = NodeRoot::create();
+        let nodes = futures_util::future::join_all(lab.hosts.iter().map(|h| {
+            let host = NodeHost { namespace: h.namespace.clone(), ip: h.ip };
+            RabbitNode::start_in(&root.0, host, extra_config)
+        }))
+        .await;
+        Self::join(Self { nodes, _root: root }).await
+    }
+
+    async fn join(cluster: Self) -> Self {
         if let Some((first, rest)) = cluster.nodes.split_first() {
             for node in rest {
                 node.ctl(&["stop_app"]).await;

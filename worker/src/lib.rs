@@ -68,7 +68,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: WorkerSettings) -> anyhow::Result<Self> {
-        let store = Store::new(db::pool(&settings.database)?);
+        let store = Store::new(db::pool(&settings.database)?, settings.worker.database_transaction_timeout);
         // Through a pooler that shares sessions or drops their settings, refuse now, saying why.
         store::sessions::check(&settings.database).await?;
         let toss_api = TossApi::from_settings(&settings.toss_api)?;

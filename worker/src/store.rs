@@ -35,6 +35,8 @@ const RECORD_FAILURE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// `DATABASE_TRANSACTION_TIMEOUT`.
+    transaction_timeout: Duration,
 }
 
 /// How a batch's transaction failed.
@@ -52,8 +54,9 @@ pub enum Fault {
 }
 
 impl Store {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A store on `pool` whose batch transactions get `transaction_timeout` to complete.
+    pub fn new(pool: Pool, transaction_timeout: Duration) -> Self {
+        Self { pool, transaction_timeout }
     }
 
     /// A pooled connection.
@@ -78,7 +81,19 @@ impl Store {
             PoolError::Backend(e) => fault_of(e),
             other => Fault::Outage(describe_pool_error(other)),
         })?;
-        let result = write::apply(&mut client, entries, trust, max_attempts, claim).await;
+        let applying = write::apply(&mut client, entries, trust, max_attempts, claim);
+        let Ok(result) = tokio::time::timeout(self.transaction_timeout, applying).await else {
+            // An answer never came (a partition, a stalled server): the session is in an
+            // unknown state, the commit perhaps done. Closed, never back to the pool. Retrying
+            // is safe: events the commit applied are final in the inbox, so their next copy
+            // is a duplicate.
+            drop(deadpool_postgres::Object::take(client));
+            return Err(Fault::Outage(format!(
+                "the database did not answer the batch's transaction within {:?} \
+                 (DATABASE_TRANSACTION_TIMEOUT); its session was closed, its commit's fate unknown",
+                self.transaction_timeout
+            )));
+        };
         let fault = match result {
             Ok(committed) => return Ok(committed),
             Err(WriteError::Db(e)) => fault_of(&e),

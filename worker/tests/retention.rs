@@ -55,7 +55,11 @@ fn expected_after_30_days() -> BTreeSet<String> {
 async fn only_final_and_unverified_rows_older_than_the_retention_are_pruned() {
     let env = Env::new().await;
     seed_ages(&env).await;
-    let pool = worker::store::Store::new(worker::store::db::pool(&env.settings(&[]).database).unwrap());
+    let settings = env.settings(&[]);
+    let pool = worker::store::Store::new(
+        worker::store::db::pool(&settings.database).unwrap(),
+        settings.worker.database_transaction_timeout,
+    );
     let pruned = prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap();
     assert_eq!(pruned, 8, "applied, ignored, dead and unverified rows of 31 and 400 days");
     assert_eq!(keys(&env).await, expected_after_30_days());
@@ -91,7 +95,11 @@ async fn a_backlog_goes_in_batches_of_the_batch_size() {
         .unwrap()
         .get(0);
     assert_eq!(oldest_left, format!("old_{}", PRUNE_BATCH + 1));
-    let pool = worker::store::Store::new(worker::store::db::pool(&env.settings(&[]).database).unwrap());
+    let settings = env.settings(&[]);
+    let pool = worker::store::Store::new(
+        worker::store::db::pool(&settings.database).unwrap(),
+        settings.worker.database_transaction_timeout,
+    );
     let rest = prune_expired(&pool, 30 * DAY, &CancellationToken::new()).await.unwrap();
     assert_eq!(rest, (backlog - PRUNE_BATCH) as u64);
     assert_eq!(env.count("SELECT count(*) FROM webhook_events").await, 0);

@@ -1,6 +1,6 @@
 //! A live connection, its publisher channels, and the clock that tells whether confirms flow.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,14 +82,17 @@ pub(super) async fn open_publisher(connection: &Connection) -> Result<Channel, l
     Ok(channel)
 }
 
-/// Whether confirms flow on a link: how many are awaited and when the last one arrived.
-/// A confirm awaited longer than the publish timeout with none arriving since means the
-/// broker or the path to it has stalled, even if the connection looks open.
+/// Whether confirms flow on a link: how many are awaited and when the last one arrived in
+/// time. A confirm awaited longer than the publish timeout with none arriving in time since
+/// means the broker or the path to it has stalled, even if the connection looks open. A
+/// confirm that comes only after its request gave up is no progress: a link on which every
+/// confirm comes too late (a channel still sending to a queue leader lost in a partition,
+/// resent from there long after) fails every request, just as a silent one does.
 pub(super) struct ConfirmClock<C: Clock = Monotonic> {
     time: C,
     outstanding: AtomicUsize,
-    /// Microseconds (of `time`) of the last confirm, or of the first publish after none was
-    /// outstanding.
+    /// Microseconds (of `time`) of the last confirm in time, or of the first publish after
+    /// none was outstanding.
     progress_us: AtomicU64,
 }
 
@@ -125,7 +128,7 @@ impl<C: Clock> ConfirmClock<C> {
         if self.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
             self.progress_us.store(self.time.now_us(), Ordering::Release);
         }
-        AwaitedConfirm { clock: self.clone() }
+        AwaitedConfirm { clock: self.clone(), late: Arc::new(AtomicBool::new(false)) }
     }
 
     /// How long confirms have been awaited with none arriving; `None` when none is awaited.
@@ -138,14 +141,36 @@ impl<C: Clock> ConfirmClock<C> {
     }
 }
 
-/// One awaited confirm; dropped when it arrived (or its channel or connection failed).
+/// One awaited confirm; dropped when it arrived (or its channel or connection failed, or
+/// nobody waits for it any more).
 pub(super) struct AwaitedConfirm<C: Clock = Monotonic> {
     clock: Arc<ConfirmClock<C>>,
+    /// Set once its request gave up waiting: what comes after is no progress.
+    late: Arc<AtomicBool>,
+}
+
+impl<C: Clock> AwaitedConfirm<C> {
+    /// A handle that marks this confirm late ([`Late::now`]) while the guard itself is held
+    /// by the future awaiting the confirm.
+    pub(super) fn late(&self) -> Late {
+        Late(self.late.clone())
+    }
+}
+
+/// Marks an awaited confirm late: its request gave up waiting.
+pub(super) struct Late(Arc<AtomicBool>);
+
+impl Late {
+    pub(super) fn now(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 impl<C: Clock> Drop for AwaitedConfirm<C> {
     fn drop(&mut self) {
-        self.clock.progress_us.store(self.clock.time.now_us(), Ordering::Release);
+        if !self.late.load(Ordering::Acquire) {
+            self.clock.progress_us.store(self.clock.time.now_us(), Ordering::Release);
+        }
         self.clock.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -187,5 +212,20 @@ mod tests {
         assert_eq!(clock.stalled_for(), Some(Duration::from_millis(3)), "counted again from that confirm");
         drop(second);
         assert_eq!(clock.stalled_for(), None);
+    }
+
+    #[test]
+    fn a_confirm_that_comes_after_its_request_gave_up_is_no_progress() {
+        let clock = Arc::new(ConfirmClock::with_time(Manual::default()));
+        let first = clock.start();
+        let second = clock.start();
+        clock.time.advance(Duration::from_secs(3));
+        first.late().now();
+        drop(first);
+        assert_eq!(clock.stalled_for(), Some(Duration::from_secs(3)), "a late confirm does not reset the stall");
+        clock.time.advance(Duration::from_secs(4));
+        assert_eq!(clock.stalled_for(), Some(Duration::from_secs(7)));
+        drop(second);
+        assert_eq!(clock.stalled_for(), None, "nothing awaited, no stall");
     }
 }

@@ -228,6 +228,7 @@ impl Broker {
         }
         let (slot, channel) = link.publisher().ok_or(PublishError::Unavailable)?;
         let awaited = link.confirms.start();
+        let late = awaited.late();
         let options = BasicPublishOptions { mandatory: true, immediate: false };
         let publishing = channel.clone();
         let mut confirmed = Box::pin(async move {
@@ -239,10 +240,12 @@ impl Broker {
         let confirmation = tokio::select! {
             confirmation = &mut confirmed => confirmation,
             _ = tokio::time::sleep(timeout) => {
-                // This request fails; the confirm is still awaited in the background so the
-                // link's clock sees whether confirms still flow (readiness) and when they
-                // resume. The link itself is replaced only if it goes silent as a whole.
-                // Bounded: by then a silent link has been replaced, which ends it anyway.
+                // This request fails; the confirm is still awaited in the background, counted
+                // as outstanding, but its arrival (late) is no progress: a link whose every
+                // confirm comes after its request gave up serves nobody, and is replaced like
+                // a silent one once that lasts `STALLED_LINK_TIMEOUTS` publish timeouts.
+                // Bounded: by then such a link has been replaced, which ends it anyway.
+                late.now();
                 let watch_for = timeout * (supervisor::STALLED_LINK_TIMEOUTS + 1);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(watch_for, confirmed).await;

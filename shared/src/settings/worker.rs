@@ -63,6 +63,16 @@ pub struct WorkerPart {
     /// [`MIN_EVENT_RETENTION`] otherwise.
     #[serde(deserialize_with = "duration")]
     pub event_retention: Duration,
+
+    /// How long a batch's transaction may wait on the database (its statements and its
+    /// commit) before the worker gives up on it: the session is closed and the batch retried
+    /// later. Postgres bounds its own side (`statement_timeout`, `lock_timeout`), but an answer
+    /// lost in a network partition is only ever noticed by the client; without this a commit
+    /// whose answer never comes would hold its batch (and its deliveries) for good. Whether
+    /// such a commit landed is unknown; the retry is safe either way, the inbox counting a
+    /// committed event's copy as a duplicate.
+    #[serde(deserialize_with = "duration")]
+    pub database_transaction_timeout: Duration,
 }
 
 impl Default for WorkerPart {
@@ -80,6 +90,7 @@ impl Default for WorkerPart {
             outbox_lease: Duration::from_secs(30),
             outbox_max_attempts: 20,
             event_retention: Duration::from_secs(30 * 24 * 3600),
+            database_transaction_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +108,12 @@ impl Part for WorkerPart {
         ])?;
         if self.outbox_batch_size < 1 {
             return Err(SettingsError::invalid("outbox_batch_size", "must be at least 1"));
+        }
+        if self.database_transaction_timeout < Duration::from_secs(1) {
+            return Err(SettingsError::invalid(
+                "database_transaction_timeout",
+                "at least 1s: a healthy batch's transaction must not be cut",
+            ));
         }
         if !self.event_retention.is_zero() && self.event_retention < MIN_EVENT_RETENTION {
             return Err(SettingsError::invalid(
