@@ -44,7 +44,13 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Microseconds until a successful answer (or confirm).
     pub latency: Histogram<u64>,
+    /// Paced requests sent more than [`LATE`] after they were due: the generator (too few
+    /// connections, or no CPU) held them back.
+    pub late: u64,
 }
+
+/// How far behind its due time a paced request may be sent before it counts as late.
+pub const LATE: Duration = Duration::from_millis(10);
 
 impl LoadResult {
     pub fn per_second(&self) -> f64 {
@@ -90,18 +96,37 @@ pub async fn http_load(
     connections: usize,
     pace: Pace,
 ) -> anyhow::Result<LoadResult> {
+    let count = events.len();
+    http_load_with(addr, path, count, Arc::new(move |i| events[i].clone()), connections, pace).await
+}
+
+/// Makes request `i` when it is due (e.g. signed at that moment).
+pub type MakeEvent = Arc<dyn Fn(usize) -> SignedEvent + Send + Sync>;
+
+/// Posts `count` events, the `i`th made by `make`, over `connections` keep-alive connections.
+pub async fn http_load_with(
+    addr: SocketAddr,
+    path: &'static str,
+    count: usize,
+    make: MakeEvent,
+    connections: usize,
+    pace: Pace,
+) -> anyhow::Result<LoadResult> {
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
         senders.push(connect(addr).await?);
     }
-    let schedule = Arc::new(Schedule { next: AtomicUsize::new(0), total: events.len(), start: Instant::now(), pace });
+    let schedule = Arc::new(Schedule { next: AtomicUsize::new(0), total: count, start: Instant::now(), pace });
     let mut tasks = Vec::with_capacity(connections);
     for sender in senders {
-        let (schedule, events) = (schedule.clone(), events.clone());
+        let (schedule, make) = (schedule.clone(), make.clone());
         tasks.push(tokio::spawn(async move {
             let mut sender = Some(sender);
-            let (mut latency, mut ok, mut failed) = (histogram(), 0u64, 0u64);
+            let (mut latency, mut ok, mut failed, mut late) = (histogram(), 0u64, 0u64, 0u64);
             while let Some((i, from)) = schedule.take().await {
+                if from.elapsed() > LATE {
+                    late += 1;
+                }
                 let current = match sender.take() {
                     Some(s) if !s.is_closed() => s,
                     _ => match connect(addr).await {
@@ -112,7 +137,7 @@ pub async fn http_load(
                         }
                     },
                 };
-                let (status, current) = post(current, addr, path, &events[i]).await;
+                let (status, current) = post(current, addr, path, &make(i)).await;
                 sender = current;
                 if status == Some(200) {
                     ok += 1;
@@ -121,7 +146,7 @@ pub async fn http_load(
                     failed += 1;
                 }
             }
-            (latency, ok, failed)
+            (latency, ok, failed, late)
         }));
     }
     collect(tasks, schedule.start).await
@@ -208,22 +233,23 @@ pub async fn broker_load(
                     _ => failed += 1,
                 }
             }
-            (latency, ok, failed)
+            (latency, ok, failed, 0)
         }));
     }
     collect(tasks, schedule.start).await
 }
 
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>,
-    start: Instant,
-) -> anyhow::Result<LoadResult> {
-    let mut result = LoadResult { ok: 0, failed: 0, elapsed: Duration::ZERO, latency: histogram() };
+/// What one load task measured: latency, answered, failed, sent late.
+type TaskCounts = (Histogram<u64>, u64, u64, u64);
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<TaskCounts>>, start: Instant) -> anyhow::Result<LoadResult> {
+    let mut result = LoadResult { ok: 0, failed: 0, elapsed: Duration::ZERO, latency: histogram(), late: 0 };
     for task in tasks {
-        let (latency, ok, failed) = task.await?;
+        let (latency, ok, failed, late) = task.await?;
         result.latency.add(latency)?;
         result.ok += ok;
         result.failed += failed;
+        result.late += late;
     }
     result.elapsed = start.elapsed();
     Ok(result)

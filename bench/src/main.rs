@@ -8,10 +8,13 @@
 //! - `bench worker` ([`worker_bench`]): a queued backlog drained by one worker (the release
 //!   binary) with batch size 1 and the default, against the inline peer; throughput, CPU per
 //!   event of the worker, Postgres and RabbitMQ, memory, and lag at a steady rate;
+//! - `bench pipeline` ([`pipeline`]): ingest and one worker at once under signed load at fixed
+//!   rates stepped up until the lag passes a second, against the inline peer stepped the same
+//!   way; answered rate, answer latency, end-to-end lag and CPU per event of every process;
 //! - `bench soak` ([`soak`]): the pipeline as processes under steady load for a long time, a
 //!   worker killed every few minutes; memory, lag per minute and the exactly-once invariant.
 //!
-//! Run with `cargo run --release -p bench -- ingest` (or `worker`, or `soak`).
+//! Run with `cargo run --release -p bench -- ingest` (or `worker`, `pipeline`, or `soak`).
 
 // `json!` of a whole Checkout Session nests deeper than the default macro recursion limit.
 #![recursion_limit = "256"]
@@ -20,6 +23,7 @@ mod events;
 mod ingest_bench;
 mod load;
 mod peer;
+mod pipeline;
 mod process;
 mod procfs;
 mod soak;
@@ -80,6 +84,36 @@ enum Command {
         #[arg(long)]
         tls: bool,
     },
+    /// Ingest and one worker at once under signed load at fixed rates (open loop), stepped up
+    /// until the end-to-end lag's p99 passes 1 s; the inline peer stepped the same way.
+    Pipeline {
+        /// Events per second of each step, in order; the steps stop at the first whose lag p99
+        /// passes 1 s (or that is not answered).
+        #[arg(long, value_delimiter = ',', default_value = "1000,2000,3000,4000,5000,6000,7000,8000,10000")]
+        rates: Vec<u32>,
+        /// Events per second of each step of the inline peer; they stop at the first whose
+        /// answer p99 passes 1 s.
+        #[arg(long, value_delimiter = ',', default_value = "500,1000,1500,2000,2500,3000,3500,4000")]
+        route_rates: Vec<u32>,
+        /// Seconds each step lasts.
+        #[arg(long, default_value_t = 60)]
+        step_secs: u64,
+        /// Keep-alive connections of the load generator (enough that it never waits for one).
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// Skip the inline Node peer (it needs `node` and `npm`).
+        #[arg(long)]
+        no_peer: bool,
+        /// LOG_FORMAT of ingest and the worker; production runs `json`.
+        #[arg(long, default_value = "json")]
+        log_format: String,
+        /// Extra environment for the ingest process (`NAME=value`, repeatable).
+        #[arg(long = "ingest-env")]
+        ingest_env: Vec<String>,
+        /// Extra environment for the worker process (`NAME=value`, repeatable).
+        #[arg(long = "worker-env")]
+        worker_env: Vec<String>,
+    },
     /// Steady signed load on ingest and worker processes for a long time, one worker killed
     /// (SIGKILL) and restarted every few minutes. Needs the release binaries: `cargo build
     /// --release --bin ingest --bin worker`.
@@ -120,6 +154,32 @@ async fn main() -> anyhow::Result<()> {
             let bench =
                 worker_bench::WorkerBench { events, batch_sizes, peer: !no_peer, lag_events, rate, log_format, tls };
             worker_bench::run(bench).await
+        }
+        Command::Pipeline {
+            rates,
+            route_rates,
+            step_secs,
+            connections,
+            no_peer,
+            log_format,
+            ingest_env,
+            worker_env,
+        } => {
+            let bench = pipeline::PipelineBench {
+                rates,
+                route_rates,
+                step: std::time::Duration::from_secs(step_secs.max(1)),
+                connections: connections.max(1),
+                peer: !no_peer,
+                log_format,
+                ingest_env,
+                worker_env,
+            };
+            // Interrupted, the run is dropped: its processes killed, databases and queues deleted.
+            tokio::select! {
+                result = pipeline::run(bench) => result,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            }
         }
         Command::Soak { duration, rate, workers, kill_every, bin_dir } => {
             soak::run(soak::SoakOptions { duration, rate, workers: workers.max(1), kill_every, bin_dir }).await

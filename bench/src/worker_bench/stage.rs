@@ -15,14 +15,14 @@ use tokio_postgres::Client;
 use crate::load::{broker_load, DirectPublish, Pace};
 
 /// A migrated database with one pending payment per event (`ord0..`), and a prefix.
-pub(super) struct Stage {
-    pub(super) db: testkit::TestDb,
-    pub(super) broker: testkit::TestBroker,
-    pub(super) sql: Client,
-    pub(super) topology: Topology,
+pub(crate) struct Stage {
+    pub(crate) db: testkit::TestDb,
+    pub(crate) broker: testkit::TestBroker,
+    pub(crate) sql: Client,
+    pub(crate) topology: Topology,
 }
 
-pub(super) async fn stage(events: usize) -> anyhow::Result<Stage> {
+pub(crate) async fn stage(events: usize) -> anyhow::Result<Stage> {
     let db = testkit::TestDb::create().await;
     let broker = testkit::TestBroker::new().await;
     let settings: shared::WorkerSettings = broker.settings(Some(&db.url), &[]);
@@ -43,7 +43,7 @@ pub(super) async fn stage(events: usize) -> anyhow::Result<Stage> {
 }
 
 /// Queues every event as ingest would (same exchange, routing key, headers and body).
-pub(super) async fn fill(stage: &Stage, signed: &Arc<Vec<crate::load::SignedEvent>>) -> anyhow::Result<()> {
+pub(crate) async fn fill(stage: &Stage, signed: &Arc<Vec<crate::load::SignedEvent>>) -> anyhow::Result<()> {
     let connection = Connection::connect(
         &testkit::amqp_url(),
         ConnectionProperties::default().with_connection_name("bench-fill".into()),
@@ -87,13 +87,13 @@ pub(super) async fn fill(stage: &Stage, signed: &Arc<Vec<crate::load::SignedEven
 }
 
 /// The `id` of a Stripe event body.
-pub(super) fn event_id(body: &[u8]) -> String {
+pub(crate) fn event_id(body: &[u8]) -> String {
     let value: serde_json::Value = serde_json::from_slice(body).expect("benchmark events are JSON");
     value["id"].as_str().expect("an id").to_string()
 }
 
 /// Every payment paid by its own event, one notification each, nothing left over.
-pub(super) async fn verify(stage: &Stage, events: usize) -> anyhow::Result<()> {
+pub(crate) async fn verify(stage: &Stage, events: usize) -> anyhow::Result<()> {
     let n = events as i64;
     let one = |sql: &'static str| async move {
         let row = stage.sql.query_one(sql, &[]).await?;
