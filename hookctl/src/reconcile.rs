@@ -3,7 +3,8 @@
 //!
 //! It runs the worker's own code ([`worker::reconcile::Reconciler::run_by_hand`]) without the
 //! lease and without moving the watermark, and publishes what it finds to the work queue
-//! through the default exchange (the operator's broker user may publish there only). Events
+//! through the default exchange (the operator's broker user may publish there, as the worker's
+//! may). Events
 //! found twice, by this and by a worker, are one inbox key: applied once.
 
 use std::time::Duration;
@@ -15,7 +16,7 @@ use shared::Provider;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::metrics::WorkerMetrics;
-use worker::reconcile::{Reconciler, Report, Route, RunError, RunOptions};
+use worker::reconcile::{Reconciler, Report, RunError, RunOptions};
 use worker::store::{db, Store};
 
 /// What to reconcile.
@@ -63,7 +64,7 @@ pub async fn reconcile(settings: &HookctlSettings, args: ReconcileArgs) -> Resul
         &tasks,
     );
     let result = async {
-        let mut reconciler = Reconciler::from_settings(
+        let reconciler = Reconciler::from_settings(
             &settings.reconcile,
             &settings.toss_api,
             store.clone(),
@@ -71,7 +72,6 @@ pub async fn reconcile(settings: &HookctlSettings, args: ReconcileArgs) -> Resul
             metrics.reconcile.clone(),
             format!("hookctl-{}", uuid::Uuid::new_v4().simple()),
         )?;
-        reconciler.route = Route::WorkQueue;
         if !args.dry_run {
             let waiting = CancellationToken::new();
             tokio::time::timeout(BROKER_WAIT, broker.connected(&waiting))

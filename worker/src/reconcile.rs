@@ -4,8 +4,9 @@
 //! workers run: [`crate::store::reconcile::Lease`]) looks for what the inbox lacks:
 //!
 //! - [`stripe`]: Stripe's events list from a little before the watermark, every event of the
-//!   types the pipeline applies; each one the inbox does not hold is published to the events
-//!   exchange as ingest would publish it, with verification `fetched` and a MAC that proves it
+//!   types the pipeline applies; each one the inbox does not hold is published as ingest would
+//!   publish it (to the work queue, see [`Reconciler::publish`]), with verification `fetched`
+//!   and a MAC that proves it
 //!   ([`shared::verify::fetched`]). The watermark moves only past events whose publish the
 //!   broker confirmed;
 //! - [`toss`]: Toss has no events list, so payments still `pending` or `waiting_for_deposit`
@@ -31,7 +32,6 @@ use shared::backoff::Backoff;
 use shared::broker::{Broker, PublishError};
 use shared::envelope::{EnvelopeHeaders, IngestVerification, H_FETCHED_MAC, H_SOURCE, SOURCE_RECONCILIATION};
 use shared::settings::{ReconcilePart, TossApiSettings};
-use shared::topology::Topology;
 use shared::verify::fetched::FetchedMacKey;
 use shared::Provider;
 use tokio::time::MissedTickBehavior;
@@ -65,16 +65,6 @@ struct Outgoing<'a> {
     mac: Option<&'a str>,
 }
 
-/// Where found events are published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// The events exchange, with the routing key ingest uses (the worker).
-    EventsExchange,
-    /// The work queue through the default exchange (`hookctl`, whose broker user may publish
-    /// there only, as for re-checks and replays).
-    WorkQueue,
-}
-
 /// Reconciliation of the providers whose keys are configured.
 pub struct Reconciler {
     pub store: Store,
@@ -85,7 +75,6 @@ pub struct Reconciler {
     /// This process's name in the lease.
     pub holder: String,
     pub metrics: ReconcileMetrics,
-    pub route: Route,
 }
 
 /// How one run goes.
@@ -178,16 +167,7 @@ impl Reconciler {
             None => None,
         };
         let toss = TossApi::from_settings(toss_api)?;
-        Ok(Self {
-            store,
-            broker,
-            stripe,
-            toss,
-            settings: settings.clone(),
-            holder,
-            metrics,
-            route: Route::EventsExchange,
-        })
+        Ok(Self { store, broker, stripe, toss, settings: settings.clone(), holder, metrics })
     }
 
     /// The providers this reconciler can reconcile.
@@ -347,13 +327,10 @@ impl Reconciler {
             attempt: 0,
         }
         .properties(headers);
-        let topology = self.broker.topology();
-        match self.route {
-            Route::EventsExchange => {
-                let routing_key = Topology::routing_key(provider.as_str(), event_type);
-                self.broker.publish(&topology.events_exchange(), &routing_key, body, properties).await
-            }
-            Route::WorkQueue => self.broker.publish("", &topology.work_queue(), body, properties).await,
-        }
+        // To the work queue through the default exchange, where the events exchange would route
+        // it: the worker's broker user may publish there (as it does retries), not to the events
+        // exchange, which only ingest may write to (deploy/rabbitmq/permissions); hookctl's
+        // operator user likewise.
+        self.broker.publish("", &self.broker.topology().work_queue(), body, properties).await
     }
 }
