@@ -23,7 +23,7 @@ use crate::process::{start_ingest, ServiceProcess};
 use crate::procfs::{cpu_time, pid_listening_on, status_kib, CpuMeter};
 use crate::{events, peer};
 
-mod stage;
+pub(crate) mod stage;
 
 use self::stage::{fill, stage, verify, Stage};
 
@@ -159,13 +159,13 @@ pub async fn run(bench: WorkerBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Binaries {
-    worker: PathBuf,
+pub(crate) struct Binaries {
+    pub(crate) worker: PathBuf,
     ingest: PathBuf,
 }
 
 /// Builds the release binaries (so the benchmark never measures stale ones).
-fn build_binaries(workspace: &Path) -> anyhow::Result<Binaries> {
+pub(crate) fn build_binaries(workspace: &Path) -> anyhow::Result<Binaries> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args(["build", "--release", "--quiet", "-p", "worker", "--bin", "worker", "-p", "ingest", "--bin", "ingest"])
@@ -255,19 +255,19 @@ async fn drain(
     })
 }
 
-fn total_cpu(pids: &[u32]) -> Duration {
+pub(crate) fn total_cpu(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|p| cpu_time(*p)).sum()
 }
 
 /// The Postgres server's own processes (WAL writer, checkpointer, background writer, ...): they
 /// do work on behalf of every client.
-async fn postgres_background_pids(sql: &Client) -> anyhow::Result<Vec<u32>> {
+pub(crate) async fn postgres_background_pids(sql: &Client) -> anyhow::Result<Vec<u32>> {
     let rows = sql.query("SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'", &[]).await?;
     Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
 }
 
 /// The backends serving the worker's pool.
-async fn worker_backend_pids(stage: &Stage) -> anyhow::Result<Vec<u32>> {
+pub(crate) async fn worker_backend_pids(stage: &Stage) -> anyhow::Result<Vec<u32>> {
     let rows = stage
         .sql
         .query(
@@ -315,7 +315,7 @@ const DEFAULT_FILTER: &str = shared::telemetry::DEFAULT_FILTER;
 
 /// The worker binary on the stage's database and prefix, with `vars` on top, logging to `log`;
 /// started once it answers `/healthz`.
-async fn start_worker(
+pub(crate) async fn start_worker(
     bin: &Path,
     stage: &Stage,
     vars: &[(&str, String)],

@@ -15,14 +15,14 @@ use tokio_postgres::Client;
 use crate::load::{broker_load, DirectPublish, Pace};
 
 /// A migrated database with one pending payment per event (`ord0..`), and a prefix.
-pub(super) struct Stage {
-    pub(super) db: testkit::TestDb,
-    pub(super) broker: testkit::TestBroker,
-    pub(super) sql: Client,
-    pub(super) topology: Topology,
+pub(crate) struct Stage {
+    pub(crate) db: testkit::TestDb,
+    pub(crate) broker: testkit::TestBroker,
+    pub(crate) sql: Client,
+    pub(crate) topology: Topology,
 }
 
-pub(super) async fn stage(events: usize) -> anyhow::Result<Stage> {
+pub(crate) async fn stage(events: usize) -> anyhow::Result<Stage> {
     let db = testkit::TestDb::create().await;
     let broker = testkit::TestBroker::new().await;
     let settings: shared::WorkerSettings = broker.settings(Some(&db.url), &[]);
