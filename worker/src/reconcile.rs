@@ -48,6 +48,12 @@ use crate::store::Store;
 /// the next interval.
 const MAX_API_ATTEMPTS: u32 = 6;
 
+/// Tries of one publish before the run stops. A confirm can fail for a moment (a channel being
+/// replaced, a broker busy) and, on the worker's shared publisher channels, a `basic.return`
+/// for another message (an unrouted notification) can come back attributed to this one; a
+/// publish made twice is one inbox key.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
 /// The Stripe side: the events list, and the key that proves what it returned.
 pub struct StripeSource {
     pub api: StripeApi,
@@ -55,6 +61,7 @@ pub struct StripeSource {
 }
 
 /// One event to publish.
+#[derive(Clone, Copy)]
 struct Outgoing<'a> {
     provider: Provider,
     event_type: &'a str,
@@ -307,6 +314,25 @@ impl Reconciler {
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(RunError::Stopped),
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// [`Reconciler::publish`], tried again after a short pause when it fails
+    /// ([`PUBLISH_ATTEMPTS`]).
+    async fn publish_with_retries(&self, event: Outgoing<'_>, request_id: &str) -> Result<(), PublishError> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut attempt = 1;
+        loop {
+            match self.publish(event, request_id).await {
+                Ok(()) => return Ok(()),
+                Err(error @ PublishError::InvalidName) => return Err(error),
+                Err(error) if attempt >= PUBLISH_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::debug!(event_id = event.event_key, %error, attempt, "publish of a found event not confirmed; trying again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    attempt += 1;
+                }
             }
         }
     }

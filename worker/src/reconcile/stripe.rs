@@ -101,7 +101,7 @@ impl Reconciler {
                         body: &event.body,
                         mac: Some(&mac),
                     };
-                    self.publish(event, request_id).await
+                    self.publish_with_retries(event, request_id).await
                 }
             });
             let results = join_all(publishes).await;

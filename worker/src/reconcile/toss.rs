@@ -99,7 +99,7 @@ impl Reconciler {
                     body: &body,
                     mac: None,
                 };
-                self.publish(event, &request_id).await?;
+                self.publish_with_retries(event, &request_id).await?;
                 report.published += 1;
             }
         }
