@@ -11,10 +11,13 @@
 //! - `bench pipeline` ([`pipeline`]): ingest and one worker at once under signed load at fixed
 //!   rates stepped up until the lag passes a second, against the inline peer stepped the same
 //!   way; answered rate, answer latency, end-to-end lag and CPU per event of every process;
+//! - `bench reconcile` ([`reconcile_bench`]): the catch-up of missed Stripe events from a fake
+//!   events list by one worker: wall time, CPU per event of the worker, Postgres and RabbitMQ,
+//!   and the lag of live webhooks during the catch-up against the same traffic without it;
 //! - `bench soak` ([`soak`]): the pipeline as processes under steady load for a long time, a
 //!   worker killed every few minutes; memory, lag per minute and the exactly-once invariant.
 //!
-//! Run with `cargo run --release -p bench -- ingest` (or `worker`, `pipeline`, or `soak`).
+//! Run with `cargo run --release -p bench -- ingest` (or `worker`, `pipeline`, `reconcile`, or `soak`).
 
 // `json!` of a whole Checkout Session nests deeper than the default macro recursion limit.
 #![recursion_limit = "256"]
@@ -26,6 +29,7 @@ mod peer;
 mod pipeline;
 mod process;
 mod procfs;
+mod reconcile_bench;
 mod soak;
 mod worker_bench;
 
@@ -114,6 +118,19 @@ enum Command {
         #[arg(long = "worker-env")]
         worker_env: Vec<String>,
     },
+    /// One worker catching up missed Stripe events from a fake events list (wall time, CPU per
+    /// event), and the lag of live webhooks meanwhile against the same traffic without it.
+    Reconcile {
+        /// Missed events in the fake Stripe events list.
+        #[arg(long, default_value_t = 10_000)]
+        missed: usize,
+        /// Live webhooks per second during the catch-up.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// How long the live traffic lasts.
+        #[arg(long, default_value_t = 20)]
+        live_seconds: u64,
+    },
     /// Steady signed load on ingest and worker processes for a long time, one worker killed
     /// (SIGKILL) and restarted every few minutes. Needs the release binaries: `cargo build
     /// --release --bin ingest --bin worker`.
@@ -142,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest { requests, concurrency, no_peer, log_format, ingest_env } => {
             let bench = ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format, ingest_env };
             ingest_bench::run(bench).await
+        }
+        Command::Reconcile { missed, rate, live_seconds } => {
+            reconcile_bench::run(reconcile_bench::ReconcileBench { missed, rate, live_seconds }).await
         }
         Command::Worker { events, batch_sizes, no_peer, lag_events, rate, log_format, tls } => {
             let batch_sizes = batch_sizes

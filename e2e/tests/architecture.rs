@@ -110,6 +110,7 @@ const WORKER_LAYERS: &[(&str, &[&str])] = &[
     ("pipeline", &["domain", "metrics", "pipeline", "provider_api", "store"]),
     ("delivery", &["domain", "delivery", "metrics", "pipeline"]),
     ("health", &["health", "metrics", "pipeline", "store"]),
+    ("reconcile", &["domain", "metrics", "provider_api", "reconcile", "store"]),
 ];
 
 fn rust_files(path: &Path) -> Vec<PathBuf> {

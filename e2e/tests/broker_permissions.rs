@@ -261,3 +261,46 @@ async fn a_worker_without_its_permissions_says_at_start_what_to_grant() {
     assert!(line.contains("ACCESS_REFUSED") && line.contains("deploy/rabbitmq/permissions"), "{line}");
     assert!(!line.contains(users.password("ingest")), "no password in the log: {line}");
 }
+
+/// Reconciliation publishes what it finds under the users as deployed: the worker's (which may
+/// not write to the events exchange) and, by hand, the operator's. Make the reconciler publish
+/// to `{p}.events` and the broker refuses both: this fails.
+#[tokio::test]
+async fn the_worker_and_hookctl_reconcile_under_their_own_users() {
+    const KEY: &str = "rk_test_roles_reconcile";
+    let env = Env::new().await;
+    let users = RoleUsers::create(&env.broker.prefix).await;
+    let api = testkit::FakeStripe::start(KEY).await;
+    let created = chrono::Utc::now().timestamp() - 3600;
+    let missed = |key: &str, order: &str| {
+        serde_json::from_slice(&stripe_session_event(key, "checkout.session.completed", order, "paid", 1500, "usd"))
+            .unwrap()
+    };
+    env.seed_payment("order-rec-worker", "stripe", Some(1500), Some("usd")).await;
+    api.add_event(missed("evt_rec_worker", "order-rec-worker"), created);
+    let base = api.base();
+    let worker_url = users.url("worker");
+    let worker_vars = [
+        ("AMQP_URL", worker_url.as_str()),
+        ("STRIPE_API_KEY", KEY),
+        ("STRIPE_API_BASE", base.as_str()),
+        ("RECONCILE_INTERVAL", "1s"),
+    ];
+    let worker = TestWorker::spawn(env.settings(&worker_vars)).await;
+    env.wait_count("found by the worker", "SELECT count(*) FROM payments WHERE payment_status = 'paid'", 1, WAIT).await;
+    worker.stop().await;
+
+    env.seed_payment("order-rec-operator", "stripe", Some(1500), Some("usd")).await;
+    api.add_event(missed("evt_rec_operator", "order-rec-operator"), created + 1);
+    let operator_url = users.url("operator");
+    let as_operator =
+        [("AMQP_URL", operator_url.as_str()), ("STRIPE_API_KEY", KEY), ("STRIPE_API_BASE", base.as_str())];
+    let (ok, out) = env.hookctl(&as_operator, &["reconcile", "stripe", "--since", "72h"]).await;
+    assert!(ok && out.contains("missing 1, published 1"), "{out}");
+    let worker_vars = [("AMQP_URL", worker_url.as_str()), ("STRIPE_API_KEY", KEY), ("RECONCILE_INTERVAL", "0")];
+    let worker = TestWorker::spawn(env.settings(&worker_vars)).await;
+    env.wait_count("found by the operator", "SELECT count(*) FROM payments WHERE payment_status = 'paid'", 2, WAIT)
+        .await;
+    assert_eq!(env.count("SELECT count(*) FROM webhook_events WHERE verification = 'fetched'").await, 2);
+    worker.stop().await;
+}

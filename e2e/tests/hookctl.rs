@@ -185,3 +185,71 @@ async fn a_notification_the_broker_keeps_refusing_is_set_aside_listed_and_replay
     env.wait_count("the outbox emptied", "SELECT count(*) FROM outbox", 0, WAIT).await;
     worker.stop().await;
 }
+
+/// A queue's ready messages, read with a passive declaration.
+async fn ready_messages(env: &Env, queue: &str) -> u32 {
+    env.broker
+        .channel()
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .expect("the queue exists")
+        .message_count()
+}
+
+#[tokio::test]
+async fn reconcile_lists_what_the_inbox_lacks_and_publishes_it_only_without_dry_run() {
+    const KEY: &str = "rk_test_hookctl_reconcile";
+    let env = Env::new().await;
+    env.seed_payment("order-rec-missed", "stripe", Some(3000), Some("usd")).await;
+    env.seed_payment("order-rec-delivered", "stripe", Some(3000), Some("usd")).await;
+    let api = testkit::FakeStripe::start(KEY).await;
+    let created = chrono::Utc::now().timestamp() - 3600;
+    for (id, order) in [("evt_rec_missed", "order-rec-missed"), ("evt_rec_delivered", "order-rec-delivered")] {
+        let body = stripe_session_event(id, "checkout.session.completed", order, "paid", 3000, "usd");
+        api.add_event(serde_json::from_slice(&body).unwrap(), created);
+    }
+    // One of the two came as a webhook; the workers are then away.
+    let worker_settings: shared::settings::WorkerSettings =
+        env.settings(&[("STRIPE_API_KEY", KEY), ("RECONCILE_INTERVAL", "0")]);
+    let worker = TestWorker::spawn(worker_settings.clone()).await;
+    let delivered = stripe_session_event(
+        "evt_rec_delivered",
+        "checkout.session.completed",
+        "order-rec-delivered",
+        "paid",
+        3000,
+        "usd",
+    );
+    env.publish(Provider::Stripe, "checkout.session.completed", "evt_rec_delivered", &delivered).await;
+    env.wait_count("the webhook applied", "SELECT count(*) FROM payments WHERE payment_status = 'paid'", 1, WAIT).await;
+    worker.stop().await;
+
+    let base = api.base();
+    let vars = [("STRIPE_API_KEY", KEY), ("STRIPE_API_BASE", base.as_str())];
+    let (ok, out) = env.hookctl(&vars, &["reconcile", "stripe", "--since", "72h", "--dry-run"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("evt_rec_missed") && !out.contains("evt_rec_delivered"), "{out}");
+    assert!(out.contains("missing 1, would publish 1"), "{out}");
+    assert_eq!(ready_messages(&env, &env.work_queue()).await, 0, "a dry run publishes nothing");
+
+    let (ok, out) = env.hookctl(&vars, &["reconcile", "stripe", "--since", "72h"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("missing 1, published 1"), "{out}");
+    assert_eq!(ready_messages(&env, &env.work_queue()).await, 1);
+
+    let worker = TestWorker::spawn(worker_settings).await;
+    env.wait_count("the missed one applied", "SELECT count(*) FROM payments WHERE payment_status = 'paid'", 2, WAIT)
+        .await;
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM webhook_events WHERE event_key = 'evt_rec_missed' AND verification = 'fetched'"
+        )
+        .await,
+        1
+    );
+    worker.stop().await;
+}

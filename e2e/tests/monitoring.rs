@@ -105,9 +105,17 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_expression_with_da
     let env = Env::new().await;
     let receiver = FakeEndpoint::start(vec![Behavior::Status(200, String::new())]).await;
     let notify_url = receiver.url("/notifications");
-    let worker = TestWorker::spawn(
-        env.settings(&[("NOTIFY_WEBHOOK_URL", notify_url.as_str()), ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET)]),
-    )
+    // Reconciliation on, against a fake Stripe events list with nothing missed, so its gauges
+    // (last success, interval) exist as they do in production.
+    let stripe = testkit::FakeStripe::start("rk_test_monitoring").await;
+    let stripe_base = stripe.base();
+    let worker = TestWorker::spawn(env.settings(&[
+        ("NOTIFY_WEBHOOK_URL", notify_url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", NOTIFY_SECRET),
+        ("STRIPE_API_KEY", "rk_test_monitoring"),
+        ("STRIPE_API_BASE", stripe_base.as_str()),
+        ("RECONCILE_INTERVAL", "1s"),
+    ]))
     .await;
     let ingest = TestIngest::spawn(env.settings(&[])).await;
 

@@ -6,14 +6,18 @@
 //!   replay is checked as the worker checks it: an unverifiable message stays dead);
 //! - `unverified list|recheck`: events nothing could verify, and running them again once it can;
 //! - `events <order id>`: what the pipeline received and did for an order, newest first;
+//! - `reconcile stripe|toss --since 72h [--dry-run]`: find, through the provider's API, events
+//!   whose webhooks never came, and queue them (or only list them);
 //! - `probe <url>`: exit 0 when a URL answers 2xx (container health checks without curl).
 
 mod dead;
 mod events;
+mod reconcile;
 pub mod send;
 mod unverified;
 
 pub use dead::{DeadCommand, ReplayArgs, Which};
+pub use reconcile::ReconcileCommand;
 pub use unverified::UnverifiedCommand;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +52,8 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Find events whose webhooks never came through the provider's API, and queue them.
+    Reconcile(ReconcileCommand),
     /// Exit 0 if the URL answers 2xx within 3 s, 1 otherwise.
     Probe { url: String },
 }
@@ -72,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Dead(dead) => dead::run(&settings, dead).await,
                 Command::Unverified(command) => unverified::run(&settings, command).await,
                 Command::Events { order_id, limit } => events::run(&settings, &order_id, limit).await,
+                Command::Reconcile(command) => reconcile::run(&settings, command).await,
                 Command::Probe { .. } => unreachable!("handled above"),
             }
         }

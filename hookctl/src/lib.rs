@@ -10,18 +10,21 @@
 //! - [`unverified`]: events nothing could verify, and [`unverified::recheck`], which sends them
 //!   through the workers again once a verification means exists;
 //! - [`events`]: what the pipeline received and did for an order;
+//! - [`reconcile`]: the worker's reconciliation against the providers' APIs, run by hand;
 //! - [`shown`]: how a message's text is shown to a person (control characters escaped, Toss's
 //!   payment `secret` masked).
 //!
 //! Nothing here declares broker topology: it runs under the operator's broker user, which may
 //! read the dead-letter queues and publish through the default exchange only.
 //!
-//! [`cli`] is the command line over it (`send`, `dead`, `unverified`, `events`, `probe`): it
+//! [`cli`] is the command line over it (`send`, `dead`, `unverified`, `events`, `reconcile`,
+//! `probe`): it
 //! parses, calls the library and prints.
 
 pub mod cli;
 pub mod dead_letters;
 pub mod events;
 pub mod outbox;
+pub mod reconcile;
 pub mod shown;
 pub mod unverified;

@@ -7,12 +7,14 @@
 //! | `x-provider` | `stripe` / `toss` |
 //! | `x-event-type` | provider event type |
 //! | `x-event-key` | dedupe key (Stripe `evt_...`, Toss `eventId` or `sha256:<body hash>`) |
-//! | `x-verification` | `signature` (verified at ingest) or `unsigned` |
+//! | `x-verification` | `signature` (verified at ingest), `unsigned`, or `fetched` (read from the provider's API by reconciliation) |
 //! | `x-received-at` | RFC 3339 time ingest received the request |
 //! | `x-request-id` | ingest's request id, also in its log lines |
 //! | `x-attempt` | deliveries already tried (0 from ingest; the worker raises it on retry) |
 //! | `x-dead-reason` | set on messages in the dead-letter queue |
 //! | `stripe-signature`, `tosspayments-webhook-*` | the provider's delivery headers, verbatim |
+//! | `x-source` | `reconciliation` on events found by the reconciler rather than delivered |
+//! | `x-fetched-mac` | on `fetched` events: the MAC that proves the reconciler fetched them ([`crate::verify::fetched`]) |
 
 use std::collections::BTreeMap;
 
@@ -45,6 +47,16 @@ pub const DELIVERY_HEADERS: [&str; 6] = [
     "user-agent",
 ];
 
+/// Headers a reconciler sets on the events it found through a provider's API; read back into
+/// [`EventEnvelope::delivery_headers`]. Ingest never copies them from a request.
+pub const RECONCILE_HEADERS: [&str; 2] = [H_SOURCE, H_FETCHED_MAC];
+/// Where an event came from when it was not delivered: `reconciliation`.
+pub const H_SOURCE: &str = "x-source";
+/// The MAC over a `fetched` event ([`crate::verify::fetched`]).
+pub const H_FETCHED_MAC: &str = "x-fetched-mac";
+/// The value of [`H_SOURCE`] on events the reconciler found.
+pub const SOURCE_RECONCILIATION: &str = "reconciliation";
+
 /// What ingest established about a request before queueing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +65,9 @@ pub enum IngestVerification {
     Signature,
     /// The provider does not sign this event type (Toss payment events); later checks decide.
     Unsigned,
+    /// Read from the provider's API with our key by reconciliation (no webhook signature);
+    /// believed only with a valid [`H_FETCHED_MAC`].
+    Fetched,
 }
 
 impl IngestVerification {
@@ -60,6 +75,7 @@ impl IngestVerification {
         match self {
             Self::Signature => "signature",
             Self::Unsigned => "unsigned",
+            Self::Fetched => "fetched",
         }
     }
 }
@@ -167,13 +183,17 @@ impl EventEnvelope {
         let verification = match text(H_VERIFICATION)?.as_str() {
             "signature" => IngestVerification::Signature,
             "unsigned" => IngestVerification::Unsigned,
+            "fetched" => IngestVerification::Fetched,
             _ => return Err(EnvelopeError { header: H_VERIFICATION, problem: "not understood" }),
         };
         let received_at = DateTime::parse_from_rfc3339(&text(H_RECEIVED_AT)?)
             .map_err(|_| EnvelopeError { header: H_RECEIVED_AT, problem: "not RFC 3339" })?
             .with_timezone(&Utc);
-        let delivery_headers =
-            DELIVERY_HEADERS.iter().filter_map(|h| header_str(headers, h).map(|v| (h.to_string(), v))).collect();
+        let delivery_headers = DELIVERY_HEADERS
+            .iter()
+            .chain(RECONCILE_HEADERS.iter())
+            .filter_map(|h| header_str(headers, h).map(|v| (h.to_string(), v)))
+            .collect();
         Ok(Self {
             provider,
             event_type: text(H_EVENT_TYPE)?,
@@ -256,6 +276,15 @@ mod tests {
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(props.message_id().as_ref().map(|m| m.as_str()), Some("toss:sha256:ab"));
         assert_eq!(EventEnvelope::from_amqp(&props, &e.body).unwrap(), e);
+    }
+
+    #[test]
+    fn a_fetched_event_round_trips_with_its_reconciliation_headers() {
+        let mut e = sample();
+        e.verification = IngestVerification::Fetched;
+        e.delivery_headers.insert(H_SOURCE.into(), SOURCE_RECONCILIATION.into());
+        e.delivery_headers.insert(H_FETCHED_MAC.into(), "ab".into());
+        assert_eq!(EventEnvelope::from_amqp(&e.properties(), &e.body).unwrap(), e);
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod binaries;
 mod common;
 mod groups;
 mod ingest;
+mod reconcile;
 mod values;
 mod worker;
 
@@ -38,6 +39,7 @@ pub use binaries::{env_names, HookctlSettings, IngestSettings, WorkerSettings};
 pub use common::{CommonSettings, LogFormat, ServiceSettings};
 pub use groups::{DatabaseSettings, TossApiSettings, WebhookSecretSettings};
 pub use ingest::{IngestPart, TOSS_SOURCE_ADDRESSES};
+pub use reconcile::{ReconcilePart, STRIPE_API_VERSION};
 pub use values::{parse_duration, parse_network};
 pub use worker::{NotifySettings, WorkerPart, MIN_EVENT_RETENTION};
 

@@ -5,7 +5,8 @@
 //! - [`domain`]: what is decided, without I/O: from an envelope to an intent, every event of
 //!   a batch against its payment (state machine, the provider's ordering), the trainer's
 //!   notification, outcomes and the retry schedule.
-//! - [`provider_api`]: the providers' own APIs, called with our keys (Toss fetch-back).
+//! - [`provider_api`]: the providers' own APIs, called with our keys (Toss fetch-back and
+//!   lookups, Stripe's events list).
 //! - [`metrics`]: the registry, and the handles each stage counts with.
 //! - [`store`]: Postgres: the pool and its statements ([`store::Store`]), the one batch
 //!   transaction, the outbox and its relay ([`store::outbox::Outbox`]), inbox retention,
@@ -13,6 +14,8 @@
 //! - [`pipeline`]: moving deliveries: the reconnecting consumer, batches, a batch end to end
 //!   ([`pipeline::process::Processor`]), each delivery's conclusion and settlement, halting.
 //! - [`delivery`]: the optional HTTP delivery of notifications, a consumer of its own.
+//! - [`reconcile`]: finding, through the providers' APIs, events whose webhooks never came,
+//!   and queueing them like webhooks (one worker at a time, under a lease).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`, and the gauges.
 //! - [`cli`]: the `worker` binary's command line; [`Worker`] wires the stages together, each
 //!   with the handles it needs.
@@ -24,6 +27,7 @@ pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod provider_api;
+pub mod reconcile;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -47,6 +51,7 @@ use crate::pipeline::halt::Halt;
 use crate::pipeline::process::{Processor, Rules};
 use crate::pipeline::settle::Settler;
 use crate::provider_api::toss::TossApi;
+use crate::reconcile::Reconciler;
 use crate::store::outbox::{Outbox, OutboxOptions};
 use crate::store::retention::{self, Pruner};
 use crate::store::{db, Store};
@@ -61,6 +66,7 @@ pub struct Worker {
     broker: Broker,
     metrics: WorkerMetrics,
     processor: Arc<Processor>,
+    reconciler: Arc<Reconciler>,
     listener: TcpListener,
     broker_stop: CancellationToken,
     tasks: TaskTracker,
@@ -72,8 +78,10 @@ impl Worker {
         // Through a pooler that shares sessions or drops their settings, refuse now, saying why.
         store::sessions::check(&settings.database).await?;
         let toss_api = TossApi::from_settings(&settings.toss_api)?;
-        // The worker checks every message's signature again, so it needs the webhook secrets.
-        let secrets = WebhookSecrets::from_settings(&settings.secrets)?;
+        // The worker checks every message's signature again, so it needs the webhook secrets;
+        // and the Stripe API key, which proves the events its reconciler fetched.
+        let secrets = WebhookSecrets::from_settings(&settings.secrets)?
+            .with_stripe_api_key(settings.reconcile.stripe_api_key.as_ref());
         announce_toss_verification(&settings);
         let listener = TcpListener::bind(settings.worker.worker_addr)
             .await
@@ -108,7 +116,7 @@ impl Worker {
             },
         );
         let processor = Arc::new(Processor {
-            store,
+            store: store.clone(),
             outbox,
             settler: Settler::new(broker.clone()),
             toss_api,
@@ -122,7 +130,16 @@ impl Worker {
                 delivery_limit: settings.common.delivery_limit,
             },
         });
-        Ok(Self { settings, broker, metrics, processor, listener, broker_stop, tasks })
+        let reconciler = Arc::new(Reconciler::from_settings(
+            &settings.reconcile,
+            &settings.toss_api,
+            store.clone(),
+            broker.clone(),
+            metrics.reconcile.clone(),
+            // The process id tells an operator (and a test) which process holds the lease.
+            format!("worker-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        )?);
+        Ok(Self { settings, broker, metrics, processor, reconciler, listener, broker_stop, tasks })
     }
 
     /// The topology a worker declares: every process's, plus the queues of notification
@@ -156,7 +173,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let health = self.health();
         let pruner = self.pruner();
-        let Self { settings, broker, metrics, processor, listener, broker_stop, tasks } = self;
+        let Self { settings, broker, metrics, processor, reconciler, listener, broker_stop, tasks } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "worker health and metrics listening");
 
         let http_stop = CancellationToken::new();
@@ -204,6 +221,7 @@ impl Worker {
         let relay = tasks.spawn(processor.outbox.clone().run_relay(relay_stop.clone()));
         let gauges = tasks.spawn(health::sample_gauges(health, relay_stop.clone()));
         tasks.spawn(retention::run_pruner(pruner, shutdown.clone()));
+        tasks.spawn(reconciler.run(shutdown.clone()));
 
         shutdown.cancelled().await;
         processor.stopping.cancel();

@@ -1,6 +1,8 @@
 //! Worker metrics, on a registry of its own (see `shared::metrics`).
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use shared::metrics::{register, register_process_metrics, BrokerMetrics, LAG_BUCKETS, LATENCY_BUCKETS};
 use shared::providers::EventType;
 use shared::Provider;
@@ -29,6 +31,7 @@ pub struct WorkerMetrics {
     /// Notifications by stage: published, unrouted, outbox_dead (refused too often), delivered,
     /// retried, dead_lettered.
     pub notifications: IntCounterVec,
+    pub reconcile: ReconcileMetrics,
     pub broker: BrokerMetrics,
 }
 
@@ -101,6 +104,7 @@ impl WorkerMetrics {
         for stage in NotificationStage::iter() {
             notifications.with_label_values(&[<&str>::from(stage)]);
         }
+        let reconcile = ReconcileMetrics::register(&registry);
         let broker = BrokerMetrics::register(&registry);
         register_process_metrics(&registry, "worker", env!("CARGO_PKG_VERSION"));
         Self {
@@ -113,6 +117,7 @@ impl WorkerMetrics {
             queue_depth,
             outbox_pending,
             notifications,
+            reconcile,
             broker,
         }
     }
@@ -161,6 +166,93 @@ impl NotificationMetrics {
     /// Counts `n` notifications at `stage`.
     pub fn count(&self, stage: NotificationStage, n: u64) {
         self.stages.with_label_values(&[<&str>::from(stage)]).inc_by(n);
+    }
+}
+
+/// Reconciliation against the providers' APIs, by provider (`stripe`, `toss`).
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    /// Events found through the API that no webhook had brought (published, or listed by a dry
+    /// run): each one a webhook that was missed.
+    pub missed: IntCounterVec,
+    /// When a reconciliation run last completed, unix seconds; the process's start until the
+    /// first run completes, so a reconciler that never succeeds goes stale too.
+    pub last_success: GaugeVec,
+    /// `RECONCILE_INTERVAL` in seconds for each provider reconciled (absent otherwise): what
+    /// "stale" is measured against.
+    pub interval: GaugeVec,
+    /// Failed API calls and runs, by provider and kind (`auth`, `rate_limited`, `server`,
+    /// `timeout`, `network`, `malformed`, `too_large`, `status`, `publish`, `database`).
+    pub errors: IntCounterVec,
+}
+
+/// The `kind`s of `reconcile_errors_total`: the API's (`provider_api::ApiError::kind`), then
+/// the run's own.
+pub const RECONCILE_ERROR_KINDS: [&str; 10] =
+    ["auth", "rate_limited", "server", "timeout", "network", "malformed", "too_large", "status", "publish", "database"];
+
+impl ReconcileMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let missed = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new("reconcile_missed_events_total", "Events found by reconciliation that no webhook brought"),
+                &["provider"],
+            )
+            .unwrap(),
+        );
+        let last_success = register(
+            registry,
+            GaugeVec::new(
+                Opts::new(
+                    "reconcile_last_success_timestamp_seconds",
+                    "Unix time of the last completed reconciliation run",
+                ),
+                &["provider"],
+            )
+            .unwrap(),
+        );
+        let errors = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new("reconcile_errors_total", "Reconciliation failures, by provider and kind"),
+                &["provider", "kind"],
+            )
+            .unwrap(),
+        );
+        for provider in Provider::iter() {
+            missed.with_label_values(&[provider.as_str()]);
+            for kind in RECONCILE_ERROR_KINDS {
+                errors.with_label_values(&[provider.as_str(), kind]);
+            }
+        }
+        let interval = register(
+            registry,
+            GaugeVec::new(
+                Opts::new("reconcile_interval_seconds", "RECONCILE_INTERVAL of each provider reconciled"),
+                &["provider"],
+            )
+            .unwrap(),
+        );
+        Self { missed, last_success, interval, errors }
+    }
+
+    /// Marks `provider` as reconciled every `interval`, with the process's start as its last
+    /// success until a run completes.
+    pub fn enable(&self, provider: Provider, interval: std::time::Duration) {
+        self.interval.with_label_values(&[provider.as_str()]).set(interval.as_secs_f64());
+        self.succeeded(provider);
+    }
+
+    /// A run of `provider` completed now.
+    pub fn succeeded(&self, provider: Provider) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_success.with_label_values(&[provider.as_str()]).set(now.as_secs_f64());
+    }
+
+    /// Counts one failure of `kind`.
+    pub fn error(&self, provider: Provider, kind: &str) {
+        self.errors.with_label_values(&[provider.as_str(), kind]).inc();
     }
 }
 

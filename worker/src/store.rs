@@ -1,13 +1,15 @@
 //! Postgres: the pool and the one place database errors are classified ([`db`], over
 //! [`tls`]), the batch transaction ([`write`], its statements in [`sql`], what it keeps of
 //! outside text in [`stored`]), publishing committed notifications ([`outbox`]), pruning the
-//! inbox ([`retention`]) and the schema ([`migrate`]). Imports the [`crate::domain`], never the
+//! inbox ([`retention`]), reconciliation's lease and watermark ([`reconcile`]) and the schema
+//! ([`migrate`]). Imports the [`crate::domain`], never the
 //! pipeline.
 
 mod columns;
 pub mod db;
 pub mod migrate;
 pub mod outbox;
+pub mod reconcile;
 pub mod retention;
 pub mod sessions;
 pub mod sql;

@@ -77,11 +77,13 @@ pub struct ReplayArgs {
 }
 
 pub async fn run(settings: &HookctlSettings, command: DeadCommand) -> anyhow::Result<()> {
-    // A replay is checked as the worker checks every delivery, with the same secrets.
+    // A replay is checked as the worker checks every delivery, with the same secrets (and
+    // the Stripe API key, which proves the events reconciliation fetched).
     let secrets = match &command {
-        DeadCommand::Replay(args) if !args.which.notifications => {
-            Some(WebhookSecrets::from_settings(&settings.secrets)?)
-        }
+        DeadCommand::Replay(args) if !args.which.notifications => Some(
+            WebhookSecrets::from_settings(&settings.secrets)?
+                .with_stripe_api_key(settings.reconcile.stripe_api_key.as_ref()),
+        ),
         _ => None,
     };
     let connection = shared::broker::connect_first(&settings.common.amqp_url, "hookctl")

@@ -5,7 +5,7 @@ use secrecy::SecretString;
 use super::*;
 
 fn secrets() -> WebhookSecrets {
-    WebhookSecrets { stripe: vec![SecretString::from("whsec_test")], toss: None }
+    WebhookSecrets { stripe: vec![SecretString::from("whsec_test")], toss: None, fetched: None }
 }
 
 fn one(id: &str) -> Selection {

@@ -5,8 +5,8 @@
 //! [`Settings::env_names`] and in [`env_names`].
 
 use super::{
-    CommonSettings, DatabaseSettings, IngestPart, NotifySettings, Parts, ServiceSettings, Settings, SettingsError,
-    TossApiSettings, WebhookSecretSettings, WorkerPart,
+    CommonSettings, DatabaseSettings, IngestPart, NotifySettings, Parts, ReconcilePart, ServiceSettings, Settings,
+    SettingsError, TossApiSettings, WebhookSecretSettings, WorkerPart,
 };
 
 /// What `ingest` reads.
@@ -38,6 +38,7 @@ pub struct WorkerSettings {
     pub toss_api: TossApiSettings,
     pub worker: WorkerPart,
     pub notify: NotifySettings,
+    pub reconcile: ReconcilePart,
 }
 
 impl Settings for WorkerSettings {
@@ -50,6 +51,7 @@ impl Settings for WorkerSettings {
             toss_api: parts.read()?,
             worker: parts.read()?,
             notify: parts.read()?,
+            reconcile: parts.read()?,
         })
     }
 
@@ -65,11 +67,18 @@ pub struct HookctlSettings {
     pub database: DatabaseSettings,
     pub secrets: WebhookSecretSettings,
     pub toss_api: TossApiSettings,
+    pub reconcile: ReconcilePart,
 }
 
 impl Settings for HookctlSettings {
     fn read(parts: &mut Parts) -> Result<Self, SettingsError> {
-        Ok(Self { common: parts.read()?, database: parts.read()?, secrets: parts.read()?, toss_api: parts.read()? })
+        Ok(Self {
+            common: parts.read()?,
+            database: parts.read()?,
+            secrets: parts.read()?,
+            toss_api: parts.read()?,
+            reconcile: parts.read()?,
+        })
     }
 
     fn common(&self) -> &CommonSettings {

@@ -7,6 +7,10 @@
 //! - a Stripe event must carry a `stripe-signature` that matches its body under one of the
 //!   Stripe secrets. The time window is not applied again: the message may have waited in a
 //!   queue for hours, and the window was enforced when ingest received it;
+//! - a Stripe event that claims `x-verification: fetched` (found by reconciliation in Stripe's
+//!   events list, which carries no signature) must carry an `x-fetched-mac` that holds under
+//!   the key derived from `STRIPE_API_KEY` ([`crate::verify::fetched`]); without that key, or
+//!   with a MAC that does not hold, it is unverifiable. No other message may claim `fetched`;
 //! - a Toss event of a type Toss signs (`payout.changed`, `seller.changed`), or any Toss event
 //!   that carries a signature, must match it under the Toss security key (again without a time
 //!   window); Toss payment events are unsigned and are verified later, against the Toss API or
@@ -17,11 +21,12 @@
 
 use secrecy::SecretString;
 
-use crate::envelope::{EventEnvelope, IngestVerification};
+use crate::envelope::{EventEnvelope, IngestVerification, H_FETCHED_MAC};
 use crate::providers::stripe_head::parse_stripe_event_head;
 use crate::providers::toss::parse_toss_event;
 use crate::providers::Provider;
 use crate::settings::{SettingsError, WebhookSecretSettings};
+use crate::verify::fetched::FetchedMacKey;
 use crate::verify::stripe::verify_stripe_signature_at_any_time;
 use crate::verify::toss::{verify_toss_signature, Freshness};
 
@@ -32,12 +37,21 @@ pub struct WebhookSecrets {
     pub stripe: Vec<SecretString>,
     /// The Toss security key, when configured.
     pub toss: Option<SecretString>,
+    /// The key of `x-fetched-mac`, derived from `STRIPE_API_KEY` when it is configured.
+    pub fetched: Option<FetchedMacKey>,
 }
 
 impl WebhookSecrets {
     /// `STRIPE_WEBHOOK_SECRET` is required: without it no Stripe event could ever be applied.
+    /// Fetched events are refused until [`WebhookSecrets::with_stripe_api_key`] says otherwise.
     pub fn from_settings(settings: &WebhookSecretSettings) -> Result<Self, SettingsError> {
-        Ok(Self { stripe: settings.stripe_secrets()?, toss: settings.toss_webhook_secret.clone() })
+        Ok(Self { stripe: settings.stripe_secrets()?, toss: settings.toss_webhook_secret.clone(), fetched: None })
+    }
+
+    /// Believes Stripe events fetched with this API key (reconciliation).
+    pub fn with_stripe_api_key(mut self, api_key: Option<&SecretString>) -> Self {
+        self.fetched = api_key.map(FetchedMacKey::derive);
+        self
     }
 }
 
@@ -50,6 +64,8 @@ pub struct Checked {
     pub event_type: String,
     /// A provider signature over the body matched a configured secret.
     pub signed: bool,
+    /// Our reconciler fetched it from the provider's API (its `x-fetched-mac` held).
+    pub fetched: bool,
 }
 
 /// Why a message cannot be believed. Dead-lettered with reason `unverifiable`, never applied.
@@ -62,13 +78,35 @@ pub fn check_message(envelope: &EventEnvelope, secrets: &WebhookSecrets) -> Resu
     let header = |name: &str| envelope.delivery_headers.get(name).map(String::as_str);
     let body = envelope.body.as_slice();
     let checked = match envelope.provider {
+        Provider::Stripe if envelope.verification == IngestVerification::Fetched => {
+            let key = secrets.fetched.as_ref().ok_or_else(|| {
+                Unverifiable("claims to be fetched from Stripe but no STRIPE_API_KEY is configured to check it".into())
+            })?;
+            let mac = header(H_FETCHED_MAC).unwrap_or_default();
+            if !key.verify(envelope.provider, &envelope.event_key, body, mac) {
+                return Err(Unverifiable(
+                    "claims to be fetched from Stripe but its x-fetched-mac does not hold".into(),
+                ));
+            }
+            let head = parse_stripe_event_head(body)
+                .map_err(|e| Unverifiable(format!("fetched body is not a Stripe event: {e}")))?;
+            Checked {
+                event_key: head.id.into_owned(),
+                event_type: head.event_type.into_owned(),
+                signed: false,
+                fetched: true,
+            }
+        }
         Provider::Stripe => {
             verify_stripe_signature_at_any_time(body, header("stripe-signature"), &secrets.stripe)
                 .map_err(|e| Unverifiable(format!("Stripe signature does not hold: {e}")))?;
             match parse_stripe_event_head(body) {
-                Ok(head) => {
-                    Checked { event_key: head.id.into_owned(), event_type: head.event_type.into_owned(), signed: true }
-                }
+                Ok(head) => Checked {
+                    event_key: head.id.into_owned(),
+                    event_type: head.event_type.into_owned(),
+                    signed: true,
+                    fetched: false,
+                },
                 // Signed, so it comes from Stripe (or a holder of the secret), but no key can be
                 // read from it (ingest never queues such a body): it fails as unparseable under
                 // the key it names, which its signature at least vouches was sent with it.
@@ -77,11 +115,17 @@ pub fn check_message(envelope: &EventEnvelope, secrets: &WebhookSecrets) -> Resu
                         event_key: envelope.event_key.clone(),
                         event_type: envelope.event_type.clone(),
                         signed: true,
+                        fetched: false,
                     })
                 }
             }
         }
         Provider::Toss => {
+            if envelope.verification == IngestVerification::Fetched {
+                // Toss has no events list: what reconciliation finds there is queued unsigned
+                // and fetched back like any Toss payment event.
+                return Err(Unverifiable("a Toss event cannot claim to be fetched".into()));
+            }
             let event = parse_toss_event(body).map_err(|e| Unverifiable(format!("body is not a Toss event: {e}")))?;
             let signature = header("tosspayments-webhook-signature");
             let signed = match (&secrets.toss, event.is_signed_type(), signature) {
@@ -101,7 +145,7 @@ pub fn check_message(envelope: &EventEnvelope, secrets: &WebhookSecrets) -> Resu
                 // ignored, as ingest ignores it): verified later, or recorded as unverified.
                 _ => false,
             };
-            Checked { event_key: event.event_key(), event_type: event.event_type, signed }
+            Checked { event_key: event.event_key(), event_type: event.event_type, signed, fetched: false }
         }
     };
     if checked.event_key != envelope.event_key {
@@ -135,10 +179,13 @@ mod tests {
     const STRIPE: &str = "whsec_test_message";
     const TOSS: &str = "toss_security_key";
 
+    const STRIPE_API_KEY: &str = "rk_test_reconcile";
+
     fn secrets(toss: bool) -> WebhookSecrets {
         WebhookSecrets {
             stripe: vec![SecretString::from("whsec_old"), SecretString::from(STRIPE)],
             toss: toss.then(|| SecretString::from(TOSS)),
+            fetched: None,
         }
     }
 
@@ -178,8 +225,55 @@ mod tests {
         let checked = check_message(&signed_stripe(STRIPE_BODY, "evt_1", days_ago), &secrets(false)).unwrap();
         assert_eq!(
             checked,
-            Checked { event_key: "evt_1".into(), event_type: "checkout.session.completed".into(), signed: true }
+            Checked {
+                event_key: "evt_1".into(),
+                event_type: "checkout.session.completed".into(),
+                signed: true,
+                fetched: false
+            }
         );
+    }
+
+    fn fetched_stripe(body: &[u8], key: &str, mac: &str) -> EventEnvelope {
+        let mut e = envelope(
+            Provider::Stripe,
+            "checkout.session.completed",
+            key,
+            body,
+            &[(H_FETCHED_MAC, mac), ("x-source", "reconciliation")],
+        );
+        e.verification = IngestVerification::Fetched;
+        e
+    }
+
+    fn with_api_key() -> WebhookSecrets {
+        secrets(false).with_stripe_api_key(Some(&SecretString::from(STRIPE_API_KEY)))
+    }
+
+    #[test]
+    fn a_fetched_stripe_event_holds_only_with_its_mac_under_the_api_key() {
+        let mac =
+            FetchedMacKey::derive(&SecretString::from(STRIPE_API_KEY)).sign(Provider::Stripe, "evt_1", STRIPE_BODY);
+        let checked = check_message(&fetched_stripe(STRIPE_BODY, "evt_1", &mac), &with_api_key()).unwrap();
+        assert!(checked.fetched && !checked.signed, "{checked:?}");
+
+        // Claiming `fetched` without a MAC, with a MAC under another key, or with no key to
+        // check it: unverifiable, never applied.
+        let no_mac = check_message(&fetched_stripe(STRIPE_BODY, "evt_1", ""), &with_api_key()).unwrap_err();
+        assert!(no_mac.0.contains("x-fetched-mac"), "{no_mac}");
+        let guessed =
+            FetchedMacKey::derive(&SecretString::from("rk_guess")).sign(Provider::Stripe, "evt_1", STRIPE_BODY);
+        assert!(check_message(&fetched_stripe(STRIPE_BODY, "evt_1", &guessed), &with_api_key()).is_err());
+        let unconfigured = check_message(&fetched_stripe(STRIPE_BODY, "evt_1", &mac), &secrets(false)).unwrap_err();
+        assert!(unconfigured.0.contains("STRIPE_API_KEY"), "{unconfigured}");
+        // The MAC covers the body: a changed body does not carry it along.
+        let tampered = br#"{"id":"evt_1","type":"checkout.session.completed","data":{"object":{"x":1}}}"#;
+        assert!(check_message(&fetched_stripe(tampered, "evt_1", &mac), &with_api_key()).is_err());
+        // A Toss message cannot claim it at all.
+        let key = toss_key(TOSS_PAYMENT);
+        let mut toss = envelope(Provider::Toss, "PAYMENT_STATUS_CHANGED", &key, TOSS_PAYMENT, &[]);
+        toss.verification = IngestVerification::Fetched;
+        assert!(check_message(&toss, &with_api_key()).is_err());
     }
 
     #[test]

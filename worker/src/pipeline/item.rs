@@ -51,6 +51,7 @@ impl Item {
             Ok(envelope) => match check_message(envelope, secrets) {
                 Ok(checked) => {
                     confirmed.signature = checked.signed;
+                    confirmed.fetched = checked.fetched;
                     IncomingEvent::parse(envelope).map_err(|e| HandleError::Permanent(e.0))
                 }
                 Err(unverifiable) => Err(HandleError::Unverifiable(unverifiable.0)),

@@ -1,6 +1,7 @@
 //! Fetch-back verification of Toss payment events. Toss does not sign payment events, so the
 //! webhook is only a trigger: the payment is fetched from the Toss API and the **API's**
-//! status, amount and keys are applied.
+//! status, amount and keys are applied. Reconciliation looks stuck payments up with the same
+//! client ([`TossApi::lookup_order`]).
 
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ use shared::settings::TossApiSettings;
 use crate::domain::event::{toss_failure_reason, toss_status, Confirmed, EventData, IncomingEvent, Intent, PaymentRef};
 use crate::domain::outcome::HandleError;
 use crate::domain::state_machine::{decide, Transition};
+use crate::provider_api::{read_limited, ApiError};
+
+/// Largest Payment object accepted from a lookup; a payment with many partial cancels is a few
+/// KiB.
+pub const MAX_PAYMENT_BYTES: usize = 1024 * 1024;
 
 /// A Toss API client with its own connection pool and deadlines.
 pub struct TossApi {
@@ -43,6 +49,37 @@ impl TossApi {
             .build()?;
         let token = STANDARD.encode(format!("{}:", key.expose_secret()));
         Ok(Some(Self { client, base, authorization: SecretString::from(format!("Basic {token}")) }))
+    }
+
+    /// Looks a payment up by its order id (reconciliation): the Payment object, or `None`
+    /// when Toss does not know the order (404).
+    pub async fn lookup_order(&self, order_id: &str) -> Result<Option<Value>, ApiError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|_| ApiError::Malformed("TOSS_API_BASE cannot carry a path".into()))?
+            .pop_if_empty()
+            .push("v1")
+            .push("payments")
+            .push("orders")
+            .push(order_id);
+        let response = self
+            .client
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, self.authorization.expose_secret())
+            .send()
+            .await
+            .map_err(|e| ApiError::of_send(&e))?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(ApiError::of_status(&response));
+        }
+        let body = read_limited(response, MAX_PAYMENT_BYTES).await?;
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(payment) if payment.is_object() => Ok(Some(payment)),
+            _ => Err(ApiError::Malformed("a Toss payment lookup answered something that is not a Payment".into())),
+        }
     }
 
     /// Fetches the payment behind `event` and returns the event as the API describes it.

@@ -1,0 +1,362 @@
+//! Reconciliation against the providers' APIs: webhooks that never arrive still settle.
+//!
+//! Every `RECONCILE_INTERVAL` the worker holding a provider's lease (one at a time, however many
+//! workers run: [`crate::store::reconcile::Lease`]) looks for what the inbox lacks:
+//!
+//! - [`stripe`]: Stripe's events list from a little before the watermark, every event of the
+//!   types the pipeline applies; each one the inbox does not hold is published as ingest would
+//!   publish it (to the work queue, see [`Reconciler::publish`]), with verification `fetched`
+//!   and a MAC that proves it
+//!   ([`shared::verify::fetched`]). The watermark moves only past events whose publish the
+//!   broker confirmed;
+//! - [`toss`]: Toss has no events list, so payments still `pending` or `waiting_for_deposit`
+//!   after `RECONCILE_AFTER` are looked up, at a bounded rate; a changed one is published as an
+//!   unsigned Toss payment event keyed by the payment, which the worker's fetch-back verifies.
+//!
+//! Either way the event goes through the same queue and the same worker code as a webhook,
+//! and the inbox key makes a late webhook (or a second find) a duplicate. `hookctl reconcile`
+//! runs the same code by hand, without the lease and the watermark.
+//!
+//! Imports [`crate::domain`], [`crate::provider_api`], [`crate::store`], [`crate::metrics`].
+
+pub mod stripe;
+pub mod toss;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shared::backoff::Backoff;
+use shared::broker::{Broker, PublishError};
+use shared::envelope::{EnvelopeHeaders, IngestVerification, H_FETCHED_MAC, H_SOURCE, SOURCE_RECONCILIATION};
+use shared::settings::{ReconcilePart, TossApiSettings};
+use shared::verify::fetched::FetchedMacKey;
+use shared::Provider;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ReconcileMetrics;
+use crate::provider_api::stripe::StripeApi;
+use crate::provider_api::toss::TossApi;
+use crate::provider_api::ApiError;
+use crate::store::reconcile::Lease;
+use crate::store::Store;
+
+/// Failed calls in a row (rate limits, server errors, timeouts) before a run gives up until
+/// the next interval.
+const MAX_API_ATTEMPTS: u32 = 6;
+
+/// Tries of one publish before the run stops. A confirm can fail for a moment (a channel being
+/// replaced, a broker busy) and, on the worker's shared publisher channels, a `basic.return`
+/// for another message (an unrouted notification) can come back attributed to this one; a
+/// publish made twice is one inbox key.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// The Stripe side: the events list, and the key that proves what it returned.
+pub struct StripeSource {
+    pub api: StripeApi,
+    pub mac: FetchedMacKey,
+}
+
+/// One event to publish.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    provider: Provider,
+    event_type: &'a str,
+    event_key: &'a str,
+    verification: IngestVerification,
+    body: &'a [u8],
+    /// `x-fetched-mac`, on `fetched` events.
+    mac: Option<&'a str>,
+}
+
+/// Reconciliation of the providers whose keys are configured.
+pub struct Reconciler {
+    pub store: Store,
+    pub broker: Broker,
+    pub stripe: Option<StripeSource>,
+    pub toss: Option<TossApi>,
+    pub settings: ReconcilePart,
+    /// This process's name in the lease.
+    pub holder: String,
+    pub metrics: ReconcileMetrics,
+}
+
+/// How one run goes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Look back to here instead of the watermark (Stripe) or `RECONCILE_HORIZON` (Toss).
+    pub since: Option<DateTime<Utc>>,
+    /// Report what is missing; publish nothing, move no watermark.
+    pub dry_run: bool,
+}
+
+/// An event the inbox lacked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub event_key: String,
+    pub event_type: String,
+    /// Stripe: when the event was created. Toss: the order and its change.
+    pub detail: String,
+}
+
+/// What one run found and did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub provider: Provider,
+    /// Events listed (Stripe) or payments looked up (Toss).
+    pub examined: usize,
+    pub found: Vec<Found>,
+    /// Found and published with a broker confirm.
+    pub published: usize,
+    /// The watermark after the run (Stripe).
+    pub watermark: Option<DateTime<Utc>>,
+}
+
+impl Report {
+    fn new(provider: Provider) -> Self {
+        Self { provider, examined: 0, found: Vec::new(), published: 0, watermark: None }
+    }
+}
+
+/// Why a run stopped before it was done. Nothing is lost: the next run starts from the
+/// watermark, which only confirmed publishes moved.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("publish not confirmed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("{0:#}")]
+    Database(#[from] anyhow::Error),
+    #[error("the lease was lost to another worker")]
+    LeaseLost,
+    #[error("stopped")]
+    Stopped,
+    #[error("{0} is not configured for reconciliation")]
+    NotConfigured(&'static str),
+}
+
+impl RunError {
+    /// The `reconcile_errors_total` kind of a failed run (API calls count their own).
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            Self::Api(_) | Self::LeaseLost | Self::Stopped | Self::NotConfigured(_) => None,
+            Self::Publish(_) => Some("publish"),
+            Self::Database(_) => Some("database"),
+        }
+    }
+}
+
+impl Reconciler {
+    /// The reconciler for the configured keys: Stripe with `STRIPE_API_KEY`, Toss with
+    /// `TOSS_SECRET_KEY` (and fetch-back on, which verifies what it finds).
+    pub fn from_settings(
+        settings: &ReconcilePart,
+        toss_api: &TossApiSettings,
+        store: Store,
+        broker: Broker,
+        metrics: ReconcileMetrics,
+        holder: String,
+    ) -> anyhow::Result<Self> {
+        let stripe = match &settings.stripe_api_key {
+            Some(key) => Some(StripeSource {
+                api: StripeApi::new(
+                    &settings.stripe_api_base,
+                    key,
+                    &settings.stripe_api_version,
+                    settings.reconcile_api_timeout,
+                )?,
+                mac: FetchedMacKey::derive(key),
+            }),
+            None => None,
+        };
+        let toss = TossApi::from_settings(toss_api)?;
+        Ok(Self { store, broker, stripe, toss, settings: settings.clone(), holder, metrics })
+    }
+
+    /// The providers this reconciler can reconcile.
+    pub fn providers(&self) -> Vec<Provider> {
+        let mut providers = Vec::new();
+        if self.stripe.is_some() {
+            providers.push(Provider::Stripe);
+        }
+        if self.toss.is_some() {
+            providers.push(Provider::Toss);
+        }
+        providers
+    }
+
+    /// Reconciles every `RECONCILE_INTERVAL` until `shutdown`. A provider that refuses the key
+    /// (401/403) is said once, counted, and left alone until the worker restarts; the rest of
+    /// the worker keeps running either way.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let providers = self.providers();
+        if !self.settings.enabled() || providers.is_empty() {
+            return;
+        }
+        for provider in &providers {
+            self.metrics.enable(*provider, self.settings.reconcile_interval);
+        }
+        tracing::info!(providers = ?providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(), interval = ?self.settings.reconcile_interval, "reconciliation on");
+        let mut refused: HashSet<Provider> = HashSet::new();
+        let mut ticker = tokio::time::interval(self.settings.reconcile_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            for provider in providers.iter().copied() {
+                if refused.contains(&provider) {
+                    continue;
+                }
+                match self.run_leased(provider, &shutdown).await {
+                    Ok(None) => {}
+                    Ok(Some(report)) => {
+                        self.metrics.succeeded(provider);
+                        tracing::info!(
+                            provider = provider.as_str(),
+                            examined = report.examined,
+                            found = report.found.len(),
+                            published = report.published,
+                            watermark = report.watermark.map(|w| w.to_rfc3339()).unwrap_or_default(),
+                            "reconciliation run done"
+                        );
+                    }
+                    Err(RunError::Stopped) => return,
+                    Err(RunError::Api(ApiError::Auth(status))) => {
+                        tracing::error!(
+                            provider = provider.as_str(),
+                            status,
+                            "the provider API refused our key: reconciliation of this provider stops until the worker restarts with a key that works"
+                        );
+                        refused.insert(provider);
+                    }
+                    Err(error) => {
+                        if let Some(kind) = error.kind() {
+                            self.metrics.error(provider, kind);
+                        }
+                        tracing::warn!(provider = provider.as_str(), %error, "reconciliation run failed; the next interval tries again");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One run under the provider's lease; `None` when another worker holds it.
+    pub async fn run_leased(
+        &self,
+        provider: Provider,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Report>, RunError> {
+        let lease = Lease { provider, holder: self.holder.clone(), ttl: self.settings.reconcile_lease };
+        let Some(watermark) = self.store.acquire_lease(&lease).await? else { return Ok(None) };
+        let result = match provider {
+            Provider::Stripe => self.reconcile_stripe(RunOptions::default(), Some((&lease, watermark)), shutdown).await,
+            Provider::Toss => self.reconcile_toss(RunOptions::default(), Some(&lease), shutdown).await,
+        };
+        if let Err(error) = self.store.release_lease(&lease, result.is_ok()).await {
+            tracing::warn!(
+                provider = provider.as_str(),
+                error = format!("{error:#}"),
+                "cannot release the reconciliation lease; it expires by itself"
+            );
+        }
+        result.map(Some)
+    }
+
+    /// One run without the lease and the watermark (`hookctl reconcile`).
+    pub async fn run_by_hand(
+        &self,
+        provider: Provider,
+        options: RunOptions,
+        shutdown: &CancellationToken,
+    ) -> Result<Report, RunError> {
+        match provider {
+            Provider::Stripe => self.reconcile_stripe(options, None, shutdown).await,
+            Provider::Toss => self.reconcile_toss(options, None, shutdown).await,
+        }
+    }
+
+    /// Calls a provider API until it answers, a failure is not transient, or
+    /// [`MAX_API_ATTEMPTS`] failed: `429` waits its `Retry-After`, other transient failures back
+    /// off. Every failure is counted.
+    async fn call<T, F, Fut>(
+        &self,
+        provider: Provider,
+        shutdown: &CancellationToken,
+        mut call: F,
+    ) -> Result<T, RunError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut failures = 0;
+        loop {
+            let error = match call().await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            self.metrics.error(provider, error.kind());
+            failures += 1;
+            if !error.is_transient() || failures >= MAX_API_ATTEMPTS {
+                return Err(error.into());
+            }
+            let wait = match error {
+                ApiError::RateLimited(Some(wait)) => wait,
+                _ => backoff.next_delay(),
+            };
+            tracing::warn!(provider = provider.as_str(), %error, wait_ms = wait.as_millis() as u64, "provider API call failed; trying again");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(RunError::Stopped),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// [`Reconciler::publish`], tried again after a short pause when it fails
+    /// ([`PUBLISH_ATTEMPTS`]).
+    async fn publish_with_retries(&self, event: Outgoing<'_>, request_id: &str) -> Result<(), PublishError> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut attempt = 1;
+        loop {
+            match self.publish(event, request_id).await {
+                Ok(()) => return Ok(()),
+                Err(error @ PublishError::InvalidName) => return Err(error),
+                Err(error) if attempt >= PUBLISH_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::debug!(event_id = event.event_key, %error, attempt, "publish of a found event not confirmed; trying again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Publishes a found event as ingest publishes a webhook, marked as found by
+    /// reconciliation (with the proof of a `fetched` one), and waits for the confirm.
+    async fn publish(&self, event: Outgoing<'_>, request_id: &str) -> Result<(), PublishError> {
+        let Outgoing { provider, event_type, event_key, verification, body, mac } = event;
+        let mut headers = vec![(H_SOURCE, SOURCE_RECONCILIATION)];
+        headers.extend(mac.map(|mac| (H_FETCHED_MAC, mac)));
+        let properties = EnvelopeHeaders {
+            provider,
+            event_type,
+            event_key,
+            verification,
+            received_at: Utc::now(),
+            request_id,
+            attempt: 0,
+        }
+        .properties(headers);
+        // To the work queue through the default exchange, where the events exchange would route
+        // it: the worker's broker user may publish there (as it does retries), not to the events
+        // exchange, which only ingest may write to (deploy/rabbitmq/permissions); hookctl's
+        // operator user likewise.
+        self.broker.publish("", &self.broker.topology().work_queue(), body, properties).await
+    }
+}

@@ -1,0 +1,188 @@
+//! Stripe catch-up: list the events of the types the pipeline applies, newest first, from a
+//! little before the watermark; publish, oldest first, every one the inbox lacks; move the
+//! watermark past each confirmed chunk.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration as Span, TimeZone, Utc};
+use futures_util::future::join_all;
+use shared::envelope::IngestVerification;
+use shared::providers::StripeEventType;
+use shared::Provider;
+use strum::IntoEnumIterator;
+use tokio_util::sync::CancellationToken;
+
+use super::{Found, Outgoing, Reconciler, Report, RunError, RunOptions};
+use crate::provider_api::stripe::{EventsQuery, ListedEvent};
+use crate::store::reconcile::Lease;
+
+/// How far before the watermark a run starts listing: `created` has one-second resolution,
+/// events of one second can straddle a run, and Stripe's list may show an event a moment
+/// after its `created`. Events seen again are in the inbox and cost nothing.
+pub const OVERLAP: Span = Span::minutes(5);
+
+/// Stripe keeps events for 30 days; listing from further back is refused.
+const STRIPE_RETENTION: Span = Span::days(30);
+
+/// Publishes in flight at once, and how often the watermark moves.
+const PUBLISH_CHUNK: usize = 100;
+
+/// Inbox keys checked per statement.
+const INBOX_CHUNK: usize = 1000;
+
+/// Unix seconds as a time (the epoch for values out of range, which no Stripe event has).
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(seconds, 0).single().unwrap_or_default()
+}
+
+/// Where a run starts listing: `since`, else the watermark less [`OVERLAP`], else the horizon;
+/// never before Stripe's retention.
+pub fn list_from(
+    since: Option<DateTime<Utc>>,
+    watermark: Option<DateTime<Utc>>,
+    horizon: std::time::Duration,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let horizon = Span::from_std(horizon).unwrap_or(STRIPE_RETENTION);
+    let from = since.or(watermark.map(|w| w - OVERLAP)).unwrap_or(now - horizon);
+    from.max(now - STRIPE_RETENTION)
+}
+
+impl Reconciler {
+    /// One Stripe run; with `leased`, under that lease and from (and moving) its watermark.
+    pub(super) async fn reconcile_stripe(
+        &self,
+        options: RunOptions,
+        leased: Option<(&Lease, Option<DateTime<Utc>>)>,
+        shutdown: &CancellationToken,
+    ) -> Result<Report, RunError> {
+        let source = self.stripe.as_ref().ok_or(RunError::NotConfigured("STRIPE_API_KEY"))?;
+        let lease = leased.map(|(lease, _)| lease);
+        let watermark = leased.and_then(|(_, watermark)| watermark);
+        let from = list_from(options.since, watermark, self.settings.reconcile_horizon, Utc::now());
+        let mut report = Report::new(Provider::Stripe);
+        report.watermark = watermark;
+
+        let events = self.list_all(from, lease, shutdown).await?;
+        report.examined = events.len();
+        let mut known = HashSet::new();
+        for chunk in events.chunks(INBOX_CHUNK) {
+            let keys: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
+            known.extend(self.store.known_event_keys(Provider::Stripe, &keys).await?);
+        }
+        let missed: Vec<&ListedEvent> = events.iter().filter(|e| !known.contains(&e.id)).collect();
+        self.metrics.missed.with_label_values(&[Provider::Stripe.as_str()]).inc_by(missed.len() as u64);
+        report.found = missed
+            .iter()
+            .map(|e| Found {
+                event_key: e.id.clone(),
+                event_type: e.event_type.clone(),
+                detail: at(e.created).to_rfc3339(),
+            })
+            .collect();
+        if options.dry_run {
+            return Ok(report);
+        }
+
+        let request_id = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
+        for chunk in missed.chunks(PUBLISH_CHUNK) {
+            if shutdown.is_cancelled() {
+                return Err(RunError::Stopped);
+            }
+            let publishes = chunk.iter().map(|event| {
+                let mac = source.mac.sign(Provider::Stripe, &event.id, &event.body);
+                let request_id = &request_id;
+                async move {
+                    let event = Outgoing {
+                        provider: Provider::Stripe,
+                        event_type: &event.event_type,
+                        event_key: &event.id,
+                        verification: IngestVerification::Fetched,
+                        body: &event.body,
+                        mac: Some(&mac),
+                    };
+                    self.publish_with_retries(event, request_id).await
+                }
+            });
+            let results = join_all(publishes).await;
+            report.published += results.iter().filter(|r| r.is_ok()).count();
+            results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            // Every event listed before the chunk's last is now in the inbox or confirmed.
+            let upto = chunk.last().map(|e| at(e.created));
+            self.advance(lease, upto, &mut report).await?;
+        }
+        // Nothing unconfirmed is left: the newest event listed is the watermark.
+        self.advance(lease, events.last().map(|e| at(e.created)), &mut report).await?;
+        Ok(report)
+    }
+
+    /// Every page of the list from `from`, sorted oldest first (ties by id), each event once.
+    /// Renews the lease after each page.
+    async fn list_all(
+        &self,
+        from: DateTime<Utc>,
+        lease: Option<&Lease>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<ListedEvent>, RunError> {
+        let source = self.stripe.as_ref().ok_or(RunError::NotConfigured("STRIPE_API_KEY"))?;
+        let types: Vec<&'static str> = StripeEventType::iter().map(<&'static str>::from).collect();
+        let mut events: Vec<ListedEvent> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                return Err(RunError::Stopped);
+            }
+            let query = EventsQuery { types: &types, created_gte: from.timestamp(), starting_after: after.as_deref() };
+            let (api, query) = (&source.api, &query);
+            let page = self.call(Provider::Stripe, shutdown, move || api.list_events(query)).await?;
+            after = page.events.last().map(|e| e.id.clone());
+            for event in page.events {
+                if seen.insert(event.id.clone()) {
+                    events.push(event);
+                }
+            }
+            if let Some(lease) = lease {
+                if !self.store.advance_watermark(lease, None).await? {
+                    return Err(RunError::LeaseLost);
+                }
+            }
+            if !page.has_more {
+                break;
+            }
+        }
+        events.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(events)
+    }
+
+    /// Moves the watermark to `to` under `lease` (and renews it); nothing without a lease.
+    async fn advance(
+        &self,
+        lease: Option<&Lease>,
+        to: Option<DateTime<Utc>>,
+        report: &mut Report,
+    ) -> Result<(), RunError> {
+        let (Some(lease), Some(to)) = (lease, to) else { return Ok(()) };
+        if !self.store.advance_watermark(lease, Some(to)).await? {
+            return Err(RunError::LeaseLost);
+        }
+        report.watermark = report.watermark.max(Some(to));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_lists_from_before_the_watermark_and_never_past_stripes_retention() {
+        let now = at(1_800_000_000);
+        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        let watermark = at(1_799_990_000);
+        assert_eq!(list_from(None, Some(watermark), week, now), watermark - OVERLAP);
+        assert_eq!(list_from(None, None, week, now), now - Span::days(7));
+        assert_eq!(list_from(Some(at(1_799_000_000)), Some(watermark), week, now), at(1_799_000_000));
+        assert_eq!(list_from(Some(at(0)), None, week, now), now - STRIPE_RETENTION);
+    }
+}
