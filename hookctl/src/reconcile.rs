@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use shared::broker::{Broker, BrokerOptions};
-use shared::settings::HookctlSettings;
+use shared::settings::{HookctlSettings, WorkerPart};
 use shared::topology::{Declaring, Topology};
 use shared::Provider;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,8 @@ const BROKER_WAIT: Duration = Duration::from_secs(15);
 
 /// Runs one reconciliation of `args.provider` and reports what it found (and published).
 pub async fn reconcile(settings: &HookctlSettings, args: ReconcileArgs) -> Result<Report, ReconcileError> {
-    let store = Store::new(db::pool(&settings.database)?);
+    // hookctl reads no worker part: its transactions get the workers' default bound.
+    let store = Store::new(db::pool(&settings.database)?, WorkerPart::default().database_transaction_timeout);
     let metrics = WorkerMetrics::new();
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();

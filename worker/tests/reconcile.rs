@@ -300,7 +300,10 @@ async fn a_refused_key_stops_reconciliation_with_a_metric_and_webhooks_still_app
 async fn the_lease_admits_one_holder_until_it_expires_and_fences_the_one_that_lost_it() {
     use worker::store::reconcile::Lease;
     let env = Env::new().await;
-    let store = worker::store::Store::new(worker::store::db::pool(&env.settings(&[]).database).unwrap());
+    let store = worker::store::Store::new(
+        worker::store::db::pool(&env.settings(&[]).database).unwrap(),
+        std::time::Duration::from_secs(30),
+    );
     let lease = |holder: &str| Lease { provider: Provider::Stripe, holder: holder.into(), ttl: Duration::from_secs(1) };
     let (a, b) = (lease("a"), lease("b"));
     assert_eq!(store.acquire_lease(&a).await.unwrap(), Some(None), "free: taken, no watermark yet");
