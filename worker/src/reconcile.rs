@@ -25,9 +25,11 @@ pub mod toss;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use shared::backoff::Backoff;
 use shared::broker::{Broker, PublishError};
 use shared::envelope::{EnvelopeHeaders, IngestVerification, H_FETCHED_MAC, H_SOURCE, SOURCE_RECONCILIATION};
@@ -53,6 +55,17 @@ const MAX_API_ATTEMPTS: u32 = 6;
 /// for another message (an unrouted notification) can come back attributed to this one; a
 /// publish made twice is one inbox key.
 const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Found events join live webhooks in the work queue, and a catch-up of thousands published
+/// at once would make every webhook that arrives meanwhile wait behind all of them (one run of
+/// `bench reconcile`: live lag p99 1.3 s during a catch-up of 10,000 events, 8.6 ms without).
+/// So the next chunk of found events is published only once the work queue holds fewer than
+/// this many ready messages: the workers take live traffic as it comes and catch up in the
+/// gaps, and a live event never waits behind more than about a chunk and this many.
+const WORK_QUEUE_ROOM: u32 = 50;
+
+/// How often a full work queue is looked at again.
+const ROOM_POLL: Duration = Duration::from_millis(20);
 
 /// The Stripe side: the events list, and the key that proves what it returned.
 pub struct StripeSource {
@@ -316,6 +329,37 @@ impl Reconciler {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Waits until the work queue has room for another chunk of found events
+    /// ([`WORK_QUEUE_ROOM`]), renewing `lease` meanwhile. When the broker cannot say how full
+    /// the queue is, it does not wait: the publish that follows finds out what is wrong.
+    async fn wait_for_room(&self, lease: Option<&Lease>, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let Some(link) = self.broker.current() else { return Ok(()) };
+        let Ok(channel) = link.connection().create_channel().await else { return Ok(()) };
+        let queue = self.broker.topology().work_queue();
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let mut renewed = Instant::now();
+        let result = loop {
+            match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+                Ok(declared) if declared.message_count() >= WORK_QUEUE_ROOM => {}
+                _ => break Ok(()),
+            }
+            if let Some(lease) = lease {
+                if renewed.elapsed() >= lease.ttl / 3 {
+                    if !self.store.advance_watermark(lease, None).await? {
+                        break Err(RunError::LeaseLost);
+                    }
+                    renewed = Instant::now();
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break Err(RunError::Stopped),
+                _ = tokio::time::sleep(ROOM_POLL) => {}
+            }
+        };
+        let _ = channel.close(200, "".into()).await;
+        result
     }
 
     /// [`Reconciler::publish`], tried again after a short pause when it fails

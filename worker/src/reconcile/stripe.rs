@@ -89,6 +89,7 @@ impl Reconciler {
             if shutdown.is_cancelled() {
                 return Err(RunError::Stopped);
             }
+            self.wait_for_room(lease, shutdown).await?;
             let publishes = chunk.iter().map(|event| {
                 let mac = source.mac.sign(Provider::Stripe, &event.id, &event.body);
                 let request_id = &request_id;
