@@ -112,11 +112,37 @@ pub fn page(user: &LoggedIn, overview: &Overview, worker_addrs: &[String]) -> Ma
                     Err(_) => p class="error" { "Database unavailable." },
                 }
             }
-            section aria-labelledby="reconciliation" class="placeholder" {
+            section aria-labelledby="reconciliation" {
                 h2 id="reconciliation" { "Reconciliation" }
-                // RECONCILIATION: when reconciliation against the providers' APIs exists, its
-                // last run, what it found and what it applied go here.
-                p class="muted" { "Not available yet: reconciliation against the providers' APIs is a later feature. Its state will be shown here." }
+                @match &overview.counts {
+                    Ok(counts) if counts.reconciliation.is_empty() => p class="muted" {
+                        "No reconciliation has run: the workers reconcile Stripe with STRIPE_API_KEY and Toss with TOSS_SECRET_KEY (docs/operations.md, Reconciliation)."
+                    },
+                    Ok(counts) => {
+                        div class="table-wrap" {
+                            table {
+                                caption { "Webhooks that never came, looked up in the providers' APIs" }
+                                thead { tr {
+                                    th scope="col" { "Provider" }
+                                    th scope="col" { "Last completed run" }
+                                    th scope="col" { "Caught up to (Stripe)" }
+                                    th scope="col" { "Running now on" }
+                                } }
+                                tbody {
+                                    @for row in &counts.reconciliation {
+                                        tr {
+                                            th scope="row" { (row.provider) }
+                                            td { @if let Some(at) = &row.last_success_at { (time(at)) } @else { span class="muted" { "never" } } }
+                                            td { @if let Some(at) = &row.watermark { (time(at)) } @else { span class="muted" { "–" } } }
+                                            td { @if let Some(holder) = &row.running_on { code { (holder) } } @else { span class="muted" { "idle" } } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => p class="error" { "Database unavailable." },
+                }
             }
         },
     )

@@ -21,6 +21,20 @@ pub struct Counts {
     pub retrying: i64,
     /// Outbox rows the broker refused too often (set aside).
     pub outbox_set_aside: i64,
+    /// Reconciliation against the providers' APIs, one row per provider that has run.
+    pub reconciliation: Vec<Reconciliation>,
+}
+
+/// A provider's row of `reconcile_state` (V10).
+#[derive(Debug, Clone)]
+pub struct Reconciliation {
+    pub provider: String,
+    /// When a run last completed.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Stripe: the `created` time of the newest event known published.
+    pub watermark: Option<DateTime<Utc>>,
+    /// The worker running it now (its lease is current), if any.
+    pub running_on: Option<String>,
 }
 
 /// The statuses counted per minute: the outcomes that have a `processed_at`.
@@ -58,5 +72,28 @@ pub async fn counts(client: &Client) -> anyhow::Result<Counts> {
             &[],
         )
         .await?;
-    Ok(Counts { minutes, dead: row.get(0), unverified: row.get(1), retrying: row.get(2), outbox_set_aside: row.get(3) })
+    // Two rows at most (one per provider).
+    let reconciliation = client
+        .query(
+            "SELECT provider, last_success_at, watermark, CASE WHEN lease_until > now() THEN holder END
+               FROM reconcile_state ORDER BY provider",
+            &[],
+        )
+        .await?
+        .into_iter()
+        .map(|row| Reconciliation {
+            provider: row.get(0),
+            last_success_at: row.get(1),
+            watermark: row.get(2),
+            running_on: row.get(3),
+        })
+        .collect();
+    Ok(Counts {
+        minutes,
+        dead: row.get(0),
+        unverified: row.get(1),
+        retrying: row.get(2),
+        outbox_set_aside: row.get(3),
+        reconciliation,
+    })
 }
