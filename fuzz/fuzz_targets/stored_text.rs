@@ -34,8 +34,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(kept, without_secrets(&value), "the same document without its secret members");
         }
     }
-    // As the worker stores a Stripe object: the raw text, checked by the JSON reader only.
-    if serde_json::from_str::<&RawValue>(text).is_ok() {
+    // As the worker stores a Stripe object: the raw text, checked by the JSON reader only. The
+    // check below reads the result into a `Value`, which cannot hold a number past f64's range
+    // (`1e400`): such a text is valid JSON that this check cannot read, so it is left out.
+    if serde_json::from_str::<&RawValue>(text).is_ok() && serde_json::from_str::<Value>(text).is_ok() {
         let stored = jsonb(text);
         let value: Value = serde_json::from_str(&stored).expect("no unpaired surrogate left");
         assert!(!has_nul(&value), "{stored}");
