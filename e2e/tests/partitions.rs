@@ -15,10 +15,10 @@
 //!    stays on it, answering 503 to everything, and this scenario fails (two runs of two);
 //! 2. **ingest is cut off from every node for `OUTAGE`**: 503s (no confirm, no 200), then 200s
 //!    again after the heal, within `RECOVERY`;
-//! 3. **the link between ingest and its node gets 100 ms of latency each way** (200 ms more
-//!    per round trip, added by the proxy: the kernel CI runs on has no `netem`, so no random
-//!    packet loss either): answers slow down (their p99 is printed), none is a 200 without a
-//!    confirm.
+//! 3. **the link between ingest and its node gets 100 ms of latency each way and loses 5 % of
+//!    its packets each way** (200 ms more per round trip, added by the proxy, and random drops
+//!    by nftables in the node's namespace: the kernel CI runs on has no `netem`): answers slow
+//!    down (their p99 is printed), none is a 200 without a confirm.
 //!
 //! The events are applied afterwards by a worker (the Postgres on 127.0.0.1, a database of the
 //! test's own). Invariants: every event answered 200 is applied exactly once (so no 200 was
@@ -65,6 +65,8 @@ const RECOVERY: Duration = Duration::from_secs(30);
 /// Scenario 3: how long the link is slow, and how slow each way.
 const DEGRADED_FOR: Duration = Duration::from_secs(10);
 const LATENCY: Duration = Duration::from_millis(100);
+/// Scenario 3: share of the packets lost each way, in percent.
+const LOSS: f64 = 5.0;
 /// Deadline of every other condition waited on.
 const WAIT: Duration = Duration::from_secs(60);
 /// Erlang notices a silent peer after 1 to 1.25 `net_ticktime`s (60 s by default).
@@ -323,9 +325,13 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
     let load3 = Load::start(&ingest, next_order.clone());
     tokio::time::sleep(STEADY).await;
     proxies[node].delay(LATENCY);
+    lab.lose(node, Peer::Root, LOSS);
     let degraded_from = Instant::now();
     tokio::time::sleep(DEGRADED_FOR).await;
     proxies[node].delay(Duration::ZERO);
+    lab.lose(node, Peer::Root, 0.0);
+    let dropped = lab.dropped();
+    assert!(dropped > 0, "the lossy link dropped packets");
     let degraded_to = Instant::now();
     tokio::time::sleep(STEADY).await;
     let answers = load3.finish().await;
@@ -334,7 +340,7 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
     let f = figures(&slow);
     let all = figures(&answers);
     rows.push(format!(
-        "| ingest ↔ its node {} ms more each way (a delaying proxy; no packet loss: no `netem` in CI's kernel) for {} s | {} ({} during) | {} ({} during) | {} | all (each once) | {:.2} s | answer p99 {:.2} s, slowest {:.2} s while slow; p99 {:.3} s once healthy |",
+        "| ingest ↔ its node {} ms more each way and {LOSS} % of packets lost each way (a delaying proxy; random drops by nftables) for {} s | {} ({} during) | {} ({} during) | {} | all (each once) | {:.2} s | answer p99 {:.2} s, slowest {:.2} s while degraded ({dropped} packets dropped); p99 {:.3} s once healthy |",
         LATENCY.as_millis(), DEGRADED_FOR.as_secs(), all.events, f.events, all.ok, f.ok, all.unavailable, all.gap.as_secs_f64(),
         f.p99.as_secs_f64(), f.slowest.as_secs_f64(), figures(&answers.iter().filter(|a| a.sent >= degraded_to + Duration::from_secs(1)).cloned().collect::<Vec<_>>()).p99.as_secs_f64()
     ));

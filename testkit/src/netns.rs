@@ -13,15 +13,20 @@
 //! packet. Packets vanish, connections hang as in a real partition: no reset, no refused
 //! connection. Only IP is dropped: ARP still works, so a healed link carries packets again at
 //! once. (Only `htb`, `tbf`, `pfifo` and the `u32` classifier are needed: kernels built without
-//! `netem` or the `gact` action, like the one CI runs on, have them. Delay and loss need `netem`,
-//! which such a kernel lacks; [`crate::TcpProxy::delay`] adds latency in user space instead.)
+//! `netem` or the `gact` action, like the one CI runs on, have them.)
+//!
+//! Loss is random, per packet, both ways: an nftables table in the host's namespace drops a
+//! packet to or from the peer when the kernel's per-packet random number (`meta random`, a
+//! uniform 32-bit value) falls under the share asked for. `netem` would do the same, but CI's
+//! kernel has no `netem`; it has nf_tables (Debian's `nftables` package brings the `nft`
+//! command). Latency is not made here: [`crate::TcpProxy::delay`] adds it in user space.
 //!
 //! Dropping the lab kills every process in its namespaces, then deletes the namespaces (their
 //! veths go with them) and the bridge, also when the test panics. Creating one needs root
 //! (CAP_NET_ADMIN) and iproute2; without them it panics, saying so: a test that needs a
 //! partition must not pass without one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::Mutex;
@@ -29,6 +34,7 @@ use std::time::{Duration, Instant};
 
 const IP: &str = "/usr/sbin/ip";
 const TC: &str = "/usr/sbin/tc";
+const NFT: &str = "/usr/sbin/nft";
 
 /// The `htb` class whose queue drops every packet.
 const CUT_CLASS: &str = "1:4";
@@ -59,6 +65,10 @@ pub struct NetLab {
     pub hosts: Vec<Host>,
     /// The links cut, each pair once (smaller end first).
     cuts: Mutex<BTreeSet<(Peer, Peer)>>,
+    /// Lossy links: (host, peer) → share of packets dropped each way, in percent.
+    losses: Mutex<BTreeMap<(usize, Peer), f64>>,
+    /// Packets the lossy links dropped, counted when their rules are rewritten.
+    dropped: Mutex<u64>,
 }
 
 impl NetLab {
@@ -77,7 +87,15 @@ impl NetLab {
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
         let subnet = free_subnet();
-        let mut lab = Self { id, subnet, bridge: None, hosts: Vec::new(), cuts: Mutex::new(BTreeSet::new()) };
+        let mut lab = Self {
+            id,
+            subnet,
+            bridge: None,
+            hosts: Vec::new(),
+            cuts: Mutex::new(BTreeSet::new()),
+            losses: Mutex::new(BTreeMap::new()),
+            dropped: Mutex::new(0),
+        };
         // Every resource is recorded as soon as it exists, so a failure half-way is cleaned up
         // by Drop like a finished lab.
         let bridge = format!("nl{}br", lab.id);
@@ -160,10 +178,98 @@ impl NetLab {
         self.apply();
     }
 
-    /// Every link back to normal.
+    /// Every link back to normal: no cut, no loss.
     pub fn heal(&self) {
         self.cuts.lock().unwrap().clear();
         self.apply();
+        let lossy: BTreeSet<usize> =
+            std::mem::take(&mut *self.losses.lock().unwrap()).into_keys().map(|(h, _)| h).collect();
+        for host in lossy {
+            self.apply_losses(host);
+        }
+    }
+
+    /// Drops `percent` of the packets between host `host` and `peer`, each way, at random
+    /// (each packet on its own), until set to 0 or [`NetLab::heal`].
+    pub fn lose(&self, host: usize, peer: Peer, percent: f64) {
+        assert!((0.0..=100.0).contains(&percent), "a share of packets, 0 to 100");
+        assert_ne!(Peer::Host(host), peer, "a link has two ends");
+        {
+            let mut losses = self.losses.lock().unwrap();
+            if percent == 0.0 {
+                losses.remove(&(host, peer));
+            } else {
+                losses.insert((host, peer), percent);
+            }
+        }
+        self.apply_losses(host);
+    }
+
+    /// Packets dropped by lossy links so far (all hosts, both ways): proof that a loss asked for
+    /// took place.
+    pub fn dropped(&self) -> u64 {
+        *self.dropped.lock().unwrap() + (0..self.hosts.len()).map(|host| self.counted(host)).sum::<u64>()
+    }
+
+    /// What the drop counters of host `host`'s current rules hold (0 without rules).
+    fn counted(&self, host: usize) -> u64 {
+        let Ok(output) = Command::new(IP)
+            .args(["netns", "exec", &self.hosts[host].namespace, NFT, "list", "table", "inet", "netlab"])
+            .output()
+        else {
+            return 0;
+        };
+        // Rules read `… counter packets N bytes M drop`.
+        let text = String::from_utf8_lossy(&output.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words.windows(2).filter(|w| w[0] == "packets").filter_map(|w| w[1].parse::<u64>().ok()).sum()
+    }
+
+    /// Rewrites host `host`'s nftables ruleset from the losses: one table, a rule per lossy
+    /// peer on the way out (by destination) and on the way in (by source).
+    fn apply_losses(&self, host: usize) {
+        let mut rules = Vec::new();
+        for ((_, peer), percent) in
+            self.losses.lock().unwrap().range((host, Peer::Root)..=(host, Peer::Host(usize::MAX)))
+        {
+            let addr = match peer {
+                Peer::Root => self.root_ip(),
+                Peer::Host(i) => self.ip_of(*i),
+            };
+            // `meta random` is uniform over u32: below this, `percent` of the packets.
+            let under = (u32::MAX as f64 * percent / 100.0).round() as u64;
+            rules.push((
+                format!("ip daddr {addr} meta random < {under} counter drop"),
+                format!("ip saddr {addr} meta random < {under} counter drop"),
+            ));
+        }
+        let mut script = String::from("flush ruleset\n");
+        if !rules.is_empty() {
+            let (out, inbound): (Vec<_>, Vec<_>) = rules.into_iter().unzip();
+            script += &format!(
+                "table inet netlab {{\n chain out {{ type filter hook output priority 0; policy accept;\n  {}\n }}\n \
+                 chain in {{ type filter hook input priority 0; policy accept;\n  {}\n }}\n}}\n",
+                out.join("\n  "),
+                inbound.join("\n  ")
+            );
+        }
+        let namespace = &self.hosts[host].namespace;
+        *self.dropped.lock().unwrap() += self.counted(host);
+        let mut child = Command::new(IP)
+            .args(["netns", "exec", namespace, NFT, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {NFT} in {namespace} ({e}); lossy links need Debian's nftables"));
+        std::io::Write::write_all(child.stdin.as_mut().expect("piped"), script.as_bytes())
+            .expect("nft reads its script");
+        let output = child.wait_with_output().expect("nft runs");
+        assert!(
+            output.status.success(),
+            "{NFT} -f - in {namespace} failed (lossy links need Debian's nftables and a kernel with nf_tables): {}\n{script}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
 
     fn devices(&self) -> Vec<(String, Option<String>)> {
