@@ -107,6 +107,49 @@ async fn a_nul_in_one_key_among_a_hundred_valid_events_costs_the_others_nothing(
 }
 
 #[tokio::test]
+async fn a_number_past_postgres_numeric_range_among_a_hundred_valid_events_costs_the_others_nothing() {
+    let env = &Env::new().await;
+    for i in 0..100 {
+        env.seed_payment(&format!("hn-{i}"), "stripe", Some(3000), Some("usd")).await;
+    }
+    env.seed_payment("hn-big", "stripe", Some(3000), Some("usd")).await;
+    let settings = one_big_batch(env);
+    env.declare(&settings).await;
+    // Valid JSON, signed like any other, in a field nobody reads: `jsonb` refuses the number
+    // ("value overflows numeric format"), and the object goes into the batch's one statement.
+    let big = stripe_session_event("evt_hn_big", "checkout.session.completed", "hn-big", "paid", 3000, "usd");
+    let big = String::from_utf8(big).unwrap().replace(r#""mode":"payment""#, r#""mode":"payment","tip":1e131072"#);
+    assert!(big.contains("1e131072"), "the number is in the body");
+    for i in 0..100 {
+        if i == 50 {
+            env.publish(Provider::Stripe, "checkout.session.completed", "evt_hn_big", big.as_bytes()).await;
+        }
+        publish_paid(env, &format!("evt_hn_{i}"), &format!("hn-{i}")).await;
+    }
+
+    let worker = TestWorker::spawn(settings.clone()).await;
+    env.wait_count("101 applied", "SELECT count(*) FROM webhook_events WHERE status = 'applied'", 101, WAIT).await;
+    // (Make `stored::jsonb` (worker/src/store/stored.rs) return its input unchanged to see the
+    // database refuse the whole batch: none of the 101 is applied within the wait.)
+    assert_eq!(batches(&worker).await, (1.0, 101.0), "one batch of 101");
+    assert_eq!(inbox_transactions(env).await, 1, "all 101 in one transaction");
+    assert_nothing_retried(env, &settings).await;
+    assert_eq!(env.count("SELECT count(*) FROM payments WHERE payment_status = 'paid'").await, 101);
+    // Its object is kept, the number as written inside a string.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM payments WHERE order_id = 'hn-big' AND position('\"tip\": \"1e131072\"' in payment_metadata::text) > 0"
+        )
+        .await,
+        1,
+        "the number stored as its text"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM webhook_events WHERE status = 'dead'").await, 0);
+    assert!(env.broker.get(&env.dead_queue()).await.is_none(), "nothing dead-lettered");
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn every_kind_of_hostile_bytes_is_isolated_and_nul_in_free_text_is_stored_replaced() {
     let env = &Env::new().await;
     for order in ["hv-ok-1", "hv-ok-2", "hv-pi", "hv-meta", "hv-fail"] {

@@ -5,6 +5,10 @@
 //! ([`crate::domain::screen`]); this is for what is kept as a record: a webhook's body, an error text,
 //! a provider's object, a notification's words. What is replaced becomes U+FFFD, as invalid
 //! UTF-8 already does.
+//!
+//! `jsonb` also refuses a number past `numeric`'s range (`1e131072`, `1e-16384`,
+//! `0e99999999999`), and stores one just inside it in full (`1e131071` takes 128 KiB): in a
+//! provider's object such a number is kept as written, inside a string.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -25,8 +29,82 @@ pub fn text<'a>(value: impl Into<Cow<'a, str>>) -> Cow<'a, str> {
 }
 
 /// JSON text that `jsonb` accepts: the escape `\u0000` and unpaired surrogate escapes become
-/// `\ufffd`; everything else is kept as it is (a provider's object is stored as sent).
+/// `\ufffd`, a number with an exponent past ±[`NUMBER_LIMIT`] or more than that many characters
+/// becomes a string of its text; everything else is kept as it is (a provider's object is
+/// stored as sent).
 pub fn jsonb(json: &str) -> Cow<'_, str> {
+    match quote_extreme_numbers(json) {
+        Cow::Borrowed(json) => safe_escapes(json),
+        Cow::Owned(quoted) => Cow::Owned(safe_escapes(&quoted).into_owned()),
+    }
+}
+
+/// Beyond this exponent, or this many characters, a number is stored as a string. No payment
+/// provider's object holds such a number; `numeric` allows exponents to 131071 (and 16383
+/// fraction digits), spelling each digit out.
+pub const NUMBER_LIMIT: usize = 1000;
+
+/// `json` with each number past [`NUMBER_LIMIT`] put in quotes.
+fn quote_extreme_numbers(json: &str) -> Cow<'_, str> {
+    let bytes = json.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 2,
+                b'"' => {
+                    in_string = false;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                if extreme(number) {
+                    out.push_str(&json[copied..start]);
+                    out.push('"');
+                    out.push_str(number);
+                    out.push('"');
+                    copied = i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(json);
+    }
+    out.push_str(&json[copied..]);
+    Cow::Owned(out)
+}
+
+/// Whether a number's text is longer than [`NUMBER_LIMIT`] or its exponent past it.
+fn extreme(number: &str) -> bool {
+    if number.len() > NUMBER_LIMIT {
+        return true;
+    }
+    let Some(at) = number.find(['e', 'E']) else { return false };
+    let exponent = number[at + 1..].trim_start_matches(['+', '-']).trim_start_matches('0');
+    exponent.len() > 4 || exponent.parse::<usize>().is_ok_and(|e| e > NUMBER_LIMIT)
+}
+
+/// `json` with the escapes `jsonb` refuses replaced by `\ufffd`.
+fn safe_escapes(json: &str) -> Cow<'_, str> {
     if !json.contains("\\u") {
         return Cow::Borrowed(json);
     }
@@ -191,6 +269,32 @@ mod tests {
             r#"{"a":"\\u0000 is text here"}"#,
             r#"{"a":"\\\u0041"}"#,
             r#"{"emoji":"\ud83d\ude00","tab":"\u0009","e":"\u00e9"}"#,
+        ] {
+            assert!(matches!(jsonb(kept), Cow::Borrowed(_)), "{kept}");
+        }
+    }
+
+    #[test]
+    fn jsonb_quotes_numbers_past_the_limit_and_keeps_every_other_number_as_it_is() {
+        let cases = [
+            (r#"{"a":1e131072}"#, r#"{"a":"1e131072"}"#),
+            (r#"[1E-16384,0e99999999999,-2.5e+1001]"#, r#"["1E-16384","0e99999999999","-2.5e+1001"]"#),
+            (
+                r#"{"x":"1e9999","n":1e00000000000000000000000000000000001001}"#,
+                r#"{"x":"1e9999","n":"1e00000000000000000000000000000000001001"}"#,
+            ),
+        ];
+        for (json, stored) in cases {
+            assert_eq!(jsonb(json), stored, "{json}");
+        }
+        let long = format!("[0.{}1]", "0".repeat(NUMBER_LIMIT));
+        assert_eq!(jsonb(&long), format!("[\"{}\"]", &long[1..long.len() - 1]));
+        // Both fixes at once.
+        assert_eq!(jsonb(r#"{"a":"\u0000","b":1e5000}"#), r#"{"a":"\ufffd","b":"1e5000"}"#);
+        for kept in [
+            r#"{"a":1e1000,"b":-1E-1000,"c":12.5e+0,"d":0,"e":-0.0001,"f":1e0001000}"#,
+            r#"{"amount":3000,"id":"cs_test_a1e99999"}"#,
+            r#"{"s":"\"1e99999\"","t":"\\","u":1e9}"#,
         ] {
             assert!(matches!(jsonb(kept), Cow::Borrowed(_)), "{kept}");
         }
