@@ -9,13 +9,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ingest::TestIngest;
+use common::steady::{self, SteadyLoad};
 use shared::settings::{Settings, WorkerSettings};
-use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
+use testkit::events::STRIPE_SECRET;
 use testkit::{RabbitCluster, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -42,14 +43,6 @@ async fn losing_a_node_loses_no_acknowledged_event_and_service_returns_within_se
     for victim in [Victim::IngestsNode, Victim::WorkQueueLeader] {
         run_case(&mut cluster, victim).await;
     }
-}
-
-/// One posted event and what ingest answered.
-struct Answer {
-    order: usize,
-    status: Option<u16>,
-    sent: Instant,
-    took: Duration,
 }
 
 /// A binary's settings from `vars`.
@@ -106,43 +99,9 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
         workers.push(tokio::spawn(worker.run(stop_workers.clone())));
     }
 
-    let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
     let started = Instant::now();
-    let load = {
-        let (client, url, answers) = (ingest.client.clone(), ingest.url(ingest::STRIPE_ROUTE), answers.clone());
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_secs(1) / RATE as u32);
-            let mut requests = Vec::new();
-            for order in 1..=(RATE * LOAD_FOR.as_secs()) as usize {
-                pace.tick().await;
-                let (client, url, answers) = (client.clone(), url.clone(), answers.clone());
-                requests.push(tokio::spawn(async move {
-                    let body = stripe_session_event(
-                        &format!("evt_cf_{order}"),
-                        "checkout.session.completed",
-                        &format!("cf-{order}"),
-                        "paid",
-                        100,
-                        "usd",
-                    );
-                    let sent = Instant::now();
-                    let status = client
-                        .post(url)
-                        .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
-                        .body(body)
-                        .timeout(PUBLISH_TIMEOUT * 4)
-                        .send()
-                        .await
-                        .ok()
-                        .map(|r| r.status().as_u16());
-                    answers.lock().unwrap().push(Answer { order, status, sent, took: sent.elapsed() });
-                }));
-            }
-            for request in requests {
-                let _ = request.await;
-            }
-        })
-    };
+    let events = (RATE * LOAD_FOR.as_secs()) as usize;
+    let load = SteadyLoad::start(&ingest, "cf", RATE, PUBLISH_TIMEOUT * 4, Arc::new(AtomicUsize::new(1)), events);
 
     tokio::time::sleep_until((started + KILL_AT).into()).await;
     let killed = match victim {
@@ -169,53 +128,13 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
     tokio::time::sleep_until((killed_at + DOWN_FOR).into()).await;
     cluster.nodes[killed].restart().await;
     let back_at = Instant::now();
-    load.await.unwrap();
+    let answers = load.done().await;
 
-    // Every 200 is applied exactly once.
-    let answers = std::mem::take(&mut *answers.lock().unwrap());
-    let accepted: Vec<String> =
-        answers.iter().filter(|a| a.status == Some(200)).map(|a| format!("evt_cf_{}", a.order)).collect();
-    let applied = |keys: Vec<String>| {
-        let sql = &sql;
-        async move {
-            let row = sql
-                .query_one(
-                    "SELECT count(*) FROM webhook_events WHERE status = 'applied' AND event_key = ANY($1)",
-                    &[&keys],
-                )
-                .await
-                .unwrap();
-            row.get::<_, i64>(0) as usize
-        }
-    };
-    testkit::eventually("every acknowledged event applied", Duration::from_secs(120), || {
-        let keys = accepted.clone();
-        let want = accepted.len();
-        let applied = &applied;
-        async move { (applied(keys).await == want).then_some(()) }
-    })
-    .await;
-    let notifications: HashMap<String, i64> = sql
-        .query(
-            "SELECT p.order_id, count(n.id) FROM payments p LEFT JOIN notifications n ON n.payment_id = p.id
-              WHERE p.payment_status = 'paid' GROUP BY p.order_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for answer in answers.iter().filter(|a| a.status == Some(200)) {
-        let order = format!("cf-{}", answer.order);
-        assert_eq!(notifications.get(&order), Some(&1), "order {order}: paid once, one notification");
-    }
-    assert!(notifications.values().all(|n| *n == 1), "no event took effect twice");
+    // Every 200 is applied exactly once; every answer is a 200 or a 503.
+    let accepted = steady::accepted(&format!("{victim:?}"), &answers);
+    steady::assert_applied_once(&sql, "cf", &accepted, Duration::from_secs(120)).await;
 
-    // Answers: 200 or a prompt 503; the longest stretch without a 200.
-    let others: Vec<(usize, Option<u16>)> =
-        answers.iter().filter(|a| !matches!(a.status, Some(200) | Some(503))).map(|a| (a.order, a.status)).collect();
-    assert!(others.is_empty(), "answers other than 200 and 503: {others:?}");
+    // The 503s prompt; the longest stretch without a 200.
     let slowest = answers.iter().map(|a| a.took).max().unwrap();
     assert!(slowest < PUBLISH_TIMEOUT + Duration::from_secs(2), "an answer took {slowest:?}");
     let mut oks: Vec<Instant> = answers.iter().filter(|a| a.status == Some(200)).map(|a| a.sent + a.took).collect();
@@ -229,7 +148,7 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
         answers.len(),
         accepted.len(),
         unavailable,
-        applied(accepted.clone()).await,
+        accepted.len(),
     );
     assert!(gap <= MAX_GAP, "service came back only after {gap:?} without a 200");
     let after_return = answers.iter().filter(|a| a.sent > back_at + Duration::from_secs(3)).collect::<Vec<_>>();

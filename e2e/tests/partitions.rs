@@ -38,17 +38,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ingest::TestIngest;
+use common::steady::{self, Answer, SteadyLoad};
 use shared::settings::{Settings, WorkerSettings};
 use testkit::events::{stripe_session_event, stripe_signature, STRIPE_SECRET};
 use testkit::netns::Peer;
 use testkit::{NetLab, RabbitCluster, TcpProxy, TestBroker, TestDb};
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -71,89 +70,6 @@ const LOSS: f64 = 5.0;
 const WAIT: Duration = Duration::from_secs(60);
 /// Erlang notices a silent peer after 1 to 1.25 `net_ticktime`s (60 s by default).
 const NODE_CONFIG: &str = "cluster_partition_handling = pause_minority\nnet_ticktime = 5";
-
-/// One posted event and what ingest answered (`None`: no answer at all).
-#[derive(Clone)]
-struct Answer {
-    order: usize,
-    status: Option<u16>,
-    sent: Instant,
-    took: Duration,
-}
-
-impl Answer {
-    fn answered_at(&self) -> Instant {
-        self.sent + self.took
-    }
-}
-
-/// Signed events posted to ingest at `RATE` until stopped; orders are numbered across loads.
-struct Load {
-    answers: Arc<Mutex<Vec<Answer>>>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(ingest: &TestIngest, next_order: Arc<AtomicUsize>) -> Self {
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let (client, url) = (ingest.client.clone(), ingest.url(ingest::STRIPE_ROUTE));
-        let task = tokio::spawn({
-            let (answers, stop) = (answers.clone(), stop.clone());
-            async move {
-                let mut pace = tokio::time::interval(Duration::from_secs(1) / RATE as u32);
-                let mut requests = Vec::new();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = pace.tick() => {}
-                    }
-                    let order = next_order.fetch_add(1, Ordering::SeqCst);
-                    assert!(order <= ORDERS, "more events than seeded orders");
-                    let (client, url, answers) = (client.clone(), url.clone(), answers.clone());
-                    requests.push(tokio::spawn(async move {
-                        let body = stripe_session_event(
-                            &format!("evt_pt_{order}"),
-                            "checkout.session.completed",
-                            &format!("pt-{order}"),
-                            "paid",
-                            100,
-                            "usd",
-                        );
-                        let sent = Instant::now();
-                        let status = client
-                            .post(url)
-                            .header("stripe-signature", stripe_signature(&body, STRIPE_SECRET))
-                            .body(body)
-                            .timeout(PUBLISH_TIMEOUT * 8)
-                            .send()
-                            .await
-                            .ok()
-                            .map(|r| r.status().as_u16());
-                        answers.lock().unwrap().push(Answer { order, status, sent, took: sent.elapsed() });
-                    }));
-                }
-                for request in requests {
-                    let _ = request.await;
-                }
-            }
-        });
-        Self { answers, stop, task }
-    }
-
-    fn so_far(&self) -> Vec<Answer> {
-        self.answers.lock().unwrap().clone()
-    }
-
-    async fn finish(self) -> Vec<Answer> {
-        self.stop.cancel();
-        self.task.await.expect("load task");
-        let mut answers = std::mem::take(&mut *self.answers.lock().unwrap());
-        answers.sort_by_key(|a| a.order);
-        answers
-    }
-}
 
 /// What one scenario's answers came to.
 struct Figures {
@@ -246,7 +162,7 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
     let mut accepted = Vec::new();
 
     // 1. Ingest's node cut off from the other two; ingest still reaches it.
-    let load1 = Load::start(&ingest, next_order.clone());
+    let load1 = SteadyLoad::start(&ingest, "pt", RATE, PUBLISH_TIMEOUT * 8, next_order.clone(), ORDERS);
     tokio::time::sleep(STEADY).await;
     let node = ingest.state.broker.current_node().expect("ingest is connected");
     let others: Vec<Peer> = (0..3).filter(|i| *i != node).map(Peer::Host).collect();
@@ -294,10 +210,10 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
         "| ingest's node cut off from the other two (`pause_minority`; ingest still reaches it) | {} | {} | {} | all (each once) | {:.2} s | {:.2} s; paused {:.1} s after the cut, ingest moved to node {moved}, the node rejoined {:.1} s after the heal |",
         f.events, f.ok, f.unavailable, f.gap.as_secs_f64(), f.slowest.as_secs_f64(), paused_after.as_secs_f64(), rejoined_after.as_secs_f64()
     ));
-    accepted.extend(check_answers("ingest's node cut off", &answers));
+    accepted.extend(steady::accepted("ingest's node cut off", &answers));
 
     // 2. Ingest cut off from every node for OUTAGE.
-    let load2 = Load::start(&ingest, next_order.clone());
+    let load2 = SteadyLoad::start(&ingest, "pt", RATE, PUBLISH_TIMEOUT * 8, next_order.clone(), ORDERS);
     tokio::time::sleep(STEADY).await;
     lab.isolate(Peer::Root, &[Peer::Host(0), Peer::Host(1), Peer::Host(2)]);
     let cut_at = Instant::now();
@@ -318,11 +234,11 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
         OUTAGE.as_secs(), f.events, f.ok, f.unavailable, f.gap.as_secs_f64(), f.slowest.as_secs_f64(), (back - healed_at).as_secs_f64()
     ));
     assert_eq!(ok_during, 0, "no 200 without a confirm while ingest reached no node");
-    accepted.extend(check_answers("ingest cut off from every node", &answers));
+    accepted.extend(steady::accepted("ingest cut off from every node", &answers));
 
     // 3. A slow link between ingest and its node.
     let node = ingest.state.broker.current_node().expect("ingest is connected");
-    let load3 = Load::start(&ingest, next_order.clone());
+    let load3 = SteadyLoad::start(&ingest, "pt", RATE, PUBLISH_TIMEOUT * 8, next_order.clone(), ORDERS);
     tokio::time::sleep(STEADY).await;
     proxies[node].delay(LATENCY);
     lab.lose(node, Peer::Root, LOSS);
@@ -344,7 +260,7 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
         LATENCY.as_millis(), DEGRADED_FOR.as_secs(), all.events, f.events, all.ok, f.ok, all.unavailable, all.gap.as_secs_f64(),
         f.p99.as_secs_f64(), f.slowest.as_secs_f64(), figures(&answers.iter().filter(|a| a.sent >= degraded_to + Duration::from_secs(1)).cloned().collect::<Vec<_>>()).p99.as_secs_f64()
     ));
-    accepted.extend(check_answers("slow link", &answers));
+    accepted.extend(steady::accepted("slow link", &answers));
     ingest.stop().await;
 
     // Every 200 applied exactly once, by a worker started once the network is whole again.
@@ -352,31 +268,9 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
     let worker = worker::Worker::build(worker_settings).await.expect("worker builds");
     let worker = tokio::spawn(worker.run(stop_worker.clone()));
     let drain_from = Instant::now();
-    let keys: Vec<String> = accepted.iter().map(|o| format!("evt_pt_{o}")).collect();
-    testkit::eventually("every acknowledged event applied", WAIT, || async {
-        (applied(&sql, &keys).await == keys.len()).then_some(())
-    })
-    .await;
+    let paid = steady::assert_applied_once(&sql, "pt", &accepted, WAIT).await;
     let drained_in = drain_from.elapsed();
-    let notifications: HashMap<String, i64> = sql
-        .query(
-            "SELECT p.order_id, count(n.id) FROM payments p LEFT JOIN notifications n ON n.payment_id = p.id
-              WHERE p.payment_status = 'paid' GROUP BY p.order_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for order in &accepted {
-        assert_eq!(
-            notifications.get(&format!("pt-{order}")),
-            Some(&1),
-            "order pt-{order}: paid once, one notification"
-        );
-    }
-    assert!(notifications.values().all(|n| *n == 1), "no event took effect twice");
+    assert!(next_order.load(Ordering::SeqCst) <= ORDERS, "more events posted than orders seeded");
     let dead: i64 =
         sql.query_one("SELECT count(*) FROM webhook_events WHERE status = 'dead'", &[]).await.unwrap().get(0);
     assert_eq!(dead, 0, "nothing dead-lettered");
@@ -401,7 +295,7 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
          | fault | events | `200` | `503` | applied | longest stretch without a `200` | notes |\n{}",
         formed.as_secs_f64(),
         accepted.len(),
-        notifications.len(),
+        paid,
         drained_in.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         rows.join("\n")
@@ -409,22 +303,6 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
     drop(proxies);
     drop(cluster);
     drop(lab);
-}
-
-/// Every request was answered 200 or 503; returns the orders answered 200.
-fn check_answers(scenario: &str, answers: &[Answer]) -> Vec<usize> {
-    let others: Vec<(usize, Option<u16>)> =
-        answers.iter().filter(|a| !matches!(a.status, Some(200) | Some(503))).map(|a| (a.order, a.status)).collect();
-    assert!(others.is_empty(), "{scenario}: answers other than 200 and 503: {others:?}");
-    answers.iter().filter(|a| a.status == Some(200)).map(|a| a.order).collect()
-}
-
-/// How many of `keys` the inbox holds as applied.
-async fn applied(sql: &Client, keys: &[String]) -> usize {
-    sql.query_one("SELECT count(*) FROM webhook_events WHERE status = 'applied' AND event_key = ANY($1)", &[&keys])
-        .await
-        .unwrap()
-        .get::<_, i64>(0) as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! operator runs it. [`ingest`] has the helpers of the ingest-side tests.
 
 pub mod ingest;
+pub mod steady;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
