@@ -7,6 +7,18 @@ use std::time::{Duration, Instant};
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 
+/// Which channels a publish goes out on. A message the broker cannot route comes back
+/// (`basic.return`) without a delivery tag, and lapin hands it to whichever confirm on that
+/// channel it resolves next, in no set order when one ack covers several: on a shared
+/// channel, one publish can be told another's outcome. Broadcasts, unroutable whenever
+/// nobody subscribes, therefore never share a channel with publishes that must be stored,
+/// which are unroutable only when a queue is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PublishKind {
+    Stored,
+    Broadcast,
+}
+
 /// A live connection with its publisher channels.
 pub struct Link {
     /// Distinguishes this link from earlier ones, so a failure reported for an old link never
@@ -15,16 +27,20 @@ pub struct Link {
     /// Index of the node (in `AMQP_URL`) this link is connected to.
     pub(super) node: usize,
     pub(super) connection: Connection,
-    /// Confirm-mode channels shared round-robin. A slot is empty while the channel it held,
-    /// retired after a nack, is being replaced. Behind an `Arc`: a lapin `Channel` is a
-    /// dozen reference-counted parts, cloned per publish otherwise.
+    /// Confirm-mode channels: all but the last shared round-robin by the publishes that must
+    /// be stored, the last one by broadcasts ([`super::Broker::publish_broadcast`]). A slot
+    /// is empty while the channel it held, retired after a nack, is being replaced. Behind an
+    /// `Arc`: a lapin `Channel` is a dozen reference-counted parts, cloned per publish
+    /// otherwise.
     publishers: Box<[Mutex<Option<Arc<Channel>>>]>,
     next: AtomicUsize,
     pub(super) confirms: Arc<ConfirmClock>,
 }
 
 impl Link {
+    /// `publishers`: at least two channels, the last one for broadcasts.
     pub(super) fn new(generation: u64, node: usize, connection: Connection, publishers: Vec<Channel>) -> Self {
+        assert!(publishers.len() >= 2, "a channel for stored publishes and one for broadcasts");
         Self {
             generation,
             node,
@@ -40,14 +56,20 @@ impl Link {
         &self.connection
     }
 
-    /// The next publisher channel in turn, skipping slots being refilled.
-    pub(super) fn publisher(&self) -> Option<(usize, Arc<Channel>)> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.publishers.len()).find_map(|offset| {
-            let slot = (start + offset) % self.publishers.len();
+    /// The next publisher channel in turn for `kind`, skipping slots being refilled.
+    pub(super) fn publisher(&self, kind: PublishKind) -> Option<(usize, Arc<Channel>)> {
+        let shared = self.publishers.len() - 1;
+        let in_slot = |slot: usize| {
             let channel = self.publishers[slot].lock().expect("publisher slot lock").clone();
             channel.filter(|c| c.status().connected()).map(|c| (slot, c))
-        })
+        };
+        match kind {
+            PublishKind::Stored => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..shared).find_map(|offset| in_slot((start + offset) % shared))
+            }
+            PublishKind::Broadcast => in_slot(shared),
+        }
     }
 
     /// Empties `slot` if it still holds `channel`; true if this call did it.

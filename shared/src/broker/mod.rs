@@ -35,8 +35,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::link::open_publisher;
 pub use self::link::Link;
+use self::link::{open_publisher, PublishKind};
 pub use self::nodes::{connect_first, ConnectError};
 use crate::metrics::BrokerMetrics;
 pub use crate::settings::amqp_nodes::redacted_urls;
@@ -47,7 +47,8 @@ use crate::topology::{Declaring, Topology};
 pub struct BrokerOptions {
     /// Shown in the RabbitMQ management UI (`ingest`, `worker`, ...).
     pub connection_name: String,
-    /// Publisher channels shared round-robin by all publishes. A channel pipelines any
+    /// Publisher channels shared round-robin by the publishes that must be stored
+    /// ([`Broker::publish`]; broadcasts have one more of their own). A channel pipelines any
     /// number of publishes; a few spread the confirm bookkeeping, and keep publishing going
     /// while one retired channel is replaced.
     pub publish_channels: usize,
@@ -179,9 +180,10 @@ impl Broker {
         }
     }
 
-    /// Publishes a persistent message and waits for its confirm. `Ok` only for `Ack` with
-    /// nothing returned: with `mandatory`, an unroutable message comes back as a return
-    /// followed by an ack, which is [`PublishError::Unroutable`] here.
+    /// Publishes a persistent message that must be stored (an event, a retry, a dead letter)
+    /// and waits for its confirm. `Ok` only for `Ack` with nothing returned: with `mandatory`,
+    /// an unroutable message comes back as a return followed by an ack, which is
+    /// [`PublishError::Unroutable`] here.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -190,6 +192,24 @@ impl Broker {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         self.publish_bytes(exchange, routing_key, Bytes::copy_from_slice(body), properties).await
+    }
+
+    /// [`Broker::publish`] for a message to whoever subscribes (a notification), for which
+    /// [`PublishError::Unroutable`] (nobody does) is an answer rather than a failure. On a
+    /// channel of its own: such returns, routine here, then never reach a publish that must
+    /// be stored (see [`link::PublishKind`]).
+    pub async fn publish_broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let result = self
+            .publish_inner(PublishKind::Broadcast, exchange, routing_key, Bytes::copy_from_slice(body), properties)
+            .await;
+        self.count(&result);
+        result
     }
 
     /// [`Broker::publish`] for a body already in a [`Bytes`] (ingest's request body): no copy
@@ -201,17 +221,22 @@ impl Broker {
         body: Bytes,
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let result = self.publish_inner(exchange, routing_key, body, properties).await;
-        let label = match &result {
+        let result = self.publish_inner(PublishKind::Stored, exchange, routing_key, body, properties).await;
+        self.count(&result);
+        result
+    }
+
+    fn count(&self, result: &Result<(), PublishError>) {
+        let label = match result {
             Ok(()) => "confirmed",
             Err(e) => e.label(),
         };
         self.inner.metrics.publishes.with_label_values(&[label]).inc();
-        result
     }
 
     async fn publish_inner(
         &self,
+        kind: PublishKind,
         exchange: &str,
         routing_key: &str,
         body: Bytes,
@@ -226,7 +251,7 @@ impl Broker {
             // Publishing now would only wait for the alarm to clear.
             return Err(PublishError::Blocked);
         }
-        let (slot, channel) = link.publisher().ok_or(PublishError::Unavailable)?;
+        let (slot, channel) = link.publisher(kind).ok_or(PublishError::Unavailable)?;
         let awaited = link.confirms.start();
         let late = awaited.late();
         let options = BasicPublishOptions { mandatory: true, immediate: false };

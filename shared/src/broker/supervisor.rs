@@ -49,8 +49,10 @@ async fn connect(inner: &Inner, node: usize) -> Result<Arc<Link>, Failure> {
         let _ = connection.close(200, "topology not in place".into()).await;
         return Err(Failure::Topology(error));
     }
-    let mut publishers = Vec::with_capacity(inner.options.publish_channels.max(1));
-    for _ in 0..inner.options.publish_channels.max(1) {
+    // The shared channels, and one for broadcasts.
+    let channels = inner.options.publish_channels.max(1) + 1;
+    let mut publishers = Vec::with_capacity(channels);
+    for _ in 0..channels {
         publishers.push(open_publisher(&connection).await?);
     }
     let generation = inner.generations.fetch_add(1, Ordering::SeqCst) + 1;

@@ -208,12 +208,11 @@ impl Outbox {
             return Ok(Report::default());
         }
         let exchange = self.broker.topology().notifications_exchange();
-        let results = join_all(
-            messages
-                .iter()
-                .map(|m| self.broker.publish(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m))),
-        )
-        .await;
+        let results =
+            join_all(messages.iter().map(|m| {
+                self.broker.publish_broadcast(&exchange, &m.routing_key, m.payload.as_bytes(), properties(m))
+            }))
+            .await;
 
         let mut report = Report::default();
         let mut done = Vec::new();
