@@ -152,13 +152,18 @@ pub async fn run(bench: BrokerBench) -> anyhow::Result<()> {
         result = measure(&bench, &connection, &mut declared) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    clean_up(&connection, &declared).await;
+    // Closing the connection first ends every publish still in flight (an interrupted run's
+    // tasks go on publishing); the deletes run on a connection of their own.
     let _ = connection.close(200, "benchmark done".into()).await;
+    if let Err(error) = clean_up(&declared).await {
+        eprintln!("cleaning up failed: {error:#}; delete what starts with the prefix above by hand");
+    }
     result
 }
 
 async fn measure(bench: &BrokerBench, connection: &Connection, declared: &mut Declared) -> anyhow::Result<()> {
     let prefix = testkit::unique("bench_broker");
+    eprintln!("declaring queues and exchanges under {prefix}");
     let quorum = declare_quorum(connection, &prefix, declared).await?;
     let classic = declare_classic(connection, &prefix, declared).await?;
     let amqp_port = reqwest::Url::parse(&testkit::amqp_url())?.port().unwrap_or(5672);
@@ -358,17 +363,25 @@ async fn open_publisher(connection: &Connection, target: &Target, channels: usiz
 
 /// Deletes every queue and exchange the bench declared, each on a channel of its own (a
 /// delete that fails closes its channel).
-async fn clean_up(connection: &Connection, declared: &Declared) {
+async fn clean_up(declared: &Declared) -> anyhow::Result<()> {
+    let properties = ConnectionProperties::default().with_connection_name("bench-broker-cleanup".into());
+    let connection = Connection::connect(&testkit::amqp_url(), properties).await?;
+    let mut failed = Vec::new();
     for queue in &declared.queues {
-        if let Ok(channel) = connection.create_channel().await {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-            let _ = channel.close(200, "cleaned up".into()).await;
+        let channel = connection.create_channel().await?;
+        if let Err(error) = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await {
+            failed.push(format!("queue {queue}: {error}"));
         }
+        let _ = channel.close(200, "cleaned up".into()).await;
     }
     for exchange in &declared.exchanges {
-        if let Ok(channel) = connection.create_channel().await {
-            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-            let _ = channel.close(200, "cleaned up".into()).await;
+        let channel = connection.create_channel().await?;
+        if let Err(error) = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await {
+            failed.push(format!("exchange {exchange}: {error}"));
         }
+        let _ = channel.close(200, "cleaned up".into()).await;
     }
+    let _ = connection.close(200, "cleaned up".into()).await;
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
+    Ok(())
 }
