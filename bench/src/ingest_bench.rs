@@ -213,7 +213,17 @@ async fn direct_publisher(topology: &Topology) -> anyhow::Result<DirectPublish> 
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         channels.push(channel);
     }
-    let properties = Arc::new(|i: usize| {
+    Ok(DirectPublish {
+        channels,
+        exchange: topology.events_exchange(),
+        routing_key: Topology::routing_key("stripe", "checkout.session.completed"),
+        properties: envelope_properties(),
+    })
+}
+
+/// Ingest's envelope headers for message `i` of a benchmark (a signed Stripe event).
+pub fn envelope_properties() -> Arc<dyn Fn(usize) -> lapin::BasicProperties + Send + Sync> {
+    Arc::new(|i: usize| {
         let key = format!("evt_direct_{i}");
         let request_id = uuid::Uuid::new_v4().to_string();
         EnvelopeHeaders {
@@ -226,11 +236,5 @@ async fn direct_publisher(topology: &Topology) -> anyhow::Result<DirectPublish> 
             attempt: 0,
         }
         .properties([("stripe-signature", "t=1,v1=0000000000000000000000000000000000000000000000000000000000000000")])
-    });
-    Ok(DirectPublish {
-        channels,
-        exchange: topology.events_exchange(),
-        routing_key: Topology::routing_key("stripe", "checkout.session.completed"),
-        properties,
     })
 }

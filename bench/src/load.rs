@@ -17,8 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// How requests are issued.
@@ -237,6 +238,86 @@ pub async fn broker_load(
         }));
     }
     collect(tasks, schedule.start).await
+}
+
+/// A publish handed to a [`coalesced_load`] writer: message `i` with its properties, and where
+/// to send back the confirm to await (or the error of writing it).
+type Handoff = (usize, BasicProperties, oneshot::Sender<lapin::Result<PublisherConfirm>>);
+
+/// [`broker_load`] with coalesced writes: the `concurrency` tasks (ingest's requests) hand
+/// their publishes to one writer per channel, which takes every publish waiting and issues them
+/// back to back (all their frames queued before lapin's I/O thread writes them, so one write
+/// carries many), then takes the next batch once that one is on the socket. Each task still
+/// awaits its own message's confirm, as a request awaits it before its `200`.
+pub async fn coalesced_load(
+    target: Arc<DirectPublish>,
+    events: Arc<Vec<SignedEvent>>,
+    concurrency: usize,
+) -> anyhow::Result<LoadResult> {
+    let mut writers = Vec::with_capacity(target.channels.len());
+    let mut handoffs = Vec::with_capacity(target.channels.len());
+    for channel in 0..target.channels.len() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Handoff>();
+        handoffs.push(tx);
+        let (target, events) = (target.clone(), events.clone());
+        writers.push(tokio::spawn(async move {
+            let channel = &target.channels[channel];
+            let options = BasicPublishOptions { mandatory: true, immediate: false };
+            let mut batch = Vec::with_capacity(concurrency);
+            while rx.recv_many(&mut batch, concurrency.max(1)).await > 0 {
+                let publishes = batch.drain(..).map(|(i, properties, reply): Handoff| {
+                    let (target, events) = (&target, &events);
+                    async move {
+                        let exchange = target.exchange.as_str().into();
+                        let routing_key = target.routing_key.as_str().into();
+                        let written =
+                            channel.basic_publish(exchange, routing_key, options, &events[i].body, properties).await;
+                        let _ = reply.send(written);
+                    }
+                });
+                // Every publish of the batch is queued on its first poll, before any is written.
+                futures_util::future::join_all(publishes).await;
+            }
+        }));
+    }
+    let handoffs = Arc::new(handoffs);
+    let schedule = Arc::new(Schedule {
+        next: AtomicUsize::new(0),
+        total: events.len(),
+        start: Instant::now(),
+        pace: Pace::Closed,
+    });
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (schedule, handoffs, target) = (schedule.clone(), handoffs.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latency, mut ok, mut failed) = (histogram(), 0u64, 0u64);
+            while let Some((i, from)) = schedule.take().await {
+                let (reply, written) = oneshot::channel();
+                let confirmed = match handoffs[i % handoffs.len()].send((i, (target.properties)(i), reply)) {
+                    Ok(()) => match written.await {
+                        Ok(Ok(confirm)) => confirm.await.ok(),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
+                match confirmed {
+                    Some(Confirmation::Ack(None)) => {
+                        ok += 1;
+                        latency.record((from.elapsed().as_micros() as u64).max(1)).expect("within bounds");
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (latency, ok, failed, 0)
+        }));
+    }
+    let result = collect(tasks, schedule.start).await;
+    drop(handoffs);
+    for writer in writers {
+        writer.await?;
+    }
+    result
 }
 
 /// What one load task measured: latency, answered, failed, sent late.

@@ -5,6 +5,9 @@
 //!   process of its own) and the inline Node peer, at one concurrency in one run; throughput
 //!   ratios, CPU per request from `/proc`, peak memory, latency at full load and at half of
 //!   ingest's maximum rate;
+//! - `bench broker` ([`broker_bench`]): what the broker costs per confirmed message behind
+//!   ingest, quorum against classic (version 2) queues and ingest's publishing against one
+//!   channel, a channel per publish and coalesced writes, side by side in one run;
 //! - `bench worker` ([`worker_bench`]): a queued backlog drained by one worker (the release
 //!   binary) with batch size 1 and the default, against the inline peer; throughput, CPU per
 //!   event of the worker, Postgres and RabbitMQ, memory, and lag at a steady rate;
@@ -17,11 +20,12 @@
 //! - `bench soak` ([`soak`]): the pipeline as processes under steady load for a long time, a
 //!   worker killed every few minutes; memory, lag per minute and the exactly-once invariant.
 //!
-//! Run with `cargo run --release -p bench -- ingest` (or `worker`, `pipeline`, `reconcile`, or `soak`).
+//! Run with `cargo run --release -p bench -- ingest` (or `broker`, `worker`, `pipeline`, `reconcile`, or `soak`).
 
 // `json!` of a whole Checkout Session nests deeper than the default macro recursion limit.
 #![recursion_limit = "256"]
 
+mod broker_bench;
 mod events;
 mod ingest_bench;
 mod load;
@@ -61,6 +65,20 @@ enum Command {
         /// Extra environment for the ingest process (`NAME=value`, repeatable), to compare settings.
         #[arg(long = "ingest-env")]
         ingest_env: Vec<String>,
+    },
+    /// The broker alone: quorum against classic (version 2) queues, and ingest's publishing
+    /// against other channel layouts and coalesced writes (throughput, CPU per confirmed message
+    /// of RabbitMQ and the publisher, socket writes each way).
+    Broker {
+        /// Messages per variant and round.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Concurrent publishing tasks, each awaiting its message's confirm (ingest's requests).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Measured rounds; each runs every variant once, in a rotated order.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// One worker draining a queued backlog (batch size 1 and the default) against the inline
     /// peer (throughput, CPU per event, memory), and the end-to-end lag at a steady rate.
@@ -159,6 +177,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest { requests, concurrency, no_peer, log_format, ingest_env } => {
             let bench = ingest_bench::IngestBench { requests, concurrency, peer: !no_peer, log_format, ingest_env };
             ingest_bench::run(bench).await
+        }
+        Command::Broker { messages, concurrency, rounds } => {
+            let bench = broker_bench::BrokerBench {
+                messages: messages.max(1),
+                concurrency: concurrency.max(1),
+                rounds: rounds.max(1),
+            };
+            broker_bench::run(bench).await
         }
         Command::Reconcile { missed, rate, live_seconds } => {
             reconcile_bench::run(reconcile_bench::ReconcileBench { missed, rate, live_seconds }).await
