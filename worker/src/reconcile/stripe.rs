@@ -48,6 +48,16 @@ pub fn list_from(
     from.max(now - STRIPE_RETENTION)
 }
 
+/// What a run's listing came to.
+struct Listed {
+    /// The events the inbox lacks, oldest first.
+    missed: Vec<ListedEvent>,
+    /// Events listed (each once).
+    examined: usize,
+    /// `created` of the newest event listed.
+    newest: Option<i64>,
+}
+
 impl Reconciler {
     /// One Stripe run; with `leased`, under that lease and from (and moving) its watermark.
     pub(super) async fn reconcile_stripe(
@@ -63,14 +73,8 @@ impl Reconciler {
         let mut report = Report::new(Provider::Stripe);
         report.watermark = watermark;
 
-        let events = self.list_all(from, lease, shutdown).await?;
-        report.examined = events.len();
-        let mut known = HashSet::new();
-        for chunk in events.chunks(INBOX_CHUNK) {
-            let keys: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
-            known.extend(self.store.known_event_keys(Provider::Stripe, &keys).await?);
-        }
-        let missed: Vec<&ListedEvent> = events.iter().filter(|e| !known.contains(&e.id)).collect();
+        let Listed { missed, examined, newest } = self.list_missed(from, lease, shutdown).await?;
+        report.examined = examined;
         self.metrics.missed.with_label_values(&[Provider::Stripe.as_str()]).inc_by(missed.len() as u64);
         report.found = missed
             .iter()
@@ -113,21 +117,22 @@ impl Reconciler {
             self.advance(lease, upto, &mut report).await?;
         }
         // Nothing unconfirmed is left: the newest event listed is the watermark.
-        self.advance(lease, events.last().map(|e| at(e.created)), &mut report).await?;
+        self.advance(lease, newest.map(at), &mut report).await?;
         Ok(report)
     }
 
-    /// Every page of the list from `from`, sorted oldest first (ties by id), each event once.
-    /// Renews the lease after each page.
-    async fn list_all(
+    /// Every page of the list from `from`, keeping only the events the inbox lacks (so a run
+    /// holds the bodies of missed events only, not of everything it lists), sorted oldest
+    /// first (ties by id), each once. Renews the lease after each page.
+    async fn list_missed(
         &self,
         from: DateTime<Utc>,
         lease: Option<&Lease>,
         shutdown: &CancellationToken,
-    ) -> Result<Vec<ListedEvent>, RunError> {
+    ) -> Result<Listed, RunError> {
         let source = self.stripe.as_ref().ok_or(RunError::NotConfigured("STRIPE_API_KEY"))?;
         let types: Vec<&'static str> = StripeEventType::iter().map(<&'static str>::from).collect();
-        let mut events: Vec<ListedEvent> = Vec::new();
+        let mut listed = Listed { missed: Vec::new(), examined: 0, newest: None };
         let mut seen = HashSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -138,11 +143,15 @@ impl Reconciler {
             let (api, query) = (&source.api, &query);
             let page = self.call(Provider::Stripe, shutdown, move || api.list_events(query)).await?;
             after = page.events.last().map(|e| e.id.clone());
-            for event in page.events {
-                if seen.insert(event.id.clone()) {
-                    events.push(event);
-                }
+            let fresh: Vec<ListedEvent> = page.events.into_iter().filter(|e| seen.insert(e.id.clone())).collect();
+            listed.examined += fresh.len();
+            listed.newest = listed.newest.max(fresh.iter().map(|e| e.created).max());
+            let mut known = HashSet::new();
+            for chunk in fresh.chunks(INBOX_CHUNK) {
+                let keys: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
+                known.extend(self.store.known_event_keys(Provider::Stripe, &keys).await?);
             }
+            listed.missed.extend(fresh.into_iter().filter(|e| !known.contains(&e.id)));
             if let Some(lease) = lease {
                 if !self.store.advance_watermark(lease, None).await? {
                     return Err(RunError::LeaseLost);
@@ -152,8 +161,8 @@ impl Reconciler {
                 break;
             }
         }
-        events.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(events)
+        listed.missed.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(listed)
     }
 
     /// Moves the watermark to `to` under `lease` (and renews it); nothing without a lease.
