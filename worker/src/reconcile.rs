@@ -71,6 +71,8 @@ const ROOM_POLL: Duration = Duration::from_millis(20);
 pub struct StripeSource {
     pub api: StripeApi,
     pub mac: FetchedMacKey,
+    /// Events this process published lately (see [`stripe::Published`]).
+    pub published: stripe::Published,
 }
 
 /// One event to publish.
@@ -183,6 +185,7 @@ impl Reconciler {
                     settings.reconcile_api_timeout,
                 )?,
                 mac: FetchedMacKey::derive(key),
+                published: Default::default(),
             }),
             None => None,
         };

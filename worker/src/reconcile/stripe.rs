@@ -2,7 +2,9 @@
 //! little before the watermark; publish, oldest first, every one the inbox lacks; move the
 //! watermark past each confirmed chunk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
 use futures_util::future::join_all;
@@ -29,6 +31,30 @@ const PUBLISH_CHUNK: usize = 100;
 
 /// Inbox keys checked per statement.
 const INBOX_CHUNK: usize = 1000;
+
+/// The events a process published lately, by id, with when. A run lists again the last
+/// [`OVERLAP`] before the watermark, and an event published by the previous run may still be
+/// queued, not yet in the inbox, when the next one starts (the work queue's backlog can
+/// outlast `RECONCILE_INTERVAL`): it is not counted missed, nor published, a second time.
+/// Kept for twice the overlap, ids only.
+#[derive(Default)]
+pub struct Published(Mutex<HashMap<String, Instant>>);
+
+impl Published {
+    fn remember<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let now = Instant::now();
+        let mut published = self.0.lock().expect("published lock");
+        published.retain(|_, at| now.duration_since(*at) < KEEP_PUBLISHED);
+        published.extend(ids.into_iter().map(|id| (id.to_string(), now)));
+    }
+
+    fn lately(&self, id: &str) -> bool {
+        self.0.lock().expect("published lock").get(id).is_some_and(|at| at.elapsed() < KEEP_PUBLISHED)
+    }
+}
+
+/// How long [`Published`] keeps an id.
+const KEEP_PUBLISHED: std::time::Duration = std::time::Duration::from_secs(2 * 5 * 60);
 
 /// Unix seconds as a time (the epoch for values out of range, which no Stripe event has).
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -111,6 +137,9 @@ impl Reconciler {
             });
             let results = join_all(publishes).await;
             report.published += results.iter().filter(|r| r.is_ok()).count();
+            source
+                .published
+                .remember(chunk.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(e, _)| e.id.as_str()));
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
             // Every event listed before the chunk's last is now in the inbox or confirmed.
             let upto = chunk.last().map(|e| at(e.created));
@@ -151,7 +180,9 @@ impl Reconciler {
                 let keys: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
                 known.extend(self.store.known_event_keys(Provider::Stripe, &keys).await?);
             }
-            listed.missed.extend(fresh.into_iter().filter(|e| !known.contains(&e.id)));
+            listed
+                .missed
+                .extend(fresh.into_iter().filter(|e| !known.contains(&e.id) && !source.published.lately(&e.id)));
             if let Some(lease) = lease {
                 if !self.store.advance_watermark(lease, None).await? {
                     return Err(RunError::LeaseLost);
@@ -184,6 +215,14 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_events_are_remembered_for_twice_the_overlap() {
+        assert_eq!(Span::from_std(KEEP_PUBLISHED).unwrap(), OVERLAP * 2);
+        let published = Published::default();
+        published.remember(["evt_1"]);
+        assert!(published.lately("evt_1") && !published.lately("evt_2"));
+    }
 
     #[test]
     fn a_run_lists_from_before_the_watermark_and_never_past_stripes_retention() {
