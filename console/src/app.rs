@@ -77,7 +77,9 @@ impl Console {
             .map_err(|e| anyhow::anyhow!("cannot listen on CONSOLE_ADDR {}: {e}", console.console_addr))?;
         let bound = listener.local_addr()?;
         let pool = crate::db::pool(&settings.database)?;
-        let secrets = WebhookSecrets::from_settings(&settings.secrets).ok();
+        let secrets = WebhookSecrets::from_settings(&settings.secrets)
+            .ok()
+            .map(|secrets| secrets.with_stripe_api_key(settings.reconcile.stripe_api_key.as_ref()));
         if secrets.is_none() {
             tracing::warn!(
                 "STRIPE_WEBHOOK_SECRET is not set: the console cannot check, so will not replay, dead events"

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 use shared::settings::{
-    CommonSettings, DatabaseSettings, Parts, ServiceSettings, Settings, SettingsError, TossApiSettings,
+    CommonSettings, DatabaseSettings, Parts, ReconcilePart, ServiceSettings, Settings, SettingsError, TossApiSettings,
     WebhookSecretSettings,
 };
 
@@ -28,6 +28,9 @@ pub struct PipelineSettings {
     pub database: DatabaseSettings,
     pub secrets: WebhookSecretSettings,
     pub toss_api: TossApiSettings,
+    /// For `STRIPE_API_KEY` only: with it, a replay believes the events reconciliation
+    /// fetched (their `x-fetched-mac` is keyed from it), as a worker does.
+    pub reconcile: ReconcilePart,
 }
 
 impl Settings for PipelineSettings {
@@ -38,6 +41,7 @@ impl Settings for PipelineSettings {
             database: parts.read()?,
             secrets: parts.read()?,
             toss_api: parts.read()?,
+            reconcile: parts.read()?,
         })
     }
 

@@ -8,24 +8,46 @@ use common::{Env, OPERATOR};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use shared::envelope::{EventEnvelope, IngestVerification};
+use secrecy::SecretString;
+use shared::envelope::{EventEnvelope, IngestVerification, H_FETCHED_MAC, H_SOURCE};
+use shared::verify::fetched::FetchedMacKey;
 use shared::Provider;
 
 /// Puts a Stripe event straight into the dead letters, signed with `secret`.
 async fn park(env: &Env, event_id: &str, secret: &str) {
+    park_with(env, event_id, IngestVerification::Signature, |body| {
+        vec![("stripe-signature".to_string(), testkit::events::stripe_signature(body, secret))]
+    })
+    .await
+}
+
+/// Puts a Stripe event reconciliation fetched straight into the dead letters, its MAC keyed
+/// from `api_key`.
+async fn park_fetched(env: &Env, event_id: &str, api_key: &str) {
+    park_with(env, event_id, IngestVerification::Fetched, |body| {
+        let mac = FetchedMacKey::derive(&SecretString::from(api_key)).sign(Provider::Stripe, event_id, body);
+        vec![(H_FETCHED_MAC.to_string(), mac), (H_SOURCE.to_string(), "reconciliation".to_string())]
+    })
+    .await
+}
+
+async fn park_with(
+    env: &Env,
+    event_id: &str,
+    verification: IngestVerification,
+    headers: impl FnOnce(&[u8]) -> Vec<(String, String)>,
+) {
     let body =
         testkit::events::stripe_session_event(event_id, "checkout.session.completed", "order-x", "paid", 100, "usd");
     let properties = EventEnvelope {
         provider: Provider::Stripe,
         event_type: "checkout.session.completed".into(),
         event_key: event_id.into(),
-        verification: IngestVerification::Signature,
+        verification,
         received_at: chrono::Utc::now(),
         request_id: "r".into(),
         attempt: 8,
-        delivery_headers: [("stripe-signature".to_string(), testkit::events::stripe_signature(&body, secret))]
-            .into_iter()
-            .collect(),
+        delivery_headers: headers(&body).into_iter().collect(),
         body: body.clone(),
     }
     .properties();
@@ -68,6 +90,43 @@ async fn a_replay_checks_each_event_as_a_worker_would_and_leaves_a_forged_one_de
     let audit = env.audit().await;
     assert!(audit.iter().any(|(_, a, r, d)| a == "replay" && r == "ok" && d.contains("refused 1")), "{audit:?}");
     console.stop().await;
+}
+
+/// Without `with_stripe_api_key` in `Console::build` (console/src/app.rs) the fetched event
+/// stays dead even with the key: this fails.
+#[tokio::test]
+async fn a_replay_believes_an_event_reconciliation_fetched_only_with_the_stripe_api_key() {
+    const API_KEY: &str = "rk_test_console_events_read";
+    let env = Env::new().await;
+    env.declare().await;
+    park_fetched(&env, "evt_fetched", API_KEY).await;
+    env.wait_dead_letters(1).await;
+    // Without the key its MAC proves nothing: refused, it stays dead.
+    let console = env.console(&[]).await;
+    let page = replay_fetched(&console).await;
+    assert!(page.contains("evt_fetched") && page.contains("unverifiable"), "{page}");
+    console.stop().await;
+    env.wait_dead_letters(1).await;
+
+    // With the workers' key: back to work.
+    let console = env.console(&[("STRIPE_API_KEY", API_KEY)]).await;
+    let page = replay_fetched(&console).await;
+    assert!(page.contains("1 message(s) moved back to work"), "{page}");
+    let work = format!("{}.work", env.broker.prefix);
+    let replayed = env.broker.wait_get(&work, common::WAIT).await;
+    let key = shared::envelope::header_str(replayed.delivery.properties.headers().as_ref().unwrap(), "x-event-key");
+    assert_eq!(key.as_deref(), Some("evt_fetched"));
+    env.wait_dead_letters(0).await;
+    console.stop().await;
+}
+
+/// An operator replays `evt_fetched` on `console`; the page that answers.
+async fn replay_fetched(console: &common::TestConsole) -> String {
+    let mut ann = console.login(OPERATOR).await;
+    ann.page("/dead").await;
+    let response = ann.post_with_token("/dead/replay", &[("kind", "events"), ("id", "evt_fetched")]).await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
 }
 
 #[tokio::test]
