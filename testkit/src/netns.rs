@@ -22,7 +22,9 @@
 //! command). Latency is not made here: [`crate::TcpProxy::delay`] adds it in user space.
 //!
 //! Dropping the lab kills every process in its namespaces, then deletes the namespaces (their
-//! veths go with them) and the bridge, also when the test panics. Creating one needs root
+//! veths go with them) and the bridge, also when the test panics. A test process killed
+//! outright (SIGKILL) cannot: the next lab created on the machine sweeps such orphans (each
+//! namespace's name carries its owner's pid). Creating one needs root
 //! (CAP_NET_ADMIN) and iproute2; without them it panics, saying so: a test that needs a
 //! partition must not pass without one.
 
@@ -85,6 +87,7 @@ impl NetLab {
             ),
             Err(e) => panic!("cannot run {IP} ({e}); the partition tests need iproute2 and root"),
         }
+        sweep_orphans();
         let id = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
         let subnet = free_subnet();
         let mut lab = Self {
@@ -104,7 +107,9 @@ impl NetLab {
         run(IP, &["addr", "add", &format!("{}/24", lab.root_ip()), "dev", &bridge]);
         run(IP, &["link", "set", &bridge, "up"]);
         for i in 0..hosts {
-            let namespace = format!("nl{}-{i}", lab.id);
+            // The owner's pid in the name: a lab whose test process died without dropping it
+            // (SIGKILL) is swept by the next one.
+            let namespace = format!("nl{}-{i}-{}", lab.id, std::process::id());
             let outer = format!("nl{}v{i}", lab.id);
             let inner = format!("nl{}i{i}", lab.id);
             run(IP, &["netns", "add", &namespace]);
@@ -318,21 +323,7 @@ impl NetLab {
 impl Drop for NetLab {
     fn drop(&mut self) {
         for host in &self.hosts {
-            // Kill everything in the namespace (epmd and the like leave their process group),
-            // until nothing is left, for a few seconds at most.
-            let until = Instant::now() + Duration::from_secs(10);
-            loop {
-                let pids = Command::new(IP)
-                    .args(["netns", "pids", &host.namespace])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect())
-                    .unwrap_or_else(|_| Vec::<String>::new());
-                if pids.is_empty() || Instant::now() > until {
-                    break;
-                }
-                let _ = Command::new("kill").arg("-KILL").args(&pids).status();
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            kill_all_in(&host.namespace);
             let _ = Command::new(IP).args(["netns", "del", &host.namespace]).status();
             // Its veth goes with the namespace, once the kernel is done with it; now, to be sure.
             let _ = Command::new(IP).args(["link", "del", &host.outer]).stderr(std::process::Stdio::null()).status();
@@ -340,6 +331,61 @@ impl Drop for NetLab {
         if let Some(bridge) = &self.bridge {
             let _ = Command::new(IP).args(["link", "del", bridge]).status();
         }
+    }
+}
+
+/// Deletes the labs of test processes that are gone (killed before their lab's `Drop` ran):
+/// kills what still runs in their namespaces (a RabbitMQ node, say), deletes the namespaces,
+/// their veths and their bridge. A lab's namespaces are `nl<id>-<host>-<owner pid>`.
+fn sweep_orphans() {
+    let Ok(out) = Command::new(IP).args(["netns", "list"]).output() else { return };
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut bridges = BTreeSet::new();
+    for name in listing.lines().filter_map(|line| line.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix("nl") else { continue };
+        let parts: Vec<&str> = rest.split('-').collect();
+        let [id, host, owner] = parts[..] else { continue };
+        let (Ok(host), Ok(owner)) = (host.parse::<usize>(), owner.parse::<u32>()) else { continue };
+        if alive(owner) {
+            continue;
+        }
+        kill_all_in(name);
+        let _ = Command::new(IP).args(["netns", "del", name]).status();
+        let _ = Command::new(IP)
+            .args(["link", "del", &format!("nl{id}v{host}")])
+            .stderr(std::process::Stdio::null())
+            .status();
+        bridges.insert(format!("nl{id}br"));
+    }
+    for bridge in bridges {
+        let _ = Command::new(IP).args(["link", "del", &bridge]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie waiting to be reaped).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        // `pid (comm) state ...`: the state follows the last `)`.
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Kills every process in `namespace` until none is left, for a few seconds at most (epmd and
+/// the like leave their process group).
+fn kill_all_in(namespace: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = Command::new(IP)
+            .args(["netns", "pids", namespace])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect())
+            .unwrap_or_else(|_| Vec::<String>::new());
+        if pids.is_empty() || Instant::now() > until {
+            break;
+        }
+        let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
