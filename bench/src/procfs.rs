@@ -37,26 +37,11 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// The process that owns the listening TCP socket on `port` (IPv4 or IPv6), if this user may see it.
 pub fn pid_listening_on(port: u16) -> Option<u32> {
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-                    // State 0A is LISTEN.
-                    (local_port == port && *f.get(3)? == "0A").then(|| f.get(9).map(|s| s.to_string()))?
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if inodes.is_empty() {
+    // Field 1 is the local address, state 0A is LISTEN.
+    let wanted = socket_links(["/proc/net/tcp", "/proc/net/tcp6"], 1, port, "0A");
+    if wanted.is_empty() {
         return None;
     }
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
@@ -69,6 +54,26 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
         }
     }
     None
+}
+
+/// The `socket:[inode]` link targets of the sockets in `tables` (`/proc/…/net/tcp` format)
+/// whose address in field `address` has port `port` and whose state is `state`.
+fn socket_links(tables: [&str; 2], address: usize, port: u16, state: &str) -> Vec<String> {
+    tables
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let at = u16::from_str_radix(f.get(address)?.rsplit(':').next()?, 16).ok()?;
+                    (at == port && *f.get(3)? == state).then(|| f.get(9).map(|i| format!("socket:[{i}]")))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// CPU used by a process between two points, if it could be read both times.
@@ -93,22 +98,8 @@ impl CpuMeter {
 /// `port` (`tcpi_data_segs_out` and `_in` of `TCP_INFO`, summed). On loopback each segment is one
 /// write to the socket by the sender: how many writes messages took, on either side.
 pub fn tcp_data_segments_to(port: u16) -> Option<(u64, u64)> {
-    let inodes: Vec<String> = ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    let remote_port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
-                    // State 01 is ESTABLISHED.
-                    (remote_port == port && *f.get(3)? == "01").then(|| f.get(9).map(|s| format!("socket:[{s}]")))?
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    // Field 2 is the remote address, state 01 is ESTABLISHED.
+    let inodes = socket_links(["/proc/self/net/tcp", "/proc/self/net/tcp6"], 2, port, "01");
     let (mut out, mut into, mut found) = (0u64, 0u64, false);
     for fd in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
         let Ok(target) = std::fs::read_link(fd.path()) else { continue };
@@ -130,4 +121,27 @@ pub fn tcp_data_segments_to(port: u16) -> Option<(u64, u64)> {
         }
     }
     found.then_some((out, into))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn sockets_are_found_by_port_listening_and_established() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(pid_listening_on(port), Some(std::process::id()));
+        assert_eq!(tcp_data_segments_to(port), None, "no connection to it yet");
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).unwrap();
+        server.write_all(b"pong").unwrap();
+        client.read_exact(&mut got).unwrap();
+        let (out, into) = tcp_data_segments_to(port).expect("the client's connection");
+        assert!(out >= 1 && into >= 1, "{out} out, {into} in");
+    }
 }

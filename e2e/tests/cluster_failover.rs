@@ -74,14 +74,7 @@ async fn run_case(cluster: &mut RabbitCluster, victim: Victim) {
     let settings_from = |first: usize| -> WorkerSettings { load(&vars_from(first)) };
     worker::store::migrate::migrate(&settings_from(0).database).await.expect("migrations apply");
     let sql = db.client().await;
-    let orders = (RATE * LOAD_FOR.as_secs() + RATE) as i64;
-    sql.batch_execute(&format!(
-        "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, {orders}) RETURNING id)
-         INSERT INTO payments (order_id, booking_id, provider, amount, currency)
-         SELECT 'cf-' || row_number() OVER (), id, 'stripe', 100, 'usd' FROM b"
-    ))
-    .await
-    .unwrap();
+    steady::seed_orders(&sql, "cf", (RATE * LOAD_FOR.as_secs() + RATE) as usize).await;
 
     if let Victim::WorkQueueLeader = victim {
         // Queues get their leader where they are declared: on node 2 here, so that the leader

@@ -141,13 +141,7 @@ async fn partitions_of_a_pause_minority_cluster_lose_no_acknowledged_event() {
     let worker_settings: WorkerSettings = load(&vars_from(1));
     worker::store::migrate::migrate(&worker_settings.database).await.expect("migrations apply");
     let sql = db.client().await;
-    sql.batch_execute(&format!(
-        "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, {ORDERS}) RETURNING id)
-         INSERT INTO payments (order_id, booking_id, provider, amount, currency)
-         SELECT 'pt-' || row_number() OVER (), id, 'stripe', 100, 'usd' FROM b"
-    ))
-    .await
-    .unwrap();
+    steady::seed_orders(&sql, "pt", ORDERS).await;
     // The queues are declared through node 0, ingest's first node: the work queue's leader
     // starts on the node that scenario 1 cuts off.
     let connection = lapin::Connection::connect(&cluster.nodes[0].amqp_url(), Default::default()).await.unwrap();

@@ -124,6 +124,17 @@ impl SteadyLoad {
     }
 }
 
+/// Pending Stripe payments (100 usd) for orders 1 to `n` of load `tag`, each of its own booking.
+pub async fn seed_orders(sql: &Client, tag: &str, n: usize) {
+    sql.batch_execute(&format!(
+        "WITH b AS (INSERT INTO bookings (trainer_id) SELECT gen_random_uuid() FROM generate_series(1, {n}) RETURNING id)
+         INSERT INTO payments (order_id, booking_id, provider, amount, currency)
+         SELECT '{tag}-' || row_number() OVER (), id, 'stripe', 100, 'usd' FROM b"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Every request was answered 200 or 503; returns the orders answered 200.
 pub fn accepted(scenario: &str, answers: &[Answer]) -> Vec<usize> {
     let others: Vec<(usize, Option<u16>)> =
