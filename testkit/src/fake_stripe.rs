@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::Request;
@@ -34,6 +34,8 @@ pub struct ListRequest {
     pub query: Vec<(String, String)>,
     /// Events answered (0 for a fault).
     pub answered: usize,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -123,6 +125,7 @@ async fn answer(request: Request<Incoming>, state: Arc<Mutex<State>>) -> HttpRes
         stripe_version: header("stripe-version"),
         query: query.clone(),
         answered: 0,
+        at: Instant::now(),
     };
     let delay = state.lock().unwrap().page_delay;
     if !delay.is_zero() {

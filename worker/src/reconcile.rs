@@ -22,7 +22,7 @@
 pub mod stripe;
 pub mod toss;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,6 +136,30 @@ impl Report {
     }
 }
 
+/// The longest pause between tries of a refused key: under the 15 minutes over which the
+/// `ReconciliationKeyRefused` alert counts refusals, so the alert holds while the key is refused.
+pub const KEY_REFUSED_RETRY_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// A provider whose API refused the key: when to try it again.
+struct Refused {
+    next_try: Instant,
+    wait: Duration,
+}
+
+impl Refused {
+    fn new(interval: Duration) -> Self {
+        Self { next_try: Instant::now(), wait: interval.min(KEY_REFUSED_RETRY_MAX) }
+    }
+
+    /// Another refusal: the pause doubles, up to [`KEY_REFUSED_RETRY_MAX`]. Returns it.
+    fn refused_again(&mut self) -> Duration {
+        let wait = self.wait;
+        self.next_try = Instant::now() + wait;
+        self.wait = (wait * 2).min(KEY_REFUSED_RETRY_MAX);
+        wait
+    }
+}
+
 /// Why a run stopped before it was done. Nothing is lost: the next run starts from the
 /// watermark, which only confirmed publishes moved.
 #[derive(Debug, thiserror::Error)]
@@ -206,8 +230,10 @@ impl Reconciler {
     }
 
     /// Reconciles every `RECONCILE_INTERVAL` until `shutdown`. A provider that refuses the key
-    /// (401/403) is said once, counted, and left alone until the worker restarts; the rest of
-    /// the worker keeps running either way.
+    /// (401/403) is tried again after a growing pause ([`KEY_REFUSED_RETRY_MAX`] at most), each
+    /// refusal said and counted, so the alert on refusals stays up for as long as the key is
+    /// refused and a key fixed on the provider's side (a restricted key's permission given back)
+    /// is picked up without a restart. The rest of the worker keeps running either way.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let providers = self.providers();
         if !self.settings.enabled() || providers.is_empty() {
@@ -217,7 +243,7 @@ impl Reconciler {
             self.metrics.enable(*provider, self.settings.reconcile_interval);
         }
         tracing::info!(providers = ?providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(), interval = ?self.settings.reconcile_interval, "reconciliation on");
-        let mut refused: HashSet<Provider> = HashSet::new();
+        let mut refused: HashMap<Provider, Refused> = HashMap::new();
         let mut ticker = tokio::time::interval(self.settings.reconcile_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -226,12 +252,15 @@ impl Reconciler {
                 _ = ticker.tick() => {}
             }
             for provider in providers.iter().copied() {
-                if refused.contains(&provider) {
+                if refused.get(&provider).is_some_and(|r| Instant::now() < r.next_try) {
                     continue;
                 }
                 match self.run_leased(provider, &shutdown).await {
                     Ok(None) => {}
                     Ok(Some(report)) => {
+                        if refused.remove(&provider).is_some() {
+                            tracing::info!(provider = provider.as_str(), "the provider API accepts our key again");
+                        }
                         self.metrics.succeeded(provider);
                         tracing::info!(
                             provider = provider.as_str(),
@@ -244,12 +273,16 @@ impl Reconciler {
                     }
                     Err(RunError::Stopped) => return,
                     Err(RunError::Api(ApiError::Auth(status))) => {
+                        let retry = refused
+                            .entry(provider)
+                            .or_insert_with(|| Refused::new(self.settings.reconcile_interval))
+                            .refused_again();
                         tracing::error!(
                             provider = provider.as_str(),
                             status,
-                            "the provider API refused our key: reconciliation of this provider stops until the worker restarts with a key that works"
+                            retry_in = ?retry,
+                            "the provider API refused our key: nothing is reconciled for this provider until it accepts the key again"
                         );
-                        refused.insert(provider);
                     }
                     Err(error) => {
                         if let Some(kind) = error.kind() {

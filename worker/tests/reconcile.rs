@@ -266,7 +266,7 @@ async fn a_stuck_toss_payment_settles_from_the_api_once_and_an_unknown_one_is_le
 }
 
 #[tokio::test]
-async fn a_refused_key_stops_reconciliation_with_a_metric_and_webhooks_still_apply() {
+async fn a_refused_key_is_retried_with_growing_pauses_counted_each_time_and_webhooks_still_apply() {
     let env = Env::new().await;
     let api = FakeStripe::start("rk_the_right_one").await;
     api.add_event(paid_event("evt_refused_1", "refused-order"), base_time());
@@ -275,11 +275,11 @@ async fn a_refused_key_stops_reconciliation_with_a_metric_and_webhooks_still_app
     let vars = stripe_vars(&api);
     let worker = TestWorker::spawn(env.settings(&pairs(&vars))).await;
     let metrics_url = format!("http://{}/metrics", worker.addr);
-    testkit::eventually("the refusal counted", WAIT, || async {
+    let auth_errors = || async {
         let metrics = testkit::metrics::scrape(&metrics_url).await;
-        (metrics.value("reconcile_errors_total", &[("provider", "stripe"), ("kind", "auth")]) == 1.0).then_some(())
-    })
-    .await;
+        metrics.value("reconcile_errors_total", &[("provider", "stripe"), ("kind", "auth")])
+    };
+    testkit::eventually("the refusal counted", WAIT, || async { (auth_errors().await == 1.0).then_some(()) }).await;
 
     let body =
         stripe_session_event("evt_webhook_1", "checkout.session.completed", "webhook-order", "paid", 3000, "usd");
@@ -288,11 +288,29 @@ async fn a_refused_key_stops_reconciliation_with_a_metric_and_webhooks_still_app
         (env.status("webhook-order").await == "paid").then_some(())
     })
     .await;
-    // Several intervals later: still the one refused call, nothing found.
-    let metrics = testkit::metrics::scrape(&metrics_url).await;
-    assert_eq!(metrics.value("reconcile_errors_total", &[("provider", "stripe"), ("kind", "auth")]), 1.0);
-    assert_eq!(api.requests().len(), 1, "no call after the refusal");
-    assert_eq!(env.status("refused-order").await, "pending");
+
+    // Tried again, each refusal counted, the pauses growing (1 s interval: 1, 2, 4 s...), not
+    // one call a tick.
+    testkit::eventually("three refusals", WAIT, || async { (auth_errors().await >= 3.0).then_some(()) }).await;
+    let calls: Vec<_> = api.requests().iter().map(|r| r.at).collect();
+    assert!(calls.len() >= 3, "{} calls", calls.len());
+    let (first, second) = (calls[1] - calls[0], calls[2] - calls[1]);
+    assert!(second > first, "the pause grows: {first:?} then {second:?}");
+    assert!(second >= Duration::from_millis(1500), "no call a tick: {second:?}");
+    assert_eq!(env.status("refused-order").await, "pending", "nothing found while refused");
+
+    // The key works again (its permission given back): found without a restart, and the
+    // refusals stop.
+    api.set_key(STRIPE_KEY);
+    testkit::eventually("the missed event found", WAIT, || async {
+        (env.status("refused-order").await == "paid").then_some(())
+    })
+    .await;
+    let refusals = auth_errors().await;
+    let calls = api.requests().len();
+    testkit::eventually("more runs, accepted", WAIT, || async { (api.requests().len() >= calls + 2).then_some(()) })
+        .await;
+    assert_eq!(auth_errors().await, refusals, "no refusal once the key works");
     worker.stop().await;
 }
 
