@@ -11,7 +11,14 @@
 //! - the publishing style: ingest's (its [`ingest::PUBLISH_CHANNELS`] confirm channels shared
 //!   round-robin, each task publishing on its own), one channel shared by every task, a channel
 //!   per concurrent publish, or coalesced writes ([`coalesced_load`]: one writer per channel
-//!   issues every publish waiting at once, so lapin writes them to the socket together).
+//!   issues every publish waiting at once, so lapin writes them to the socket together), or
+//!   bundles (ingest's channels, each message carrying several events, length-prefixed, with
+//!   one set of envelope headers: what publishing several webhooks per message would cost the
+//!   node; such messages are not what the worker consumes today).
+//!
+//! After each variant's publishes, one consumer drains the queue as the worker does (a
+//! prefetch, `multiple` acks) and the node's CPU for that is counted apart: together, the
+//! broker's cost per event from publish to ack.
 //!
 //! The variants run in rounds, in a rotated order, so that a machine shared with other work
 //! slows each about equally; figures are totals over the rounds. CPU comes from `/proc` (the
@@ -25,8 +32,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -35,7 +42,7 @@ use shared::topology::Topology;
 
 use crate::events;
 use crate::ingest_bench::envelope_properties;
-use crate::load::{broker_load, coalesced_load, DirectPublish, LoadResult, Pace};
+use crate::load::{broker_load, coalesced_load, DirectPublish, LoadResult, Pace, SignedEvent};
 use crate::procfs::{pid_listening_on, tcp_data_segments_to, CpuMeter};
 
 /// What `bench broker` is asked to do.
@@ -72,10 +79,22 @@ enum Style {
     ChannelEach,
     /// One writer on one channel issuing every waiting publish at once.
     Coalesced,
+    /// Ingest's channels, each message carrying this many events.
+    Bundles(usize),
 }
 
 impl Style {
     const ALL: [Style; 4] = [Style::Ingest, Style::OneChannel, Style::ChannelEach, Style::Coalesced];
+    /// Events per message of the bundle variants (quorum queue only).
+    const BUNDLES: [usize; 2] = [4, 16];
+
+    /// Events each message carries.
+    fn events_per_message(self) -> usize {
+        match self {
+            Self::Bundles(k) => k,
+            _ => 1,
+        }
+    }
 
     fn name(self, concurrency: usize) -> String {
         match self {
@@ -83,12 +102,13 @@ impl Style {
             Self::OneChannel => "1 channel, tasks publish".into(),
             Self::ChannelEach => format!("{concurrency} channels"),
             Self::Coalesced => "coalesced (1 channel, 1 writer)".into(),
+            Self::Bundles(k) => format!("ingest's, {k} events a message"),
         }
     }
 
     fn channels(self, concurrency: usize) -> usize {
         match self {
-            Self::Ingest => ingest::PUBLISH_CHANNELS,
+            Self::Ingest | Self::Bundles(_) => ingest::PUBLISH_CHANNELS,
             Self::OneChannel | Self::Coalesced => 1,
             Self::ChannelEach => concurrency.max(1),
         }
@@ -125,19 +145,29 @@ struct Totals {
     segments_out: Option<u64>,
     /// Data segments the publisher received (the node's writes: confirms).
     segments_in: Option<u64>,
+    /// The node's CPU while one consumer drained and acked what was published.
+    drain_cpu: Option<Duration>,
 }
 
 impl Totals {
+    /// Confirmed events (messages times the events each carries).
+    fn events(&self) -> u64 {
+        self.ok * self.style.events_per_message() as u64
+    }
+
+    /// Events per second.
     fn per_second(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.events() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn per_message_us(&self, cpu: Option<Duration>) -> Option<f64> {
-        cpu.filter(|_| self.ok > 0).map(|c| c.as_secs_f64() * 1e6 / self.ok as f64)
+    /// CPU per confirmed event.
+    fn per_event_us(&self, cpu: Option<Duration>) -> Option<f64> {
+        cpu.filter(|_| self.ok > 0).map(|c| c.as_secs_f64() * 1e6 / self.events() as f64)
     }
 
-    fn per_message(&self, count: Option<u64>) -> Option<f64> {
-        count.filter(|_| self.ok > 0).map(|c| c as f64 / self.ok as f64)
+    /// A count per confirmed event.
+    fn per_event(&self, count: Option<u64>) -> Option<f64> {
+        count.filter(|_| self.ok > 0).map(|c| c as f64 / self.events() as f64)
     }
 }
 
@@ -174,8 +204,11 @@ async fn measure(bench: &BrokerBench, connection: &Connection, declared: &mut De
     let own = Some(std::process::id());
     let admin = connection.create_channel().await?;
 
-    let variants: Vec<(&Target, Style)> =
-        [&quorum, &classic].into_iter().flat_map(|t| Style::ALL.map(move |s| (t, s))).collect();
+    let variants: Vec<(&Target, Style)> = [&quorum, &classic]
+        .into_iter()
+        .flat_map(|t| Style::ALL.map(move |s| (t, s)))
+        .chain(Style::BUNDLES.map(|k| (&quorum, Style::Bundles(k))))
+        .collect();
     let mut totals: Vec<Totals> = variants
         .iter()
         .map(|(target, style)| Totals {
@@ -190,6 +223,7 @@ async fn measure(bench: &BrokerBench, connection: &Connection, declared: &mut De
             own_cpu: Some(Duration::ZERO),
             segments_out: Some(0),
             segments_in: Some(0),
+            drain_cpu: Some(Duration::ZERO),
         })
         .collect();
 
@@ -200,6 +234,10 @@ async fn measure(bench: &BrokerBench, connection: &Connection, declared: &mut De
             let v = (k + round) % variants.len();
             let (target, style) = variants[v];
             let batch = events::signed_batch(&format!("r{round}v{v}"), count);
+            let batch = match style {
+                Style::Bundles(k) => bundled(&batch, k),
+                _ => batch,
+            };
             let publisher = open_publisher(connection, target, style.channels(bench.concurrency)).await?;
             let publisher = Arc::new(publisher);
             let (own_cpu, beam_cpu) = (CpuMeter::start(own), CpuMeter::start(beam));
@@ -219,9 +257,13 @@ async fn measure(bench: &BrokerBench, connection: &Connection, declared: &mut De
             for channel in &publisher.channels {
                 let _ = channel.close(200, "variant done".into()).await;
             }
+            let drain_cpu = CpuMeter::start(beam);
+            drain(connection, &target.queue, result.ok).await?;
+            let drain_cpu = drain_cpu.elapsed();
             admin.queue_purge(target.queue.as_str().into(), QueuePurgeOptions::default()).await?;
             if round > 0 {
                 add(&mut totals[v], &result, used, segments)?;
+                totals[v].drain_cpu = totals[v].drain_cpu.zip(drain_cpu).map(|(a, b)| a + b);
             }
         }
     }
@@ -239,7 +281,7 @@ fn add(
     totals.ok += result.ok;
     totals.failed += result.failed;
     totals.elapsed += result.elapsed;
-    totals.rates.push(result.per_second());
+    totals.rates.push(result.per_second() * totals.style.events_per_message() as f64);
     totals.latency.add(&result.latency)?;
     totals.own_cpu = totals.own_cpu.zip(own_cpu).map(|(a, b)| a + b);
     totals.beam_cpu = totals.beam_cpu.zip(beam_cpu).map(|(a, b)| a + b);
@@ -259,12 +301,14 @@ fn report(bench: &BrokerBench, totals: &[Totals], beam_visible: bool) {
         if beam_visible { "" } else { " (its CPU not visible)" }
     );
     println!(
-        "{:<11} {:<32} {:>8} {:>13} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>7} {:>6}",
+        "{:<11} {:<32} {:>8} {:>13} {:>6} {:>9} {:>9} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>7} {:>6}",
         "queue",
         "publishing",
-        "msg/s",
+        "events/s",
         "rounds",
         "ratio",
+        "beam pub",
+        "beam ack",
         "beam us",
         "ratio",
         "pub us",
@@ -277,34 +321,89 @@ fn report(bench: &BrokerBench, totals: &[Totals], beam_visible: bool) {
     let base = &totals[0];
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let ratio = |v: Option<f64>, b: Option<f64>| opt(v.zip(b).map(|(v, b)| v / b), 2);
+    let through = |t: &Totals| t.per_event_us(t.beam_cpu.zip(t.drain_cpu).map(|(p, d)| p + d));
     for t in totals {
         let min = t.rates.iter().copied().fold(f64::INFINITY, f64::min);
         let max = t.rates.iter().copied().fold(0.0, f64::max);
-        let (beam_us, base_beam) = (t.per_message_us(t.beam_cpu), base.per_message_us(base.beam_cpu));
-        let (own_us, base_own) = (t.per_message_us(t.own_cpu), base.per_message_us(base.own_cpu));
+        let (own_us, base_own) = (t.per_event_us(t.own_cpu), base.per_event_us(base.own_cpu));
         println!(
-            "{:<11} {:<32} {:>8.0} {:>13} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>7.2} {:>6}",
+            "{:<11} {:<32} {:>8.0} {:>13} {:>6} {:>9} {:>9} {:>9} {:>6} {:>8} {:>6} {:>8} {:>8} {:>7.2} {:>6}",
             t.queue_type.name(),
             t.style.name(bench.concurrency),
             t.per_second(),
             format!("{min:.0}-{max:.0}"),
             ratio(Some(t.per_second()), Some(base.per_second())),
-            opt(beam_us, 1),
-            ratio(beam_us, base_beam),
+            opt(t.per_event_us(t.beam_cpu), 1),
+            opt(t.per_event_us(t.drain_cpu), 1),
+            opt(through(t), 1),
+            ratio(through(t), through(base)),
             opt(own_us, 1),
             ratio(own_us, base_own),
-            opt(t.per_message(t.segments_out), 3),
-            opt(t.per_message(t.segments_in), 3),
+            opt(t.per_event(t.segments_out), 3),
+            opt(t.per_event(t.segments_in), 3),
             t.latency.value_at_quantile(0.99) as f64 / 1000.0,
             t.failed
         );
     }
     println!();
     println!(
-        "ratios are against the first line (quorum, ingest's publishing); beam us / pub us: CPU of the RabbitMQ node / \
-         of this process (publisher and load tasks) per confirmed message; segs out / in: TCP data segments per \
-         message from the publisher to the node (its socket writes) and back (the node's writes: confirms)"
+        "per event (a bundle's events each count): ratios are against the first line (quorum, ingest's publishing); \
+         beam pub / beam ack: CPU of the RabbitMQ node while publishing and confirming / while one consumer drained \
+         and acked; beam us: the two together; pub us: CPU of this process (publisher and load tasks); segs out / \
+         in: TCP data segments from the publisher to the node (its socket writes) and back (confirms); p99: a \
+         message's confirm"
     );
+}
+
+/// Drains `expected` messages from `queue` as the worker consumes: a prefetch of 200, one
+/// `multiple` ack for every 50 deliveries, and one for the last.
+async fn drain(connection: &Connection, queue: &str, expected: u64) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    if expected == 0 {
+        return Ok(());
+    }
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(200, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(queue.into(), "bench-drain".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let mut taken = 0u64;
+    let result = tokio::time::timeout(Duration::from_secs(600), async {
+        while taken < expected {
+            let Some(delivery) = deliveries.next().await else { anyhow::bail!("the consumer ended after {taken}") };
+            let delivery = delivery?;
+            taken += 1;
+            if taken % 50 == 0 || taken == expected {
+                channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true }).await?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let _ = channel.close(200, "drained".into()).await;
+    result.map_err(|_| anyhow::anyhow!("draining {queue} took over 10 minutes ({taken} of {expected})"))?
+}
+
+/// The events `k` at a time, each message's body their bodies one after another, each behind
+/// its length (4 bytes, big-endian) and its signature, as a message carrying several webhooks
+/// would have to hold them.
+fn bundled(batch: &[SignedEvent], k: usize) -> Arc<Vec<SignedEvent>> {
+    Arc::new(
+        batch
+            .chunks(k)
+            .map(|chunk| {
+                let mut body = Vec::with_capacity(chunk.iter().map(|e| e.body.len() + 100).sum());
+                for event in chunk {
+                    let signature = event.signature.as_bytes();
+                    body.extend_from_slice(&(signature.len() as u32).to_be_bytes());
+                    body.extend_from_slice(signature);
+                    body.extend_from_slice(&(event.body.len() as u32).to_be_bytes());
+                    body.extend_from_slice(&event.body);
+                }
+                SignedEvent { body: body.into(), signature: chunk[0].signature.clone() }
+            })
+            .collect(),
+    )
 }
 
 /// The deployed topology under a prefix of its own: the events exchange bound to a quorum
