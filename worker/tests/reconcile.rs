@@ -266,6 +266,33 @@ async fn a_stuck_toss_payment_settles_from_the_api_once_and_an_unknown_one_is_le
 }
 
 #[tokio::test]
+async fn a_catch_up_larger_than_a_run_holds_goes_on_run_after_run_oldest_first_each_event_once() {
+    let env = Env::new().await;
+    let api = FakeStripe::start(STRIPE_KEY).await;
+    let (_, newest) = missed_stripe_payments(&env, &api, "held", 25).await;
+    let mut vars = stripe_vars(&api);
+    // One run at start, the next an hour later: only a run that found more than it holds
+    // starts another at once.
+    vars.retain(|(name, _)| name != "RECONCILE_INTERVAL");
+    vars.push(("RECONCILE_INTERVAL".into(), "1h".into()));
+    vars.push(("RECONCILE_MAX_HELD".into(), "10".into()));
+    let worker = TestWorker::spawn(env.settings(&pairs(&vars))).await;
+
+    env.wait_count("all 25 paid", "SELECT count(*) FROM payments WHERE payment_status = 'paid'", 25, WAIT).await;
+    testkit::eventually("the watermark at the newest event", WAIT, || async {
+        (watermark(&env, "stripe").await == Some(newest)).then_some(())
+    })
+    .await;
+    // 10, 10, then 5: three runs, each listing the one page, none holding more than 10.
+    assert_eq!(api.requests().len(), 3, "{:?}", api.requests().iter().map(|r| r.answered).collect::<Vec<_>>());
+    assert_eq!(env.count("SELECT count(*) FROM notifications").await, 25);
+    assert_eq!(env.count("SELECT coalesce(sum(duplicates), 0) FROM webhook_events").await, 0, "none published twice");
+    let metrics = testkit::metrics::scrape(&format!("http://{}/metrics", worker.addr)).await;
+    assert_eq!(metrics.value("reconcile_missed_events_total", &[("provider", "stripe")]), 25.0);
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_key_is_retried_with_growing_pauses_counted_each_time_and_webhooks_still_apply() {
     let env = Env::new().await;
     let api = FakeStripe::start("rk_the_right_one").await;

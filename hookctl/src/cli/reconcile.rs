@@ -36,5 +36,10 @@ pub async fn run(settings: &HookctlSettings, command: ReconcileCommand) -> anyho
         report.found.len(),
         if command.dry_run { report.found.len() } else { report.published }
     );
+    if report.more {
+        println!(
+            "more are missing than one run holds (RECONCILE_MAX_HELD): these are the oldest; run again for the rest"
+        );
+    }
     Ok(())
 }

@@ -41,6 +41,11 @@ pub struct ReconcilePart {
     pub reconcile_horizon: Duration,
     /// Toss lookups per second, at most (Toss rate-limits its API per merchant).
     pub reconcile_toss_rate: u32,
+    /// Most missed Stripe events one run holds (their bodies, in memory) and publishes. A run
+    /// that finds more publishes the oldest this many and the next run, started at once,
+    /// goes on from there: a long outage's catch-up takes several runs, never all its bodies
+    /// at once.
+    pub reconcile_max_held: usize,
     /// How long one worker holds the reconciliation lease without renewing it; another worker
     /// takes over within this (plus an interval) after the holder dies.
     #[serde(deserialize_with = "duration")]
@@ -60,6 +65,7 @@ impl Default for ReconcilePart {
             reconcile_after: Duration::from_secs(600),
             reconcile_horizon: Duration::from_secs(7 * 24 * 3600),
             reconcile_toss_rate: 5,
+            reconcile_max_held: 10_000,
             reconcile_lease: Duration::from_secs(60),
             reconcile_api_timeout: Duration::from_secs(10),
         }
@@ -74,6 +80,9 @@ impl Part for ReconcilePart {
         }
         if self.reconcile_toss_rate == 0 {
             return Err(SettingsError::invalid("reconcile_toss_rate", "must be at least 1 lookup per second"));
+        }
+        if self.reconcile_max_held == 0 {
+            return Err(SettingsError::invalid("reconcile_max_held", "must be at least 1 event"));
         }
         if self.reconcile_lease < Duration::from_secs(1) {
             return Err(SettingsError::invalid("reconcile_lease", "at least 1s"));

@@ -1,8 +1,10 @@
 //! Stripe catch-up: list the events of the types the pipeline applies, newest first, from a
-//! little before the watermark; publish, oldest first, every one the inbox lacks; move the
-//! watermark past each confirmed chunk.
+//! little before the watermark; publish, oldest first, every one the inbox lacks (the oldest
+//! `RECONCILE_MAX_HELD` of them, the next run going on from there); move the watermark past
+//! each confirmed chunk.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -76,12 +78,70 @@ pub fn list_from(
 
 /// What a run's listing came to.
 struct Listed {
-    /// The events the inbox lacks, oldest first.
+    /// The events the inbox lacks, oldest first: the oldest `RECONCILE_MAX_HELD`.
     missed: Vec<ListedEvent>,
+    /// More were missed than that; the newer ones were let go.
+    more: bool,
     /// Events listed (each once).
     examined: usize,
     /// `created` of the newest event listed.
     newest: Option<i64>,
+}
+
+/// A missed event, ordered by `created`, then id: the order events are published in.
+struct Held(ListedEvent);
+
+impl Held {
+    fn key(&self) -> (i64, &str) {
+        (self.0.created, &self.0.id)
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// The oldest `limit` missed events of a listing that runs from newest to oldest: once more
+/// are held, the newest is let go (the next run finds it again).
+struct Oldest {
+    heap: BinaryHeap<Held>,
+    limit: usize,
+    more: bool,
+}
+
+impl Oldest {
+    fn new(limit: usize) -> Self {
+        Self { heap: BinaryHeap::new(), limit: limit.max(1), more: false }
+    }
+
+    fn hold(&mut self, event: ListedEvent) {
+        self.heap.push(Held(event));
+        if self.heap.len() > self.limit {
+            self.heap.pop();
+            self.more = true;
+        }
+    }
+
+    /// Oldest first.
+    fn into_sorted(self) -> (Vec<ListedEvent>, bool) {
+        (self.heap.into_sorted_vec().into_iter().map(|held| held.0).collect(), self.more)
+    }
 }
 
 impl Reconciler {
@@ -99,8 +159,9 @@ impl Reconciler {
         let mut report = Report::new(Provider::Stripe);
         report.watermark = watermark;
 
-        let Listed { missed, examined, newest } = self.list_missed(from, lease, shutdown).await?;
+        let Listed { missed, more, examined, newest } = self.list_missed(from, lease, shutdown).await?;
         report.examined = examined;
+        report.more = more;
         self.metrics.missed.with_label_values(&[Provider::Stripe.as_str()]).inc_by(missed.len() as u64);
         report.found = missed
             .iter()
@@ -145,14 +206,18 @@ impl Reconciler {
             let upto = chunk.last().map(|e| at(e.created));
             self.advance(lease, upto, &mut report).await?;
         }
-        // Nothing unconfirmed is left: the newest event listed is the watermark.
-        self.advance(lease, newest.map(at), &mut report).await?;
+        // Nothing unconfirmed is left: the newest event listed is the watermark. Unless events
+        // were let go: then it stays at the newest published, and the next run finds them.
+        if !more {
+            self.advance(lease, newest.map(at), &mut report).await?;
+        }
         Ok(report)
     }
 
     /// Every page of the list from `from`, keeping only the events the inbox lacks (so a run
-    /// holds the bodies of missed events only, not of everything it lists), sorted oldest
-    /// first (ties by id), each once. Renews the lease after each page.
+    /// holds the bodies of missed events only, not of everything it lists), and of those the
+    /// oldest `RECONCILE_MAX_HELD`, sorted oldest first (ties by id), each once. Renews the
+    /// lease after each page.
     async fn list_missed(
         &self,
         from: DateTime<Utc>,
@@ -161,7 +226,8 @@ impl Reconciler {
     ) -> Result<Listed, RunError> {
         let source = self.stripe.as_ref().ok_or(RunError::NotConfigured("STRIPE_API_KEY"))?;
         let types: Vec<&'static str> = StripeEventType::iter().map(<&'static str>::from).collect();
-        let mut listed = Listed { missed: Vec::new(), examined: 0, newest: None };
+        let (mut examined, mut newest) = (0, None);
+        let mut held = Oldest::new(self.settings.reconcile_max_held);
         let mut seen = HashSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -173,16 +239,18 @@ impl Reconciler {
             let page = self.call(Provider::Stripe, shutdown, move || api.list_events(query)).await?;
             after = page.events.last().map(|e| e.id.clone());
             let fresh: Vec<ListedEvent> = page.events.into_iter().filter(|e| seen.insert(e.id.clone())).collect();
-            listed.examined += fresh.len();
-            listed.newest = listed.newest.max(fresh.iter().map(|e| e.created).max());
+            examined += fresh.len();
+            newest = newest.max(fresh.iter().map(|e| e.created).max());
             let mut known = HashSet::new();
             for chunk in fresh.chunks(INBOX_CHUNK) {
                 let keys: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
                 known.extend(self.store.known_event_keys(Provider::Stripe, &keys).await?);
             }
-            listed
-                .missed
-                .extend(fresh.into_iter().filter(|e| !known.contains(&e.id) && !source.published.lately(&e.id)));
+            for event in fresh {
+                if !known.contains(&event.id) && !source.published.lately(&event.id) {
+                    held.hold(event);
+                }
+            }
             if let Some(lease) = lease {
                 if !self.store.advance_watermark(lease, None).await? {
                     return Err(RunError::LeaseLost);
@@ -192,8 +260,8 @@ impl Reconciler {
                 break;
             }
         }
-        listed.missed.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(listed)
+        let (missed, more) = held.into_sorted();
+        Ok(Listed { missed, more, examined, newest })
     }
 
     /// Moves the watermark to `to` under `lease` (and renews it); nothing without a lease.
@@ -215,6 +283,31 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(id: &str, created: i64) -> ListedEvent {
+        ListedEvent { id: id.into(), event_type: "checkout.session.completed".into(), created, body: Vec::new() }
+    }
+
+    #[test]
+    fn a_listing_holds_the_oldest_missed_events_and_says_it_let_newer_ones_go() {
+        let mut held = Oldest::new(3);
+        // Newest first, as pages come; ties on `created` ordered by id.
+        for (id, created) in [("e", 50), ("d", 40), ("c2", 30), ("c1", 30), ("b", 20), ("a", 10)] {
+            held.hold(event(id, created));
+        }
+        let (missed, more) = held.into_sorted();
+        let ids: Vec<&str> = missed.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c1"]);
+        assert!(more);
+
+        let mut held = Oldest::new(3);
+        for (id, created) in [("b", 20), ("a", 10)] {
+            held.hold(event(id, created));
+        }
+        let (missed, more) = held.into_sorted();
+        assert_eq!(missed.len(), 2);
+        assert!(!more, "nothing let go");
+    }
 
     #[test]
     fn published_events_are_remembered_for_twice_the_overlap() {
