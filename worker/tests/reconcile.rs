@@ -316,14 +316,14 @@ async fn a_refused_key_is_retried_with_growing_pauses_counted_each_time_and_webh
     })
     .await;
 
-    // Tried again, each refusal counted, the pauses growing (1 s interval: 1, 2, 4 s...), not
-    // one call a tick.
-    testkit::eventually("three refusals", WAIT, || async { (auth_errors().await >= 3.0).then_some(()) }).await;
+    // Tried again, each refusal counted, the pauses growing (1 s interval: 1, 2, then 4 s),
+    // not one call a tick (3 s for the four calls).
+    testkit::eventually("four refusals", WAIT, || async { (auth_errors().await >= 4.0).then_some(()) }).await;
     let calls: Vec<_> = api.requests().iter().map(|r| r.at).collect();
-    assert!(calls.len() >= 3, "{} calls", calls.len());
-    let (first, second) = (calls[1] - calls[0], calls[2] - calls[1]);
-    assert!(second > first, "the pause grows: {first:?} then {second:?}");
-    assert!(second >= Duration::from_millis(1500), "no call a tick: {second:?}");
+    assert!(calls.len() >= 4, "{} calls", calls.len());
+    let (first, third) = (calls[1] - calls[0], calls[3] - calls[2]);
+    assert!(third > first + Duration::from_secs(1), "the pause grows: {first:?}, then {third:?}");
+    assert!(calls[3] - calls[0] >= Duration::from_secs(5), "no call a tick: {:?}", calls[3] - calls[0]);
     assert_eq!(env.status("refused-order").await, "pending", "nothing found while refused");
 
     // The key works again (its permission given back): found without a restart, and the

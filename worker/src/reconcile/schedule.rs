@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shared::Provider;
 use tokio::time::MissedTickBehavior;
@@ -28,23 +28,38 @@ enum Next {
     Stop,
 }
 
-/// A provider whose API refused the key: when to try it again.
+/// A provider whose API refused the key: how many ticks to let pass before trying it again.
+/// Counted in ticks, not time, so each pause is a whole number of intervals however late a
+/// tick comes.
 struct Refused {
-    next_try: Instant,
-    wait: Duration,
+    /// Ticks still to let pass.
+    skip: u32,
+    /// The next pause, in intervals.
+    pause: u32,
+    /// The longest pause, in intervals: [`KEY_REFUSED_RETRY_MAX`], at least one.
+    longest: u32,
 }
 
 impl Refused {
     fn new(interval: Duration) -> Self {
-        Self { next_try: Instant::now(), wait: interval.min(KEY_REFUSED_RETRY_MAX) }
+        let longest = (KEY_REFUSED_RETRY_MAX.as_secs_f64() / interval.as_secs_f64().max(1e-3)).floor();
+        Self { skip: 0, pause: 1, longest: (longest as u32).max(1) }
     }
 
-    /// Another refusal: the pause doubles, up to [`KEY_REFUSED_RETRY_MAX`]. Returns it.
-    fn refused_again(&mut self) -> Duration {
-        let wait = self.wait;
-        self.next_try = Instant::now() + wait;
-        self.wait = (wait * 2).min(KEY_REFUSED_RETRY_MAX);
-        wait
+    /// Whether this tick is let pass.
+    fn waits(&mut self) -> bool {
+        let waits = self.skip > 0;
+        self.skip = self.skip.saturating_sub(1);
+        waits
+    }
+
+    /// Another refusal: the next try comes after `pause` intervals, and the pause after it
+    /// is twice as long, up to the longest. Returns this pause in intervals.
+    fn refused_again(&mut self) -> u32 {
+        let pause = self.pause;
+        self.skip = pause - 1;
+        self.pause = pause.saturating_mul(2).min(self.longest);
+        pause
     }
 }
 
@@ -72,7 +87,7 @@ impl Reconciler {
                 _ = ticker.tick() => {}
             }
             for provider in providers.iter().copied() {
-                if refused.get(&provider).is_some_and(|r| Instant::now() < r.next_try) {
+                if refused.get_mut(&provider).is_some_and(Refused::waits) {
                     continue;
                 }
                 // A catch-up larger than one run holds goes on at once, run after run.
@@ -118,10 +133,9 @@ impl Reconciler {
             }
             Err(RunError::Stopped) => Next::Stop,
             Err(RunError::Api(ApiError::Auth(status))) => {
-                let retry = refused
-                    .entry(provider)
-                    .or_insert_with(|| Refused::new(self.settings.reconcile_interval))
-                    .refused_again();
+                let interval = self.settings.reconcile_interval;
+                let pause = refused.entry(provider).or_insert_with(|| Refused::new(interval)).refused_again();
+                let retry = interval * pause;
                 tracing::error!(
                     provider = provider.as_str(),
                     status,
@@ -160,5 +174,34 @@ impl Reconciler {
             );
         }
         result.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ticks a refused key waits through before each of its next tries.
+    fn pauses(interval: Duration, tries: usize) -> Vec<u32> {
+        let mut refused = Refused::new(interval);
+        let mut pauses = Vec::new();
+        for _ in 0..tries {
+            refused.refused_again();
+            let mut ticks = 1;
+            while refused.waits() {
+                ticks += 1;
+            }
+            pauses.push(ticks);
+        }
+        pauses
+    }
+
+    #[test]
+    fn a_refused_key_is_tried_after_pauses_that_double_up_to_ten_minutes() {
+        assert_eq!(pauses(Duration::from_secs(1), 12), [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
+        // The default 5-minute interval: 5, then every 10 minutes.
+        assert_eq!(pauses(Duration::from_secs(300), 4), [1, 2, 2, 2]);
+        // An interval longer than the longest pause: every tick.
+        assert_eq!(pauses(Duration::from_secs(3600), 3), [1, 1, 1]);
     }
 }
