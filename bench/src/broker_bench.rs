@@ -234,8 +234,9 @@ async fn measure(bench: &BrokerBench, connection: &Connection, declared: &mut De
             let v = (k + round) % variants.len();
             let (target, style) = variants[v];
             let batch = events::signed_batch(&format!("r{round}v{v}"), count);
+            // Whole bundles only, so a bundle's events each count for what was confirmed.
             let batch = match style {
-                Style::Bundles(k) => bundled(&batch, k),
+                Style::Bundles(k) => bundled(&batch[..batch.len() - batch.len() % k], k),
                 _ => batch,
             };
             let publisher = open_publisher(connection, target, style.channels(bench.concurrency)).await?;

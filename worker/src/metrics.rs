@@ -184,6 +184,9 @@ pub struct ReconcileMetrics {
     /// Failed API calls and runs, by provider and kind (`auth`, `rate_limited`, `server`,
     /// `timeout`, `network`, `malformed`, `too_large`, `status`, `publish`, `database`).
     pub errors: IntCounterVec,
+    /// When the provider's API last refused the key (401/403) to a run, unix seconds; 0 until
+    /// it does. Newer than the last success: the key is refused still.
+    pub key_refused: GaugeVec,
 }
 
 /// The `kind`s of `reconcile_errors_total`: the API's (`provider_api::ApiError::kind`), then
@@ -234,26 +237,46 @@ impl ReconcileMetrics {
             )
             .unwrap(),
         );
-        Self { missed, last_success, interval, errors }
+        let key_refused = register(
+            registry,
+            GaugeVec::new(
+                Opts::new(
+                    "reconcile_key_refused_timestamp_seconds",
+                    "Unix time the provider API last refused the reconciliation key",
+                ),
+                &["provider"],
+            )
+            .unwrap(),
+        );
+        Self { missed, last_success, interval, errors, key_refused }
+    }
+
+    /// A run of `provider` was refused the key now.
+    pub fn key_refused(&self, provider: Provider) {
+        self.key_refused.with_label_values(&[provider.as_str()]).set(unix_now());
     }
 
     /// Marks `provider` as reconciled every `interval`, with the process's start as its last
     /// success until a run completes.
     pub fn enable(&self, provider: Provider, interval: std::time::Duration) {
         self.interval.with_label_values(&[provider.as_str()]).set(interval.as_secs_f64());
+        self.key_refused.with_label_values(&[provider.as_str()]).set(0.0);
         self.succeeded(provider);
     }
 
     /// A run of `provider` completed now.
     pub fn succeeded(&self, provider: Provider) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.last_success.with_label_values(&[provider.as_str()]).set(now.as_secs_f64());
+        self.last_success.with_label_values(&[provider.as_str()]).set(unix_now());
     }
 
     /// Counts one failure of `kind`.
     pub fn error(&self, provider: Provider, kind: &str) {
         self.errors.with_label_values(&[provider.as_str(), kind]).inc();
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 impl Default for WorkerMetrics {

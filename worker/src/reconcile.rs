@@ -135,6 +135,15 @@ impl Report {
     fn new(provider: Provider) -> Self {
         Self { provider, examined: 0, found: Vec::new(), published: 0, watermark: None, more: false }
     }
+
+    /// `next`, a later run, added to this one.
+    fn add(&mut self, next: Report) {
+        self.examined += next.examined;
+        self.found.extend(next.found);
+        self.published += next.published;
+        self.watermark = self.watermark.max(next.watermark);
+        self.more = next.more;
+    }
 }
 
 /// Why a run stopped before it was done. Nothing is lost: the next run starts from the
@@ -204,19 +213,6 @@ impl Reconciler {
             providers.push(Provider::Toss);
         }
         providers
-    }
-
-    /// One run without the lease and the watermark (`hookctl reconcile`).
-    pub async fn run_by_hand(
-        &self,
-        provider: Provider,
-        options: RunOptions,
-        shutdown: &CancellationToken,
-    ) -> Result<Report, RunError> {
-        match provider {
-            Provider::Stripe => self.reconcile_stripe(options, None, shutdown).await,
-            Provider::Toss => self.reconcile_toss(options, None, shutdown).await,
-        }
     }
 
     /// Calls a provider API until it answers, a failure is not transient, or

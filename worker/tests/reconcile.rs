@@ -269,10 +269,18 @@ async fn a_stuck_toss_payment_settles_from_the_api_once_and_an_unknown_one_is_le
 async fn a_catch_up_larger_than_a_run_holds_goes_on_run_after_run_oldest_first_each_event_once() {
     let env = Env::new().await;
     let api = FakeStripe::start(STRIPE_KEY).await;
-    let (_, newest) = missed_stripe_payments(&env, &api, "held", 25).await;
+    // A minute apart, so a watermark moved past events let go (to the newest listed) would leave
+    // them more than the 5-minute overlap behind, never listed again.
+    let base = base_time();
+    for i in 0..25 {
+        let order = format!("held-order-{i}");
+        env.seed_payment(&order, "stripe", Some(3000), Some("usd")).await;
+        api.add_event(paid_event(&format!("evt_held_{i}"), &order), base + 60 * i);
+    }
+    let newest = base + 60 * 24;
     let mut vars = stripe_vars(&api);
     // One run at start, the next an hour later: only a run that found more than it holds
-    // starts another at once.
+    // goes on at once.
     vars.retain(|(name, _)| name != "RECONCILE_INTERVAL");
     vars.push(("RECONCILE_INTERVAL".into(), "1h".into()));
     vars.push(("RECONCILE_MAX_HELD".into(), "10".into()));
@@ -285,6 +293,19 @@ async fn a_catch_up_larger_than_a_run_holds_goes_on_run_after_run_oldest_first_e
     .await;
     // 10, 10, then 5: three runs, each listing the one page, none holding more than 10.
     assert_eq!(api.requests().len(), 3, "{:?}", api.requests().iter().map(|r| r.answered).collect::<Vec<_>>());
+    // Oldest first: every event of a run was queued before any of the next run's.
+    let rows = env.sql.query("SELECT event_key, received_at FROM webhook_events", &[]).await.unwrap();
+    let mut queued = [None; 25];
+    for row in rows {
+        let key: String = row.get(0);
+        let index: usize = key.trim_start_matches("evt_held_").parse().unwrap();
+        queued[index] = Some(row.get::<_, chrono::DateTime<chrono::Utc>>(1));
+    }
+    let queued: Vec<_> = queued.into_iter().map(|at| at.expect("every event recorded")).collect();
+    for (earlier, later) in [(0..10, 10..20), (10..20, 20..25)] {
+        let (last, first) = (queued[earlier].iter().max().unwrap(), queued[later].iter().min().unwrap());
+        assert!(last < first, "a run's events queued before the next run's: {last} against {first}");
+    }
     assert_eq!(env.count("SELECT count(*) FROM notifications").await, 25);
     assert_eq!(env.count("SELECT coalesce(sum(duplicates), 0) FROM webhook_events").await, 0, "none published twice");
     let metrics = testkit::metrics::scrape(&format!("http://{}/metrics", worker.addr)).await;

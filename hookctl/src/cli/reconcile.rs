@@ -36,10 +36,10 @@ pub async fn run(settings: &HookctlSettings, command: ReconcileCommand) -> anyho
         report.found.len(),
         if command.dry_run { report.found.len() } else { report.published }
     );
+    // Only a dry run stops at the first run that holds all it may; a real one goes on until
+    // nothing more is missing.
     if report.more {
-        println!(
-            "more are missing than one run holds (RECONCILE_MAX_HELD): these are the oldest; run again for the rest"
-        );
+        println!("more are missing than one run holds (RECONCILE_MAX_HELD): listed are the oldest");
     }
     Ok(())
 }

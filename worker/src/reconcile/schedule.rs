@@ -1,11 +1,11 @@
-//! When reconciliation runs: every `RECONCILE_INTERVAL` under the provider's lease, at once
-//! again while a catch-up is larger than a run holds, and after a growing pause while the
-//! provider refuses the key.
+//! When reconciliation runs: each provider on its own, every `RECONCILE_INTERVAL` under its
+//! lease; at once again, under the same lease, while a catch-up is larger than a run holds; and
+//! after a growing pause while the provider refuses the key.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use shared::Provider;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -14,19 +14,8 @@ use super::{Reconciler, Report, RunError, RunOptions};
 use crate::provider_api::ApiError;
 use crate::store::reconcile::Lease;
 
-/// The longest pause between tries of a refused key: under the 15 minutes over which the
-/// `ReconciliationKeyRefused` alert counts refusals, so the alert holds while the key is refused.
+/// The longest pause between tries of a refused key (or one interval, when that is longer).
 pub const KEY_REFUSED_RETRY_MAX: Duration = Duration::from_secs(10 * 60);
-
-/// What the reconciling loop does after a run.
-enum Next {
-    /// Wait for the next interval.
-    Done,
-    /// Run again now: the run found more than it holds.
-    More,
-    /// Shutting down.
-    Stop,
-}
 
 /// A provider whose API refused the key: how many ticks to let pass before trying it again.
 /// Counted in ticks, not time, so each pause is a whole number of intervals however late a
@@ -64,11 +53,13 @@ impl Refused {
 }
 
 impl Reconciler {
-    /// Reconciles every `RECONCILE_INTERVAL` until `shutdown`. A provider that refuses the key
+    /// Reconciles every `RECONCILE_INTERVAL` until `shutdown`, each provider on its own, so a
+    /// long Stripe catch-up never holds Toss's runs back. A provider that refuses the key
     /// (401/403) is tried again after a growing pause ([`KEY_REFUSED_RETRY_MAX`] at most), each
-    /// refusal said and counted, so the alert on refusals stays up for as long as the key is
-    /// refused and a key fixed on the provider's side (a restricted key's permission given back)
-    /// is picked up without a restart. The rest of the worker keeps running either way.
+    /// refusal said, counted and stamped (`reconcile_key_refused_timestamp_seconds`: the alert
+    /// holds until a run succeeds), and a key fixed on the provider's side (a restricted key's
+    /// permission given back) is picked up without a restart. The rest of the worker keeps
+    /// running either way.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let providers = self.providers();
         if !self.settings.enabled() || providers.is_empty() {
@@ -78,7 +69,11 @@ impl Reconciler {
             self.metrics.enable(*provider, self.settings.reconcile_interval);
         }
         tracing::info!(providers = ?providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(), interval = ?self.settings.reconcile_interval, "reconciliation on");
-        let mut refused: HashMap<Provider, Refused> = HashMap::new();
+        join_all(providers.into_iter().map(|provider| self.every_interval(provider, &shutdown))).await;
+    }
+
+    async fn every_interval(&self, provider: Provider, shutdown: &CancellationToken) {
+        let mut refused: Option<Refused> = None;
         let mut ticker = tokio::time::interval(self.settings.reconcile_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -86,85 +81,62 @@ impl Reconciler {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            for provider in providers.iter().copied() {
-                if refused.get_mut(&provider).is_some_and(Refused::waits) {
-                    continue;
-                }
-                // A catch-up larger than one run holds goes on at once, run after run.
-                loop {
-                    match self.run_once(provider, &mut refused, &shutdown).await {
-                        Next::Stop => return,
-                        Next::More => {}
-                        Next::Done => break,
+            if refused.as_mut().is_some_and(Refused::waits) {
+                continue;
+            }
+            match self.run_leased(provider, shutdown).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    if refused.take().is_some() {
+                        tracing::info!(provider = provider.as_str(), "the provider API accepts our key again");
                     }
                 }
+                Err(RunError::Stopped) => return,
+                Err(RunError::Api(ApiError::Auth(status))) => {
+                    self.metrics.key_refused(provider);
+                    let interval = self.settings.reconcile_interval;
+                    let pause = refused.get_or_insert_with(|| Refused::new(interval)).refused_again();
+                    tracing::error!(
+                        provider = provider.as_str(),
+                        status,
+                        retry_in = ?(interval * pause),
+                        "the provider API refused our key: nothing is reconciled for this provider until it accepts the key again"
+                    );
+                }
+                Err(error) => {
+                    if let Some(kind) = error.kind() {
+                        self.metrics.error(provider, kind);
+                    }
+                    tracing::warn!(provider = provider.as_str(), %error, "reconciliation run failed; the next interval tries again");
+                }
             }
         }
     }
 
-    /// One leased run of `provider`, said and counted.
-    async fn run_once(
-        &self,
-        provider: Provider,
-        refused: &mut HashMap<Provider, Refused>,
-        shutdown: &CancellationToken,
-    ) -> Next {
-        match self.run_leased(provider, shutdown).await {
-            Ok(None) => Next::Done,
-            Ok(Some(report)) => {
-                if refused.remove(&provider).is_some() {
-                    tracing::info!(provider = provider.as_str(), "the provider API accepts our key again");
-                }
-                self.metrics.succeeded(provider);
-                tracing::info!(
-                    provider = provider.as_str(),
-                    examined = report.examined,
-                    found = report.found.len(),
-                    published = report.published,
-                    watermark = report.watermark.map(|w| w.to_rfc3339()).unwrap_or_default(),
-                    more = report.more,
-                    "reconciliation run done"
-                );
-                if report.more {
-                    Next::More
-                } else {
-                    Next::Done
-                }
-            }
-            Err(RunError::Stopped) => Next::Stop,
-            Err(RunError::Api(ApiError::Auth(status))) => {
-                let interval = self.settings.reconcile_interval;
-                let pause = refused.entry(provider).or_insert_with(|| Refused::new(interval)).refused_again();
-                let retry = interval * pause;
-                tracing::error!(
-                    provider = provider.as_str(),
-                    status,
-                    retry_in = ?retry,
-                    "the provider API refused our key: nothing is reconciled for this provider until it accepts the key again"
-                );
-                Next::Done
-            }
-            Err(error) => {
-                if let Some(kind) = error.kind() {
-                    self.metrics.error(provider, kind);
-                }
-                tracing::warn!(provider = provider.as_str(), %error, "reconciliation run failed; the next interval tries again");
-                Next::Done
-            }
-        }
-    }
-
-    /// One run under the provider's lease; `None` when another worker holds it.
+    /// Runs under the provider's lease, each said and counted: one, and more at once while
+    /// each finds more missed events than it holds (the lease kept, so no other worker starts
+    /// over meanwhile). The last run's report; `None` when another worker holds the lease.
     pub async fn run_leased(
         &self,
         provider: Provider,
         shutdown: &CancellationToken,
     ) -> Result<Option<Report>, RunError> {
         let lease = Lease { provider, holder: self.holder.clone(), ttl: self.settings.reconcile_lease };
-        let Some(watermark) = self.store.acquire_lease(&lease).await? else { return Ok(None) };
-        let result = match provider {
-            Provider::Stripe => self.reconcile_stripe(RunOptions::default(), Some((&lease, watermark)), shutdown).await,
-            Provider::Toss => self.reconcile_toss(RunOptions::default(), Some(&lease), shutdown).await,
+        let Some(mut watermark) = self.store.acquire_lease(&lease).await? else { return Ok(None) };
+        let result = loop {
+            let result = match provider {
+                Provider::Stripe => {
+                    self.reconcile_stripe(RunOptions::default(), Some((&lease, watermark)), shutdown).await
+                }
+                Provider::Toss => self.reconcile_toss(RunOptions::default(), Some(&lease), shutdown).await,
+            };
+            let Ok(report) = result else { break result };
+            self.metrics.succeeded(provider);
+            said(&report);
+            if !report.more || shutdown.is_cancelled() {
+                break Ok(report);
+            }
+            watermark = report.watermark;
         };
         if let Err(error) = self.store.release_lease(&lease, result.is_ok()).await {
             tracing::warn!(
@@ -175,6 +147,42 @@ impl Reconciler {
         }
         result.map(Some)
     }
+
+    /// By hand (`hookctl reconcile`): without the lease and the watermark, from `since`; runs
+    /// on at once while a run finds more than it holds, unless it is a dry run (which lists the
+    /// oldest it holds and says there are more). The reports added up.
+    pub async fn run_by_hand(
+        &self,
+        provider: Provider,
+        options: RunOptions,
+        shutdown: &CancellationToken,
+    ) -> Result<Report, RunError> {
+        let mut total = Report::new(provider);
+        loop {
+            let report = match provider {
+                Provider::Stripe => self.reconcile_stripe(options.clone(), None, shutdown).await?,
+                Provider::Toss => self.reconcile_toss(options.clone(), None, shutdown).await?,
+            };
+            let more = report.more;
+            total.add(report);
+            if !more || options.dry_run || shutdown.is_cancelled() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// The run's one log line.
+fn said(report: &Report) {
+    tracing::info!(
+        provider = report.provider.as_str(),
+        examined = report.examined,
+        found = report.found.len(),
+        published = report.published,
+        watermark = report.watermark.map(|w| w.to_rfc3339()).unwrap_or_default(),
+        more = report.more,
+        "reconciliation run done"
+    );
 }
 
 #[cfg(test)]
