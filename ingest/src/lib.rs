@@ -11,6 +11,7 @@
 //! Modules: [`webhook`] (the two webhook routes), [`client_ip`] (source allow-list),
 //! [`error`] (answers), [`metrics`].
 
+pub mod bundler;
 pub mod client_ip;
 pub mod error;
 pub mod metrics;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub inflight: Semaphore,
     /// Set when shutdown starts, so `/readyz` tells the load balancer to stop sending.
     pub draining: CancellationToken,
+    /// With `INGEST_BUNDLE_MAX` above 1: publishes go through it.
+    pub bundler: Option<bundler::Bundler>,
 }
 
 /// Connections the metrics listener holds at once: scrapers only.
@@ -102,7 +105,12 @@ impl Ingest {
             broker_cancel.clone(),
             &tasks,
         );
+        let bundle_max = settings.ingest.ingest_bundle_max;
+        let bundler = (bundle_max > 1).then(|| {
+            bundler::Bundler::start(broker.clone(), broker.topology().events_exchange(), bundle_max, PUBLISH_CHANNELS)
+        });
         let state = Arc::new(AppState {
+            bundler,
             inflight: Semaphore::new(settings.ingest.max_inflight_requests),
             events_exchange: broker.topology().events_exchange(),
             settings,

@@ -126,15 +126,17 @@ async fn receive(
     }
     .properties(delivery_headers(headers).chain(trace_header));
     let routing_key = Topology::routing_key(provider.as_str(), &accepted.event_type);
-    state.broker.publish_bytes(&state.events_exchange, &routing_key, body.clone(), properties).await.map_err(
-        |error| match error {
-            PublishError::InvalidName => RejectReason::MalformedBody("event type too long for a routing key".into()),
-            error => {
-                tracing::warn!(%error, "publish not confirmed");
-                RejectReason::BrokerUnavailable
-            }
-        },
-    )?;
+    let published = match &state.bundler {
+        Some(bundler) => bundler.publish(routing_key, body.clone(), properties).await,
+        None => state.broker.publish_bytes(&state.events_exchange, &routing_key, body.clone(), properties).await,
+    };
+    published.map_err(|error| match error {
+        PublishError::InvalidName => RejectReason::MalformedBody("event type too long for a routing key".into()),
+        error => {
+            tracing::warn!(%error, "publish not confirmed");
+            RejectReason::BrokerUnavailable
+        }
+    })?;
     let verification = accepted.verification.as_str();
     match provider {
         Provider::Stripe => tracing::info!(

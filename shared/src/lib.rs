@@ -15,6 +15,7 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod bundle;
 pub mod envelope;
 pub mod http_server;
 pub mod metrics;

@@ -20,6 +20,9 @@ pub struct WorkerMetrics {
     pub processing: HistogramVec,
     /// Deliveries per batch.
     pub batch_size: Histogram,
+    /// Bundles of webhooks, by what was done with them: `opened` (applied together) or `split`
+    /// (delivered again, so sent back one webhook a message).
+    pub bundles: IntCounterVec,
     /// 1 while the worker is halted because the database rejects its own SQL.
     pub halted: IntGauge,
     /// From ingest receiving an event to the worker applying it, by provider.
@@ -63,6 +66,17 @@ impl WorkerMetrics {
             )
             .unwrap(),
         );
+        let bundles = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("worker_bundles_total", "Messages of several webhooks, opened or (delivered again) split"),
+                &["way"],
+            )
+            .unwrap(),
+        );
+        for way in ["opened", "split"] {
+            bundles.with_label_values(&[way]);
+        }
         let halted = register(
             &registry,
             IntGauge::new("worker_halted", "1 while the database rejects the worker's own SQL (see the log)").unwrap(),
@@ -112,6 +126,7 @@ impl WorkerMetrics {
             events,
             processing,
             batch_size,
+            bundles,
             halted,
             lag,
             queue_depth,
@@ -130,6 +145,7 @@ impl WorkerMetrics {
             events: self.events.clone(),
             processing: self.processing.clone(),
             batch_size: self.batch_size.clone(),
+            bundles: self.bundles.clone(),
             lag: self.lag.clone(),
             halted: self.halted.clone(),
         }
@@ -150,6 +166,8 @@ pub struct EventMetrics {
     pub processing: HistogramVec,
     /// Deliveries per batch.
     pub batch_size: Histogram,
+    /// `worker_bundles_total`, by `way`.
+    pub bundles: IntCounterVec,
     /// From ingest receiving an event to the worker applying it, by provider.
     pub lag: HistogramVec,
     /// 1 while the worker is halted.

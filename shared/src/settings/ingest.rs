@@ -56,6 +56,10 @@ pub struct IngestPart {
     /// oldest connection that has not sent a byte is closed; if all are busy, accepting waits.
     /// Keep it below the process's file-descriptor limit.
     pub max_connections: usize,
+    /// Most webhooks one broker message carries. Above 1, requests that wait while every
+    /// publisher awaits a confirm go together in one message (a lone request never waits for
+    /// company): the broker's cost is per message. 1: one message per webhook.
+    pub ingest_bundle_max: usize,
 }
 
 impl Default for IngestPart {
@@ -73,6 +77,7 @@ impl Default for IngestPart {
             body_read_timeout: Duration::from_secs(10),
             max_inflight_requests: 1024,
             max_connections: 1024,
+            ingest_bundle_max: 1,
         }
     }
 }
@@ -84,7 +89,11 @@ impl Part for IngestPart {
             ("max_connections", self.max_connections),
             ("max_body_bytes", self.max_body_bytes),
             ("toss_max_body_bytes", self.toss_max_body_bytes),
+            ("ingest_bundle_max", self.ingest_bundle_max),
         ])?;
+        if self.ingest_bundle_max > crate::bundle::MAX_EVENTS {
+            return Err(SettingsError::invalid("ingest_bundle_max", "at most 256 webhooks a message"));
+        }
         if self.trusted_proxy_hops > 0 && self.trusted_proxies.is_empty() {
             return Err(SettingsError::Missing {
                 name: "TRUSTED_PROXIES",

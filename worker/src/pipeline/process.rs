@@ -19,16 +19,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
+use lapin::message::Delivery;
 use shared::envelope::{header_int, EventEnvelope};
 use shared::traces;
 use shared::verify::message::WebhookSecrets;
 use shared::Provider;
 use tokio_util::sync::CancellationToken;
 
+use super::bundle::Bundle;
 use super::consumer::Batch;
 use super::halt::{Halt, PROBE_EVERY};
 use super::item::Item;
-use super::settle::Settler;
+use super::settle::{Acks, Settlement, Settler};
 use crate::domain::decide::Trust;
 use crate::domain::event::Confirmed;
 use crate::domain::outcome::{HandleError, Outcome};
@@ -71,7 +73,28 @@ impl Processor {
         let started = Instant::now();
         let Batch { deliveries, acks } = batch;
         self.metrics.batch_size.observe(deliveries.len() as f64);
-        let mut items: Vec<Item> = deliveries.into_iter().map(|d| Item::read(d, &self.secrets)).collect();
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut again = Vec::new();
+        for delivery in deliveries {
+            match Bundle::of(delivery) {
+                Bundle::Not(delivery) => events.push(*delivery),
+                Bundle::First(parts) => {
+                    self.metrics.bundles.with_label_values(&["opened"]).inc();
+                    events.extend(parts);
+                }
+                Bundle::Again(parts) => {
+                    self.metrics.bundles.with_label_values(&["split"]).inc();
+                    again.push(parts);
+                }
+            }
+        }
+        if !again.is_empty() {
+            self.split(&acks, again).await;
+            if events.is_empty() {
+                return;
+            }
+        }
+        let mut items: Vec<Item> = events.into_iter().map(|d| Item::read(d, &self.secrets)).collect();
         self.record_last_chance(&items).await;
         // Test hook: a message that crashes the process before it is acknowledged (a poison message).
         fail::fail_point!("process-delivery", |_| std::process::abort());
@@ -112,6 +135,23 @@ impl Processor {
             publish_us = (started.elapsed() - settled).as_micros() as u64,
             "batch done"
         );
+    }
+
+    /// Bundles delivered again (a worker stopped or died holding them): each webhook goes back
+    /// to the work queue as a message of its own before any is tried, then the bundle is
+    /// acknowledged. So a webhook that makes the worker crash is counted against the delivery
+    /// limit alone, and a dead letter is only ever one webhook.
+    async fn split(&self, acks: &Acks, bundles: Vec<Vec<Delivery>>) {
+        let queue = self.settler.topology().work_queue();
+        let parts: Vec<Delivery> = bundles.into_iter().flatten().collect();
+        tracing::info!(webhooks = parts.len(), "bundles delivered again: split into messages of one webhook each");
+        let work = parts
+            .iter()
+            .map(|part| {
+                (part, Settlement::Republish { queue: queue.clone(), properties: Box::new(part.properties.clone()) })
+            })
+            .collect();
+        self.settler.settle(acks, work).await;
     }
 
     /// Applies the batch's transaction and gives every item its outcome; returns the

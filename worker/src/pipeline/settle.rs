@@ -103,6 +103,8 @@ async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>
     }))
     .await;
     let mut done = Vec::with_capacity(work.len());
+    // A bundle's events share its tag: it is acknowledged once all of them are settled, and
+    // returned whole when any is not.
     let mut to_ack = Vec::new();
     let mut to_requeue = Vec::new();
     for ((delivery, _), result) in work.iter().zip(published) {
@@ -115,6 +117,11 @@ async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>
             }
         }
     }
+    to_requeue.sort_unstable();
+    to_requeue.dedup();
+    to_ack.retain(|tag| to_requeue.binary_search(tag).is_err());
+    to_ack.sort_unstable();
+    to_ack.dedup();
     acks.ack(&to_ack).await;
     if !to_requeue.is_empty() {
         tokio::time::sleep(REQUEUE_PAUSE).await;
