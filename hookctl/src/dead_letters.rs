@@ -291,10 +291,26 @@ pub async fn purge(connection: &Connection, topology: &Topology, queue: Queue) -
 
 /// Whether a dead event may go back to work: the check the worker makes of every delivery
 /// ([`check_message`]), so a message that cannot prove what it claims is not sent round again.
+/// A bundle of webhooks (`INGEST_BUNDLE_MAX`, dead-lettered whole: past the delivery limit, or
+/// by a worker too old to open it) goes back only if every webhook in it proves itself.
 pub fn check_replay(message: &BasicGetMessage, secrets: &WebhookSecrets) -> Result<(), String> {
-    let delivery = &message.delivery;
-    let envelope = EventEnvelope::from_amqp(&delivery.properties, &delivery.data)
-        .map_err(|e| format!("not a webhook envelope: {e}"))?;
+    check_message_bytes(&message.delivery.properties, &message.delivery.data, secrets)
+}
+
+fn check_message_bytes(
+    properties: &lapin::BasicProperties,
+    data: &[u8],
+    secrets: &WebhookSecrets,
+) -> Result<(), String> {
+    if shared::bundle::is_bundle(properties) {
+        let webhooks = shared::bundle::decode(data).ok_or("not a well-formed bundle of webhooks")?;
+        return webhooks.iter().try_for_each(|(properties, body)| check_webhook(properties, body, secrets));
+    }
+    check_webhook(properties, data, secrets)
+}
+
+fn check_webhook(properties: &lapin::BasicProperties, body: &[u8], secrets: &WebhookSecrets) -> Result<(), String> {
+    let envelope = EventEnvelope::from_amqp(properties, body).map_err(|e| format!("not a webhook envelope: {e}"))?;
     check_message(&envelope, secrets).map(|_| ()).map_err(|e| format!("{UNVERIFIABLE}: {e}"))
 }
 

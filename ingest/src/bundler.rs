@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shared::broker::{Broker, PublishError};
-use shared::bundle::BasicProperties;
+use shared::bundle::{BasicProperties, ShortString};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-/// A bundle takes no more webhooks once its bodies pass this (a single larger one goes alone).
+/// The bodies of one bundle stay within this (a single larger one goes alone).
 const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
 
 /// The routing key of a bundle: the events exchange routes every key to the work queue.
@@ -40,7 +40,8 @@ impl Bundler {
         for _ in 0..loops {
             let (rx, broker, exchange) = (rx.clone(), broker.clone(), exchange.clone());
             tokio::spawn(async move {
-                while let Some(taken) = take(&rx, max).await {
+                let mut carried = None;
+                while let Some(taken) = take(&rx, max, &mut carried).await {
                     publish(&broker, &exchange, taken).await;
                 }
             });
@@ -55,27 +56,39 @@ impl Bundler {
         body: Bytes,
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        // Refused as it would be alone: in a bundle the routing key is the bundle's.
+        if ShortString::try_new(routing_key.as_str()).is_err() {
+            return Err(PublishError::InvalidName);
+        }
         let (reply, answer) = oneshot::channel();
         self.tx.send(Pending { routing_key, body, properties, reply }).map_err(|_| PublishError::Unavailable)?;
         answer.await.unwrap_or(Err(PublishError::Unavailable))
     }
 }
 
-/// The next publish, and up to `max` in all (and [`MAX_BUNDLE_BYTES`] of bodies) of those
-/// waiting behind it; `None` once closed.
-async fn take(rx: &Mutex<mpsc::UnboundedReceiver<Pending>>, max: usize) -> Option<Vec<Pending>> {
+/// The next publish (the one `carried` over, else the next to arrive), and up to `max` in all
+/// of those waiting behind it while their bodies stay within [`MAX_BUNDLE_BYTES`]; the first
+/// that would pass it is `carried` over to the next message. `None` once closed.
+async fn take(
+    rx: &Mutex<mpsc::UnboundedReceiver<Pending>>,
+    max: usize,
+    carried: &mut Option<Pending>,
+) -> Option<Vec<Pending>> {
     let mut rx = rx.lock().await;
-    let first = rx.recv().await?;
+    let first = match carried.take() {
+        Some(first) => first,
+        None => rx.recv().await?,
+    };
     let mut bytes = first.body.len();
     let mut taken = vec![first];
-    while taken.len() < max && bytes < MAX_BUNDLE_BYTES {
-        match rx.try_recv() {
-            Ok(next) => {
-                bytes += next.body.len();
-                taken.push(next);
-            }
-            Err(_) => break,
+    while taken.len() < max {
+        let Ok(next) = rx.try_recv() else { break };
+        if bytes + next.body.len() > MAX_BUNDLE_BYTES {
+            *carried = Some(next);
+            break;
         }
+        bytes += next.body.len();
+        taken.push(next);
     }
     Some(taken)
 }

@@ -2,16 +2,16 @@
 //! properties (encoded as AMQP content headers encode them, by `amq-protocol`) and its body,
 //! one after another, each behind its length (4 bytes, big-endian).
 
-use bytes::Bytes;
 use lapin::protocol::basic::{gen_properties, parse_properties};
-use lapin::types::ShortString;
+pub use lapin::types::ShortString;
 pub use lapin::BasicProperties;
 
 /// The content type that marks a bundle.
 pub const CONTENT_TYPE: &str = "application/x-webhook-bundle";
 
-/// Most events one bundle may carry.
-pub const MAX_EVENTS: usize = 256;
+/// Most webhooks one bundle may carry. A worker's transaction holds up to
+/// `WORKER_BATCH_SIZE` messages, so up to that many times this many webhooks.
+pub const MAX_EVENTS: usize = 64;
 
 pub fn is_bundle(properties: &BasicProperties) -> bool {
     properties.content_type().as_ref().is_some_and(|t| t.as_str() == CONTENT_TYPE)
@@ -32,14 +32,15 @@ pub fn properties(count: usize) -> BasicProperties {
 const VERSION: u8 = 1;
 
 /// The message body of these webhooks.
-pub fn encode(entries: &[(BasicProperties, Bytes)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + entries.iter().map(|(_, b)| b.len() + 512).sum::<usize>());
+pub fn encode<B: AsRef<[u8]>>(entries: &[(BasicProperties, B)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + entries.iter().map(|(_, b)| b.as_ref().len() + 512).sum::<usize>());
     out.push(VERSION);
     out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
     for (properties, body) in entries {
         let encoded = cookie_factory::gen_simple(gen_properties(properties), Vec::new()).expect("properties encode");
         out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
         out.extend_from_slice(&encoded);
+        let body = body.as_ref();
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(body);
     }
@@ -51,8 +52,9 @@ pub fn encode(entries: &[(BasicProperties, Bytes)]) -> Vec<u8> {
 pub fn decode(data: &[u8]) -> Option<Vec<(BasicProperties, Vec<u8>)>> {
     fn take<'a>(data: &mut &'a [u8]) -> Option<&'a [u8]> {
         let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
-        let part = data.get(4..4 + len)?;
-        *data = &data[4 + len..];
+        let end = len.checked_add(4)?;
+        let part = data.get(4..end)?;
+        *data = &data[end..];
         Some(part)
     }
     let (&version, rest) = data.split_first()?;
@@ -80,6 +82,7 @@ mod tests {
     use crate::envelope::EnvelopeHeaders;
     use crate::envelope::IngestVerification;
     use crate::Provider;
+    use bytes::Bytes;
 
     fn event(key: &str, body: &[u8]) -> (BasicProperties, Bytes) {
         let properties = EnvelopeHeaders {

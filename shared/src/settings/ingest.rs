@@ -92,7 +92,7 @@ impl Part for IngestPart {
             ("ingest_bundle_max", self.ingest_bundle_max),
         ])?;
         if self.ingest_bundle_max > crate::bundle::MAX_EVENTS {
-            return Err(SettingsError::invalid("ingest_bundle_max", "at most 256 webhooks a message"));
+            return Err(SettingsError::invalid("ingest_bundle_max", "at most 64 webhooks a message"));
         }
         if self.trusted_proxy_hops > 0 && self.trusted_proxies.is_empty() {
             return Err(SettingsError::Missing {

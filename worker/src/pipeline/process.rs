@@ -82,10 +82,7 @@ impl Processor {
                     self.metrics.bundles.with_label_values(&["opened"]).inc();
                     events.extend(parts);
                 }
-                Bundle::Again(parts) => {
-                    self.metrics.bundles.with_label_values(&["split"]).inc();
-                    again.push(parts);
-                }
+                Bundle::Again(parts) => again.push(parts),
             }
         }
         if !again.is_empty() {
@@ -143,6 +140,7 @@ impl Processor {
     /// limit alone, and a dead letter is only ever one webhook.
     async fn split(&self, acks: &Acks, bundles: Vec<Vec<Delivery>>) {
         let queue = self.settler.topology().work_queue();
+        let sizes: Vec<usize> = bundles.iter().map(Vec::len).collect();
         let parts: Vec<Delivery> = bundles.into_iter().flatten().collect();
         tracing::info!(webhooks = parts.len(), "bundles delivered again: split into messages of one webhook each");
         let work = parts
@@ -151,7 +149,15 @@ impl Processor {
                 (part, Settlement::Republish { queue: queue.clone(), properties: Box::new(part.properties.clone()) })
             })
             .collect();
-        self.settler.settle(acks, work).await;
+        let settled = self.settler.settle(acks, work).await;
+        // Counted once split: a bundle whose split failed comes back and is counted then.
+        let mut settled = settled.into_iter();
+        for bundle in &sizes {
+            let parts: Vec<bool> = settled.by_ref().take(*bundle).collect();
+            if parts.iter().all(|done| *done) {
+                self.metrics.bundles.with_label_values(&["split"]).inc();
+            }
+        }
     }
 
     /// Applies the batch's transaction and gives every item its outcome; returns the

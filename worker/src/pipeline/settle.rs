@@ -122,6 +122,11 @@ async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>
     to_ack.retain(|tag| to_requeue.binary_search(tag).is_err());
     to_ack.sort_unstable();
     to_ack.dedup();
+    // A webhook of a bundle that goes back whole was not settled as asked either (it comes
+    // back with the bundle; its copy, if any, was published and is deduped).
+    for ((delivery, _), done) in work.iter().zip(done.iter_mut()) {
+        *done = *done && to_requeue.binary_search(&delivery.delivery_tag).is_err();
+    }
     acks.ack(&to_ack).await;
     if !to_requeue.is_empty() {
         tokio::time::sleep(REQUEUE_PAUSE).await;
