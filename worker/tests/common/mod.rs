@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
 use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::settings::WorkerSettings;
 use shared::Provider;
@@ -151,16 +152,16 @@ impl Env {
     }
 }
 
-/// Publishes an event to `broker`'s events exchange as ingest does (its envelope, routing key,
-/// mandatory and persistent) and waits for the broker's confirm that it was routed.
-pub async fn publish_as_ingest(
-    broker: &TestBroker,
+/// The envelope ingest would publish for this event: Stripe signed with `stripe_secret` (the
+/// worker checks the signature again), Toss unsigned.
+pub fn envelope_as_ingest(
     provider: Provider,
     event_type: &str,
     event_key: &str,
     body: &[u8],
-) {
-    let envelope = EventEnvelope {
+    stripe_secret: &str,
+) -> EventEnvelope {
+    EventEnvelope {
         provider,
         event_type: event_type.to_string(),
         event_key: event_key.to_string(),
@@ -171,27 +172,43 @@ pub async fn publish_as_ingest(
         received_at: chrono::Utc::now(),
         request_id: testkit::unique("req"),
         attempt: 0,
-        // Signed as the provider signs it: the worker checks the signature again.
         delivery_headers: match provider {
-            Provider::Stripe => [(
-                "stripe-signature".to_string(),
-                testkit::events::stripe_signature(body, testkit::events::STRIPE_SECRET),
-            )]
-            .into_iter()
-            .collect(),
+            Provider::Stripe => {
+                [("stripe-signature".to_string(), testkit::events::stripe_signature(body, stripe_secret))]
+                    .into_iter()
+                    .collect()
+            }
             Provider::Toss => Default::default(),
         },
         body: body.to_vec(),
-    };
+    }
+}
+
+/// Publishes an event to `broker`'s events exchange as ingest does (its envelope, routing key,
+/// mandatory and persistent) and waits for the broker's confirm that it was routed.
+pub async fn publish_as_ingest(
+    broker: &TestBroker,
+    provider: Provider,
+    event_type: &str,
+    event_key: &str,
+    body: &[u8],
+) {
+    let envelope = envelope_as_ingest(provider, event_type, event_key, body, testkit::events::STRIPE_SECRET);
+    publish_confirmed(broker, &format!("{provider}.{event_type}"), body, envelope.properties()).await;
+}
+
+/// Publishes `body` to `broker`'s events exchange, mandatory, and waits for the confirm that it
+/// was routed.
+pub async fn publish_confirmed(broker: &TestBroker, routing_key: &str, body: &[u8], properties: BasicProperties) {
     let channel = broker.channel();
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let confirm = channel
         .basic_publish(
             format!("{}.events", broker.prefix).into(),
-            format!("{provider}.{event_type}").into(),
+            routing_key.into(),
             BasicPublishOptions { mandatory: true, immediate: false },
             body,
-            envelope.properties(),
+            properties,
         )
         .await
         .unwrap()
