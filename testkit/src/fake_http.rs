@@ -2,6 +2,7 @@
 //! answers with a scripted sequence of behaviours and records every request it gets.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub enum Behavior {
     Hang,
     /// Answer with this (redirect) status and a `Location` header.
     Redirect(u16, String),
+    /// Wait this long, then do that (a slow endpoint).
+    After(Duration, Box<Behavior>),
 }
 
 /// A request as the endpoint saw it.
@@ -48,6 +51,7 @@ type Router = dyn Fn(&Recorded) -> Option<Behavior> + Send + Sync;
 pub struct FakeEndpoint {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    in_flight: Arc<InFlight>,
     script: Arc<Mutex<Vec<Behavior>>>,
     stop: CancellationToken,
 }
@@ -64,10 +68,14 @@ impl FakeEndpoint {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
         let stop = CancellationToken::new();
-        let (req, scr) = (requests.clone(), script.clone());
+        let in_flight = Arc::new(InFlight::default());
+        let (req, scr, fly) = (requests.clone(), script.clone(), in_flight.clone());
         let handler = move |request: Request<Incoming>, _peer| {
-            let (requests, script, router) = (req.clone(), scr.clone(), router.clone());
-            async move { answer(request, requests, script, router).await }
+            let (requests, script, router, in_flight) = (req.clone(), scr.clone(), router.clone(), fly.clone());
+            async move {
+                let _counted = in_flight.enter();
+                answer(request, requests, script, router).await
+            }
         };
         let options = ServeOptions {
             header_read_timeout: Duration::from_secs(5),
@@ -76,7 +84,12 @@ impl FakeEndpoint {
             open_connections: None,
         };
         tokio::spawn(serve(listener, handler, options, stop.clone()));
-        Self { addr, requests, script, stop }
+        Self { addr, requests, in_flight, script, stop }
+    }
+
+    /// The most requests it was answering at once.
+    pub fn most_at_once(&self) -> usize {
+        self.in_flight.most.load(Ordering::SeqCst)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -133,7 +146,15 @@ async fn answer(
             script.first().cloned().unwrap_or(Behavior::Status(200, String::new()))
         }
     });
+    behave(behavior).await
+}
+
+async fn behave(behavior: Behavior) -> HttpResponse {
     match behavior {
+        Behavior::After(pause, then) => {
+            tokio::time::sleep(pause).await;
+            Box::pin(behave(*then)).await
+        }
         Behavior::Status(code, body) => status(code, body),
         Behavior::RetryAfter(code, secs) => {
             let mut response = status(code, String::new());
@@ -149,6 +170,30 @@ async fn answer(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             status(200, String::new())
         }
+    }
+}
+
+/// Requests being answered now, and the most there were at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> Leave {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        Leave(self.clone())
+    }
+}
+
+/// Counts a request out when its answer is done (or dropped).
+struct Leave(Arc<InFlight>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

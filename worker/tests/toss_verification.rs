@@ -305,3 +305,45 @@ async fn the_development_opt_in_applies_the_guides_event_and_the_worker_says_so_
     process.terminate();
     process.wait_exit(Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn a_large_batch_of_unsigned_toss_events_asks_the_api_at_most_toss_api_concurrency_at_once() {
+    let env = Env::new().await;
+    const EVENTS: usize = 24;
+    let orders: Vec<(String, String)> =
+        (0..EVENTS).map(|i| (format!("order-many-{i}"), format!("pk_many_{i}"))).collect();
+    for (order, _) in &orders {
+        env.seed_payment(order, "toss", Some(37400), Some("KRW")).await;
+    }
+    // A slow API: each answer takes 150 ms, so calls made together overlap.
+    let table: Vec<(String, String)> =
+        orders.iter().map(|(order, key)| (key.clone(), api_payment(order, key, "DONE", 37400, None))).collect();
+    let router = Arc::new(move |r: &Recorded| {
+        table.iter().find_map(|(key, body)| {
+            (r.path == format!("/v1/payments/{key}"))
+                .then(|| Behavior::After(Duration::from_millis(150), Box::new(Behavior::Status(200, body.clone()))))
+        })
+    });
+    let api = FakeEndpoint::start_with(vec![Behavior::Status(404, "{}".into())], Some(router)).await;
+    let base = api.url("");
+    let mut vars = fetch_settings(&base);
+    vars.extend([("TOSS_API_CONCURRENCY", "3"), ("TOSS_API_TIMEOUT", "5s")]);
+    let settings = env.settings(&vars);
+    // All queued before the worker starts: it takes them in one batch and asks for each.
+    env.declare(&settings).await;
+    for (order, key) in &orders {
+        env.publish_toss(&toss_payment_status_changed(order, key, "DONE", 37400)).await;
+    }
+    let worker = TestWorker::spawn(settings).await;
+    env.wait_count(
+        "every payment applied on the API's word",
+        "SELECT count(*) FROM webhook_events WHERE status = 'applied' AND verification = 'fetched'",
+        EVENTS as i64,
+        WAIT,
+    )
+    .await;
+    assert_eq!(env.count("SELECT count(*) FROM payments WHERE payment_status = 'paid'").await, EVENTS as i64);
+    assert_eq!(api.requests().len(), EVENTS, "one call per event");
+    assert_eq!(api.most_at_once(), 3, "the batch's calls overlap, at most TOSS_API_CONCURRENCY at once");
+    worker.stop().await;
+}

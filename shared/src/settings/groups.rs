@@ -105,6 +105,9 @@ pub struct TossApiSettings {
     /// Connect plus response deadline for one Toss API call.
     #[serde(deserialize_with = "duration")]
     pub toss_api_timeout: Duration,
+    /// Most Toss API calls one process makes at once (a batch of unsigned Toss events asks for
+    /// each payment; this keeps a large batch within what the API takes).
+    pub toss_api_concurrency: usize,
     /// Fetch Toss payments back before applying them. Unset: on exactly when `TOSS_SECRET_KEY` is set.
     pub toss_fetch_back: Option<bool>,
 }
@@ -115,14 +118,24 @@ impl Default for TossApiSettings {
             toss_secret_key: None,
             toss_api_base: "https://api.tosspayments.com".into(),
             toss_api_timeout: Duration::from_secs(10),
+            toss_api_concurrency: 8,
             toss_fetch_back: None,
         }
     }
 }
 
+/// Most `TOSS_API_CONCURRENCY` may be.
+pub const MAX_TOSS_API_CONCURRENCY: usize = 256;
+
 impl Part for TossApiSettings {
     fn validate(&self) -> Result<(), SettingsError> {
         url::Url::parse(&self.toss_api_base).map_err(|e| SettingsError::invalid("toss_api_base", e.to_string()))?;
+        if !(1..=MAX_TOSS_API_CONCURRENCY).contains(&self.toss_api_concurrency) {
+            return Err(SettingsError::invalid(
+                "toss_api_concurrency",
+                format!("between 1 and {MAX_TOSS_API_CONCURRENCY} calls at once"),
+            ));
+        }
         Ok(())
     }
 }

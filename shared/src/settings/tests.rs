@@ -337,3 +337,14 @@ fn toss_gets_its_own_body_cap_and_signature_tolerance() {
         assert!(err.contains(name), "{name}={value} gave {err}");
     }
 }
+
+#[test]
+fn toss_api_calls_at_once_are_8_and_between_1_and_256() {
+    assert_eq!(WorkerSettings::from_vars([]).unwrap().toss_api.toss_api_concurrency, 8);
+    let s = HookctlSettings::from_vars([("TOSS_API_CONCURRENCY", "256")]).unwrap();
+    assert_eq!(s.toss_api.toss_api_concurrency, 256);
+    for value in ["0", "257", "many"] {
+        let err = WorkerSettings::from_vars([("TOSS_API_CONCURRENCY", value)]).unwrap_err().to_string();
+        assert!(err.contains("TOSS_API_CONCURRENCY"), "{value} gave {err}");
+    }
+}

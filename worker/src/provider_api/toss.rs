@@ -22,9 +22,12 @@ use crate::provider_api::{read_limited, ApiError};
 /// KiB.
 pub const MAX_PAYMENT_BYTES: usize = 1024 * 1024;
 
-/// A Toss API client with its own connection pool and deadlines.
+/// A Toss API client with its own connection pool, deadlines and a cap on calls at once.
 pub struct TossApi {
     client: reqwest::Client,
+    /// One permit per call in flight (`TOSS_API_CONCURRENCY`), shared by every batch of the
+    /// process and by reconciliation's lookups.
+    calls: tokio::sync::Semaphore,
     base: reqwest::Url,
     /// `Basic base64("{secret key}:")`: the trailing colon is Toss's convention (empty password).
     authorization: SecretString,
@@ -48,7 +51,12 @@ impl TossApi {
             .user_agent("webhooks-worker")
             .build()?;
         let token = STANDARD.encode(format!("{}:", key.expose_secret()));
-        Ok(Some(Self { client, base, authorization: SecretString::from(format!("Basic {token}")) }))
+        Ok(Some(Self {
+            client,
+            calls: tokio::sync::Semaphore::new(settings.toss_api_concurrency),
+            base,
+            authorization: SecretString::from(format!("Basic {token}")),
+        }))
     }
 
     /// Looks a payment up by its order id (reconciliation): the Payment object, or `None`
@@ -62,6 +70,7 @@ impl TossApi {
             .push("payments")
             .push("orders")
             .push(order_id);
+        let _call = self.calls.acquire().await.expect("the semaphore is never closed");
         let response = self
             .client
             .get(url)
@@ -98,6 +107,7 @@ impl TossApi {
                 (None, PaymentRef::OrderId(order)) => segments.push("orders").push(order),
             };
         }
+        let _call = self.calls.acquire().await.expect("the semaphore is never closed");
         let response = self
             .client
             .get(url)
@@ -118,10 +128,9 @@ impl TossApi {
             }
             s => return Err(HandleError::Transient(format!("Toss API answered {s}"))),
         }
-        let body = response
-            .bytes()
+        let body = read_limited(response, MAX_PAYMENT_BYTES)
             .await
-            .map_err(|e| HandleError::Transient(format!("Toss API response cut short: {}", without_url(&e))))?;
+            .map_err(|e| HandleError::Transient(format!("Toss API response not read: {e}")))?;
         let fetched: Value = serde_json::from_slice(&body)
             .map_err(|_| HandleError::Transient("Toss API answered with something that is not JSON".into()))?;
         apply_fetched(event, &fetched)
