@@ -347,3 +347,26 @@ async fn a_large_batch_of_unsigned_toss_events_asks_the_api_at_most_toss_api_con
     assert_eq!(api.most_at_once(), 3, "the batch's calls overlap, at most TOSS_API_CONCURRENCY at once");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn an_api_answer_larger_than_any_payment_is_not_read_and_applies_nothing() {
+    let env = Env::new().await;
+    env.seed_payment("order-huge", "toss", Some(1000), Some("KRW")).await;
+    // A Payment that would say DONE, padded past 1 MiB.
+    let mut payment: serde_json::Value =
+        serde_json::from_str(&api_payment("order-huge", "pk_huge", "DONE", 1000, None)).unwrap();
+    payment["padding"] = json!("x".repeat(1024 * 1024));
+    let api = fake_api(vec![("order-huge", "pk_huge", payment.to_string())]).await;
+    let base = api.url("");
+    let mut vars = fetch_settings(&base);
+    vars.extend([("RETRY_DELAYS", "100ms"), ("RETRY_MAX_ATTEMPTS", "2")]);
+    let worker = TestWorker::spawn(env.settings(&vars)).await;
+    let key = env.publish_toss(&toss_payment_status_changed("order-huge", "pk_huge", "DONE", 1000)).await;
+    let dead = env.broker.wait_get(&env.dead_queue(), WAIT).await;
+    let reason =
+        shared::envelope::header_str(dead.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap();
+    assert!(reason.contains("larger than 1048576 bytes"), "{reason}");
+    assert_eq!(env.inbox(&key).await.unwrap().0, "dead");
+    assert_eq!(env.status("order-huge").await, "pending", "nothing applied on an answer not read");
+    worker.stop().await;
+}
