@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
 use shared::broker::PublishError;
-use shared::envelope::{EnvelopeHeaders, IngestVerification, DELIVERY_HEADERS};
+use shared::envelope::{EnvelopeHeaders, IngestVerification, DELIVERY_HEADERS, MAX_DELIVERY_HEADER_LEN};
 use shared::http_server::HttpResponse;
 use shared::providers::check_event_identity;
 use shared::providers::stripe_head::parse_stripe_event_head;
@@ -168,9 +168,6 @@ fn delivery_headers(headers: &HeaderMap) -> impl Iterator<Item = (&'static str, 
         Some((*name, value))
     })
 }
-
-/// Longest delivery header value carried into the message.
-const MAX_DELIVERY_HEADER_LEN: usize = 1024;
 
 fn check_toss_source(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RejectReason> {
     let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());

@@ -47,6 +47,9 @@ pub const DELIVERY_HEADERS: [&str; 6] = [
     "user-agent",
 ];
 
+/// Longest delivery header value ingest carries into a message.
+pub const MAX_DELIVERY_HEADER_LEN: usize = 1024;
+
 /// Headers a reconciler sets on the events it found through a provider's API; read back into
 /// [`EventEnvelope::delivery_headers`]. Ingest never copies them from a request.
 pub const RECONCILE_HEADERS: [&str; 2] = [H_SOURCE, H_FETCHED_MAC];
