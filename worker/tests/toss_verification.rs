@@ -359,14 +359,63 @@ async fn an_api_answer_larger_than_any_payment_is_not_read_and_applies_nothing()
     let api = fake_api(vec![("order-huge", "pk_huge", payment.to_string())]).await;
     let base = api.url("");
     let mut vars = fetch_settings(&base);
-    vars.extend([("RETRY_DELAYS", "100ms"), ("RETRY_MAX_ATTEMPTS", "2")]);
+    vars.extend([("RETRY_DELAYS", "100ms"), ("RETRY_MAX_ATTEMPTS", "5")]);
     let worker = TestWorker::spawn(env.settings(&vars)).await;
     let key = env.publish_toss(&toss_payment_status_changed("order-huge", "pk_huge", "DONE", 1000)).await;
     let dead = env.broker.wait_get(&env.dead_queue(), WAIT).await;
     let reason =
         shared::envelope::header_str(dead.delivery.properties.headers().as_ref().unwrap(), "x-dead-reason").unwrap();
     assert!(reason.contains("larger than 1048576 bytes"), "{reason}");
-    assert_eq!(env.inbox(&key).await.unwrap().0, "dead");
+    let (status, attempts, _) = env.inbox(&key).await.unwrap();
+    assert_eq!((status.as_str(), attempts), ("dead", 1), "no Payment is that large: parked without retries");
     assert_eq!(env.status("order-huge").await, "pending", "nothing applied on an answer not read");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_facing_a_hanging_toss_api_gives_up_on_its_calls_after_three_deadlines_and_retries_them() {
+    let env = Env::new().await;
+    const EVENTS: usize = 20;
+    for i in 0..EVENTS {
+        env.seed_payment(&format!("order-hang-{i}"), "toss", Some(1000), Some("KRW")).await;
+    }
+    let api = FakeEndpoint::start(vec![Behavior::Hang]).await;
+    let base = api.url("");
+    let mut vars = fetch_settings(&base);
+    // One call at a time, 2 s each: asked one after another, the batch would wait 40 s.
+    vars.extend([
+        ("TOSS_API_CONCURRENCY", "1"),
+        ("TOSS_API_TIMEOUT", "2s"),
+        ("RETRY_DELAYS", "1h"),
+        ("RETRY_MAX_ATTEMPTS", "5"),
+    ]);
+    let settings = env.settings(&vars);
+    env.declare(&settings).await;
+    for i in 0..EVENTS {
+        env.publish_toss(&toss_payment_status_changed(
+            &format!("order-hang-{i}"),
+            &format!("pk_hang_{i}"),
+            "DONE",
+            1000,
+        ))
+        .await;
+    }
+    let worker = TestWorker::spawn(settings).await;
+    // Within three deadlines (6 s) every event of the batch is sent to be retried.
+    env.wait_count(
+        "every event retrying",
+        "SELECT count(*) FROM webhook_events WHERE status = 'retrying'",
+        EVENTS as i64,
+        WAIT,
+    )
+    .await;
+    let gave_up = env
+        .count(
+            "SELECT count(*) FROM webhook_events WHERE last_error LIKE '%Toss API calls of this batch still waiting%'",
+        )
+        .await;
+    assert!(gave_up >= 1, "the calls left at the batch's budget are retried, saying why");
+    assert!(api.requests().len() < EVENTS, "not every call was waited for: {}", api.requests().len());
+    assert_eq!(env.count("SELECT count(*) FROM payments WHERE payment_status = 'paid'").await, 0);
     worker.stop().await;
 }

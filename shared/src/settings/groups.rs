@@ -105,8 +105,8 @@ pub struct TossApiSettings {
     /// Connect plus response deadline for one Toss API call.
     #[serde(deserialize_with = "duration")]
     pub toss_api_timeout: Duration,
-    /// Most Toss API calls one process makes at once (a batch of unsigned Toss events asks for
-    /// each payment; this keeps a large batch within what the API takes).
+    /// Most Toss API calls a client makes at once: the worker's batches ask for the payment of
+    /// each unsigned Toss event, and this keeps a large batch within what the API takes.
     pub toss_api_concurrency: usize,
     /// Fetch Toss payments back before applying them. Unset: on exactly when `TOSS_SECRET_KEY` is set.
     pub toss_fetch_back: Option<bool>,

@@ -253,13 +253,22 @@ impl Processor {
                 return;
             }
         };
+        let budget = api.batch_budget();
+        let deadline = tokio::time::Instant::now() + budget;
         let calls = wanted.into_iter().filter_map(|i| {
             let envelope = items[i].envelope.as_ref().ok()?;
             if finals.contains(&envelope.event_key) {
                 return None;
             }
             let event = items[i].event.clone().ok()?;
-            Some(async move { (i, api.confirm(event).await) })
+            Some(async move {
+                let answer = tokio::time::timeout_at(deadline, api.confirm(event)).await.unwrap_or_else(|_| {
+                    Err(HandleError::Transient(format!(
+                        "Toss API calls of this batch still waiting after {budget:?} (TOSS_API_CONCURRENCY at once)"
+                    )))
+                });
+                (i, answer)
+            })
         });
         for (i, result) in join_all(calls.collect::<Vec<_>>()).await {
             let item = &mut items[i];

@@ -25,9 +25,12 @@ pub const MAX_PAYMENT_BYTES: usize = 1024 * 1024;
 /// A Toss API client with its own connection pool, deadlines and a cap on calls at once.
 pub struct TossApi {
     client: reqwest::Client,
-    /// One permit per call in flight (`TOSS_API_CONCURRENCY`), shared by every batch of the
-    /// process and by reconciliation's lookups.
+    /// One permit per call in flight (`TOSS_API_CONCURRENCY`), shared by everything that uses
+    /// this client: every batch's fetch-back (the worker's one client), or reconciliation's
+    /// lookups (its own, one at a time).
     calls: tokio::sync::Semaphore,
+    /// `TOSS_API_TIMEOUT`: one call's deadline.
+    timeout: Duration,
     base: reqwest::Url,
     /// `Basic base64("{secret key}:")`: the trailing colon is Toss's convention (empty password).
     authorization: SecretString,
@@ -54,6 +57,7 @@ impl TossApi {
         Ok(Some(Self {
             client,
             calls: tokio::sync::Semaphore::new(settings.toss_api_concurrency),
+            timeout: settings.toss_api_timeout,
             base,
             authorization: SecretString::from(format!("Basic {token}")),
         }))
@@ -89,6 +93,13 @@ impl TossApi {
             Ok(payment) if payment.is_object() => Ok(Some(payment)),
             _ => Err(ApiError::Malformed("a Toss payment lookup answered something that is not a Payment".into())),
         }
+    }
+
+    /// How long one batch's calls may take in all, waiting for a permit included: three
+    /// calls' deadlines. A batch of many Toss events facing an API that hangs would otherwise
+    /// wait for each in turn; the calls left when it passes are retried like any timeout.
+    pub fn batch_budget(&self) -> Duration {
+        self.timeout * 3
     }
 
     /// Fetches the payment behind `event` and returns the event as the API describes it.
@@ -128,9 +139,11 @@ impl TossApi {
             }
             s => return Err(HandleError::Transient(format!("Toss API answered {s}"))),
         }
-        let body = read_limited(response, MAX_PAYMENT_BYTES)
-            .await
-            .map_err(|e| HandleError::Transient(format!("Toss API response not read: {e}")))?;
+        let body = read_limited(response, MAX_PAYMENT_BYTES).await.map_err(|e| match e {
+            // No Payment is that large: asking again gets the same answer.
+            ApiError::TooLarge(_) => HandleError::Permanent(format!("Toss API response not read: {e}")),
+            e => HandleError::Transient(format!("Toss API response not read: {e}")),
+        })?;
         let fetched: Value = serde_json::from_slice(&body)
             .map_err(|_| HandleError::Transient("Toss API answered with something that is not JSON".into()))?;
         apply_fetched(event, &fetched)
