@@ -5,11 +5,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::settings::{CommonSettings, Settings};
 use shared::topology::Topology;
+use shared::Provider;
 
 use crate::{amqp_url, unique};
 
@@ -158,4 +163,69 @@ impl Drop for TestBroker {
         })
         .join();
     }
+}
+
+/// The envelope ingest would publish for this event: Stripe signed with `stripe_secret` (the
+/// worker checks the signature again), Toss unsigned.
+pub fn envelope_as_ingest(
+    provider: Provider,
+    event_type: &str,
+    event_key: &str,
+    body: &[u8],
+    stripe_secret: &str,
+) -> EventEnvelope {
+    EventEnvelope {
+        provider,
+        event_type: event_type.to_string(),
+        event_key: event_key.to_string(),
+        verification: match provider {
+            Provider::Stripe => IngestVerification::Signature,
+            Provider::Toss => IngestVerification::Unsigned,
+        },
+        received_at: chrono::Utc::now(),
+        request_id: unique("req"),
+        attempt: 0,
+        delivery_headers: match provider {
+            Provider::Stripe => {
+                [("stripe-signature".to_string(), crate::events::stripe_signature(body, stripe_secret))]
+                    .into_iter()
+                    .collect()
+            }
+            Provider::Toss => Default::default(),
+        },
+        body: body.to_vec(),
+    }
+}
+
+/// Publishes an event to `broker`'s events exchange as ingest does (its envelope, routing key,
+/// mandatory and persistent) and waits for the broker's confirm that it was routed.
+pub async fn publish_as_ingest(
+    broker: &TestBroker,
+    provider: Provider,
+    event_type: &str,
+    event_key: &str,
+    body: &[u8],
+) {
+    let envelope = envelope_as_ingest(provider, event_type, event_key, body, crate::events::STRIPE_SECRET);
+    publish_confirmed(broker, &format!("{provider}.{event_type}"), body, envelope.properties()).await;
+}
+
+/// Publishes `body` to `broker`'s events exchange, mandatory, and waits for the confirm that it
+/// was routed.
+pub async fn publish_confirmed(broker: &TestBroker, routing_key: &str, body: &[u8], properties: BasicProperties) {
+    let channel = broker.channel();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let confirm = channel
+        .basic_publish(
+            format!("{}.events", broker.prefix).into(),
+            routing_key.into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
 }

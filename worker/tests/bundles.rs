@@ -8,10 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{envelope_as_ingest, publish_confirmed, Env, TestWorker};
+use common::{Env, TestWorker};
 use lapin::BasicProperties;
 use shared::envelope::header_str;
 use shared::Provider;
+use testkit::amqp::{envelope_as_ingest, publish_confirmed};
 use testkit::events::{stripe_session_event, STRIPE_SECRET};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -124,37 +125,7 @@ async fn a_bundle_that_kills_every_worker_is_split_and_each_webhook_parked_alone
     // next worker marked redelivered, which splits it into single messages before trying any;
     // those kill workers in turn until the broker's delivery limit parks each of them.
     let vars = env.env_vars(&[("DELIVERY_LIMIT", "2"), ("FAILPOINTS", "process-delivery=return")]);
-    let mut crashes = 0;
-    loop {
-        assert!(crashes < 12, "not all parked after {crashes} crashed workers");
-        let mut worker = common::spawn_worker_process(&vars);
-        let parked = async {
-            testkit::eventually("three parked, none waiting", WAIT, || async {
-                let (dead, waiting) =
-                    (env.broker.count(&env.dead_queue()).await, env.broker.count(&env.work_queue()).await);
-                (dead >= 3 && waiting == 0).then_some(())
-            })
-            .await
-        };
-        tokio::select! {
-            exited = worker.wait() => {
-                assert!(!exited.unwrap().success(), "the worker crashed");
-                crashes += 1;
-            }
-            _ = parked => {
-                // Done unless the idle-looking worker held a delivery: once it is gone, what it
-                // held is back in the queue.
-                common::kill_hard(&mut worker).await;
-                testkit::eventually("the killed worker's consumer gone", WAIT, || async {
-                    (env.broker.consumers(&env.work_queue()).await == 0).then_some(())
-                })
-                .await;
-                if env.broker.count(&env.work_queue()).await == 0 {
-                    break;
-                }
-            }
-        }
-    }
+    let crashes = env.crash_workers_until_parked(&vars, 3, 12).await;
     assert!(crashes >= 2, "the bundle and then its webhooks crashed workers ({crashes} crashes)");
     // Each webhook is parked on its own, as a message of one webhook that `hookctl` can replay.
     // Some may be parked twice, and the bundle itself too: the worker that split the bundle may

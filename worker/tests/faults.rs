@@ -209,29 +209,7 @@ async fn a_message_that_kills_every_worker_is_parked_by_the_delivery_limit() {
     publish_paid(&env, "poison", 0).await;
     // Each worker dies on the message before acking it; the broker redelivers it to the next.
     let vars = env.env_vars(&[("DELIVERY_LIMIT", "2"), ("FAILPOINTS", "process-delivery=return")]);
-    let mut crashes = 0;
-    loop {
-        assert!(crashes < 6, "still not parked after {crashes} crashed workers");
-        let mut worker = spawn_worker_process(&vars);
-        // Either this worker dies on the message, or the broker has parked it meanwhile (it
-        // dead-letters a moment after the last crash) and the worker idles.
-        let parked = async {
-            testkit::eventually("parked", WAIT, || async {
-                (env.broker.count(&env.dead_queue()).await > 0).then_some(())
-            })
-            .await
-        };
-        tokio::select! {
-            exited = worker.wait() => {
-                assert!(!exited.unwrap().success(), "the worker crashed on the message");
-                crashes += 1;
-            }
-            _ = parked => {
-                kill_hard(&mut worker).await;
-                break;
-            }
-        }
-    }
+    let crashes = env.crash_workers_until_parked(&vars, 1, 6).await;
     assert!(crashes >= 2, "redelivered to another worker before being parked ({crashes} crashes)");
     let parked = env.broker.wait_get(&env.dead_queue(), WAIT).await;
     let headers = parked.delivery.properties.headers().clone().unwrap();

@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::settings::{IngestSettings, Settings, WorkerSettings};
 use shared::Provider;
 use testkit::{TestBroker, TestDb};
@@ -172,54 +170,7 @@ impl Env {
     }
 }
 
-/// Publishes an event to `broker`'s events exchange as ingest does (its envelope, routing key,
-/// mandatory and persistent) and waits for the broker's confirm that it was routed.
-pub async fn publish_as_ingest(
-    broker: &TestBroker,
-    provider: Provider,
-    event_type: &str,
-    event_key: &str,
-    body: &[u8],
-) {
-    let envelope = EventEnvelope {
-        provider,
-        event_type: event_type.to_string(),
-        event_key: event_key.to_string(),
-        verification: match provider {
-            Provider::Stripe => IngestVerification::Signature,
-            Provider::Toss => IngestVerification::Unsigned,
-        },
-        received_at: chrono::Utc::now(),
-        request_id: testkit::unique("req"),
-        attempt: 0,
-        // Signed as the provider signs it: the worker checks the signature again.
-        delivery_headers: match provider {
-            Provider::Stripe => [(
-                "stripe-signature".to_string(),
-                testkit::events::stripe_signature(body, testkit::events::STRIPE_SECRET),
-            )]
-            .into_iter()
-            .collect(),
-            Provider::Toss => Default::default(),
-        },
-        body: body.to_vec(),
-    };
-    let channel = broker.channel();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let confirm = channel
-        .basic_publish(
-            format!("{}.events", broker.prefix).into(),
-            format!("{provider}.{event_type}").into(),
-            BasicPublishOptions { mandatory: true, immediate: false },
-            body,
-            envelope.properties(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
-}
+pub use testkit::amqp::publish_as_ingest;
 
 pub struct Seeded {
     pub payment_id: Uuid,

@@ -4,9 +4,6 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::BasicProperties;
-use shared::envelope::{EventEnvelope, IngestVerification};
 use shared::settings::WorkerSettings;
 use shared::Provider;
 use testkit::{TestBroker, TestDb};
@@ -150,72 +147,46 @@ impl Env {
     pub async fn declare(&self, settings: &WorkerSettings) {
         worker::Worker::topology(settings).declare(self.broker.connection()).await.unwrap();
     }
-}
 
-/// The envelope ingest would publish for this event: Stripe signed with `stripe_secret` (the
-/// worker checks the signature again), Toss unsigned.
-pub fn envelope_as_ingest(
-    provider: Provider,
-    event_type: &str,
-    event_key: &str,
-    body: &[u8],
-    stripe_secret: &str,
-) -> EventEnvelope {
-    EventEnvelope {
-        provider,
-        event_type: event_type.to_string(),
-        event_key: event_key.to_string(),
-        verification: match provider {
-            Provider::Stripe => IngestVerification::Signature,
-            Provider::Toss => IngestVerification::Unsigned,
-        },
-        received_at: chrono::Utc::now(),
-        request_id: testkit::unique("req"),
-        attempt: 0,
-        delivery_headers: match provider {
-            Provider::Stripe => {
-                [("stripe-signature".to_string(), testkit::events::stripe_signature(body, stripe_secret))]
-                    .into_iter()
-                    .collect()
+    /// Starts worker processes with `vars` (whose failpoint kills them on what they are given)
+    /// one after another until the dead-letter queue holds `parked` messages and none waits in
+    /// the work queue; returns how many crashed, at most `max_crashes`.
+    pub async fn crash_workers_until_parked(&self, vars: &[(String, String)], parked: u32, max_crashes: u32) -> u32 {
+        let deadline = Duration::from_secs(30);
+        let mut crashes = 0;
+        loop {
+            assert!(crashes < max_crashes, "not all parked after {crashes} crashed workers");
+            let mut worker = spawn_worker_process(vars);
+            // Either this worker dies on what it is given, or the broker has parked everything
+            // meanwhile (it dead-letters a moment after the last crash) and the worker idles.
+            let all_parked = testkit::eventually("parked, none waiting", deadline, || async {
+                let (dead, waiting) =
+                    (self.broker.count(&self.dead_queue()).await, self.broker.count(&self.work_queue()).await);
+                (dead >= parked && waiting == 0).then_some(())
+            });
+            tokio::select! {
+                exited = worker.wait() => {
+                    assert!(!exited.unwrap().success(), "the worker crashed");
+                    crashes += 1;
+                }
+                _ = all_parked => {
+                    // Done unless the idle-looking worker held a delivery: once it is gone,
+                    // what it held is back in the queue.
+                    kill_hard(&mut worker).await;
+                    testkit::eventually("the killed worker's consumer gone", deadline, || async {
+                        (self.broker.consumers(&self.work_queue()).await == 0).then_some(())
+                    })
+                    .await;
+                    if self.broker.count(&self.work_queue()).await == 0 {
+                        return crashes;
+                    }
+                }
             }
-            Provider::Toss => Default::default(),
-        },
-        body: body.to_vec(),
+        }
     }
 }
 
-/// Publishes an event to `broker`'s events exchange as ingest does (its envelope, routing key,
-/// mandatory and persistent) and waits for the broker's confirm that it was routed.
-pub async fn publish_as_ingest(
-    broker: &TestBroker,
-    provider: Provider,
-    event_type: &str,
-    event_key: &str,
-    body: &[u8],
-) {
-    let envelope = envelope_as_ingest(provider, event_type, event_key, body, testkit::events::STRIPE_SECRET);
-    publish_confirmed(broker, &format!("{provider}.{event_type}"), body, envelope.properties()).await;
-}
-
-/// Publishes `body` to `broker`'s events exchange, mandatory, and waits for the confirm that it
-/// was routed.
-pub async fn publish_confirmed(broker: &TestBroker, routing_key: &str, body: &[u8], properties: BasicProperties) {
-    let channel = broker.channel();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let confirm = channel
-        .basic_publish(
-            format!("{}.events", broker.prefix).into(),
-            routing_key.into(),
-            BasicPublishOptions { mandatory: true, immediate: false },
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "published and routed");
-}
+pub use testkit::amqp::publish_as_ingest;
 
 pub struct Seeded {
     pub payment_id: Uuid,
