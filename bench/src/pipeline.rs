@@ -22,10 +22,12 @@ use tokio_postgres::Client;
 
 use crate::events::EventTemplate;
 use crate::load::{http_load_with, LoadResult, MakeEvent, Pace};
-use crate::process::start_ingest;
+use crate::process::{free_port, start_ingest};
 use crate::procfs::{cpu_time, pid_listening_on, CpuMeter};
 use crate::worker_bench::stage::{stage, Stage};
-use crate::worker_bench::{build_binaries, postgres_background_pids, start_worker, wait_applied, worker_backend_pids};
+use crate::worker_bench::{
+    build_binaries, metric_sum, postgres_background_pids, start_worker, wait_applied, worker_backend_pids,
+};
 use crate::{peer, worker_bench};
 
 /// What `bench pipeline` is asked to do.
@@ -76,6 +78,8 @@ struct PipelineStep {
     /// Messages ready in the work queue when the last request was answered.
     queued_at_end: u32,
     cpu: Cpu,
+    /// Webhooks per broker message ingest published (`ingest_bundle_webhooks`), when it bundles.
+    per_message: Option<f64>,
     load_average: String,
 }
 
@@ -169,14 +173,15 @@ pub async fn run(bench: PipelineBench) -> anyhow::Result<()> {
         bench.step.as_secs()
     );
     println!(
-        "| offered/s | answered 200/s | not 200 | sent late | answer p50 / p99 ms | lag p50 / p99 ms | lag p99 first / last third ms | queued at end | backlog grew | ingest µs | worker µs | Postgres µs | RabbitMQ µs | generator µs | total µs/event | load average |"
+        "| offered/s | answered 200/s | not 200 | sent late | answer p50 / p99 ms | lag p50 / p99 ms | lag p99 first / last third ms | queued at end | backlog grew | webhooks/message | ingest µs | worker µs | Postgres µs | RabbitMQ µs | generator µs | total µs/event | load average |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &steps {
         let h = &s.load.latency;
         let rabbit = s.cpu.rabbit.map_or("n/a".to_string(), |u| format!("{u:.0}"));
+        let per_message = s.per_message.map_or("1 (no bundles)".to_string(), |n| format!("{n:.2}"));
         println!(
-            "| {} | {:.0} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.0} | {:.0} | {:.0} | {rabbit} | {:.0} | {:.0} | {} |",
+            "| {} | {:.0} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {per_message} | {:.0} | {:.0} | {:.0} | {rabbit} | {:.0} | {:.0} | {} |",
             s.rate,
             s.load.per_second(),
             s.load.failed,
@@ -314,11 +319,15 @@ async fn pipeline_step(
     worker_vars.extend(pairs(&bench.worker_env));
     let worker =
         start_worker(&bins.worker, &stage, &worker_vars, &logs.join(format!("pipeline-worker-{rate}.log"))).await?;
+    // A known metrics port, read for the webhooks per message once the load ends.
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+    let mut ingest_env = vec![format!("INGEST_METRICS_ADDR={metrics_addr}")];
+    ingest_env.extend(bench.ingest_env.iter().cloned());
     let ingest = start_ingest(
         &bins.ingest,
         &stage.broker.prefix,
         &bench.log_format,
-        &bench.ingest_env,
+        &ingest_env,
         &logs.join(format!("pipeline-ingest-{rate}.log")),
     )
     .await?;
@@ -341,6 +350,7 @@ async fn pipeline_step(
     )
     .await?;
     let queued_at_end = stage.broker.count(&stage.topology.work_queue()).await;
+    let per_message = webhooks_per_message(&metrics_addr).await?;
     let generator_cpu = generator.elapsed().unwrap_or_default();
     let load_average = load_average();
     wait_applied(&worker, load.ok as usize).await?;
@@ -357,7 +367,18 @@ async fn pipeline_step(
     ingest.stop().await;
     check_pipeline(&stage, &load, count).await?;
     let (lag, lag_p99_thirds) = lag(&stage.sql).await?;
-    Ok(PipelineStep { rate, load, lag, lag_p99_thirds, queued_at_end, cpu, load_average })
+    Ok(PipelineStep { rate, load, lag, lag_p99_thirds, queued_at_end, cpu, per_message, load_average })
+}
+
+/// The mean of ingest's `ingest_bundle_webhooks`; `None` when it published no bundle histogram
+/// samples (bundling off).
+async fn webhooks_per_message(metrics_addr: &str) -> anyhow::Result<Option<f64>> {
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics")).await?.error_for_status()?.text().await?;
+    let (sum, count) = (
+        metric_sum(&text, "ingest_bundle_webhooks_sum", None),
+        metric_sum(&text, "ingest_bundle_webhooks_count", None),
+    );
+    Ok((count > 0.0).then(|| sum / count))
 }
 
 /// Every event answered 200 applied exactly once, to its own payment, notified once; nothing

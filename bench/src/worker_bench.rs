@@ -302,7 +302,7 @@ pub(crate) async fn wait_applied(worker: &ServiceProcess, expected: usize) -> an
 }
 
 /// Sum of the samples of a metric in Prometheus text (optionally only those with `label`).
-fn metric_sum(text: &str, prefix: &str, label: Option<&str>) -> f64 {
+pub(crate) fn metric_sum(text: &str, prefix: &str, label: Option<&str>) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix) && label.is_none_or(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

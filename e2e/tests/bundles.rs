@@ -60,6 +60,10 @@ async fn concurrent_webhooks_share_messages_and_each_is_applied_once() {
     // Every webhook answered 200 is stored, in fewer messages than webhooks.
     let messages = env.broker.count(&env.work_queue()).await;
     assert!(messages < 300, "{messages} messages for 300 webhooks");
+    // Ingest's histogram of webhooks per message says the same.
+    let metrics = testkit::metrics::scrape(&ingest.metrics_url()).await;
+    assert_eq!(metrics.value("ingest_bundle_webhooks", &[]), f64::from(messages), "one sample a message");
+    assert_eq!(metrics.value("ingest_bundle_webhooks_sum", &[]), 300.0, "webhooks in them");
 
     let worker = TestWorker::spawn(env.settings(&[])).await;
     assert_applied_once(&env, 300).await;

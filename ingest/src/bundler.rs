@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use prometheus::Histogram;
 use shared::broker::{Broker, PublishError};
 use shared::bundle::{BasicProperties, ShortString};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -34,14 +35,16 @@ pub struct Bundler {
 impl Bundler {
     /// `loops` publishers (one per confirm channel), at most `max` webhooks a message. They end
     /// when the bundler is dropped.
-    pub fn start(broker: Broker, exchange: String, max: usize, loops: usize) -> Self {
+    /// `sizes` observes each message's number of webhooks.
+    pub fn start(broker: Broker, exchange: String, max: usize, loops: usize, sizes: Histogram) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<Pending>();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..loops {
-            let (rx, broker, exchange) = (rx.clone(), broker.clone(), exchange.clone());
+            let (rx, broker, exchange, sizes) = (rx.clone(), broker.clone(), exchange.clone(), sizes.clone());
             tokio::spawn(async move {
                 let mut carried = None;
                 while let Some(taken) = take(&rx, max, &mut carried).await {
+                    sizes.observe(taken.len() as f64);
                     publish(&broker, &exchange, taken).await;
                 }
             });

@@ -107,7 +107,13 @@ impl Ingest {
         );
         let bundle_max = settings.ingest.ingest_bundle_max;
         let bundler = (bundle_max > 1).then(|| {
-            bundler::Bundler::start(broker.clone(), broker.topology().events_exchange(), bundle_max, PUBLISH_CHANNELS)
+            bundler::Bundler::start(
+                broker.clone(),
+                broker.topology().events_exchange(),
+                bundle_max,
+                PUBLISH_CHANNELS,
+                metrics.bundle_webhooks.clone(),
+            )
         });
         let state = Arc::new(AppState {
             bundler,

@@ -15,6 +15,10 @@ pub const WEBHOOK_ANSWER_CODES: &[(Provider, &str, &[&str])] = &[
     (Provider::Toss, TOSS_ROUTE, &["200", "400", "403", "405", "408", "413", "503"]),
 ];
 
+/// Bounds of `ingest_bundle_webhooks`: a lone webhook, then powers of two up to the largest
+/// bundle (`shared::bundle::MAX_EVENTS`).
+const BUNDLE_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 #[derive(Clone)]
 pub struct IngestMetrics {
     pub registry: Registry,
@@ -27,6 +31,9 @@ pub struct IngestMetrics {
     /// Open HTTP connections (capped by `MAX_CONNECTIONS`).
     pub connections: IntGauge,
     pub broker: BrokerMetrics,
+    /// Webhooks per published message, with `INGEST_BUNDLE_MAX` above 1 (1: a request that
+    /// found a publisher free and went alone).
+    pub bundle_webhooks: Histogram,
     /// The children every accepted webhook touches, looked up once instead of per request.
     accepted: [IntCounter; 2],
     latency_by_provider: [Histogram; 2],
@@ -63,11 +70,32 @@ impl IngestMetrics {
         let connections =
             register(&registry, IntGauge::new("ingest_open_connections", "Open HTTP connections").unwrap());
         let broker = BrokerMetrics::register(&registry);
+        let bundle_webhooks = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "ingest_bundle_webhooks",
+                    "Webhooks per broker message published, with INGEST_BUNDLE_MAX above 1",
+                )
+                .buckets(BUNDLE_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+        );
         register_process_metrics(&registry, "ingest", env!("CARGO_PKG_VERSION"));
         let accepted = [Provider::Stripe, Provider::Toss]
             .map(|p| requests.with_label_values(&[p.as_str(), route_of(p), StatusCode::OK.as_str()]));
         let latency_by_provider = [Provider::Stripe, Provider::Toss].map(|p| latency.with_label_values(&[p.as_str()]));
-        Self { registry, requests, latency, inflight, connections, broker, accepted, latency_by_provider }
+        Self {
+            registry,
+            requests,
+            latency,
+            inflight,
+            connections,
+            broker,
+            bundle_webhooks,
+            accepted,
+            latency_by_provider,
+        }
     }
 
     /// Counts one answer.
