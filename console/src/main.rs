@@ -9,8 +9,13 @@ use secrecy::SecretString;
 use shared::settings::Settings;
 use shared::{shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+// Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers
+// (dead letters are anyone's messages).
+fn main() -> anyhow::Result<()> {
+    shared::runtime::build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Some(Command::HashPassword) => {
             let mut line = String::new();

@@ -58,7 +58,7 @@ fn crates_depend_only_along_the_allowed_edges() {
                 ("normal", "ingest"),
                 ("normal", "worker"),
                 ("normal", "hookctl"),
-                ("dev", "shared"),
+                ("normal", "shared"),
                 ("dev", "testkit"),
                 ("dev", "console"),
             ][..],

@@ -3,6 +3,8 @@
 //! one after another, each behind its length (4 bytes, big-endian).
 
 use lapin::protocol::basic::{gen_properties, parse_properties};
+
+use crate::envelope::{MAX_HEADERS_BYTES, MAX_HEADER_NESTING};
 pub use lapin::types::ShortString;
 pub use lapin::BasicProperties;
 
@@ -28,15 +30,11 @@ pub fn properties(count: usize) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// Longest AMQP properties one webhook of a bundle may carry. Ingest's are under 8 KiB (its
-/// delivery headers are capped at 1 KiB each; a test holds it so).
-pub const MAX_PROPERTIES_BYTES: usize = 16 * 1024;
-
-/// Deepest nesting of tables and arrays in a webhook's headers that a bundle may carry (the
-/// headers table itself is 1; ingest's headers are flat). amq-protocol's parser follows nesting
-/// by recursion, so deeper nesting, a few bytes a level, would overflow a worker thread's stack
-/// and abort the process: it is refused before that parser sees it.
-const MAX_HEADER_NESTING: usize = 8;
+/// Longest AMQP properties one webhook of a bundle may carry, and its headers nest at most
+/// [`MAX_HEADER_NESTING`] deep, as any message's may. amq-protocol's parser follows nesting by
+/// recursion, so deeper nesting, a few bytes a level, would overflow a thread's stack: it is
+/// refused before that parser sees it.
+pub const MAX_PROPERTIES_BYTES: usize = MAX_HEADERS_BYTES;
 
 /// The format's version, its first byte.
 const VERSION: u8 = 1;

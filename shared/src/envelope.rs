@@ -50,6 +50,18 @@ pub const DELIVERY_HEADERS: [&str; 6] = [
 /// Longest delivery header value ingest carries into a message.
 pub const MAX_DELIVERY_HEADER_LEN: usize = 1024;
 
+/// Most bytes of headers a message may carry, and the deepest nesting of tables and arrays in
+/// them (the headers table itself is 1). Ingest's headers are flat and under 8 KiB with every
+/// delivery header at its cap (a test holds it so); a retry tier adds a few, and the broker's
+/// `x-death`, 4 deep. A message past either was not sent by ingest, and its headers are
+/// neither read nor copied ([`headers_out_of_bounds`]).
+pub const MAX_HEADERS_BYTES: usize = 16 * 1024;
+pub const MAX_HEADER_NESTING: usize = 8;
+
+/// Header a dead letter carries instead of headers that were out of bounds: why they were
+/// dropped.
+pub const H_HEADERS_DROPPED: &str = "x-headers-dropped";
+
 /// Headers a reconciler sets on the events it found through a provider's API; read back into
 /// [`EventEnvelope::delivery_headers`]. Ingest never copies them from a request.
 pub const RECONCILE_HEADERS: [&str; 2] = [H_SOURCE, H_FETCHED_MAC];
@@ -177,6 +189,9 @@ impl EventEnvelope {
 
     /// Reads an envelope back from a delivery.
     pub fn from_amqp(properties: &BasicProperties, body: &[u8]) -> Result<Self, EnvelopeError> {
+        if let Some(problem) = headers_out_of_bounds(properties) {
+            return Err(EnvelopeError { header: "table", problem });
+        }
         let empty = FieldTable::default();
         let headers = properties.headers().as_ref().unwrap_or(&empty);
         let text = |h: &'static str| header_str(headers, h).ok_or(EnvelopeError { header: h, problem: "missing" });
@@ -214,6 +229,46 @@ impl EventEnvelope {
 /// An AMQP long string.
 pub fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// Why the headers of `properties` are past [`MAX_HEADER_NESTING`] or [`MAX_HEADERS_BYTES`], if
+/// they are. Walks them without recursion: the recursive code that parses, copies, encodes and
+/// drops field tables (amq-protocol's) would overflow a stack on headers nested deep enough.
+/// The size counted is their encoded size, as AMQP encodes field tables.
+pub fn headers_out_of_bounds(properties: &BasicProperties) -> Option<&'static str> {
+    let headers = properties.headers().as_ref()?;
+    // Each value still to look at, with the level of the table or array that holds it.
+    let mut pending: Vec<(&AMQPValue, usize)> = Vec::new();
+    // The outer table's length, and each entry's name (its length byte and bytes).
+    let mut bytes = 4 + headers.inner().keys().map(|name| 1 + name.as_str().len()).sum::<usize>();
+    pending.extend(headers.inner().values().map(|value| (value, 1)));
+    while let Some((value, level)) = pending.pop() {
+        bytes += 1; // the value's type
+        bytes += match value {
+            AMQPValue::FieldTable(table) => {
+                if level + 1 > MAX_HEADER_NESTING {
+                    return Some("nested more than 8 deep");
+                }
+                pending.extend(table.inner().values().map(|value| (value, level + 1)));
+                4 + table.inner().keys().map(|name| 1 + name.as_str().len()).sum::<usize>()
+            }
+            AMQPValue::FieldArray(array) => {
+                if level + 1 > MAX_HEADER_NESTING {
+                    return Some("nested more than 8 deep");
+                }
+                pending.extend(array.as_slice().iter().map(|value| (value, level + 1)));
+                4
+            }
+            AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+            AMQPValue::ByteArray(data) => 4 + data.as_slice().len(),
+            AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+            _ => 8, // a number, a time, a decimal or void: at most 8 bytes
+        };
+        if bytes > MAX_HEADERS_BYTES {
+            return Some("larger than 16 KiB");
+        }
+    }
+    None
 }
 
 /// A header as text, whichever string type the sender used.
@@ -296,5 +351,62 @@ mod tests {
         assert_eq!(err.header, H_PROVIDER);
         let props = with_headers(&sample().properties(), [(H_PROVIDER, long_string("paypal"))]);
         assert_eq!(EventEnvelope::from_amqp(&props, b"{}").unwrap_err().header, H_PROVIDER);
+    }
+
+    /// Headers whose `x-junk` holds a table in a table … `depth` levels below the headers.
+    fn nested(depth: usize) -> BasicProperties {
+        let mut value = AMQPValue::FieldTable(FieldTable::default());
+        for _ in 1..depth {
+            let mut outer = FieldTable::default();
+            outer.insert("n".into(), value);
+            value = AMQPValue::FieldTable(outer);
+        }
+        with_headers(&sample().properties(), [("x-junk", value)])
+    }
+
+    #[test]
+    fn headers_past_the_nesting_or_size_bound_are_out_of_bounds_and_no_envelope() {
+        // The headers table is level 1: `x-junk` at level 2 holds `depth - 1` more.
+        assert_eq!(headers_out_of_bounds(&sample().properties()), None);
+        assert_eq!(headers_out_of_bounds(&nested(MAX_HEADER_NESTING - 1)), None);
+        assert_eq!(headers_out_of_bounds(&nested(MAX_HEADER_NESTING)), Some("nested more than 8 deep"));
+        // Deep enough to overflow a recursive reader on this thread's stack: found at level 9.
+        assert_eq!(headers_out_of_bounds(&nested(1_000)), Some("nested more than 8 deep"));
+        let array = AMQPValue::FieldArray(vec![AMQPValue::FieldArray(vec![AMQPValue::Boolean(true)].into())].into());
+        assert_eq!(headers_out_of_bounds(&with_headers(&sample().properties(), [("x-list", array)])), None);
+
+        let big = |len: usize| with_headers(&sample().properties(), [("x-big", long_string(&"x".repeat(len)))]);
+        assert_eq!(headers_out_of_bounds(&big(MAX_HEADERS_BYTES / 2)), None);
+        assert_eq!(headers_out_of_bounds(&big(MAX_HEADERS_BYTES)), Some("larger than 16 KiB"));
+        let mut many = FieldTable::default();
+        for i in 0..MAX_HEADERS_BYTES / 8 {
+            many.insert(format!("k{i}").into(), AMQPValue::Boolean(true));
+        }
+        let wide = with_headers(&sample().properties(), [("x-many", AMQPValue::FieldTable(many))]);
+        assert_eq!(headers_out_of_bounds(&wide), Some("larger than 16 KiB"), "names and types count");
+
+        let err = EventEnvelope::from_amqp(&nested(MAX_HEADER_NESTING), b"{}").unwrap_err();
+        assert_eq!(err.to_string(), "message header table is nested more than 8 deep");
+    }
+
+    #[test]
+    fn the_size_counted_is_the_encoded_size() {
+        use lapin::protocol::basic::gen_properties;
+        let mut table = FieldTable::default();
+        table.insert("s".into(), long_string("abc"));
+        table.insert("n".into(), AMQPValue::LongLongInt(7));
+        let properties = BasicProperties::default().with_headers(table.clone());
+        let encoded = cookie_factory::gen_simple(gen_properties(&properties), Vec::new()).unwrap();
+        // Encoded: flags (2), then the table: length (4), `s` (1 + 1, type, 4 + 3), `n` (1 + 1, type, 8).
+        assert_eq!(encoded.len(), 2 + 4 + (2 + 1 + 7) + (2 + 1 + 8));
+        let just_under = |extra: usize| {
+            let mut t = table.clone();
+            t.insert("x".into(), long_string(&"y".repeat(extra)));
+            BasicProperties::default().with_headers(t)
+        };
+        // 4 + 10 + 11 + (2 + 1 + 4 + extra) bytes of headers: at the bound, and one past it.
+        let at = MAX_HEADERS_BYTES - (4 + 10 + 11 + 7);
+        assert_eq!(headers_out_of_bounds(&just_under(at)), None);
+        assert_eq!(headers_out_of_bounds(&just_under(at + 1)), Some("larger than 16 KiB"));
     }
 }

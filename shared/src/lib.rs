@@ -11,7 +11,7 @@
 //! - [`status`]: payment statuses as stored in `payments.payment_status`.
 //! - [`samples`]: realistic provider events for `hookctl send` and tests.
 //! - [`traces`]: OpenTelemetry export and the `traceparent` carried through the queue.
-//! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`]: process plumbing.
+//! - [`http_server`], [`metrics`], [`telemetry`], [`shutdown`], [`runtime`]: process plumbing.
 
 pub mod backoff;
 pub mod broker;
@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod http_server;
 pub mod metrics;
 pub mod providers;
+pub mod runtime;
 pub mod samples;
 pub mod settings;
 pub mod shutdown;

@@ -29,6 +29,7 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod rabbit_node;
+pub mod raw_amqp;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `worker`: consumes queued webhooks (`worker` or `worker run`), or migrates the database
 //! (`worker migrate`). Everything is in the library: [`worker::cli::main`].
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    worker::cli::main().await
+// Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers.
+fn main() -> anyhow::Result<()> {
+    shared::runtime::build()?.block_on(worker::cli::main())
 }

@@ -1,6 +1,11 @@
 //! The `hookctl` binary under a name of its own, for the end-to-end tests (see Cargo.toml).
 
-#[tokio::main]
-async fn main() {
-    hookctl::cli::main().await
+// Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers
+// (dead letters are anyone's messages).
+fn main() {
+    let runtime = shared::runtime::build().unwrap_or_else(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        std::process::exit(1)
+    });
+    runtime.block_on(hookctl::cli::main())
 }

@@ -1,6 +1,6 @@
 //! The `worker` binary under a name of its own, for the end-to-end tests (see Cargo.toml).
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    worker::cli::main().await
+// Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers.
+fn main() -> anyhow::Result<()> {
+    shared::runtime::build()?.block_on(worker::cli::main())
 }

@@ -5,6 +5,7 @@
 //! Acknowledgements go through the channel's [`Acks`], which covers as many deliveries as it
 //! safely can with one `multiple` ack: never one that another batch is still working on.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +14,13 @@ use chrono::{SecondsFormat, Utc};
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use shared::broker::Broker;
-use shared::envelope::{long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::envelope::{
+    headers_out_of_bounds, long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_HEADERS_DROPPED,
+    H_LAST_ERROR,
+};
 use shared::topology::Topology;
 use tokio::sync::Mutex;
 
@@ -43,7 +47,7 @@ impl Settlement {
     /// A copy for a delay tier: attempt counted, last error carried.
     pub fn retry(delivery: &Delivery, queue: String, attempt: u32, error: &str) -> Self {
         let properties = with_headers(
-            &delivery.properties,
+            &copied(&delivery.properties),
             [
                 (H_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
                 (H_LAST_ERROR, long_string(&truncate(error, MAX_ERROR_HEADER))),
@@ -55,7 +59,7 @@ impl Settlement {
     /// A copy for a dead-letter queue, with its reason and time.
     pub fn dead(delivery: &Delivery, queue: String, attempt: u32, reason: &str) -> Self {
         let properties = with_headers(
-            &delivery.properties,
+            &copied(&delivery.properties),
             [
                 (H_DEAD_REASON, long_string(&truncate(reason, MAX_REASON_HEADER))),
                 (H_DEAD_AT, long_string(&Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))),
@@ -63,6 +67,22 @@ impl Settlement {
             ],
         );
         Self::Republish { queue, properties: Box::new(properties) }
+    }
+}
+
+/// The properties a copy of a delivery starts from: its own, except headers out of bounds
+/// ([`headers_out_of_bounds`]; no ingest sends them), which give way to why they were dropped.
+/// Nested that deep they would overflow the stack of whoever reads the copy, and so large that
+/// the copy with its reason could pass the broker's frame size, which closes the connection.
+fn copied(properties: &BasicProperties) -> Cow<'_, BasicProperties> {
+    match headers_out_of_bounds(properties) {
+        None => Cow::Borrowed(properties),
+        Some(why) => {
+            let mut dropped = FieldTable::default();
+            dropped.insert(H_HEADERS_DROPPED.into(), long_string(why));
+            // The clone copies the deep table once more, on a thread sized for it (`shared::runtime`).
+            Cow::Owned(properties.clone().with_headers(dropped))
+        }
     }
 }
 

@@ -234,6 +234,8 @@ pub fn spawn_worker_process(vars: &[(String, String)]) -> Child {
     println!("worker process log: {}", log.display());
     let file = std::fs::File::create(&log).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_worker"))
+        // The worker sizes its threads' stacks itself (`shared::runtime`), whatever the tests'.
+        .env_remove("RUST_MIN_STACK")
         .envs(vars.iter().cloned())
         .stdout(Stdio::from(file.try_clone().expect("log file")))
         .stderr(Stdio::from(file))
