@@ -12,7 +12,8 @@ use shared::{shutdown, telemetry};
 // Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers
 // (dead letters are anyone's messages).
 fn main() -> anyhow::Result<()> {
-    shared::runtime::build()?.block_on(run())
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { shared::runtime::block_on(run) }?
 }
 
 async fn run() -> anyhow::Result<()> {

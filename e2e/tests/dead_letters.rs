@@ -189,3 +189,35 @@ async fn the_dead_letter_queues_are_declared_with_a_limit_of_a_billion_returns()
         }
     }
 }
+
+/// A message whose headers nest tables as deep as a frame allows, put into the dead letters by
+/// whoever may publish there (or by the broker, after it aborted workers that lacked the stack
+/// for it): `hookctl` lists it, shows it without those headers, refuses to replay it, and keeps
+/// it, where a copy, a `Debug` print or a parse on a default stack would have aborted it.
+#[tokio::test]
+async fn a_dead_letter_with_headers_nested_as_deep_as_a_frame_allows_is_listed_shown_and_not_replayed() {
+    let env = Env::new().await;
+    env.declare(&env.settings::<WorkerSettings>(&[])).await;
+    // Room for what the broker adds when it delivers the letter again (`x-delivery-count`):
+    // every read of hookctl's returns it.
+    let depth = testkit::raw_amqp::deepest_nesting(128 * 1024) - 16;
+    let headers = testkit::raw_amqp::nested_headers(
+        depth,
+        &[("x-event-key", "evt_deep_dead"), ("x-dead-reason", "permanent: parked by hand")],
+    );
+    testkit::raw_amqp::publish_with_headers(&testkit::amqp_url(), "", &env.dead_queue(), &headers, b"{\"id\":1}")
+        .await
+        .expect("the dead-letter queue takes it");
+
+    let (ok, out) = hookctl(&env, &["dead", "list"]).await;
+    assert!(ok && out.contains("evt_deep_dead") && out.contains("parked by hand"), "{out}");
+    let (ok, out) = hookctl(&env, &["dead", "show", "evt_deep_dead"]).await;
+    assert!(ok && out.contains("not shown: nested more than 8 deep"), "{out}");
+    let (ok, out) = hookctl(&env, &["dead", "replay", "evt_deep_dead"]).await;
+    assert!(ok && out.contains("not replayed evt_deep_dead") && out.contains("nested more than 8 deep"), "{out}");
+    testkit::eventually("the letter kept", Duration::from_secs(30), || async {
+        (env.broker.count(&env.dead_queue()).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(env.broker.count(&env.work_queue()).await, 0, "nothing replayed");
+}

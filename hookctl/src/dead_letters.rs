@@ -24,7 +24,9 @@ mod read;
 
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use read::Read;
-use shared::envelope::{long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::envelope::{
+    headers_out_of_bounds, long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR,
+};
 use shared::topology::Topology;
 use shared::verify::message::{check_message, WebhookSecrets};
 use shared::Provider;
@@ -244,6 +246,12 @@ async fn replay_from(
     let publisher = connection.create_channel().await?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
     for message in chosen {
+        // Whatever the secrets say: no ingest sends such headers, and the copy would carry them.
+        if let Some(why) = headers_out_of_bounds(&message.message.delivery.properties) {
+            let reason = format!("not a webhook envelope: its headers are {why}");
+            report.outcomes.push(ReplayOutcome::Refused { letter: message.letter.clone(), reason });
+            continue;
+        }
         if let Some(Err(reason)) = secrets.map(|secrets| check_replay(&message.message, secrets)) {
             report.outcomes.push(ReplayOutcome::Refused { letter: message.letter.clone(), reason });
             continue;

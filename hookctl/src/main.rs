@@ -3,9 +3,9 @@
 // Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers
 // (dead letters are anyone's messages).
 fn main() {
-    let runtime = shared::runtime::build().unwrap_or_else(|e| {
-        eprintln!("error: cannot start the runtime: {e}");
+    // SAFETY: first thing in `main`, before any other thread exists.
+    if let Err(error) = unsafe { shared::runtime::block_on(hookctl::cli::main) } {
+        eprintln!("error: cannot start the runtime: {error}");
         std::process::exit(1)
-    });
-    runtime.block_on(hookctl::cli::main())
+    }
 }

@@ -20,26 +20,43 @@ const FRAME_END: u8 = 0xCE;
 /// the type `F` and the inner table's length.
 const LEVEL_BYTES: usize = 6;
 
-/// A `headers` table whose one field holds a table that holds a table … `depth` levels down,
-/// as the broker's frame size allows it: 6 bytes a level, so 21,000 levels in a frame of
-/// 128 KiB (RabbitMQ's default `frame_max`). Built from the inside out, without recursion.
-pub fn nested_headers(depth: usize) -> Vec<u8> {
+/// A `headers` table of the long-string entries `top` and one more, named by the empty string,
+/// that holds a table that holds a table … `depth` levels in all (the headers table is the
+/// first), as deep as the broker's frame size allows: 6 bytes a level, so 21,840 levels in a
+/// frame of 128 KiB (RabbitMQ's default `frame_max`). Built from the inside out, without
+/// recursion.
+pub fn nested_headers(depth: usize, top: &[(&str, &str)]) -> Vec<u8> {
     let mut table: Vec<u8> = 0u32.to_be_bytes().to_vec(); // the innermost, empty table
-    for _ in 0..depth {
+    for _ in 1..depth.max(1) {
         let mut outer = Vec::with_capacity(table.len() + 4 + LEVEL_BYTES);
         outer.extend_from_slice(&((table.len() + 2) as u32).to_be_bytes());
         outer.extend_from_slice(&[0, b'F']);
         outer.extend_from_slice(&table);
         table = outer;
     }
-    table
+    if top.is_empty() {
+        return table;
+    }
+    let mut entries = Vec::new();
+    for (name, value) in top {
+        short_string(&mut entries, name);
+        entries.push(b'S');
+        entries.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        entries.extend_from_slice(value.as_bytes());
+    }
+    // The nested entry of `table`, after the top ones.
+    entries.extend_from_slice(&table[4..]);
+    let mut headers = (entries.len() as u32).to_be_bytes().to_vec();
+    headers.extend_from_slice(&entries);
+    headers
 }
 
-/// The deepest nesting whose content header fits a frame of `frame_max` bytes.
+/// The deepest nesting ([`nested_headers`] without top entries) whose content header fits a
+/// frame of `frame_max` bytes.
 pub fn deepest_nesting(frame_max: u32) -> usize {
-    // Frame overhead (8), class, weight, body size, flags (14), the outer table's length (4),
-    // the delivery mode (1).
-    (frame_max as usize - 8 - 14 - 4 - 1) / LEVEL_BYTES
+    // Frame overhead (8), class, weight, body size, flags (14), the innermost table's length
+    // (4), the delivery mode (1); then a level for every 6 bytes, over the innermost one.
+    (frame_max as usize - 8 - 14 - 4 - 1) / LEVEL_BYTES + 1
 }
 
 /// Publishes one persistent message with `headers` (an encoded field table, see
@@ -212,9 +229,9 @@ mod tests {
 
     #[test]
     fn nested_headers_are_what_amq_protocol_reads_as_tables_in_tables() {
-        for depth in [0, 1, 5] {
+        for depth in [1, 2, 6] {
             let mut encoded = 0x2000u16.to_be_bytes().to_vec(); // property flags: headers only
-            encoded.extend_from_slice(&nested_headers(depth));
+            encoded.extend_from_slice(&nested_headers(depth, &[]));
             let (rest, properties) = parse_properties(encoded.as_slice()).expect("parses");
             assert!(rest.is_empty());
             let mut table = properties.headers().clone().expect("headers");
@@ -225,13 +242,21 @@ mod tests {
                 levels += 1;
             }
             assert!(table.inner().is_empty(), "the innermost table is empty");
-            assert_eq!(levels, depth);
+            assert_eq!(levels + 1, depth, "the headers table and those it nests");
         }
+        let mut encoded = 0x2000u16.to_be_bytes().to_vec();
+        encoded.extend_from_slice(&nested_headers(3, &[("x-event-key", "evt_1"), ("x-dead-reason", "why")]));
+        let (rest, properties) = parse_properties(encoded.as_slice()).expect("parses");
+        assert!(rest.is_empty());
+        let headers = properties.headers().clone().expect("headers");
+        assert_eq!(headers.inner().len(), 3);
+        assert_eq!(shared::envelope::header_str(&headers, "x-event-key").as_deref(), Some("evt_1"));
+        assert!(matches!(headers.inner().get(""), Some(AMQPValue::FieldTable(_))));
     }
 
     #[test]
     fn the_deepest_nesting_fills_a_frame_and_one_more_level_would_not_fit() {
-        let header_frame = |depth: usize| 8 + 14 + nested_headers(depth).len() + 1;
+        let header_frame = |depth: usize| 8 + 14 + nested_headers(depth, &[]).len() + 1;
         for frame_max in [4096, 131_072] {
             let depth = deepest_nesting(frame_max);
             assert!(header_frame(depth) <= frame_max as usize);

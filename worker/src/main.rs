@@ -3,5 +3,6 @@
 
 // Not `#[tokio::main]`: the runtime's threads need stacks for any header the broker delivers.
 fn main() -> anyhow::Result<()> {
-    shared::runtime::build()?.block_on(worker::cli::main())
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { shared::runtime::block_on(worker::cli::main) }?
 }

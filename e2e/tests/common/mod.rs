@@ -154,6 +154,8 @@ impl Env {
     /// `vars` on top; returns whether it succeeded and its stdout followed by its stderr.
     pub async fn hookctl(&self, vars: &[(&str, &str)], args: &[&str]) -> (bool, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_e2e-hookctl"))
+            // hookctl sizes its threads' stacks itself (`shared::runtime`), whatever the tests'.
+            .env_remove("RUST_MIN_STACK")
             .args(args)
             .envs(self.env_vars(vars))
             .output()
@@ -218,6 +220,8 @@ pub fn spawn_worker_process(vars: &[(String, String)]) -> Child {
     println!("worker process log: {}", log.display());
     let file = std::fs::File::create(&log).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
+        // The worker sizes its threads' stacks itself (`shared::runtime`), whatever the tests'.
+        .env_remove("RUST_MIN_STACK")
         .envs(vars.iter().cloned())
         .stdout(Stdio::from(file.try_clone().expect("log file")))
         .stderr(Stdio::from(file))

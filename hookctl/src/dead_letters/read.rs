@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
 use lapin::types::{AMQPValue, FieldTable};
 use shared::envelope::{
-    header_int, header_str, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE, H_PROVIDER,
+    header_int, header_str, headers_out_of_bounds, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_EVENT_KEY, H_EVENT_TYPE,
+    H_PROVIDER,
 };
 use shared::providers::escape_controls;
 
@@ -20,13 +21,16 @@ pub(super) struct Read {
 
 impl Read {
     pub(super) fn new(message: BasicGetMessage) -> Self {
-        let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+        // Read where they are: only the top level is looked at. A copy of headers out of
+        // bounds (nested thousands deep by someone who may publish) is what would not do.
+        let empty = FieldTable::default();
+        let headers = message.delivery.properties.headers().as_ref().unwrap_or(&empty);
         let message_id = message.delivery.properties.message_id().as_ref().map(|m| m.to_string());
-        let text = |name| header_str(&headers, name).map(|v| escape_controls(&v).into_owned());
+        let text = |name| header_str(headers, name).map(|v| escape_controls(&v).into_owned());
         let id = text(H_EVENT_KEY)
             .or_else(|| message_id.as_deref().map(|m| escape_controls(m).into_owned()))
             .unwrap_or_else(|| format!("#{}", message.delivery.delivery_tag));
-        let reason = text(H_DEAD_REASON).unwrap_or_else(|| death_reason(&headers));
+        let reason = text(H_DEAD_REASON).unwrap_or_else(|| death_reason(headers));
         let letter = DeadLetter {
             id,
             provider: text(H_PROVIDER).unwrap_or_default(),
@@ -35,10 +39,10 @@ impl Read {
                     message.delivery.properties.kind().as_ref().map(|k| escape_controls(k.as_str()).into_owned())
                 })
                 .unwrap_or_default(),
-            dead_at: header_str(&headers, H_DEAD_AT)
+            dead_at: header_str(headers, H_DEAD_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
-            attempts: header_int(&headers, H_ATTEMPT).unwrap_or(0),
+            attempts: header_int(headers, H_ATTEMPT).unwrap_or(0),
             reason,
         };
         Self { message, letter }
@@ -52,6 +56,12 @@ impl Read {
 
     pub(super) fn detail(&self) -> DeadLetterDetail {
         let delivery = &self.message.delivery;
+        if let Some(why) = headers_out_of_bounds(&delivery.properties) {
+            // Shown as text, headers nested that deep would be megabytes of brackets (and
+            // formatting them recursion again).
+            let headers = vec![("(headers)".to_string(), format!("not shown: {why}"))];
+            return DeadLetterDetail { letter: self.letter.clone(), headers, body: shown::body(&delivery.data) };
+        }
         let headers = delivery
             .properties
             .headers()
