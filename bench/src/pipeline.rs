@@ -319,10 +319,11 @@ async fn pipeline_step(
     worker_vars.extend(pairs(&bench.worker_env));
     let worker =
         start_worker(&bins.worker, &stage, &worker_vars, &logs.join(format!("pipeline-worker-{rate}.log"))).await?;
-    // A known metrics port, read for the webhooks per message once the load ends.
+    // A known metrics port, read for the webhooks per message once the load ends (last: it
+    // wins over one in `--ingest-env`).
     let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-    let mut ingest_env = vec![format!("INGEST_METRICS_ADDR={metrics_addr}")];
-    ingest_env.extend(bench.ingest_env.iter().cloned());
+    let mut ingest_env = bench.ingest_env.clone();
+    ingest_env.push(format!("INGEST_METRICS_ADDR={metrics_addr}"));
     let ingest = start_ingest(
         &bins.ingest,
         &stage.broker.prefix,
