@@ -108,7 +108,7 @@ const WORKER_LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &["domain", "metrics"]),
     ("store", &["domain", "metrics", "store"]),
     ("pipeline", &["domain", "metrics", "pipeline", "provider_api", "store"]),
-    ("delivery", &["domain", "delivery", "metrics", "pipeline"]),
+    ("delivery", &["domain", "delivery", "metrics", "pipeline", "store"]),
     ("health", &["health", "metrics", "pipeline", "store"]),
     ("reconcile", &["domain", "metrics", "provider_api", "reconcile", "store"]),
 ];

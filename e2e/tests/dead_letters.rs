@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Env;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use shared::settings::WorkerSettings;
@@ -26,25 +26,12 @@ async fn hookctl(env: &Env, args: &[&str]) -> (bool, String) {
 
 /// Puts a persistent message straight into `queue` and waits for the broker's confirm.
 async fn park(env: &Env, queue: &str, id: &str) {
-    let channel = env.broker.connection().create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let mut headers = FieldTable::default();
     headers.insert("x-event-key".into(), AMQPValue::LongString(id.into()));
     headers.insert("x-dead-reason".into(), AMQPValue::LongString("permanent: test".into()));
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions { mandatory: true, immediate: false },
-            format!("{{\"id\":\"{id}\"}}").as_bytes(),
-            BasicProperties::default().with_delivery_mode(2).with_message_id(id.into()).with_headers(headers),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(matches!(confirm, lapin::Confirmation::Ack(None)), "{queue} took the message");
-    let _ = channel.close(200, "".into()).await;
+    let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(id.into()).with_headers(headers);
+    let body = format!("{{\"id\":\"{id}\"}}");
+    testkit::amqp::publish_confirmed_to(&env.broker, "", queue, body.as_bytes(), properties).await;
 }
 
 /// Reads the message at the head of `queue` without acknowledging it, then closes the channel,

@@ -213,11 +213,23 @@ pub async fn publish_as_ingest(
 /// Publishes `body` to `broker`'s events exchange, mandatory, and waits for the confirm that it
 /// was routed.
 pub async fn publish_confirmed(broker: &TestBroker, routing_key: &str, body: &[u8], properties: BasicProperties) {
+    publish_confirmed_to(broker, &format!("{}.events", broker.prefix), routing_key, body, properties).await
+}
+
+/// Publishes `body` to `exchange` (`""`: straight to the queue named `routing_key`), mandatory,
+/// and waits for the confirm that it was routed.
+pub async fn publish_confirmed_to(
+    broker: &TestBroker,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
     let channel = broker.channel();
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let confirm = channel
         .basic_publish(
-            format!("{}.events", broker.prefix).into(),
+            exchange.into(),
             routing_key.into(),
             BasicPublishOptions { mandatory: true, immediate: false },
             body,

@@ -1,6 +1,8 @@
 //! Optional HTTP delivery of notifications (`NOTIFY_WEBHOOK_URL`, https unless to a loopback
 //! address or `NOTIFY_ALLOW_HTTP`), signed in the Standard Webhooks format with the
-//! `standardwebhooks` crate, so any Standard Webhooks library can verify them.
+//! `standardwebhooks` crate, so any Standard Webhooks library can verify them. Only a message
+//! that is the notification the database holds is signed; any other goes to the dead letters
+//! as `unverifiable` (the broker is not a trust boundary).
 //!
 //! 2xx: delivered. 3xx (redirects are never followed) and 4xx other than 408/429: permanent,
 //! to the dead letters at once. 5xx, 408, 429, timeouts and connection errors: retried through
@@ -23,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::domain::notification::NotificationStage;
+use crate::domain::notification::{check_delivery, NotificationStage};
 use crate::domain::retry::{dispose, Disposition, Failure};
 use crate::metrics::NotificationMetrics;
 use crate::pipeline::consumer::{consume, Batch, ConsumerOptions};
 use crate::pipeline::settle::{Settlement, Settler};
+use crate::store::Store;
 
 /// What one POST produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,8 @@ struct Sender {
 /// What delivering a notification needs besides its sender.
 struct Stage {
     settler: Settler,
+    /// Where each notification is checked before it is signed ([`check_delivery`]).
+    store: Store,
     metrics: NotificationMetrics,
     /// `RETRY_MAX_ATTEMPTS`.
     max_attempts: u32,
@@ -92,6 +97,7 @@ struct Stage {
 pub fn start(
     settings: &WorkerSettings,
     broker: &Broker,
+    store: Store,
     metrics: NotificationMetrics,
     tasks: &TaskTracker,
     tag: &str,
@@ -113,6 +119,7 @@ pub fn start(
     let sender = Arc::new(Sender { url: url.clone(), client, signer });
     let stage = Arc::new(Stage {
         settler: Settler::new(broker.clone()),
+        store,
         metrics,
         max_attempts: settings.worker.retry_max_attempts,
     });
@@ -151,7 +158,10 @@ async fn deliver(stage: Arc<Stage>, sender: Arc<Sender>, batch: Batch) {
 
 /// POSTs one notification and decides its settlement.
 async fn attempt_delivery(stage: &Stage, sender: &Sender, delivery: &Delivery, id: String, attempt: u32) -> Settlement {
-    let result = post(sender, &id, &delivery.data).await;
+    let result = match check(stage, &id, &delivery.data).await {
+        Ok(()) => post(sender, &id, &delivery.data).await,
+        Err(failed) => failed,
+    };
     let metrics = &stage.metrics;
     let (failure, retry_after) = match &result {
         Attempt::Delivered => (None, None),
@@ -178,6 +188,25 @@ async fn attempt_delivery(stage: &Stage, sender: &Sender, delivery: &Delivery, i
             Settlement::dead(delivery, topology.notify_dead_queue(), attempt, &reason)
         }
     }
+}
+
+/// Whether the message is the notification the database holds (the broker is not a trust
+/// boundary: nothing is signed for the endpoint that the worker did not write); the answer
+/// as an attempt when it is not, or when the database could not say.
+async fn check(stage: &Stage, id: &str, body: &[u8]) -> Result<(), Attempt> {
+    let stored = match id.parse() {
+        Ok(uuid) => match stage.store.notification(uuid).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                return Err(Attempt::Retryable {
+                    error: format!("could not check the notification against the database: {error}"),
+                    retry_after: None,
+                })
+            }
+        },
+        Err(_) => None,
+    };
+    check_delivery(id, body, stored.as_ref()).map_err(|reason| Attempt::Permanent(format!("unverifiable: {reason}")))
 }
 
 async fn post(sender: &Sender, id: &str, body: &[u8]) -> Attempt {

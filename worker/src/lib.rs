@@ -215,8 +215,15 @@ impl Worker {
                 move |batch| processor.clone().process_batch(batch)
             },
         ));
-        let delivering =
-            delivery::start(&settings, &broker, metrics.for_notifications(), &tasks, &tag, shutdown.clone());
+        let delivering = delivery::start(
+            &settings,
+            &broker,
+            processor.store.clone(),
+            metrics.for_notifications(),
+            &tasks,
+            &tag,
+            shutdown.clone(),
+        );
         let relay_stop = CancellationToken::new();
         let relay = tasks.spawn(processor.outbox.clone().run_relay(relay_stop.clone()));
         let gauges = tasks.spawn(health::sample_gauges(health, relay_stop.clone()));

@@ -23,6 +23,7 @@ use std::time::Duration;
 use deadpool_postgres::{Client, Pool, PoolError};
 
 use crate::domain::decide::Trust;
+use crate::domain::notification::StoredNotification;
 use crate::domain::outcome::HandleError;
 use db::{classify, describe_pool_error, leave_read_only_server, DbErrorClass};
 use outbox::Claim;
@@ -134,6 +135,31 @@ impl Store {
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The `notifications` row `id` with its payment's order, booking and provider, for
+    /// delivery to check a message against; `None` when there is no such row.
+    pub async fn notification(&self, id: uuid::Uuid) -> Result<Option<StoredNotification>, HandleError> {
+        let client = self.pool.get().await?;
+        let read = client
+            .prepare_cached(
+                "SELECT n.user_id, n.title, n.message, n.type, n.link, n.payment_id, p.order_id, p.booking_id, p.provider
+                   FROM notifications n LEFT JOIN payments p ON p.id = n.payment_id
+                  WHERE n.id = $1",
+            )
+            .await?;
+        let row = client.query_opt(&read, &[&id]).await?;
+        Ok(row.map(|r| StoredNotification {
+            user_id: r.get(0),
+            title: r.get(1),
+            message: r.get(2),
+            kind: r.get(3),
+            link: r.get(4),
+            payment_id: r.get(5),
+            order_id: r.get(6),
+            booking_id: r.get(7),
+            provider: r.get(8),
+        }))
     }
 
     /// Whether the database answers `SELECT 1`.

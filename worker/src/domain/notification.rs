@@ -119,6 +119,56 @@ pub fn booking_link(booking_id: Uuid) -> String {
     format!("/bookings/{booking_id}")
 }
 
+/// What the `notifications` row of a notification, and the payment it names, hold: what a
+/// notification message is checked against before it is signed and delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNotification {
+    pub user_id: Uuid,
+    pub title: String,
+    pub message: String,
+    /// `notifications.type`.
+    pub kind: String,
+    pub link: Option<String>,
+    pub payment_id: Option<Uuid>,
+    pub order_id: Option<String>,
+    pub booking_id: Option<Uuid>,
+    pub provider: Option<String>,
+}
+
+/// Whether `body`, delivered as the notification `id` (the message id), is the notification
+/// the database holds as `stored` (`None`: no such row). The broker is not a trust boundary:
+/// whoever may publish to the notifications exchange could otherwise have the worker sign any
+/// text, a "payment.paid" for a payment never paid among them. Checked: the id, recipient,
+/// words, type and link, and the payment's id, order, booking, provider and status (the
+/// type's). Not stored, so not checked: the previous status, amount, currency and time of a
+/// real notification's message.
+pub fn check_delivery(id: &str, body: &[u8], stored: Option<&StoredNotification>) -> Result<(), String> {
+    let id: Uuid = id.parse().map_err(|_| "its message id is not a notification id".to_string())?;
+    let stored = stored.ok_or_else(|| format!("no notification {id} in the database"))?;
+    let message: NotificationMessage =
+        serde_json::from_slice(body).map_err(|e| format!("not a notification message: {e}"))?;
+    if message.notification_id != id {
+        return Err(format!("its message id {id} is not its notification_id {}", message.notification_id));
+    }
+    let payment = &message.payment;
+    let differs = [
+        ("version", message.version != MESSAGE_VERSION),
+        ("user_id", message.user_id != stored.user_id),
+        ("title", message.title != stored.title),
+        ("message", message.message != stored.message),
+        ("type", message.kind != stored.kind || message.kind != format!("payment.{}", payment.status)),
+        ("link", stored.link.as_deref() != Some(message.link.as_str())),
+        ("payment.id", stored.payment_id != Some(payment.id)),
+        ("payment.order_id", stored.order_id.as_deref() != Some(payment.order_id.as_str())),
+        ("payment.booking_id", stored.booking_id != Some(payment.booking_id)),
+        ("payment.provider", stored.provider.as_deref() != Some(payment.provider.as_str())),
+    ];
+    match differs.iter().filter(|(_, differs)| *differs).map(|(field, _)| *field).collect::<Vec<_>>() {
+        fields if fields.is_empty() => Ok(()),
+        fields => Err(format!("notification {id} differs from the database in {}", fields.join(", "))),
+    }
+}
+
 /// Every `stage` of `notifications_total`: published (confirmed by the broker), unrouted
 /// (confirmed, but no queue is bound), outbox_dead (refused too often, set aside), and the HTTP
 /// delivery's delivered, retried and dead_lettered.
@@ -169,6 +219,69 @@ mod tests {
         assert!(w.message.chars().count() < 2 * MAX_OUTSIDE_TEXT + 100, "{} chars", w.message.chars().count());
         assert!(w.message.contains("declined  x") && w.message.contains('…'), "{}", w.message);
         assert_eq!(outside_text("card_declined"), "card_declined");
+    }
+
+    fn sample() -> (NotificationMessage, StoredNotification) {
+        let (id, user, payment, booking) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let w = wording(PaymentStatus::Paid, Some(Decimal::from(3000)), Some("usd"), None);
+        let message = NotificationMessage {
+            kind: w.kind.clone(),
+            version: MESSAGE_VERSION,
+            notification_id: id,
+            user_id: user,
+            title: w.title.clone(),
+            message: w.message.clone(),
+            link: booking_link(booking),
+            payment: PaymentSummary {
+                id: payment,
+                order_id: "order-1".into(),
+                booking_id: booking,
+                provider: "stripe".into(),
+                status: PaymentStatus::Paid,
+                previous_status: PaymentStatus::Pending,
+                amount: Some("3000".into()),
+                currency: Some("usd".into()),
+            },
+            occurred_at: Utc::now(),
+        };
+        let stored = StoredNotification {
+            user_id: user,
+            title: w.title,
+            message: w.message,
+            kind: w.kind,
+            link: Some(booking_link(booking)),
+            payment_id: Some(payment),
+            order_id: Some("order-1".into()),
+            booking_id: Some(booking),
+            provider: Some("stripe".into()),
+        };
+        (message, stored)
+    }
+
+    #[test]
+    fn a_delivery_holds_only_as_the_notification_the_database_holds() {
+        let (message, stored) = sample();
+        let id = message.notification_id.to_string();
+        let body = |m: &NotificationMessage| serde_json::to_vec(m).unwrap();
+        assert_eq!(check_delivery(&id, &body(&message), Some(&stored)), Ok(()));
+
+        let refused = |m: &NotificationMessage, id: &str, stored: Option<&StoredNotification>| {
+            check_delivery(id, &body(m), stored).expect_err("refused")
+        };
+        assert!(refused(&message, &id, None).contains("no notification"));
+        assert!(refused(&message, &Uuid::new_v4().to_string(), Some(&stored)).contains("is not its notification_id"));
+        assert!(check_delivery(&id, b"not json", Some(&stored)).unwrap_err().contains("not a notification message"));
+        // A real notification turned into another.
+        let mut paid = message.clone();
+        paid.payment.order_id = "someone-elses-order".into();
+        assert!(refused(&paid, &id, Some(&stored)).ends_with("in payment.order_id"));
+        let mut status = message.clone();
+        status.payment.status = PaymentStatus::Canceled;
+        assert!(refused(&status, &id, Some(&stored)).ends_with("in type"));
+        let mut words = message.clone();
+        words.title = "Refund issued".into();
+        words.user_id = Uuid::new_v4();
+        assert!(refused(&words, &id, Some(&stored)).ends_with("in user_id, title"));
     }
 
     #[test]
