@@ -42,6 +42,8 @@ pub enum Attempt {
         retry_after: Option<Duration>,
     },
     Permanent(String),
+    /// Not signed: the message is not the notification the database holds.
+    Unverifiable(String),
 }
 
 /// Classifies an HTTP answer. Pure.
@@ -167,6 +169,7 @@ async fn attempt_delivery(stage: &Stage, sender: &Sender, delivery: &Delivery, i
         Attempt::Delivered => (None, None),
         Attempt::Retryable { error, retry_after } => (Some((Failure::Transient, error.as_str())), *retry_after),
         Attempt::Permanent(error) => (Some((Failure::Permanent, error.as_str())), None),
+        Attempt::Unverifiable(error) => (Some((Failure::Unverifiable, error.as_str())), None),
     };
     let topology = stage.settler.topology();
     match dispose(failure, attempt, stage.max_attempts) {
@@ -206,7 +209,7 @@ async fn check(stage: &Stage, id: &str, body: &[u8]) -> Result<(), Attempt> {
         },
         Err(_) => None,
     };
-    check_delivery(id, body, stored.as_ref()).map_err(|reason| Attempt::Permanent(format!("unverifiable: {reason}")))
+    check_delivery(id, body, stored.as_ref()).map_err(Attempt::Unverifiable)
 }
 
 async fn post(sender: &Sender, id: &str, body: &[u8]) -> Attempt {

@@ -131,7 +131,6 @@ pub struct StoredNotification {
     pub link: Option<String>,
     pub payment_id: Option<Uuid>,
     pub order_id: Option<String>,
-    pub booking_id: Option<Uuid>,
     pub provider: Option<String>,
 }
 
@@ -139,8 +138,10 @@ pub struct StoredNotification {
 /// the database holds as `stored` (`None`: no such row). The broker is not a trust boundary:
 /// whoever may publish to the notifications exchange could otherwise have the worker sign any
 /// text, a "payment.paid" for a payment never paid among them. Checked: the id, recipient,
-/// words, type and link, and the payment's id, order, booking, provider and status (the
-/// type's). Not stored, so not checked: the previous status, amount, currency and time of a
+/// words, type and link as the worker wrote them, the payment's id and booking against them,
+/// its status against the type, and its order and provider against the payment row (which the
+/// app owns: an order id it changes after the notification makes a later delivery of it
+/// refused). Not stored, so not checked: the previous status, amount, currency and time of a
 /// real notification's message.
 pub fn check_delivery(id: &str, body: &[u8], stored: Option<&StoredNotification>) -> Result<(), String> {
     let id: Uuid = id.parse().map_err(|_| "its message id is not a notification id".to_string())?;
@@ -160,7 +161,8 @@ pub fn check_delivery(id: &str, body: &[u8], stored: Option<&StoredNotification>
         ("link", stored.link.as_deref() != Some(message.link.as_str())),
         ("payment.id", stored.payment_id != Some(payment.id)),
         ("payment.order_id", stored.order_id.as_deref() != Some(payment.order_id.as_str())),
-        ("payment.booking_id", stored.booking_id != Some(payment.booking_id)),
+        // The link the worker wrote names the booking; the payment row's may be changed since.
+        ("payment.booking_id", stored.link.as_deref() != Some(booking_link(payment.booking_id).as_str())),
         ("payment.provider", stored.provider.as_deref() != Some(payment.provider.as_str())),
     ];
     match differs.iter().filter(|(_, differs)| *differs).map(|(field, _)| *field).collect::<Vec<_>>() {
@@ -252,7 +254,6 @@ mod tests {
             link: Some(booking_link(booking)),
             payment_id: Some(payment),
             order_id: Some("order-1".into()),
-            booking_id: Some(booking),
             provider: Some("stripe".into()),
         };
         (message, stored)
@@ -282,6 +283,21 @@ mod tests {
         words.title = "Refund issued".into();
         words.user_id = Uuid::new_v4();
         assert!(refused(&words, &id, Some(&stored)).ends_with("in user_id, title"));
+        let mut elsewhere = message.clone();
+        elsewhere.payment.booking_id = Uuid::new_v4();
+        elsewhere.payment.id = Uuid::new_v4();
+        elsewhere.payment.provider = "toss".into();
+        elsewhere.version = MESSAGE_VERSION + 1;
+        assert!(refused(&elsewhere, &id, Some(&stored))
+            .ends_with("in version, payment.id, payment.booking_id, payment.provider"));
+        let mut link = message.clone();
+        link.link = "/bookings/elsewhere".into();
+        assert!(refused(&link, &id, Some(&stored)).ends_with("in link"));
+        // A row without a payment (it names none) vouches for no payment.
+        let detached = StoredNotification { payment_id: None, order_id: None, provider: None, ..stored.clone() };
+        assert!(refused(&message, &id, Some(&detached)).ends_with("in payment.id, payment.order_id, payment.provider"));
+        // The app may move the payment to another booking later: the worker's own link decides.
+        assert_eq!(check_delivery(&id, &body(&message), Some(&stored)), Ok(()));
     }
 
     #[test]
