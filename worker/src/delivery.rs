@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
+use lapin::types::FieldTable;
 use secrecy::{ExposeSecret, SecretString};
 use shared::broker::Broker;
 use shared::envelope::{header_int, header_str, H_ATTEMPT};
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::domain::notification::{check_delivery, NotificationStage};
+use crate::domain::notification::{check_delivery, notification_id, NotificationStage};
 use crate::domain::retry::{dispose, Disposition, Failure};
 use crate::metrics::NotificationMetrics;
 use crate::pipeline::consumer::{consume, Batch, ConsumerOptions};
@@ -144,11 +145,13 @@ pub fn start(
 async fn deliver(stage: Arc<Stage>, sender: Arc<Sender>, batch: Batch) {
     let Batch { deliveries, acks } = batch;
     let decided = join_all(deliveries.iter().map(|delivery| {
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let attempt = header_int(&headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
+        // Read in place: a copy of a hostile table would recurse as deep as it nests.
+        let empty = FieldTable::default();
+        let headers = delivery.properties.headers().as_ref().unwrap_or(&empty);
+        let attempt = header_int(headers, H_ATTEMPT).unwrap_or(0).clamp(0, u32::MAX as i64) as u32 + 1;
         let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
         let span = tracing::info_span!("notification", notification_id = %id, attempt);
-        if let Some(parent) = header_str(&headers, traces::TRACEPARENT) {
+        if let Some(parent) = header_str(headers, traces::TRACEPARENT) {
             traces::continue_trace(&span, &parent);
         }
         attempt_delivery(&stage, &sender, delivery, id, attempt).instrument(span)
@@ -187,7 +190,12 @@ async fn attempt_delivery(stage: &Stage, sender: &Sender, delivery: &Delivery, i
         }
         Disposition::DeadLetter { reason } => {
             tracing::error!(%reason, "notification dead-lettered");
-            metrics.count(NotificationStage::DeadLettered, 1);
+            // A refused message has its own count (and alert): it is no endpoint's failure.
+            let counted = match failure {
+                Some((Failure::Unverifiable, _)) => NotificationStage::Unverifiable,
+                _ => NotificationStage::DeadLettered,
+            };
+            metrics.count(counted, 1);
             Settlement::dead(delivery, topology.notify_dead_queue(), attempt, &reason)
         }
     }
@@ -197,18 +205,11 @@ async fn attempt_delivery(stage: &Stage, sender: &Sender, delivery: &Delivery, i
 /// boundary: nothing is signed for the endpoint that the worker did not write); the answer
 /// as an attempt when it is not, or when the database could not say.
 async fn check(stage: &Stage, id: &str, body: &[u8]) -> Result<(), Attempt> {
-    let stored = match id.parse() {
-        Ok(uuid) => match stage.store.notification(uuid).await {
-            Ok(stored) => stored,
-            Err(error) => {
-                return Err(Attempt::Retryable {
-                    error: format!("could not check the notification against the database: {error}"),
-                    retry_after: None,
-                })
-            }
-        },
-        Err(_) => None,
-    };
+    let id = notification_id(id).map_err(Attempt::Unverifiable)?;
+    let stored = stage.store.notification(id).await.map_err(|error| Attempt::Retryable {
+        error: format!("could not check the notification against the database: {error}"),
+        retry_after: None,
+    })?;
     check_delivery(id, body, stored.as_ref()).map_err(Attempt::Unverifiable)
 }
 

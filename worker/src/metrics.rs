@@ -32,7 +32,7 @@ pub struct WorkerMetrics {
     /// Outbox rows not yet confirmed by the broker, sampled.
     pub outbox_pending: IntGauge,
     /// Notifications by stage: published, unrouted, outbox_dead (refused too often), delivered,
-    /// retried, dead_lettered.
+    /// retried, dead_lettered, unverifiable (dead-lettered unsigned: not what the database holds).
     pub notifications: IntCounterVec,
     pub reconcile: ReconcileMetrics,
     pub broker: BrokerMetrics,
@@ -337,6 +337,7 @@ mod tests {
             r#"worker_events_total{event_type="DEPOSIT_CALLBACK",outcome="dead_lettered",provider="toss"} 0"#,
             r#"worker_events_total{event_type="other",outcome="applied",provider="stripe"} 0"#,
             r#"notifications_total{stage="dead_lettered"} 0"#,
+            r#"notifications_total{stage="unverifiable"} 0"#,
             r#"worker_event_lag_seconds_count{provider="toss"} 0"#,
             r#"amqp_publish_total{outcome="timeout"} 0"#,
         ] {

@@ -137,13 +137,14 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The `notifications` row `id` with its payment's order and provider, for
+    /// The `notifications` row `id` with its payload's digest and its payment's order and provider, for
     /// delivery to check a message against; `None` when there is no such row.
     pub async fn notification(&self, id: uuid::Uuid) -> Result<Option<StoredNotification>, HandleError> {
         let client = self.pool.get().await?;
         let read = client
             .prepare_cached(
-                "SELECT n.user_id, n.title, n.message, n.type, n.link, n.payment_id, p.order_id, p.provider
+                "SELECT n.user_id, n.title, n.message, n.type, n.link, n.payment_id, p.order_id, p.provider,
+                        n.payload_sha256
                    FROM notifications n LEFT JOIN payments p ON p.id = n.payment_id
                   WHERE n.id = $1",
             )
@@ -158,6 +159,7 @@ impl Store {
             payment_id: r.get(5),
             order_id: r.get(6),
             provider: r.get(7),
+            payload_sha256: r.get(8),
         }))
     }
 

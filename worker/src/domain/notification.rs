@@ -17,6 +17,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use shared::status::PaymentStatus;
 use uuid::Uuid;
 
@@ -132,9 +133,27 @@ pub struct StoredNotification {
     pub payment_id: Option<Uuid>,
     pub order_id: Option<String>,
     pub provider: Option<String>,
+    /// [`payload_digest`] of the message the worker wrote; `None` for rows written before the
+    /// digest was kept.
+    pub payload_sha256: Option<Vec<u8>>,
 }
 
-/// Whether `body`, delivered as the notification `id` (the message id), is the notification
+/// The digest kept with each notification of the message written for it.
+pub fn payload_digest(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
+/// The notification id a delivery's message id names, or why it names none. Only the form the
+/// outbox writes (lower-case, hyphenated) names one: the message id is sent as the `webhook-id`
+/// receivers dedupe by, and `{ID}` or `urn:uuid:id` would make a copy look like another.
+pub fn notification_id(message_id: &str) -> Result<Uuid, String> {
+    match message_id.parse::<Uuid>() {
+        Ok(id) if id.hyphenated().to_string() == message_id => Ok(id),
+        _ => Err("its message id is not a notification id".to_string()),
+    }
+}
+
+/// Whether `body`, delivered as the notification `id` (its message id), is the notification
 /// the database holds as `stored` (`None`: no such row). The broker is not a trust boundary:
 /// whoever may publish to the notifications exchange could otherwise have the worker sign any
 /// text, a "payment.paid" for a payment never paid among them. Checked: the id, recipient,
@@ -143,8 +162,7 @@ pub struct StoredNotification {
 /// app owns: an order id it changes after the notification makes a later delivery of it
 /// refused). Not stored, so not checked: the previous status, amount, currency and time of a
 /// real notification's message.
-pub fn check_delivery(id: &str, body: &[u8], stored: Option<&StoredNotification>) -> Result<(), String> {
-    let id: Uuid = id.parse().map_err(|_| "its message id is not a notification id".to_string())?;
+pub fn check_delivery(id: Uuid, body: &[u8], stored: Option<&StoredNotification>) -> Result<(), String> {
     let stored = stored.ok_or_else(|| format!("no notification {id} in the database"))?;
     let message: NotificationMessage =
         serde_json::from_slice(body).map_err(|e| format!("not a notification message: {e}"))?;
@@ -153,6 +171,8 @@ pub fn check_delivery(id: &str, body: &[u8], stored: Option<&StoredNotification>
     }
     let payment = &message.payment;
     let differs = [
+        // What the worker wrote, byte for byte: nothing added, no amount or time changed.
+        ("body", stored.payload_sha256.as_deref().is_some_and(|digest| digest != payload_digest(body).as_slice())),
         ("version", message.version != MESSAGE_VERSION),
         ("user_id", message.user_id != stored.user_id),
         ("title", message.title != stored.title),
@@ -173,7 +193,8 @@ pub fn check_delivery(id: &str, body: &[u8], stored: Option<&StoredNotification>
 
 /// Every `stage` of `notifications_total`: published (confirmed by the broker), unrouted
 /// (confirmed, but no queue is bound), outbox_dead (refused too often, set aside), and the HTTP
-/// delivery's delivered, retried and dead_lettered.
+/// delivery's delivered, retried, dead_lettered and unverifiable (not the notification the
+/// database holds: dead-lettered unsigned, counted here only).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::EnumIter, strum::VariantArray,
 )]
@@ -185,6 +206,7 @@ pub enum NotificationStage {
     Delivered,
     Retried,
     DeadLettered,
+    Unverifiable,
 }
 
 #[cfg(test)]
@@ -255,6 +277,7 @@ mod tests {
             payment_id: Some(payment),
             order_id: Some("order-1".into()),
             provider: Some("stripe".into()),
+            payload_sha256: Some(payload_digest(&serde_json::to_vec(&message).unwrap()).to_vec()),
         };
         (message, stored)
     }
@@ -262,16 +285,18 @@ mod tests {
     #[test]
     fn a_delivery_holds_only_as_the_notification_the_database_holds() {
         let (message, stored) = sample();
-        let id = message.notification_id.to_string();
+        // A row written before digests were kept, so every change shows field by field.
+        let stored = StoredNotification { payload_sha256: None, ..stored };
+        let id = message.notification_id;
         let body = |m: &NotificationMessage| serde_json::to_vec(m).unwrap();
-        assert_eq!(check_delivery(&id, &body(&message), Some(&stored)), Ok(()));
+        assert_eq!(check_delivery(id, &body(&message), Some(&stored)), Ok(()));
 
-        let refused = |m: &NotificationMessage, id: &str, stored: Option<&StoredNotification>| {
-            check_delivery(id, &body(m), stored).expect_err("refused")
+        let refused = |m: &NotificationMessage, id: &Uuid, stored: Option<&StoredNotification>| {
+            check_delivery(*id, &body(m), stored).expect_err("refused")
         };
         assert!(refused(&message, &id, None).contains("no notification"));
-        assert!(refused(&message, &Uuid::new_v4().to_string(), Some(&stored)).contains("is not its notification_id"));
-        assert!(check_delivery(&id, b"not json", Some(&stored)).unwrap_err().contains("not a notification message"));
+        assert!(refused(&message, &Uuid::new_v4(), Some(&stored)).contains("is not its notification_id"));
+        assert!(check_delivery(id, b"not json", Some(&stored)).unwrap_err().contains("not a notification message"));
         // A real notification turned into another.
         let mut paid = message.clone();
         paid.payment.order_id = "someone-elses-order".into();
@@ -297,7 +322,43 @@ mod tests {
         let detached = StoredNotification { payment_id: None, order_id: None, provider: None, ..stored.clone() };
         assert!(refused(&message, &id, Some(&detached)).ends_with("in payment.id, payment.order_id, payment.provider"));
         // The app may move the payment to another booking later: the worker's own link decides.
-        assert_eq!(check_delivery(&id, &body(&message), Some(&stored)), Ok(()));
+        assert_eq!(check_delivery(id, &body(&message), Some(&stored)), Ok(()));
+    }
+
+    #[test]
+    fn a_delivery_must_be_the_bytes_the_worker_wrote() {
+        let (message, stored) = sample();
+        let id = message.notification_id;
+        let written = serde_json::to_vec(&message).unwrap();
+        assert_eq!(check_delivery(id, &written, Some(&stored)), Ok(()));
+        let refused = |body: &[u8]| check_delivery(id, body, Some(&stored)).expect_err("refused");
+        // Fields the table does not hold, changed.
+        let mut amount = message.clone();
+        amount.payment.amount = Some("1".into());
+        let amount = serde_json::to_vec(&amount).unwrap();
+        assert!(refused(&amount).ends_with("differs from the database in body"), "{}", refused(&amount));
+        let mut later = message.clone();
+        later.occurred_at += chrono::Duration::days(1);
+        later.payment.previous_status = PaymentStatus::Canceled;
+        assert!(refused(&serde_json::to_vec(&later).unwrap()).ends_with("in body"));
+        // A member added, which the field check would not see, and the same JSON spaced out.
+        let mut added: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        added["refund"] = serde_json::Value::Bool(true);
+        assert!(refused(&serde_json::to_vec(&added).unwrap()).ends_with("in body"));
+        assert!(refused(&serde_json::to_vec_pretty(&message).unwrap()).ends_with("in body"));
+        // A row from before the digest: what it does not hold, it cannot check.
+        let older = StoredNotification { payload_sha256: None, ..stored.clone() };
+        assert_eq!(check_delivery(id, &amount, Some(&older)), Ok(()));
+    }
+
+    #[test]
+    fn only_the_outboxs_form_of_an_id_names_a_notification() {
+        let id = Uuid::new_v4();
+        assert_eq!(notification_id(&id.to_string()), Ok(id));
+        let upper = id.to_string().to_uppercase();
+        for other in [id.simple().to_string(), id.braced().to_string(), id.urn().to_string(), upper, "evt_1".into()] {
+            assert!(notification_id(&other).unwrap_err().contains("not a notification id"), "{other}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::stored;
 use super::write::{Entry, Work};
 use crate::domain::decide::{NewNotification, PaymentUpdate};
+use crate::domain::notification::payload_digest;
 use crate::domain::outcome::{HandleError, Outcome, Verification};
 use crate::domain::retry::dispose;
 
@@ -149,6 +150,8 @@ pub(super) struct NotificationColumns<'a> {
     pub(super) link: Vec<&'a str>,
     pub(super) payment_id: Vec<Uuid>,
     pub(super) payload: Vec<&'a str>,
+    /// Of each payload, for delivery to check the message it is handed against.
+    pub(super) payload_sha256: Vec<Vec<u8>>,
     pub(super) traceparent: Vec<Option<&'a str>>,
 }
 
@@ -163,6 +166,7 @@ impl<'a> From<&'a Vec<NewNotification>> for NotificationColumns<'a> {
             link: all.iter().map(|n| n.link.as_str()).collect(),
             payment_id: all.iter().map(|n| n.payment_id).collect(),
             payload: all.iter().map(|n| n.payload.as_str()).collect(),
+            payload_sha256: all.iter().map(|n| payload_digest(n.payload.as_bytes()).to_vec()).collect(),
             traceparent: all.iter().map(|n| n.traceparent.as_deref()).collect(),
         }
     }

@@ -54,8 +54,9 @@ pub const UPDATE_PAYMENTS: &str = "
      WHERE p.id = u.id AND p.id = ANY($1::uuid[])";
 
 pub const INSERT_NOTIFICATIONS: &str = "
-    INSERT INTO notifications (id, user_id, title, message, type, link, payment_id)
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[])";
+    INSERT INTO notifications (id, user_id, title, message, type, link, payment_id, payload_sha256)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
+                         $8::bytea[])";
 
 /// The committing worker owns the rows for the lease, under its claim token (`$6`), and
 /// publishes them right after the commit (its first attempt); the relay of any worker takes over

@@ -175,7 +175,11 @@ pub async fn apply(
             return Ok(0);
         }
         let n = &notifications;
-        tx.execute(&notify, &[&n.id, &n.user_id, &n.title, &n.message, &n.kind, &n.link, &n.payment_id]).await
+        tx.execute(
+            &notify,
+            &[&n.id, &n.user_id, &n.title, &n.message, &n.kind, &n.link, &n.payment_id, &n.payload_sha256],
+        )
+        .await
     };
     let writing_outbox = async {
         if notifications.id.is_empty() {
