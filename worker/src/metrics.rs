@@ -18,7 +18,7 @@ pub struct WorkerMetrics {
     pub events: IntCounterVec,
     /// Time spent on one delivery (its batch, until the commit), by provider.
     pub processing: HistogramVec,
-    /// Deliveries per batch.
+    /// Webhooks per batch transaction (each of a bundle counted; a batch only split is none).
     pub batch_size: Histogram,
     /// Bundles of webhooks, by what was done with them: `opened` (applied together) or `split`
     /// (delivered again, so sent back one webhook a message).
@@ -61,8 +61,8 @@ impl WorkerMetrics {
         let batch_size = register(
             &registry,
             Histogram::with_opts(
-                HistogramOpts::new("worker_batch_size", "Deliveries applied per transaction")
-                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
+                HistogramOpts::new("worker_batch_size", "Webhooks applied per transaction (a bundle counts its own)")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 6400.0]),
             )
             .unwrap(),
         );
@@ -164,7 +164,7 @@ pub struct EventMetrics {
     pub events: IntCounterVec,
     /// Time spent on one delivery, by provider.
     pub processing: HistogramVec,
-    /// Deliveries per batch.
+    /// Webhooks per batch transaction (each of a bundle counted; a batch only split is none).
     pub batch_size: Histogram,
     /// `worker_bundles_total`, by `way`.
     pub bundles: IntCounterVec,

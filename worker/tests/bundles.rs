@@ -103,6 +103,11 @@ async fn each_webhook_of_a_bundle_is_settled_on_its_own_and_a_forged_one_changes
     let metrics = testkit::metrics::scrape(&format!("http://{}/metrics", worker.addr)).await;
     assert_eq!(metrics.value("worker_bundles_total", &[("way", "opened")]), 1.0);
     assert_eq!(metrics.value("worker_bundles_total", &[("way", "split")]), 0.0);
+    // Batches count webhooks: the bundle's batch is 5, every later one (the early webhook's
+    // retries) 1.
+    let (batches, webhooks) =
+        (metrics.value("worker_batch_size_count", &[]), metrics.value("worker_batch_size_sum", &[]));
+    assert_eq!(webhooks - batches, 4.0, "{webhooks} webhooks in {batches} batches");
     worker.stop().await;
     // The bundle itself was settled: nothing of it waits in the work queue.
     assert_eq!(env.broker.count(&env.work_queue()).await, 0);

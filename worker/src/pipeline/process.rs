@@ -72,7 +72,6 @@ impl Processor {
     pub async fn process_batch(self: Arc<Self>, batch: Batch) {
         let started = Instant::now();
         let Batch { deliveries, acks } = batch;
-        self.metrics.batch_size.observe(deliveries.len() as f64);
         let mut events = Vec::with_capacity(deliveries.len());
         let mut again = Vec::new();
         for delivery in deliveries {
@@ -91,6 +90,8 @@ impl Processor {
                 return;
             }
         }
+        // Webhooks, not messages: a bundle counts each of its own.
+        self.metrics.batch_size.observe(events.len() as f64);
         let mut items: Vec<Item> = events.into_iter().map(|d| Item::read(d, &self.secrets)).collect();
         self.record_last_chance(&items).await;
         // Test hook: a message that crashes the process before it is acknowledged (a poison message).
