@@ -13,6 +13,7 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 pub mod amqp;
+pub mod broker_policy;
 pub mod broker_users;
 pub mod compose;
 pub mod db;

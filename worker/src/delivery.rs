@@ -121,7 +121,7 @@ pub fn start(
         .expect("HTTP client builds");
     let sender = Arc::new(Sender { url: url.clone(), client, signer });
     let stage = Arc::new(Stage {
-        settler: Settler::new(broker.clone()),
+        settler: Settler::new(broker.clone(), shutdown.clone()),
         store,
         metrics,
         max_attempts: settings.worker.retry_max_attempts,

@@ -115,14 +115,15 @@ impl Worker {
                 poll_interval: settings.worker.outbox_poll_interval,
             },
         );
+        let stopping = CancellationToken::new();
         let processor = Arc::new(Processor {
             store: store.clone(),
             outbox,
-            settler: Settler::new(broker.clone()),
+            settler: Settler::new(broker.clone(), stopping.clone()),
             toss_api,
             secrets,
             halt: Arc::new(Halt::default()),
-            stopping: CancellationToken::new(),
+            stopping,
             metrics: metrics.for_events(),
             rules: Rules {
                 trust: Trust { allow_unverified: settings.worker.toss_allow_unverified },

@@ -7,7 +7,11 @@
 //! the worker halts instead: it logs the cause once, takes no new batches, turns `/readyz` 503
 //! (and `worker_halted` 1), keeps the batch it holds unacknowledged (nothing returns to the
 //! queue, so no delivery limit is spent) and tries that batch again every [`PROBE_EVERY`]. The
-//! first success resumes work, without a restart, once a person fixed the cause.
+//! first success resumes work, without a restart, once a person fixed the cause. Two things
+//! return the batch anyway, each spending one delivery: stopping the worker, and a halt that
+//! outlasts the broker's `consumer_timeout` (30 minutes by default), after which the broker
+//! closes the channel and delivers the batch again (the held batch, applied later, then finds
+//! its copies duplicates).
 
 use std::time::Duration;
 

@@ -144,12 +144,7 @@ impl Processor {
         let sizes: Vec<usize> = bundles.iter().map(Vec::len).collect();
         let parts: Vec<Delivery> = bundles.into_iter().flatten().collect();
         tracing::info!(webhooks = parts.len(), "bundles delivered again: split into messages of one webhook each");
-        let work = parts
-            .iter()
-            .map(|part| {
-                (part, Settlement::Republish { queue: queue.clone(), properties: Box::new(part.properties.clone()) })
-            })
-            .collect();
+        let work = parts.iter().map(|part| (part, Settlement::part(part, queue.clone()))).collect();
         let settled = self.settler.settle(acks, work).await;
         // Counted once split: a bundle whose split failed comes back and is counted then.
         let mut settled = settled.into_iter();

@@ -1,11 +1,16 @@
 //! Settling deliveries with the broker, for events and notifications alike: acknowledge, or
 //! republish a copy to a delay tier or a dead-letter queue (with a publisher confirm) and then
-//! acknowledge, or, when the broker would not take the copy, return the delivery to its queue.
+//! acknowledge. A copy the broker does not take (a resource alarm, a queue gone, a lost
+//! confirm) is published again, with growing pauses, while its delivery stays unacknowledged:
+//! returning the delivery to its queue instead would spend one of its `DELIVERY_LIMIT`
+//! deliveries a round, and after the last the broker would park it, a bundle with all its
+//! webhooks. Only stopping returns such deliveries to their queue; a consumer channel that
+//! closed meanwhile (the connection lost, or the broker's `consumer_timeout`, 30 minutes by
+//! default, passed) has returned them already.
 //!
 //! Acknowledgements go through the channel's [`Acks`], which covers as many deliveries as it
 //! safely can with one `multiple` ack: never one that another batch is still working on.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,19 +19,21 @@ use chrono::{SecondsFormat, Utc};
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
+use shared::backoff::Backoff;
 use shared::broker::Broker;
-use shared::envelope::{
-    headers_out_of_bounds, long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_HEADERS_DROPPED,
-    H_LAST_ERROR,
-};
+use shared::envelope::{long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
 use shared::topology::Topology;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
-/// How long a delivery whose copy the broker would not take waits before it returns to the
-/// queue, so a broker in trouble is not hammered.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+use super::copy::copied;
+
+/// Pauses between publishes of a copy the broker did not take: growing, with jitter, between
+/// these, so a broker in trouble is not hammered.
+const REPUBLISH_PAUSE_MIN: Duration = Duration::from_secs(1);
+const REPUBLISH_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// Longest error text carried in a header.
 const MAX_ERROR_HEADER: usize = 1000;
@@ -56,6 +63,11 @@ impl Settlement {
         Self::Republish { queue, properties: Box::new(properties) }
     }
 
+    /// A webhook of a bundle, sent to `queue` as a message of its own.
+    pub fn part(delivery: &Delivery, queue: String) -> Self {
+        Self::Republish { queue, properties: Box::new(copied(&delivery.properties)) }
+    }
+
     /// A copy for a dead-letter queue, with its reason and time.
     pub fn dead(delivery: &Delivery, queue: String, attempt: u32, reason: &str) -> Self {
         let properties = with_headers(
@@ -70,32 +82,18 @@ impl Settlement {
     }
 }
 
-/// The properties a copy of a delivery starts from: its own, except headers out of bounds
-/// ([`headers_out_of_bounds`]; no ingest sends them), which give way to why they were dropped.
-/// Nested that deep they would overflow the stack of whoever reads the copy, and so large that
-/// the copy with its reason could pass the broker's frame size, which closes the connection.
-fn copied(properties: &BasicProperties) -> Cow<'_, BasicProperties> {
-    match headers_out_of_bounds(properties) {
-        None => Cow::Borrowed(properties),
-        Some(why) => {
-            let mut dropped = FieldTable::default();
-            dropped.insert(H_HEADERS_DROPPED.into(), long_string(why));
-            // The clone copies the deep table once more, on a thread sized for it (`shared::runtime`).
-            Cow::Owned(properties.clone().with_headers(dropped))
-        }
-    }
-}
-
 /// Settles deliveries with the broker: the handle the event pipeline and the notification
 /// delivery settle through.
 #[derive(Clone)]
 pub struct Settler {
     broker: Broker,
+    /// Fires when the worker stops: copies still refused are given up, their deliveries returned.
+    stopping: CancellationToken,
 }
 
 impl Settler {
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    pub fn new(broker: Broker, stopping: CancellationToken) -> Self {
+        Self { broker, stopping }
     }
 
     /// The queues a settlement may send a copy to.
@@ -104,37 +102,88 @@ impl Settler {
     }
 
     /// Settles every delivery; returns, per delivery, whether it was settled as asked (`false`:
-    /// its copy was not confirmed and it went back to its queue instead).
+    /// its copy was still not confirmed when the worker stopped or the channel closed, and it
+    /// went back to its queue instead).
     pub async fn settle(&self, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
-        settle(&self.broker, acks, work).await
+        let published = publish_copies(&self.broker, acks, &work, &self.stopping).await;
+        settle(acks, &work, published).await
     }
 }
 
-async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
-    // Every copy is published at once (lapin pipelines them on the channel), then the confirms
-    // are awaited together.
-    let published = join_all(work.iter().map(|(delivery, settlement)| async move {
-        match settlement {
-            Settlement::Ack => Ok(()),
-            Settlement::Republish { queue, properties } => {
-                broker.publish("", queue, &delivery.data, (**properties).clone()).await
+/// Publishes every copy `work` asks for, again and again while the broker does not take some,
+/// until it took all, the worker stops or `acks`' channel closed. Per delivery, whether its
+/// copy (if any) is confirmed.
+async fn publish_copies(
+    broker: &Broker,
+    acks: &Acks,
+    work: &[(&Delivery, Settlement)],
+    stopping: &CancellationToken,
+) -> Vec<bool> {
+    let mut confirmed: Vec<bool> = work.iter().map(|(_, s)| matches!(s, Settlement::Ack)).collect();
+    let mut pause = Backoff::new(REPUBLISH_PAUSE_MIN, REPUBLISH_PAUSE_MAX);
+    let mut round = 0;
+    loop {
+        // A channel that closed while the copies waited has returned their deliveries: the
+        // broker delivers them again, and a copy published now would be one more.
+        if round > 0 && !acks.open() {
+            tracing::warn!("the channel closed while copies waited: the broker returned their messages to the queue");
+            return confirmed;
+        }
+        round += 1;
+        let pending: Vec<usize> = (0..work.len()).filter(|i| !confirmed[*i]).collect();
+        // Every copy is published at once (lapin pipelines them on the channel), then the
+        // confirms are awaited together.
+        let results = join_all(pending.iter().map(|i| async move {
+            let (delivery, settlement) = &work[*i];
+            match settlement {
+                Settlement::Ack => Ok(()),
+                Settlement::Republish { queue, properties } => {
+                    broker.publish("", queue, &delivery.data, (**properties).clone()).await
+                }
+            }
+        }))
+        .await;
+        let mut refused = 0;
+        let mut first_error = None;
+        for (i, result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(()) => confirmed[i] = true,
+                Err(error) => {
+                    refused += 1;
+                    first_error.get_or_insert(error);
+                }
             }
         }
-    }))
-    .await;
+        let Some(error) = first_error else { return confirmed };
+        if !acks.open() {
+            tracing::warn!(refused, %error, "copies not taken by the broker, and the channel closed: the broker returned their messages to the queue");
+            return confirmed;
+        }
+        let wait = pause.next_delay();
+        tracing::warn!(refused, %error, retry_in = ?wait, "the broker did not take copies; their messages stay unacknowledged and the copies are published again");
+        tokio::select! {
+            _ = stopping.cancelled() => {
+                tracing::warn!(refused, "stopping with copies the broker did not take: their messages go back to the queue");
+                return confirmed;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Acknowledges the deliveries whose copies are `published`, returns the rest to the queue.
+async fn settle(acks: &Acks, work: &[(&Delivery, Settlement)], published: Vec<bool>) -> Vec<bool> {
     let mut done = Vec::with_capacity(work.len());
     // A bundle's events share its tag: it is acknowledged once all of them are settled, and
     // returned whole when any is not.
     let mut to_ack = Vec::new();
     let mut to_requeue = Vec::new();
-    for ((delivery, _), result) in work.iter().zip(published) {
-        done.push(result.is_ok());
-        match result {
-            Ok(()) => to_ack.push(delivery.delivery_tag),
-            Err(error) => {
-                tracing::warn!(%error, "could not republish; returning the message to the queue");
-                to_requeue.push(delivery.delivery_tag);
-            }
+    for ((delivery, _), published) in work.iter().zip(published) {
+        done.push(published);
+        if published {
+            to_ack.push(delivery.delivery_tag);
+        } else {
+            to_requeue.push(delivery.delivery_tag);
         }
     }
     to_requeue.sort_unstable();
@@ -149,7 +198,6 @@ async fn settle(broker: &Broker, acks: &Acks, work: Vec<(&Delivery, Settlement)>
     }
     acks.ack(&to_ack).await;
     if !to_requeue.is_empty() {
-        tokio::time::sleep(REQUEUE_PAUSE).await;
         acks.requeue(&to_requeue).await;
     }
     done
@@ -168,6 +216,12 @@ pub struct Acks {
 impl Acks {
     pub fn new(channel: Channel) -> Arc<Self> {
         Arc::new(Self { channel, book: Mutex::new(AckBook::default()) })
+    }
+
+    /// Whether the channel is open: once it closed, the broker has returned every delivery
+    /// not acknowledged on it.
+    pub fn open(&self) -> bool {
+        self.channel.status().connected()
     }
 
     /// Registers deliveries just received.
