@@ -21,6 +21,9 @@ pub struct BrokerMetrics {
     pub publishes: IntCounterVec,
     /// Publisher channels replaced after a nack or a channel error.
     pub channels_retired: IntCounter,
+    /// Returned messages handed to another publish of the same confirm (the client cannot
+    /// tell returns apart): the publish each belongs to may have been told it was stored.
+    pub returns_misattributed: IntCounter,
 }
 
 impl BrokerMetrics {
@@ -35,18 +38,24 @@ impl BrokerMetrics {
             "Publisher channels replaced after a nack or a channel error",
         )
         .unwrap();
+        let returns_misattributed = IntCounter::new(
+            "amqp_returns_misattributed_total",
+            "Returned messages the client handed to another publish: the publish each belongs to may have been told it was stored",
+        )
+        .unwrap();
         for metric in [
             Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connects.clone()),
             Box::new(publishes.clone()),
             Box::new(channels_retired.clone()),
+            Box::new(returns_misattributed.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
         for outcome in PUBLISH_OUTCOMES {
             publishes.with_label_values(&[outcome]);
         }
-        Self { connected, connects, publishes, channels_retired }
+        Self { connected, connects, publishes, channels_retired, returns_misattributed }
     }
 }
 

@@ -255,6 +255,8 @@ impl Broker {
         let awaited = link.confirms.start();
         let late = awaited.late();
         let options = BasicPublishOptions { mandatory: true, immediate: false };
+        // Kept to tell this publish's own returned message from another's (a reference count).
+        let sent = body.clone();
         let publishing = channel.clone();
         let mut confirmed = Box::pin(async move {
             let confirmation = publishing.basic_publish(exchange, routing_key, options, &body, properties).await?.await;
@@ -280,7 +282,12 @@ impl Broker {
         };
         match confirmation {
             Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::Unroutable(returned.reply_text.to_string())),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                if returned.delivery.data != sent {
+                    self.misattributed(&returned, exchange_name);
+                }
+                Err(PublishError::Unroutable(returned.reply_text.to_string()))
+            }
             Ok(Confirmation::Nack(_)) => {
                 self.retire(&link, slot, &channel, "the broker nacked a publish on it");
                 Err(PublishError::Nacked)
@@ -307,6 +314,33 @@ impl Broker {
                 Err(PublishError::Unavailable)
             }
         }
+    }
+
+    /// A return handed to this publish that is another's message. A return carries no delivery
+    /// tag, and when one `multiple` ack confirms several publishes of a channel, lapin gives its
+    /// returns to the publishes in the order it settles them, which is not the order they were
+    /// published in. So the publish the message belongs to may have been told it was stored.
+    /// This publish, told it was not, is at worst stored twice (deduplicated). Only messages
+    /// that must be stored are concerned when a queue or binding they need vanishes mid-flight;
+    /// what can be done is to say which message it was.
+    fn misattributed(&self, returned: &lapin::message::BasicReturnMessage, exchange: &str) {
+        self.inner.metrics.returns_misattributed.inc();
+        let properties = &returned.delivery.properties;
+        let ids: Vec<String> = if crate::bundle::is_bundle(properties) {
+            crate::bundle::decode(&returned.delivery.data)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|(part, _)| part.message_id().as_ref().map(|id| id.to_string()))
+                .collect()
+        } else {
+            properties.message_id().iter().map(|id| id.to_string()).collect()
+        };
+        tracing::error!(
+            exchange,
+            returned = ?ids,
+            "the broker returned, unroutable, the message of another publish confirmed at the same time, which may have been told it was stored; \
+             a webhook among them is found by reconciliation (`hookctl reconcile`)"
+        );
     }
 
     /// Takes `channel` out of rotation and opens a replacement at once; the old channel is
