@@ -223,6 +223,12 @@ fn notices_are_throttled_and_the_last_count_is_reported_at_exit() {
     let lines = MAX_BUFFERED_BYTES / line.len() * 3;
     let mut dropped = Vec::new();
     for _ in 0..2 {
+        // The writer thread takes a line and blocks in the stalled sink first: the burst then
+        // meets a buffer nothing drains until the sink resumes. (A writer thread slow to take
+        // its first batch, on a busy machine, would take it in the middle of the burst, make
+        // room, and announce the drops so far too early.)
+        log(&writer, &line);
+        wait_until("the writer thread blocked in the sink", || writer.handle.shared.lock().lines.is_empty());
         let before = writer.dropped();
         let (logger, finished) = log_in_background(&writer, &line, lines);
         finished.recv_timeout(Duration::from_secs(30)).expect("logging does not wait");
