@@ -25,7 +25,7 @@ mod read;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use read::Read;
 use shared::envelope::{
-    headers_out_of_bounds, long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR,
+    copied, headers_out_of_bounds, long_string, EventEnvelope, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR,
 };
 use shared::topology::Topology;
 use shared::verify::message::{check_message, WebhookSecrets};
@@ -369,10 +369,13 @@ async fn read_one(channel: &Channel, queue: &str) -> Result<Option<Read>, DeadLe
     Ok(next.map(Read::new))
 }
 
-/// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go.
+/// Publishes a fresh copy to `work`: attempts start again, the dead-letter headers go, and so
+/// does what a copy never carries ([`copied`]: a message the broker parked itself keeps what its
+/// publisher set, `CC` and `BCC` that would route the copy elsewhere among them).
 async fn publish_copy(publisher: &Channel, work: &str, read: &Read) -> Result<(), DeadLetterError> {
     let delivery = &read.message.delivery;
-    let old = delivery.properties.headers().clone().unwrap_or_default();
+    let base = copied(&delivery.properties);
+    let old = base.headers().clone().unwrap_or_default();
     let mut headers = FieldTable::default();
     for (k, v) in old.inner() {
         if ![
@@ -394,7 +397,7 @@ async fn publish_copy(publisher: &Channel, work: &str, read: &Read) -> Result<()
     headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(0));
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     headers.insert("x-replayed-at".into(), long_string(&now));
-    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+    let properties: BasicProperties = base.with_headers(headers);
     let confirm = publisher
         .basic_publish(
             "".into(),

@@ -24,6 +24,9 @@ use lapin::BasicProperties;
 
 use crate::providers::Provider;
 
+mod copy;
+pub use copy::copied;
+
 pub const ENVELOPE_VERSION: i64 = 1;
 pub const H_VERSION: &str = "x-envelope-version";
 pub const H_PROVIDER: &str = "x-provider";

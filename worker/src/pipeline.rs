@@ -10,7 +10,6 @@ pub mod batch;
 pub mod bundle;
 pub mod conclude;
 pub mod consumer;
-pub mod copy;
 pub mod halt;
 pub mod item;
 pub mod process;

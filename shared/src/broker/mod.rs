@@ -283,7 +283,9 @@ impl Broker {
         match confirmation {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(returned))) => {
-                if returned.delivery.data != sent {
+                // Broadcasts come back whenever nobody subscribes, and which one is told it
+                // came back matters to none of them.
+                if kind == PublishKind::Stored && returned.delivery.data != sent {
                     self.misattributed(&returned, exchange_name);
                 }
                 Err(PublishError::Unroutable(returned.reply_text.to_string()))

@@ -1,17 +1,17 @@
 //! Settling deliveries with the broker, for events and notifications alike: acknowledge, or
 //! republish a copy to a delay tier or a dead-letter queue (with a publisher confirm) and then
 //! acknowledge. A copy the broker does not take (a resource alarm, a queue gone, a lost
-//! confirm) is published again, with growing pauses, while its delivery stays unacknowledged:
-//! returning the delivery to its queue instead would spend one of its `DELIVERY_LIMIT`
-//! deliveries a round, and after the last the broker would park it, a bundle with all its
-//! webhooks. Only stopping returns such deliveries to their queue; a consumer channel that
-//! closed meanwhile (the connection lost, or the broker's `consumer_timeout`, 30 minutes by
-//! default, passed) has returned them already.
+//! confirm) is published again, with growing pauses, while its delivery stays unacknowledged
+//! (the rest of the batch is acknowledged meanwhile): returning the delivery to its queue at
+//! once would spend one of its `DELIVERY_LIMIT` deliveries a second, and after the last the
+//! broker would park it, a bundle with all its webhooks. It goes back to its queue after
+//! [`HOLD_REFUSED_COPIES`], or when the worker stops; a consumer channel that closed meanwhile
+//! has returned it already.
 //!
 //! Acknowledgements go through the channel's [`Acks`], which covers as many deliveries as it
 //! safely can with one `multiple` ack: never one that another batch is still working on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,18 +22,22 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 use shared::backoff::Backoff;
-use shared::broker::Broker;
-use shared::envelope::{long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
+use shared::broker::{Broker, PublishError};
+use shared::envelope::{copied, long_string, with_headers, H_ATTEMPT, H_DEAD_AT, H_DEAD_REASON, H_LAST_ERROR};
 use shared::topology::Topology;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-
-use super::copy::copied;
 
 /// Pauses between publishes of a copy the broker did not take: growing, with jitter, between
 /// these, so a broker in trouble is not hammered.
 const REPUBLISH_PAUSE_MIN: Duration = Duration::from_secs(1);
 const REPUBLISH_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// How long a delivery waits, unacknowledged, for the broker to take its copy before it goes
+/// back to its queue (one delivery spent) and is tried again from the start: long enough for a
+/// short alarm or a queue being recreated, short enough that a copy the broker keeps refusing
+/// does not hold one of the worker's batch slots for long (and well inside the broker's
+/// `consumer_timeout`).
+const HOLD_REFUSED_COPIES: Duration = Duration::from_secs(120);
 
 /// Longest error text carried in a header.
 const MAX_ERROR_HEADER: usize = 1000;
@@ -102,37 +106,70 @@ impl Settler {
     }
 
     /// Settles every delivery; returns, per delivery, whether it was settled as asked (`false`:
-    /// its copy was still not confirmed when the worker stopped or the channel closed, and it
-    /// went back to its queue instead).
+    /// its copy was still not confirmed when the worker stopped, the channel closed or
+    /// [`HOLD_REFUSED_COPIES`] passed, and it went back to its queue instead).
     pub async fn settle(&self, acks: &Acks, work: Vec<(&Delivery, Settlement)>) -> Vec<bool> {
-        let published = publish_copies(&self.broker, acks, &work, &self.stopping).await;
-        settle(acks, &work, published).await
+        let mut copies = Copies::new(&work);
+        let mut pause = Backoff::new(REPUBLISH_PAUSE_MIN, REPUBLISH_PAUSE_MAX);
+        let held_since = tokio::time::Instant::now();
+        loop {
+            // A channel that closed meanwhile has returned its deliveries: the broker delivers
+            // them again, and a copy published now would be one more.
+            if !acks.open() {
+                tracing::warn!(
+                    waiting = copies.waiting(),
+                    "the consumer channel closed: the broker returns the messages not acknowledged to the queue"
+                );
+                return copies.done();
+            }
+            let error = copies.publish(&self.broker).await;
+            // Every delivery whose copies are all confirmed is acknowledged now, whatever
+            // waits beside it.
+            acks.ack(&copies.take_ready()).await;
+            let Some(error) = error else { return copies.done() };
+            let wait = pause.next_delay();
+            let waiting = copies.waiting();
+            if held_since.elapsed() + wait > HOLD_REFUSED_COPIES {
+                tracing::warn!(waiting, %error, "the broker still takes no copy of these messages: they go back to the queue (a delivery spent)");
+                acks.requeue(&copies.take_waiting()).await;
+                return copies.done();
+            }
+            tracing::warn!(waiting, %error, retry_in = ?wait, "the broker did not take copies; their messages stay unacknowledged and the copies are published again");
+            tokio::select! {
+                _ = self.stopping.cancelled() => {
+                    tracing::warn!(waiting, "stopping with copies the broker did not take: their messages go back to the queue");
+                    acks.requeue(&copies.take_waiting()).await;
+                    return copies.done();
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 }
 
-/// Publishes every copy `work` asks for, again and again while the broker does not take some,
-/// until it took all, the worker stops or `acks`' channel closed. Per delivery, whether its
-/// copy (if any) is confirmed.
-async fn publish_copies(
-    broker: &Broker,
-    acks: &Acks,
-    work: &[(&Delivery, Settlement)],
-    stopping: &CancellationToken,
-) -> Vec<bool> {
-    let mut confirmed: Vec<bool> = work.iter().map(|(_, s)| matches!(s, Settlement::Ack)).collect();
-    let mut pause = Backoff::new(REPUBLISH_PAUSE_MIN, REPUBLISH_PAUSE_MAX);
-    let mut round = 0;
-    loop {
-        // A channel that closed while the copies waited has returned their deliveries: the
-        // broker delivers them again, and a copy published now would be one more.
-        if round > 0 && !acks.open() {
-            tracing::warn!("the channel closed while copies waited: the broker returned their messages to the queue");
-            return confirmed;
-        }
-        round += 1;
-        let pending: Vec<usize> = (0..work.len()).filter(|i| !confirmed[*i]).collect();
-        // Every copy is published at once (lapin pipelines them on the channel), then the
-        // confirms are awaited together.
+/// The copies one settlement publishes, and which deliveries they settle. A bundle's webhooks
+/// share its delivery tag: it is acknowledged once all of their copies are confirmed, and
+/// returned whole when any is not.
+struct Copies<'a> {
+    work: &'a [(&'a Delivery, Settlement)],
+    /// Per item: its copy (if it has one) confirmed.
+    confirmed: Vec<bool>,
+    /// Tags acknowledged (all their items confirmed) and tags returned to the queue.
+    acked: BTreeSet<u64>,
+    returned: BTreeSet<u64>,
+}
+
+impl<'a> Copies<'a> {
+    fn new(work: &'a [(&'a Delivery, Settlement)]) -> Self {
+        let confirmed = work.iter().map(|(_, s)| matches!(s, Settlement::Ack)).collect();
+        Self { work, confirmed, acked: BTreeSet::new(), returned: BTreeSet::new() }
+    }
+
+    /// Publishes every copy not confirmed yet, all at once (lapin pipelines them on the
+    /// channel), then awaits their confirms together; the first error, if any was refused.
+    async fn publish(&mut self, broker: &Broker) -> Option<PublishError> {
+        let pending: Vec<usize> = (0..self.work.len()).filter(|i| !self.confirmed[*i]).collect();
+        let work = self.work;
         let results = join_all(pending.iter().map(|i| async move {
             let (delivery, settlement) = &work[*i];
             match settlement {
@@ -143,64 +180,54 @@ async fn publish_copies(
             }
         }))
         .await;
-        let mut refused = 0;
         let mut first_error = None;
         for (i, result) in pending.into_iter().zip(results) {
             match result {
-                Ok(()) => confirmed[i] = true,
+                Ok(()) => self.confirmed[i] = true,
                 Err(error) => {
-                    refused += 1;
                     first_error.get_or_insert(error);
                 }
             }
         }
-        let Some(error) = first_error else { return confirmed };
-        if !acks.open() {
-            tracing::warn!(refused, %error, "copies not taken by the broker, and the channel closed: the broker returned their messages to the queue");
-            return confirmed;
-        }
-        let wait = pause.next_delay();
-        tracing::warn!(refused, %error, retry_in = ?wait, "the broker did not take copies; their messages stay unacknowledged and the copies are published again");
-        tokio::select! {
-            _ = stopping.cancelled() => {
-                tracing::warn!(refused, "stopping with copies the broker did not take: their messages go back to the queue");
-                return confirmed;
-            }
-            _ = tokio::time::sleep(wait) => {}
-        }
+        first_error
     }
-}
 
-/// Acknowledges the deliveries whose copies are `published`, returns the rest to the queue.
-async fn settle(acks: &Acks, work: &[(&Delivery, Settlement)], published: Vec<bool>) -> Vec<bool> {
-    let mut done = Vec::with_capacity(work.len());
-    // A bundle's events share its tag: it is acknowledged once all of them are settled, and
-    // returned whole when any is not.
-    let mut to_ack = Vec::new();
-    let mut to_requeue = Vec::new();
-    for ((delivery, _), published) in work.iter().zip(published) {
-        done.push(published);
-        if published {
-            to_ack.push(delivery.delivery_tag);
-        } else {
-            to_requeue.push(delivery.delivery_tag);
+    /// Tags not yet acknowledged whose items are all confirmed; marked acknowledged.
+    fn take_ready(&mut self) -> Vec<u64> {
+        let mut tags: BTreeMap<u64, bool> = BTreeMap::new();
+        for ((delivery, _), confirmed) in self.work.iter().zip(&self.confirmed) {
+            *tags.entry(delivery.delivery_tag).or_insert(true) &= *confirmed;
         }
+        let ready: Vec<u64> =
+            tags.into_iter().filter(|(tag, all)| *all && !self.acked.contains(tag)).map(|(tag, _)| tag).collect();
+        self.acked.extend(&ready);
+        ready
     }
-    to_requeue.sort_unstable();
-    to_requeue.dedup();
-    to_ack.retain(|tag| to_requeue.binary_search(tag).is_err());
-    to_ack.sort_unstable();
-    to_ack.dedup();
-    // A webhook of a bundle that goes back whole was not settled as asked either (it comes
-    // back with the bundle; its copy, if any, was published and is deduped).
-    for ((delivery, _), done) in work.iter().zip(done.iter_mut()) {
-        *done = *done && to_requeue.binary_search(&delivery.delivery_tag).is_err();
+
+    /// Tags neither acknowledged nor returned; marked returned.
+    fn take_waiting(&mut self) -> Vec<u64> {
+        let waiting: BTreeSet<u64> = self
+            .work
+            .iter()
+            .map(|(d, _)| d.delivery_tag)
+            .filter(|tag| !self.acked.contains(tag) && !self.returned.contains(tag))
+            .collect();
+        self.returned.extend(&waiting);
+        waiting.into_iter().collect()
     }
-    acks.ack(&to_ack).await;
-    if !to_requeue.is_empty() {
-        acks.requeue(&to_requeue).await;
+
+    /// Deliveries (tags) still waiting for a copy.
+    fn waiting(&self) -> usize {
+        let tags: BTreeSet<u64> = self.work.iter().map(|(d, _)| d.delivery_tag).collect();
+        tags.iter().filter(|tag| !self.acked.contains(tag)).count()
     }
-    done
+
+    /// Per item, whether it was settled as asked: its delivery acknowledged (a webhook of a
+    /// bundle that went back whole was not, even with its own copy confirmed: it comes back
+    /// with the bundle, and its copy is deduplicated).
+    fn done(&self) -> Vec<bool> {
+        self.work.iter().map(|(delivery, _)| self.acked.contains(&delivery.delivery_tag)).collect()
+    }
 }
 
 /// Acknowledgements of one consumer channel. Every delivery is registered when it is handed
