@@ -6,6 +6,7 @@
 //!
 //! The pipeline drives the [`crate::store`] and the [`crate::domain`]; neither knows it.
 
+pub mod acks;
 pub mod batch;
 pub mod bundle;
 pub mod conclude;

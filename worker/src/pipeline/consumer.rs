@@ -17,9 +17,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::pipeline::acks::Acks;
 use crate::pipeline::batch::Batcher;
 use crate::pipeline::halt::Halt;
-use crate::pipeline::settle::Acks;
 
 /// The shortest wait before trying to consume again when the consuming channel could not be
 /// opened: on a fresh link it usually can be a moment later.

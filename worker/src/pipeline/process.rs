@@ -26,11 +26,12 @@ use shared::verify::message::WebhookSecrets;
 use shared::Provider;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::Acks;
 use super::bundle::Bundle;
 use super::consumer::Batch;
 use super::halt::{Halt, PROBE_EVERY};
 use super::item::Item;
-use super::settle::{Acks, Settlement, Settler};
+use super::settle::{Settlement, Settler};
 use crate::domain::decide::Trust;
 use crate::domain::event::Confirmed;
 use crate::domain::outcome::{HandleError, Outcome};
